@@ -1,0 +1,39 @@
+# The two entry points of the quick start: `make demo` and `make test`.
+# Both set everything up from a fresh Debian machine (apt packages, a venv, the project).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-deps demo test lint bench clean
+
+system-deps:
+	@if ! command -v influxd >/dev/null || ! command -v victoria-metrics >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb victoria-metrics >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: system-deps $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/balancer demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check balancer forecast adapters tests bench
+	$(BIN)/mypy
+
+test: setup
+	$(BIN)/ruff check balancer forecast adapters tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

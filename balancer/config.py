@@ -1,0 +1,427 @@
+"""Parse a deployment config (already loaded from YAML into plain data) into the immutable model.
+
+``parse_config`` checks everything (schema and meaning) and reports every problem in one
+``InvalidConfig``, each located by a path such as ``sites[0].chargers[3].max_current_a``.
+It is pure: the environment used for ``${VAR}`` substitution is passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from balancer.errors import InvalidConfig, Problem
+from balancer.model import (
+    CONNECTION,
+    PHASES,
+    ROTATIONS,
+    CapacityProviderSettings,
+    Charger,
+    Circuit,
+    Config,
+    ControlSettings,
+    HttpSettings,
+    InfluxSettings,
+    OcppSettings,
+    OscpSettings,
+    Site,
+)
+
+__all__ = ["parse_config", "substitute_env", "summary"]
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+PROFILE_STRATEGIES = ("TxProfile", "TxDefaultProfile", "ChargePointMax")
+PAUSE_METHODS = ("zero_limit", "min_current")
+
+
+def substitute_env(data: Any, env: Mapping[str, str], problems: list[Problem], path: str = "") -> Any:
+    """Replace ``${VAR}`` in every string of ``data``; an unset variable is a problem."""
+    if isinstance(data, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(Problem(path, f"environment variable {name} is not set"))
+                return ""
+            return env[name]
+
+        return _ENV_RE.sub(repl, data)
+    if isinstance(data, dict):
+        return {k: substitute_env(v, env, problems, _join(path, str(k))) for k, v in data.items()}
+    if isinstance(data, list):
+        return [substitute_env(v, env, problems, f"{path}[{i}]") for i, v in enumerate(data)]
+    return data
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass(frozen=True)
+class _Field:
+    kind: str  # "str", "int", "number", "bool", "enum", "any"
+    required: bool = False
+    default: Any = None
+    positive: bool = False
+    non_negative: bool = False
+    choices: tuple[str, ...] = ()
+
+
+def _check_value(value: Any, spec: _Field, path: str, problems: list[Problem]) -> Any:
+    """Type-check one scalar; returns the value (converted) or None after recording a problem."""
+    kind = spec.kind
+    if kind == "str":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            problems.append(Problem(path, f"must be a string, got {type(value).__name__}"))
+            return None
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            problems.append(Problem(path, f"must be true or false, got {value!r}"))
+            return None
+    elif kind in ("int", "number"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(Problem(path, f"must be a number, got {value!r}"))
+            return None
+        if kind == "int" and not float(value).is_integer():
+            problems.append(Problem(path, f"must be an integer, got {value!r}"))
+            return None
+        if value != value or value in (float("inf"), float("-inf")):
+            problems.append(Problem(path, f"must be a finite number, got {value!r}"))
+            return None
+        if spec.positive and value <= 0:
+            problems.append(Problem(path, f"must be > 0, got {value!r}"))
+            return None
+        if spec.non_negative and value < 0:
+            problems.append(Problem(path, f"must be >= 0, got {value!r}"))
+            return None
+        value = int(value) if kind == "int" else float(value)
+    elif kind == "enum" and value not in spec.choices:
+        problems.append(Problem(path, f"must be one of {', '.join(spec.choices)}, got {value!r}"))
+        return None
+    return value
+
+
+def _read_mapping(
+    data: Any, fields: Mapping[str, _Field], path: str, problems: list[Problem]
+) -> dict[str, Any] | None:
+    """Check a mapping against ``fields``: unknown keys, missing keys, types; defaults filled in.
+
+    Returns None when ``data`` is not a mapping; otherwise every field, with None where the value
+    was missing or bad (and a problem recorded), so callers can go on checking the rest.
+    """
+    if not isinstance(data, dict):
+        problems.append(Problem(path, f"must be a mapping, got {type(data).__name__}"))
+        return None
+    out: dict[str, Any] = {}
+    for key in data:
+        if key not in fields:
+            problems.append(Problem(_join(path, str(key)), "unknown key"))
+    for key, spec in fields.items():
+        if key not in data or data[key] is None:
+            if spec.required:
+                problems.append(Problem(_join(path, key), "is required"))
+            out[key] = spec.default
+        elif spec.kind == "any":
+            out[key] = data[key]
+        else:
+            out[key] = _check_value(data[key], spec, _join(path, key), problems)
+    return out
+
+
+def _complete(got: Mapping[str, Any], fields: Mapping[str, _Field]) -> bool:
+    """True when every required or typed field holds a usable value."""
+    return all(got[k] is not None or (f.default is None and not f.required) for k, f in fields.items())
+
+
+_SITE = {
+    "id": _Field("str", required=True),
+    "oscp_group_id": _Field("str"),
+    "voltage_v": _Field("number", default=230.0, positive=True),
+    "grid_limit_a": _Field("number", required=True, positive=True),
+    "fallback_kw": _Field("number", required=True, non_negative=True),
+    "rotation_period_s": _Field("number", default=900.0, positive=True),
+    "headroom_a": _Field("number", default=2.0, non_negative=True),
+    "circuits": _Field("any", default=[]),
+    "chargers": _Field("any", default=[]),
+}
+_CIRCUIT = {
+    "id": _Field("str", required=True),
+    "parent": _Field("str", default=CONNECTION),
+    "max_current_a": _Field("number", required=True, positive=True),
+}
+_CHARGER = {
+    "id": _Field("str", required=True),
+    "circuit": _Field("str", default=CONNECTION),
+    "phases": _Field("int", default=3),
+    "phase": _Field("enum", default="L1", choices=PHASES),
+    "phase_rotation": _Field("enum", default="RST", choices=ROTATIONS),
+    "max_current_a": _Field("number", required=True, positive=True),
+    "min_current_a": _Field("number", default=6.0, non_negative=True),
+    "priority": _Field("int", default=1, non_negative=True),
+    "password": _Field("str"),
+    "integer_amps": _Field("bool", default=False),
+    "profile_strategy": _Field("enum", default="TxProfile", choices=PROFILE_STRATEGIES),
+    "pause_method": _Field("enum", default="zero_limit", choices=PAUSE_METHODS),
+    "evse_id": _Field("int", default=1, positive=True),
+}
+_OCPP = {
+    "host": _Field("str", default="0.0.0.0"),
+    "port": _Field("int", default=9000, non_negative=True),
+    "heartbeat_interval_s": _Field("int", default=300, positive=True),
+    "tls_cert": _Field("str"),
+    "tls_key": _Field("str"),
+    "authorize": _Field("enum", default="accept_all", choices=("accept_all", "reject_all")),
+    "max_message_bytes": _Field("int", default=65536, positive=True),
+    "rate_limit_per_s": _Field("number", default=50.0, positive=True),
+    "response_timeout_s": _Field("number", default=10.0, positive=True),
+    "deadband_a": _Field("number", default=1.0, non_negative=True),
+}
+_HTTP = {
+    "host": _Field("str", default="127.0.0.1"),
+    "port": _Field("int", default=8080, non_negative=True),
+    "admin_token": _Field("str"),
+    "max_body_bytes": _Field("int", default=1_048_576, positive=True),
+}
+_OSCP = {
+    "token": _Field("str"),
+    "capacity_provider": _Field("any"),
+    "heartbeat_interval_s": _Field("int", default=60, positive=True),
+    "measurement_interval_s": _Field("int", default=900, positive=True),
+    "adjust_forecast": _Field("bool", default=False),
+    "public_base_url": _Field("str"),
+}
+_CAPACITY_PROVIDER = {
+    "base_url": _Field("str", required=True),
+    "token": _Field("str", required=True),
+}
+_INFLUX = {
+    "url": _Field("str", required=True),
+    "token": _Field("str", default=""),
+    "org": _Field("str", default=""),
+    "bucket": _Field("str", default="balancer"),
+    "api": _Field("enum", default="v2", choices=("v2", "v1")),
+    "database": _Field("str", default=""),
+    "username": _Field("str", default=""),
+    "password": _Field("str", default=""),
+    "flush_interval_s": _Field("number", default=1.0, positive=True),
+    "buffer_points": _Field("int", default=100_000, positive=True),
+}
+_CONTROL = {
+    "interval_s": _Field("number", default=5.0, positive=True),
+    "planner_budget_s": _Field("number", default=2.0, positive=True),
+    "plan_horizon_h": _Field("int", default=24, positive=True),
+}
+_TOP = {
+    "sites": _Field("any", required=True),
+    "ocpp": _Field("any", default={}),
+    "http": _Field("any", default={}),
+    "oscp": _Field("any", default={}),
+    "influxdb": _Field("any"),
+    "control": _Field("any", default={}),
+    "state_dir": _Field("str", default="./state"),
+}
+
+
+def _duplicates(ids: list[tuple[str, str]], what: str, problems: list[Problem]) -> None:
+    seen: dict[str, str] = {}
+    for path, ident in ids:
+        if ident in seen:
+            problems.append(Problem(path, f"duplicate {what} id {ident!r} (first at {seen[ident]})"))
+        else:
+            seen[ident] = path
+
+
+def _parse_circuits(raw: Any, path: str, problems: list[Problem]) -> list[Circuit]:
+    if not isinstance(raw, list):
+        problems.append(Problem(path, "must be a list"))
+        return []
+    circuits: list[Circuit] = []
+    paths: dict[str, str] = {}
+    id_paths: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        p = f"{path}[{i}]"
+        got = _read_mapping(item, _CIRCUIT, p, problems)
+        if got is None or got["id"] is None:
+            continue
+        if got["id"] == CONNECTION:
+            problems.append(Problem(f"{p}.id", "must not be empty"))
+            continue
+        id_paths.append((f"{p}.id", got["id"]))
+        if got["id"] in paths or not _complete(got, _CIRCUIT):
+            continue
+        circuits.append(Circuit(id=got["id"], max_current_a=got["max_current_a"], parent=got["parent"]))
+        paths[got["id"]] = p
+    _duplicates(id_paths, "circuit", problems)
+    by_id = {c.id: c for c in circuits}
+    for c in circuits:
+        if c.parent != CONNECTION and c.parent not in by_id:
+            problems.append(Problem(f"{paths[c.id]}.parent", f"unknown circuit {c.parent!r}"))
+    # Cycles: walk up from every circuit until the connection or a circuit already on the walk.
+    reported: set[str] = set()
+    for c in circuits:
+        walk = [c.id]
+        node = c
+        while node.parent != CONNECTION and node.parent in by_id:
+            node = by_id[node.parent]
+            if node.id in walk:
+                cycle = [*walk[walk.index(node.id):], node.id]
+                key = min(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    problems.append(Problem(f"{paths[c.id]}.parent",
+                                            f"cycle in circuit tree: {' -> '.join(cycle)}"))
+                break
+            walk.append(node.id)
+    return circuits
+
+
+def _circuit_ceiling(circuit_id: str, by_id: Mapping[str, Circuit], grid_limit_a: float) -> float:
+    """The lowest fuse on the path from a circuit up to the connection [A]."""
+    ceiling = grid_limit_a
+    hops = 0
+    while circuit_id != CONNECTION and circuit_id in by_id and hops <= len(by_id):
+        ceiling = min(ceiling, by_id[circuit_id].max_current_a)
+        circuit_id = by_id[circuit_id].parent
+        hops += 1
+    return ceiling
+
+
+def _check_charger(got: dict[str, Any], p: str, by_id: Mapping[str, Circuit], grid_limit_a: float | None,
+                   problems: list[Problem]) -> bool:
+    """Meaning checks of one charger whose fields are well-typed; True when it is usable."""
+    before = len(problems)
+    label = f"{p} ({got['id']})"
+    if got["phases"] not in (1, 3):
+        problems.append(Problem(f"{p}.phases", f"must be 1 or 3, got {got['phases']}"))
+    if got["min_current_a"] > got["max_current_a"]:
+        problems.append(Problem(
+            f"{p}.min_current_a",
+            f"{label}: min_current_a={got['min_current_a']:g} exceeds max_current_a={got['max_current_a']:g}",
+        ))
+    if got["circuit"] != CONNECTION and got["circuit"] not in by_id:
+        problems.append(Problem(f"{p}.circuit", f"unknown circuit {got['circuit']!r}"))
+    elif grid_limit_a is not None:
+        ceiling = _circuit_ceiling(got["circuit"], by_id, grid_limit_a)
+        where = f"circuit {got['circuit']}" if got["circuit"] else "the connection (grid_limit_a)"
+        for key in ("max_current_a", "min_current_a"):
+            if got[key] > ceiling:
+                problems.append(Problem(
+                    f"{p}.{key}", f"{label}: {key}={got[key]:g} exceeds {where} limit {ceiling:g} A"))
+    if got["integer_amps"] and not float(got["min_current_a"]).is_integer():
+        problems.append(Problem(f"{p}.min_current_a", "must be a whole number of amperes with integer_amps"))
+    return len(problems) == before
+
+
+def _parse_chargers(
+    raw: Any, path: str, circuits: list[Circuit], grid_limit_a: float | None, problems: list[Problem]
+) -> list[Charger]:
+    if not isinstance(raw, list):
+        problems.append(Problem(path, "must be a list"))
+        return []
+    by_id = {c.id: c for c in circuits}
+    chargers: list[Charger] = []
+    id_paths: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        p = f"{path}[{i}]"
+        got = _read_mapping(item, _CHARGER, p, problems)
+        if got is None:
+            continue
+        if got["id"] is not None:
+            id_paths.append((f"{p}.id", got["id"]))
+        if _complete(got, _CHARGER) and _check_charger(got, p, by_id, grid_limit_a, problems):
+            chargers.append(Charger(**got))
+    _duplicates(id_paths, "charger", problems)
+    return chargers
+
+
+def _parse_site(raw: Any, path: str, problems: list[Problem]) -> Site | None:
+    before = len(problems)
+    got = _read_mapping(raw, _SITE, path, problems)
+    if got is None:
+        return None
+    circuits = _parse_circuits(got["circuits"] or [], f"{path}.circuits", problems)
+    chargers = _parse_chargers(got["chargers"] or [], f"{path}.chargers", circuits, got["grid_limit_a"],
+                               problems)
+    if len(problems) > before:
+        return None
+    fields = {k: v for k, v in got.items() if k not in ("circuits", "chargers")}
+    fields["oscp_group_id"] = fields["oscp_group_id"] or ""
+    return Site(circuits=tuple(circuits), chargers=tuple(chargers), **fields)
+
+
+def _section(raw: Any, fields: Mapping[str, _Field], path: str, problems: list[Problem],
+             build: Callable[..., Any]) -> Any:
+    before = len(problems)
+    got = _read_mapping(raw if raw is not None else {}, fields, path, problems)
+    return None if got is None or len(problems) > before else build(**got)
+
+
+def _parse_sites(raw_sites: Any, problems: list[Problem]) -> list[Site]:
+    if not isinstance(raw_sites, list):
+        if raw_sites is not None:
+            problems.append(Problem("sites", "must be a list"))
+        return []
+    if not raw_sites:
+        problems.append(Problem("sites", "must hold at least one site"))
+    sites = [s for i, raw in enumerate(raw_sites) if (s := _parse_site(raw, f"sites[{i}]", problems))]
+    dicts = [(i, s) for i, s in enumerate(raw_sites) if isinstance(s, dict)]
+    _duplicates([(f"sites[{i}].id", str(s["id"])) for i, s in dicts if s.get("id") is not None],
+                "site", problems)
+    _duplicates([(f"sites[{i}].oscp_group_id", str(s.get("oscp_group_id") or s["id"]))
+                 for i, s in dicts if s.get("oscp_group_id") or s.get("id")], "OSCP group", problems)
+    # Charger ids are the OCPP identity, so they must be unique across sites too.
+    across = [(f"sites[{i}].chargers[{j}].id", i, str(c["id"])) for i, s in dicts
+              for j, c in enumerate(s.get("chargers") or []) if isinstance(c, dict) and c.get("id")]
+    first: dict[str, tuple[str, int]] = {}
+    for p, i, ident in across:
+        if ident in first and first[ident][1] != i:
+            problems.append(Problem(p, f"duplicate charger id {ident!r} across sites"
+                                       f" (first at {first[ident][0]})"))
+        first.setdefault(ident, (p, i))
+    return sites
+
+
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate ``data`` (the YAML document) and build a ``Config``; raises ``InvalidConfig``."""
+    problems: list[Problem] = []
+    data = substitute_env(data, env or {}, problems)
+    top = _read_mapping(data, _TOP, "", problems)
+    if top is None:
+        raise InvalidConfig(problems)
+    sites = _parse_sites(top["sites"], problems)
+    ocpp = _section(top["ocpp"], _OCPP, "ocpp", problems, OcppSettings)
+    if ocpp is not None and bool(ocpp.tls_cert) != bool(ocpp.tls_key):
+        problems.append(Problem("ocpp.tls_key" if ocpp.tls_cert else "ocpp.tls_cert",
+                                "tls_cert and tls_key must be given together"))
+    http = _section(top["http"], _HTTP, "http", problems, HttpSettings)
+    oscp = None
+    oscp_raw = _read_mapping(top["oscp"] if top["oscp"] is not None else {}, _OSCP, "oscp", problems)
+    if oscp_raw is not None:
+        cp = None
+        if oscp_raw["capacity_provider"] is not None:
+            cp = _section(oscp_raw["capacity_provider"], _CAPACITY_PROVIDER, "oscp.capacity_provider",
+                          problems, CapacityProviderSettings)
+        if _complete(oscp_raw, _OSCP):
+            oscp = OscpSettings(**{**oscp_raw, "capacity_provider": cp})
+    influx = None
+    if top["influxdb"] is not None:
+        influx = _section(top["influxdb"], _INFLUX, "influxdb", problems, InfluxSettings)
+    control = _section(top["control"], _CONTROL, "control", problems, ControlSettings)
+    if problems:
+        raise InvalidConfig(problems)
+    assert ocpp is not None and http is not None and oscp is not None and control is not None
+    return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx,
+                  control=control, state_dir=top["state_dir"])
+
+
+def summary(config: Config) -> str:
+    """One line describing a valid config, for ``balancer check-config``."""
+    n_chargers = sum(len(s.chargers) for s in config.sites)
+    n_circuits = sum(len(s.circuits) for s in config.sites)
+    sites = ", ".join(f"{s.id} ({len(s.chargers)} chargers, {s.grid_limit_a:g} A)" for s in config.sites)
+    return (f"OK: {len(config.sites)} site(s), {n_chargers} charger(s), {n_circuits} circuit(s): {sites}")

@@ -1,0 +1,144 @@
+"""A site's fuse tree and chargers as aligned numpy arrays, built once per config.
+
+Node 0 is the grid connection; nodes 1.. are the circuits. Every charger belongs to one node and
+loads every node on the path from it up to the connection: ``ancestors[k, i]`` is 1 when node
+``k`` carries charger ``i``. Summing a per-charger, per-phase load over the tree is then one sparse
+product, ``ancestors @ load``, with no Python loop over chargers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from balancer.model import CONNECTION, Site
+
+__all__ = ["Topology", "phase_mask"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    """Static arrays of one site.
+
+    charger_ids : tuple, (n_chargers,)
+    node_ids : tuple, (n_nodes,); ``node_ids[0] == ""`` is the connection
+    node_parent : ndarray, shape (n_nodes,); -1 for the connection
+    node_depth : ndarray, shape (n_nodes,); 0 for the connection
+    node_limit_a : ndarray, shape (n_nodes,) [A per phase]; the fuse rating, node 0 = grid_limit_a
+    charger_node : ndarray, shape (n_chargers,); the node a charger hangs on
+    ancestors : csr_matrix, shape (n_nodes, n_chargers); 1 where a node carries a charger
+    charger_phase_mask : ndarray, shape (n_chargers, 3), bool; grid phases a full-phase car loads
+    single_phase_grid : ndarray, shape (n_chargers,); grid phase a single-phase car loads
+    """
+
+    site: Site
+    charger_ids: tuple[str, ...]
+    node_ids: tuple[str, ...]
+    node_parent: IntArray
+    node_depth: IntArray
+    node_limit_a: FloatArray
+    charger_node: IntArray
+    ancestors: sp.csr_matrix
+    charger_phase_mask: BoolArray
+    single_phase_grid: IntArray
+    min_current_a: FloatArray
+    max_current_a: FloatArray
+    granularity_a: FloatArray
+    priority: FloatArray
+    can_pause: BoolArray
+
+    @property
+    def n_chargers(self) -> int:
+        return len(self.charger_ids)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_ids)
+
+    def index(self, charger_id: str) -> int:
+        """Position of a charger in every per-charger array."""
+        return self._index[charger_id]
+
+    @property
+    def _index(self) -> dict[str, int]:
+        cached: dict[str, int] | None = self.__dict__.get("_index_cache")
+        if cached is None:
+            cached = {cid: i for i, cid in enumerate(self.charger_ids)}
+            object.__setattr__(self, "_index_cache", cached)
+        return cached
+
+    @classmethod
+    def from_site(cls, site: Site) -> Topology:
+        """Build the arrays of a validated site (the config guarantees a tree with known parents)."""
+        node_ids = (CONNECTION, *(c.id for c in site.circuits))
+        node_pos = {nid: k for k, nid in enumerate(node_ids)}
+        n_nodes = len(node_ids)
+        parent = np.full(n_nodes, -1, dtype=np.int64)
+        for c in site.circuits:
+            parent[node_pos[c.id]] = node_pos[c.parent]
+        depth = np.zeros(n_nodes, dtype=np.int64)
+        for k in range(1, n_nodes):
+            d, j = 0, k
+            while j > 0:
+                j = int(parent[j])
+                d += 1
+            depth[k] = d
+        limit = np.array([site.grid_limit_a, *(c.max_current_a for c in site.circuits)], dtype=np.float64)
+
+        chargers = site.chargers
+        n = len(chargers)
+        charger_node = np.array([node_pos[c.circuit] for c in chargers], dtype=np.int64)
+        rows: list[int] = []
+        cols: list[int] = []
+        for i, node in enumerate(charger_node.tolist()):
+            j = node
+            while j >= 0:
+                rows.append(j)
+                cols.append(i)
+                j = int(parent[j])
+        ancestors = sp.csr_matrix(
+            (np.ones(len(rows)), (np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64))),
+            shape=(n_nodes, n),
+        )
+        mask = np.zeros((n, 3), dtype=bool)
+        single = np.zeros(n, dtype=np.int64)
+        for i, charger in enumerate(chargers):
+            mask[i, list(charger.grid_phases())] = True
+            single[i] = charger.grid_phases(1)[0]
+        return cls(
+            site=site,
+            charger_ids=tuple(c.id for c in chargers),
+            node_ids=node_ids,
+            node_parent=parent,
+            node_depth=depth,
+            node_limit_a=limit,
+            charger_node=charger_node,
+            ancestors=ancestors,
+            charger_phase_mask=mask,
+            single_phase_grid=single,
+            min_current_a=np.array([c.min_current_a for c in chargers], dtype=np.float64),
+            max_current_a=np.array([c.max_current_a for c in chargers], dtype=np.float64),
+            granularity_a=np.array([c.granularity_a for c in chargers], dtype=np.float64),
+            priority=np.array([c.priority for c in chargers], dtype=np.float64),
+            can_pause=np.array([c.can_pause for c in chargers], dtype=bool),
+        )
+
+
+def phase_mask(topology: Topology, car_phases: IntArray) -> BoolArray:
+    """Grid phases loaded per charger given the number of phases each car uses.
+
+    car_phases : ndarray, shape (n_chargers,); 1, 2 or 3 (3 for unknown)
+    returns : ndarray, shape (n_chargers, 3), bool
+    """
+    mask = topology.charger_phase_mask.copy()
+    one = (car_phases == 1) & (mask.sum(axis=1) == 3)
+    mask[one] = False
+    mask[np.flatnonzero(one), topology.single_phase_grid[one]] = True
+    return mask
