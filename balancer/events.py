@@ -1,0 +1,167 @@
+"""Typed events into the controller and commands out of it.
+
+The adapters translate protocol messages (OCPP, OSCP, the admin API) into these events and carry
+the commands out; the core never sees a frame or a socket. Times are aware UTC datetimes.
+Currents in ``MeterSample`` are per *charger* phase (as the charger reports them, L1..L3 of its
+own wiring); the controller maps them to grid phases with the charger's ``phase_rotation``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = [
+    "ChargerOffline",
+    "ChargerOnline",
+    "ChargerSchedule",
+    "ChargerStatus",
+    "Event",
+    "MeterSample",
+    "NeedsUpdated",
+    "ObedienceChanged",
+    "ProfileResult",
+    "SessionStarted",
+    "SessionStopped",
+    "Tick",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerOnline:
+    """A charger connected (or reconnected) and booted; ``protocol`` is "ocpp1.6" or "ocpp2.0.1"."""
+
+    charger_id: str
+    at: datetime
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerOffline:
+    """The websocket closed; the charger may still be drawing at its last limit."""
+
+    charger_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerStatus:
+    """StatusNotification (1.6 status, or 2.0.1 connectorStatus / TransactionEvent chargingState)."""
+
+    charger_id: str
+    at: datetime
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """StartTransaction (1.6) or TransactionEvent Started (2.0.1)."""
+
+    charger_id: str
+    at: datetime
+    transaction_id: str
+    meter_start_wh: float | None = None
+    id_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStopped:
+    """StopTransaction (1.6) or TransactionEvent Ended (2.0.1): the only thing that ends a session."""
+
+    charger_id: str
+    at: datetime
+    transaction_id: str
+    meter_stop_wh: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsUpdated:
+    """What the car still needs: ISO 15118 NotifyEVChargingNeeds, or the admin API for other cars.
+
+    ``None`` leaves a field unknown. ``source`` is "iso15118" or "api".
+    """
+
+    charger_id: str
+    at: datetime
+    energy_wh: float | None = None
+    departure: datetime | None = None
+    max_current_a: float | None = None
+    min_current_a: float | None = None
+    phases: int | None = None
+    source: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    """MeterValues: per-phase current [A] (charger phases L1..L3, None when not reported),
+    active power [W], energy register [Wh], state of charge [%]."""
+
+    charger_id: str
+    at: datetime
+    current_a: tuple[float | None, float | None, float | None] = (None, None, None)
+    power_w: float | None = None
+    energy_wh: float | None = None
+    soc_pct: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileResult:
+    """Outcome of pushing a limit to a charger (accepted, rejected, error, timeout)."""
+
+    charger_id: str
+    at: datetime
+    limit_a: float
+    result: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObedienceChanged:
+    """The adapter found that a charger does (not) follow its profile; ``draw_a`` is what it really draws."""
+
+    charger_id: str
+    at: datetime
+    obeys: bool
+    draw_a: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The clock moved on (the control interval, or a slot boundary)."""
+
+    at: datetime
+
+
+Event = (
+    ChargerOnline
+    | ChargerOffline
+    | ChargerStatus
+    | SessionStarted
+    | SessionStopped
+    | NeedsUpdated
+    | MeterSample
+    | ProfileResult
+    | ObedienceChanged
+    | Tick
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerSchedule:
+    """A command: the limit a charger may draw now and the planned limits ahead.
+
+    ``periods`` are (absolute start, limit [A per phase]) pairs, the first starting at or before
+    ``at``; ``limit_a`` equals the first period's limit. ``transaction_id`` is None when no
+    transaction runs (the adapter then updates only the failsafe/default profile).
+    ``failsafe_a`` is the TxDefaultProfile limit this charger must hold (DESIGN 4).
+    """
+
+    charger_id: str
+    at: datetime
+    limit_a: float
+    periods: tuple[tuple[datetime, float], ...]
+    failsafe_a: float
+    transaction_id: str | None = None
+    phases: int = 3
