@@ -74,6 +74,42 @@ class Topology:
             object.__setattr__(self, "_index_cache", cached)
         return cached
 
+    @property
+    def ancestors_t(self) -> sp.csr_matrix:
+        """``ancestors`` transposed, (n_chargers, n_nodes): which nodes sit above each charger."""
+        cached: sp.csr_matrix | None = self.__dict__.get("_ancestors_t")
+        if cached is None:
+            cached = self.ancestors.T.tocsr()
+            object.__setattr__(self, "_ancestors_t", cached)
+        return cached
+
+    @property
+    def entries(self) -> tuple[IntArray, IntArray]:
+        """The (node, charger) pairs of ``ancestors``, as two arrays sorted by node then charger."""
+        cached: tuple[IntArray, IntArray] | None = self.__dict__.get("_entries")
+        if cached is None:
+            coo = self.ancestors.tocoo()
+            order = np.lexsort((coo.col, coo.row))
+            cached = (coo.row[order].astype(np.int64), coo.col[order].astype(np.int64))
+            object.__setattr__(self, "_entries", cached)
+        return cached
+
+    @property
+    def entries_by_charger(self) -> tuple[IntArray, IntArray, IntArray]:
+        """(node, charger, group start) of ``ancestors`` sorted by charger: for ``reduceat``.
+
+        Every charger has at least the connection above it, so every group is non-empty.
+        """
+        cached: tuple[IntArray, IntArray, IntArray] | None = self.__dict__.get("_by_charger")
+        if cached is None:
+            rows, cols = self.entries
+            order = np.argsort(cols, kind="stable")
+            rows_c, cols_c = rows[order], cols[order]
+            starts = np.searchsorted(cols_c, np.arange(self.n_chargers)).astype(np.int64)
+            cached = (rows_c, cols_c, starts)
+            object.__setattr__(self, "_by_charger", cached)
+        return cached
+
     @classmethod
     def from_site(cls, site: Site) -> Topology:
         """Build the arrays of a validated site (the config guarantees a tree with known parents)."""

@@ -1,0 +1,614 @@
+"""The controller of one site: events in, charger schedules out. Sans-io.
+
+The service feeds it events (``balancer.events``), the capacity in force (``set_capacity``) and
+the clock; it answers with a ``ChargerSchedule`` per charger. The LP is not run here: the
+controller says when a replan is due and builds the planner's input (``plan_request``); the
+service runs the planner off the event loop and hands the outcome back (``accept_plan``). When
+there is no usable plan, the allocator alone decides and ``plan_status`` says why.
+
+Safety bookkeeping (DESIGN 4):
+- a charger that is offline keeps what it may still draw (its last limit, or its failsafe)
+  reserved at every node above it until it reconnects or its schedule ends;
+- a charger flagged as not obeying is reserved at what it really draws;
+- every charger's failsafe (TxDefaultProfile) is its share of ``fallback_kw`` found by the
+  allocator itself, so all failsafes together respect ``fallback_kw``, the connection and fuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from balancer.allocate import Allocation, AllocationRequest, allocate
+from balancer.events import (
+    ChargerOffline,
+    ChargerOnline,
+    ChargerSchedule,
+    ChargerStatus,
+    Event,
+    MeterSample,
+    NeedsUpdated,
+    ObedienceChanged,
+    ProfileResult,
+    SessionStarted,
+    SessionStopped,
+    Tick,
+)
+from balancer.model import ControlSettings, LimitSource, Site, floor_to
+from balancer.plan import Plan, PlanSession, SolveOutcome
+from balancer.topology import Topology, phase_mask
+
+__all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
+
+FloatArray = npt.NDArray[np.float64]
+
+SLOT_S = 900
+MEASUREMENT_FRESH_S = 120.0
+"""A meter sample older than this (in the controller's clock) no longer caps a car's allowance."""
+IDLE_DRAW_A = 0.5
+"""Below this a car counts as not drawing (full, or waiting)."""
+
+
+def slot_floor(t: datetime, slot_s: int = SLOT_S) -> datetime:
+    """The start of the 15-minute slot holding ``t`` (aligned to the quarter hour, UTC)."""
+    epoch = int(t.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % slot_s, tz=t.tzinfo)
+
+
+@dataclass
+class ChargerState:
+    """What the controller knows about one charger. Mutable, owned by the controller."""
+
+    connected: bool = False
+    protocol: str | None = None
+    status: str = "unknown"
+    transaction_id: str | None = None
+    session_start: datetime | None = None
+    energy_wh: float | None = None
+    session_energy_start_wh: float | None = None
+    need_wh: float | None = None
+    need_at_energy_wh: float | None = None
+    departure: datetime | None = None
+    car_max_a: float | None = None
+    car_min_a: float | None = None
+    car_phases: int | None = None
+    measured_a: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    measured_at: datetime | None = None
+    power_w: float | None = None
+    soc_pct: float | None = None
+    held_a: float = 0.0
+    held_until: datetime | None = None
+    limit_a: float = 0.0
+    limit_changed_at: datetime | None = None
+    obeys: bool = True
+    draw_a: float | None = None
+    last_push: dict[str, Any] | None = None
+
+    def remaining_wh(self) -> float | None:
+        """Energy the car still needs [Wh], or None when unknown."""
+        if self.need_wh is None:
+            return None
+        delivered = 0.0
+        if self.energy_wh is not None and self.need_at_energy_wh is not None:
+            delivered = max(0.0, self.energy_wh - self.need_at_energy_wh)
+        return max(0.0, self.need_wh - delivered)
+
+    def session_delivered_wh(self) -> float:
+        if self.energy_wh is None or self.session_energy_start_wh is None:
+            return 0.0
+        return max(0.0, self.energy_wh - self.session_energy_start_wh)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            out[key] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChargerState:
+        state = cls()
+        for key, value in data.items():
+            if not hasattr(state, key):
+                continue
+            if key in ("session_start", "departure", "measured_at", "held_until", "limit_changed_at"):
+                value = datetime.fromisoformat(value) if value else None
+            setattr(state, key, value)
+        # After a restart nobody is connected until it says so.
+        state.connected = False
+        return state
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything the planner needs, computed from the controller's state at ``start``."""
+
+    topology: Topology
+    capacity_a: FloatArray
+    sessions: tuple[PlanSession, ...]
+    start: datetime
+    budget_s: float
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    """A snapshot for the admin API, metrics and the grid-operator reports."""
+
+    site_id: str
+    at: datetime
+    capacity_a: tuple[float, float, float]
+    capacity_w: float
+    capacity_source: str
+    allocated_a: tuple[float, float, float]
+    measured_a: tuple[float, float, float]
+    allocation_status: str
+    plan_status: str
+    chargers: tuple[dict[str, Any], ...]
+
+
+class Controller:
+    """Turns events and the capacity in force into one schedule per charger, for one site."""
+
+    def __init__(self, site: Site, settings: ControlSettings | None = None) -> None:
+        self.site = site
+        self.settings = settings or ControlSettings()
+        self.topology = Topology.from_site(site)
+        self.states: dict[str, ChargerState] = {cid: ChargerState() for cid in self.topology.charger_ids}
+        self.failsafe_a = self._failsafe_limits()
+        self._cap_start: datetime | None = None
+        self._cap_a: FloatArray = np.zeros((0, 3))
+        self._cap_sources: list[str] = []
+        self.plan: Plan | None = None
+        self.plan_status = "no_plan"
+        self.plan_message = ""
+        self._replan_due = True
+        self._last_slot: datetime | None = None
+        self.last_allocation: Allocation | None = None
+        self.last_schedules: dict[str, ChargerSchedule] = {}
+        self._last_at: datetime | None = None
+
+    # ----------------------------------------------------------------- configuration
+    def _failsafe_limits(self) -> FloatArray:
+        """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
+        on all its phases; the allocator guarantees the sum respects fallback, connection, fuses."""
+        topo = self.topology
+        if topo.n_chargers == 0:
+            return np.zeros(0)
+        capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
+        capacity[0, :] = np.minimum(capacity[0, :], self.site.fallback_a)
+        request = AllocationRequest(
+            topology=topo,
+            capacity_a=capacity,
+            phase_mask=topo.charger_phase_mask,
+            min_a=topo.min_current_a,
+            max_a=topo.max_current_a,
+        )
+        return np.asarray(allocate(request).limit_a, dtype=np.float64)
+
+    def reconfigure(self, site: Site) -> None:
+        """Take a new config for this site: keeps the state of chargers that still exist."""
+        old = self.states
+        self.site = site
+        self.topology = Topology.from_site(site)
+        self.states = {cid: old.get(cid, ChargerState()) for cid in self.topology.charger_ids}
+        self.failsafe_a = self._failsafe_limits()
+        self.plan = None
+        self._replan_due = True
+
+    # ----------------------------------------------------------------- capacity
+    def set_capacity(self, start: datetime, capacity_a: FloatArray, sources: list[str]) -> None:
+        """The capacity in force per slot from ``start`` (n_slots, 3) [A], with its source per slot."""
+        capacity = np.nan_to_num(np.asarray(capacity_a, dtype=np.float64), nan=0.0)
+        capacity = np.clip(capacity, 0.0, self.site.grid_limit_a)
+        changed = (
+            self._cap_start != start
+            or capacity.shape != self._cap_a.shape
+            or not np.array_equal(capacity, self._cap_a)
+        )
+        if changed and (self._cap_a.size == 0 or not self._same_ahead(start, capacity)):
+            self._replan_due = True
+        self._cap_start, self._cap_a, self._cap_sources = start, capacity, list(sources)
+
+    def _same_ahead(self, start: datetime, capacity: FloatArray) -> bool:
+        """True when the new capacity array is the old one shifted in time (no real change)."""
+        if self._cap_start is None:
+            return False
+        shift = int((start - self._cap_start).total_seconds() // SLOT_S)
+        if shift < 0 or shift >= len(self._cap_a):
+            return False
+        old = self._cap_a[shift:]
+        n = min(len(old), len(capacity))
+        return bool(np.array_equal(old[:n], capacity[:n]))
+
+    def capacity_now(self, now: datetime) -> tuple[FloatArray, str]:
+        """Per-phase capacity in force at ``now`` [A] and its source; fallback_kw when unknown."""
+        if self._cap_start is not None and len(self._cap_a):
+            k = int((now - self._cap_start).total_seconds() // SLOT_S)
+            if 0 <= k < len(self._cap_a):
+                return self._cap_a[k].copy(), self._cap_sources[k]
+        return np.full(3, self.site.fallback_a), LimitSource.FALLBACK_CONFIG.value
+
+    def capacity_ahead(self, start: datetime, n_slots: int) -> FloatArray:
+        """(n_slots, 3) capacity from ``start`` [A]; slots not known get the fallback_kw share."""
+        out = np.full((n_slots, 3), self.site.fallback_a)
+        if self._cap_start is not None and len(self._cap_a):
+            offset = int((start - self._cap_start).total_seconds() // SLOT_S)
+            for k in range(n_slots):
+                j = offset + k
+                if 0 <= j < len(self._cap_a):
+                    out[k] = self._cap_a[j]
+        return out
+
+    # ----------------------------------------------------------------- events
+    def handle(self, event: Event) -> None:
+        """Update the state from one event. Unknown chargers are ignored (the adapter refuses them)."""
+        if isinstance(event, Tick):
+            return
+        state = self.states.get(event.charger_id)
+        if state is None:
+            return
+        if isinstance(event, ChargerOnline):
+            state.connected, state.protocol = True, event.protocol
+        elif isinstance(event, ChargerOffline):
+            state.connected = False
+        elif isinstance(event, ChargerStatus):
+            state.status = event.status
+        elif isinstance(event, SessionStarted):
+            self._start_session(state, event)
+        elif isinstance(event, SessionStopped):
+            if state.transaction_id in (None, event.transaction_id):
+                self._end_session(state, event)
+        elif isinstance(event, NeedsUpdated):
+            self._update_needs(state, event)
+        elif isinstance(event, MeterSample):
+            self._meter(event.charger_id, state, event)
+        elif isinstance(event, ProfileResult):
+            self._profile_result(state, event)
+        elif isinstance(event, ObedienceChanged):
+            state.obeys = event.obeys
+            state.draw_a = event.draw_a
+
+    def _start_session(self, state: ChargerState, event: SessionStarted) -> None:
+        if state.transaction_id == event.transaction_id:
+            return  # a repeated start after a reconnect is the same session
+        state.transaction_id = event.transaction_id
+        state.session_start = event.at
+        state.session_energy_start_wh = event.meter_start_wh if event.meter_start_wh is not None \
+            else state.energy_wh
+        state.need_wh = state.need_at_energy_wh = state.departure = None
+        state.car_max_a = state.car_min_a = state.car_phases = None
+        if state.status in ("unknown", "Available", "Preparing"):
+            state.status = "Charging"
+        self._replan_due = True
+
+    def _end_session(self, state: ChargerState, event: SessionStopped) -> None:
+        state.transaction_id = None
+        state.session_start = None
+        state.need_wh = state.need_at_energy_wh = state.departure = None
+        state.car_max_a = state.car_min_a = state.car_phases = None
+        if event.meter_stop_wh is not None:
+            state.energy_wh = event.meter_stop_wh
+        state.status = "Finishing" if state.status == "Charging" else state.status
+        self._replan_due = True
+
+    def _update_needs(self, state: ChargerState, event: NeedsUpdated) -> None:
+        if event.energy_wh is not None:
+            state.need_wh = max(0.0, event.energy_wh)
+            state.need_at_energy_wh = state.energy_wh if state.energy_wh is not None else 0.0
+        if event.departure is not None:
+            state.departure = event.departure
+        if event.max_current_a is not None:
+            state.car_max_a = max(0.0, event.max_current_a)
+        if event.min_current_a is not None:
+            state.car_min_a = max(0.0, event.min_current_a)
+        if event.phases in (1, 2, 3):
+            state.car_phases = event.phases
+        self._replan_due = True
+
+    def _meter(self, charger_id: str, state: ChargerState, event: MeterSample) -> None:
+        charger = self.site.charger(charger_id)
+        if any(c is not None for c in event.current_a):
+            grid = [0.0, 0.0, 0.0]
+            if charger.phases == 1:
+                grid[["L1", "L2", "L3"].index(charger.phase)] = max(
+                    (c for c in event.current_a if c is not None), default=0.0)
+            else:
+                for k, current in enumerate(event.current_a):
+                    if current is not None:
+                        grid["RST".index(charger.phase_rotation[k])] = max(0.0, current)
+            state.measured_a = grid
+            state.measured_at = event.at
+            if charger.phases == 3 and state.car_phases is None:
+                drawing = [c for c in event.current_a if c is not None and c > 1.0]
+                if len(drawing) == 1 and (event.current_a[0] or 0.0) > 1.0:
+                    state.car_phases = 1
+        if event.energy_wh is not None:
+            state.energy_wh = event.energy_wh
+            if state.transaction_id is not None and state.session_energy_start_wh is None:
+                state.session_energy_start_wh = event.energy_wh
+        if event.power_w is not None:
+            state.power_w = event.power_w
+        if event.soc_pct is not None:
+            state.soc_pct = event.soc_pct
+
+    def _profile_result(self, state: ChargerState, event: ProfileResult) -> None:
+        state.last_push = {"at": event.at.isoformat(), "limit_a": event.limit_a,
+                           "result": event.result, "detail": event.detail}
+        if event.result == "Accepted":
+            # What the charger may draw from now on is the accepted limit.
+            state.held_a = event.limit_a
+
+    # ----------------------------------------------------------------- planning
+    @property
+    def replan_due(self) -> bool:
+        return self._replan_due
+
+    def plan_request(self, now: datetime) -> PlanRequest:
+        """The planner's input for the sessions present now (clears the replan flag)."""
+        self._replan_due = False
+        start = slot_floor(now)
+        horizon = self.settings.plan_horizon_h * 3600 // SLOT_S
+        end = start + timedelta(seconds=horizon * SLOT_S)
+        sessions: list[PlanSession] = []
+        topo = self.topology
+        for i, cid in enumerate(topo.charger_ids):
+            state = self.states[cid]
+            if state.transaction_id is None or not self._wants_current(state):
+                continue
+            charger = self.site.charger(cid)
+            remaining = state.remaining_wh()
+            max_a = min(charger.max_current_a, state.car_max_a or charger.max_current_a)
+            phases = charger.phases if state.car_phases is None else min(state.car_phases, charger.phases)
+            if remaining is None:
+                # Unknown needs: the car wants its maximum until the horizon (DESIGN 4).
+                remaining = max_a * phases * self.site.voltage_v * (end - now).total_seconds() / 3600.0
+            departure = min(state.departure or end, end)
+            if departure <= now or remaining <= 0:
+                continue
+            sessions.append(PlanSession(
+                charger_id=cid, arrival=now, departure=departure, energy_wh=remaining,
+                max_current_a=max_a, min_current_a=max(charger.min_current_a, state.car_min_a or 0.0),
+                phases=phases, weight=float(topo.priority[i]) or 1.0,
+            ))
+        capacity = self.capacity_ahead(start, horizon)
+        capacity = self._minus_reserved(capacity, now)
+        return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
+                           budget_s=self.settings.planner_budget_s)
+
+    def accept_plan(self, outcome: SolveOutcome) -> None:
+        """Keep a plan from the planner; any status other than optimal leaves the allocator alone."""
+        self.plan_status = outcome.status
+        self.plan_message = outcome.message
+        self.plan = outcome.plan if outcome.status in ("optimal", "no_sessions") else None
+
+    # ----------------------------------------------------------------- allocation
+    def _wants_current(self, state: ChargerState) -> bool:
+        return state.connected and state.transaction_id is not None and state.obeys
+
+    def _reserved_a(self, now: datetime) -> tuple[FloatArray, FloatArray]:
+        """Per-charger current that is not ours to move (offline, disobedient) and its phase mask."""
+        topo = self.topology
+        reserve = np.zeros(topo.n_chargers)
+        for i, cid in enumerate(topo.charger_ids):
+            state = self.states[cid]
+            if not state.connected:
+                # It may still draw: its TxProfile while the schedule runs, else its failsafe.
+                still_valid = state.held_until is None or now < state.held_until
+                if state.transaction_id is not None and still_valid:
+                    reserve[i] = max(state.held_a, state.limit_a)
+                else:
+                    reserve[i] = max(self.failsafe_a[i], 0.0)
+            elif not state.obeys:
+                reserve[i] = max(state.draw_a or 0.0, max(state.measured_a))
+        return reserve, topo.charger_phase_mask.astype(np.float64)
+
+    def _minus_reserved(self, capacity: FloatArray, now: datetime) -> FloatArray:
+        """Connection capacity per slot (n, 3) less the reserved loads on it [A]."""
+        reserve, mask = self._reserved_a(now)
+        load = reserve @ mask if len(reserve) else np.zeros(3)
+        return np.asarray(np.maximum(0.0, capacity - load[None, :]), dtype=np.float64)
+
+    def _node_capacity(self, now: datetime) -> tuple[FloatArray, FloatArray, str]:
+        topo = self.topology
+        cap_now, source = self.capacity_now(now)
+        capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
+        capacity[0, :] = np.minimum(capacity[0, :], cap_now)
+        reserve, mask = self._reserved_a(now)
+        if topo.n_chargers:
+            capacity -= np.asarray(topo.ancestors @ (reserve[:, None] * mask))
+        return np.maximum(capacity, 0.0), cap_now, source
+
+    def _allowance(self, now: datetime) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+        """Per-charger min, max [A] and urgency, and the phase mask of the cars."""
+        topo = self.topology
+        n = topo.n_chargers
+        min_a = topo.min_current_a.copy()
+        max_a = np.zeros(n)
+        urgency = np.zeros(n)
+        car_phases = np.full(n, 3, dtype=np.int64)
+        headroom = self.site.headroom_a
+        for i, cid in enumerate(topo.charger_ids):
+            state = self.states[cid]
+            if state.car_phases is not None:
+                car_phases[i] = state.car_phases
+            if not self._wants_current(state):
+                continue
+            cap = topo.max_current_a[i]
+            if state.car_max_a is not None:
+                cap = min(cap, state.car_max_a)
+            if state.car_min_a is not None:
+                min_a[i] = max(min_a[i], state.car_min_a)
+            drawn = max(state.measured_a)
+            fresh = state.measured_at is not None and (now - state.measured_at).total_seconds() <= \
+                MEASUREMENT_FRESH_S
+            settled = state.limit_changed_at is None or state.measured_at is None or \
+                state.measured_at > state.limit_changed_at
+            if fresh and settled and state.limit_a > 0 and drawn < state.limit_a - headroom:
+                # The car takes less than it may: free the rest, keep a headroom to ramp back.
+                cap = min(cap, max(drawn + headroom, min_a[i]))
+            remaining = state.remaining_wh()
+            if remaining is not None and remaining <= 0:
+                cap = min(cap, min_a[i])
+            max_a[i] = cap if cap >= min_a[i] else 0.0
+            if state.departure is not None and remaining is not None and cap > 0:
+                power_w = cap * min(car_phases[i], 3) * self.site.voltage_v
+                laxity_s = (state.departure - now).total_seconds() - remaining / power_w * 3600.0
+                urgency[i] = -laxity_s
+            else:
+                urgency[i] = -1e9
+        mask = phase_mask(topo, car_phases)
+        return min_a, max_a, urgency, mask
+
+    def decide(self, now: datetime) -> list[ChargerSchedule]:
+        """Allocate the capacity of the moment and build every charger's schedule."""
+        topo = self.topology
+        self._last_at = now
+        slot = slot_floor(now)
+        if self._last_slot != slot:
+            self._last_slot = slot
+            self._replan_due = True
+        capacity, _, _ = self._node_capacity(now)
+        min_a, max_a, urgency, mask = self._allowance(now)
+        target = np.full(topo.n_chargers, np.nan)
+        if self.plan is not None and self.plan.start <= now:
+            k = int((now - self.plan.start).total_seconds() // self.plan.slot_s)
+            if 0 <= k < self.plan.limit_a.shape[1]:
+                index = {cid: j for j, cid in enumerate(self.plan.charger_ids)}
+                for i, cid in enumerate(topo.charger_ids):
+                    j = index.get(cid)
+                    if j is not None and max_a[i] > 0:
+                        target[i] = self.plan.limit_a[j, k]
+        request = AllocationRequest(
+            topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
+            target_a=target, urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
+            now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s,
+        )
+        allocation = allocate(request)
+        self.last_allocation = allocation
+        schedules: list[ChargerSchedule] = []
+        for i, cid in enumerate(topo.charger_ids):
+            state = self.states[cid]
+            limit = float(allocation.limit_a[i])
+            if not state.obeys and state.connected:
+                limit = state.limit_a  # keep what it was told; its real draw is reserved above
+            if not state.connected:
+                continue
+            if limit != state.limit_a:
+                state.limit_changed_at = now
+            state.limit_a = limit
+            schedule = self._schedule(i, cid, now, limit)
+            state.held_until = schedule.periods[-1][0] if len(schedule.periods) > 1 else None
+            schedules.append(schedule)
+            self.last_schedules[cid] = schedule
+        return schedules
+
+    def _schedule(self, i: int, cid: str, now: datetime, limit_a: float) -> ChargerSchedule:
+        """The limit now, then the planned limits of the slots ahead, then the failsafe."""
+        state = self.states[cid]
+        charger = self.site.charger(cid)
+        periods: list[tuple[datetime, float]] = [(now, limit_a)]
+        if state.transaction_id is not None and limit_a > 0:
+            horizon = self.settings.plan_horizon_h * 3600 // SLOT_S
+            start = slot_floor(now)
+            cap_now, _ = self.capacity_now(now)
+            ahead = self.capacity_ahead(start, horizon)
+            row = None
+            if self.plan is not None:
+                try:
+                    row = self.plan.limit_a[self.plan.charger_ids.index(cid)]
+                except ValueError:
+                    row = None
+            for k in range(1, horizon):
+                t = start + timedelta(seconds=k * SLOT_S)
+                if row is not None and self.plan is not None:
+                    j = int((t - self.plan.start).total_seconds() // self.plan.slot_s)
+                    value = float(row[j]) if 0 <= j < len(row) else 0.0
+                else:
+                    # No plan: scale today's limit by how much the capacity ahead shrinks, so the
+                    # schedule stays within the forecast should the balancer vanish.
+                    ratio = float(np.min(ahead[k] / np.maximum(cap_now, 1e-9)))
+                    value = limit_a * min(1.0, max(ratio, 0.0))
+                value = floor_to(value, charger.granularity_a)
+                if value < charger.min_current_a:
+                    value = 0.0
+                if value != periods[-1][1]:
+                    periods.append((t, value))
+            end = start + timedelta(seconds=horizon * SLOT_S)
+            periods.append((end, float(self.failsafe_a[i])))
+        return ChargerSchedule(
+            charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),
+            failsafe_a=float(self.failsafe_a[i]), transaction_id=state.transaction_id,
+            phases=charger.phases if state.car_phases is None else min(state.car_phases, charger.phases),
+        )
+
+    # ----------------------------------------------------------------- reporting
+    def status(self, now: datetime) -> SiteStatus:
+        topo = self.topology
+        cap_now, source = self.capacity_now(now)
+        allocated = np.zeros(3)
+        measured = np.zeros(3)
+        chargers: list[dict[str, Any]] = []
+        for i, cid in enumerate(topo.charger_ids):
+            state = self.states[cid]
+            mask = topo.charger_phase_mask[i]
+            if state.car_phases == 1:
+                mask = np.zeros(3, dtype=bool)
+                mask[topo.single_phase_grid[i]] = True
+            allocated += mask * (state.limit_a if state.connected else
+                                 max(state.held_a, state.limit_a))
+            measured += np.asarray(state.measured_a)
+            chargers.append({
+                "id": cid,
+                "connected": state.connected,
+                "protocol": state.protocol,
+                "limit_a": round(state.limit_a, 3),
+                "failsafe_a": round(float(self.failsafe_a[i]), 3),
+                "measured_a": [round(x, 2) for x in state.measured_a],
+                "state": _state_name(state),
+                "transaction_id": state.transaction_id,
+                "obeys": state.obeys,
+                "energy_wh": state.energy_wh,
+                "session_delivered_wh": round(state.session_delivered_wh(), 1),
+                "remaining_wh": state.remaining_wh(),
+                "departure": state.departure.isoformat() if state.departure else None,
+                "soc_pct": state.soc_pct,
+                "power_w": state.power_w,
+                "last_push": state.last_push,
+            })
+        return SiteStatus(
+            site_id=self.site.id, at=now,
+            capacity_a=(float(cap_now[0]), float(cap_now[1]), float(cap_now[2])),
+            capacity_w=float(cap_now.sum() * self.site.voltage_v),
+            capacity_source=source,
+            allocated_a=(float(allocated[0]), float(allocated[1]), float(allocated[2])),
+            measured_a=(float(measured[0]), float(measured[1]), float(measured[2])),
+            allocation_status=self.last_allocation.status if self.last_allocation else "none",
+            plan_status=self.plan_status,
+            chargers=tuple(chargers),
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """State to persist so a restart keeps sessions, needs and the limits chargers hold."""
+        return {cid: s.to_json() for cid, s in self.states.items()}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        for cid, raw in data.items():
+            if cid in self.states and isinstance(raw, dict):
+                self.states[cid] = ChargerState.from_json(raw)
+        self._replan_due = True
+
+
+def _state_name(state: ChargerState) -> str:
+    if not state.connected:
+        return "offline"
+    if state.transaction_id is None:
+        return "idle"
+    if not state.obeys:
+        return "not_obeying"
+    if state.limit_a <= 0:
+        return "paused"
+    return "charging" if max(state.measured_a) > IDLE_DRAW_A else "waiting"
+

@@ -1,0 +1,345 @@
+"""The 24 h planner: a linear program over 15-minute slots, built as sparse matrices.
+
+Variables ``x[s, t]``: per-phase current of session ``s`` in slot ``t`` [A], only where the car is
+present (partly covered first and last slots count with the covered fraction). Constraints per
+slot, node and phase: the sessions below the node that load the phase draw at most its capacity
+(node 0: the capacity in force from the caller; circuits: their fuse). Per session: at most the
+car/charger maximum, and never more energy than needed.
+
+The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sessions under 1 s):
+  1. priority-weighted energy delivered before departure (weight 1 per Wh and priority);
+  2. fairness: each session's need is cut into ``FAIR_SEGMENTS`` equal segments whose weights
+     fall by ``FAIR_STEP`` each, so a Wh that fills a car's first segment is worth more than one
+     topping up another car's last: shortfall is spread max-min fairly to 1/8 of the need, and a
+     Wh of total energy always outweighs the at most ``8 * FAIR_STEP`` gained by moving it;
+  3. earlier delivery: a bonus of at most ``EARLY_BONUS`` per Wh, larger in earlier slots.
+(A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
+max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)
+
+Minimum currents (a car stops below ~6 A) are met by post-processing: planned values between 0
+and the minimum are set to 0, stage 2 is solved once more with those slot variables fixed at 0,
+and anything still below the minimum is zeroed. Lowering a current never breaks a capacity, so
+the plan stays feasible; the energy lost to this is the price of not solving a MIP within 2 s.
+
+Routes: ``highs-ipm`` (default; HiGHS interior point with crossover on the matrices),
+``highs-simplex`` (same matrices, dual simplex), ``pulp-highs`` and ``pulp-cbc`` (the same LP
+built with pulp, the readable reference and the CBC fallback, see ``balancer.plan_pulp``).
+Every failure comes back as a ``SolveOutcome`` status, never an exception.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from balancer.topology import Topology
+
+__all__ = ["LpModel", "Plan", "PlanSession", "SolveOutcome", "build_model", "plan"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+FAIR_SEGMENTS = 8
+"""Each session's need is cut into this many equal segments with decreasing objective weights."""
+FAIR_STEP = 1e-2
+"""Extra weight per segment: small enough that total energy always wins, big enough to spread."""
+EARLY_BONUS = 1e-3
+"""Weight of energy delivered in the first slot versus the last: the last tie-breaker."""
+
+
+@dataclass(frozen=True)
+class PlanSession:
+    """One car to plan for. Times are aware UTC; ``None`` fields default to the charger's values."""
+
+    charger_id: str
+    arrival: datetime
+    departure: datetime
+    energy_wh: float
+    max_current_a: float | None = None
+    min_current_a: float | None = None
+    phases: int | None = None
+    weight: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """limit_a : (n_chargers, n_slots) [A per phase]; planned_wh per session's charger id."""
+
+    start: datetime
+    slot_s: int
+    charger_ids: tuple[str, ...]
+    limit_a: FloatArray
+    planned_wh: dict[str, float] = field(default_factory=dict)
+
+    def first_slot(self) -> FloatArray:
+        """The planned limits of the first slot, (n_chargers,) [A]."""
+        return np.asarray(self.limit_a[:, 0], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class SolveOutcome:
+    """The planner's answer: ``status`` is data (optimal, time_limit, infeasible, error, no_sessions)."""
+
+    status: str
+    plan: Plan | None
+    solver: str
+    seconds: float
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LpModel:
+    """The LP in matrix form: maximise ``cost @ v`` over ``row_lo <= A v <= row_hi``,
+    ``col_lo <= v <= col_hi``. Columns: the ``x[s, t]`` pairs (``col_session``, ``col_slot``), then
+    the node flows ``y``, then the fairness segments ``g``.
+    """
+
+    a: sp.csc_matrix
+    row_lo: FloatArray
+    row_hi: FloatArray
+    col_lo: FloatArray
+    col_hi: FloatArray
+    cost: FloatArray
+    col_session: IntArray
+    col_slot: IntArray
+    wh_per_a: FloatArray
+    min_a: FloatArray
+    need_wh: FloatArray
+
+    @property
+    def n_x(self) -> int:
+        return len(self.col_session)
+
+
+def _session_arrays(topology: Topology, sessions: Sequence[PlanSession], start: datetime, n_slots: int,
+                    slot_s: int, voltage_v: float) -> dict[str, FloatArray | IntArray]:
+    """Per-session vectors: charger index, bounds, phases, weight, coverage per slot."""
+    n = len(sessions)
+    charger = np.array([topology.index(s.charger_id) for s in sessions], dtype=np.int64)
+    max_a = np.array([topology.max_current_a[i] if s.max_current_a is None
+                      else min(s.max_current_a, topology.max_current_a[i])
+                      for s, i in zip(sessions, charger, strict=True)], dtype=np.float64)
+    min_a = np.array([topology.min_current_a[i] if s.min_current_a is None
+                      else max(s.min_current_a, topology.min_current_a[i])
+                      for s, i in zip(sessions, charger, strict=True)], dtype=np.float64)
+    full = topology.charger_phase_mask[charger].sum(axis=1)
+    phases = np.array([full[k] if s.phases is None else min(s.phases, full[k])
+                       for k, s in enumerate(sessions)], dtype=np.int64)
+    weight = np.array([topology.priority[i] if s.weight is None else s.weight
+                       for s, i in zip(sessions, charger, strict=True)], dtype=np.float64)
+    weight = np.where(weight > 0, weight, 1.0)
+    t0 = start.timestamp()
+    arrive = np.array([(s.arrival.timestamp() - t0) / slot_s for s in sessions]) if n else np.zeros(0)
+    leave = np.array([(s.departure.timestamp() - t0) / slot_s for s in sessions]) if n else np.zeros(0)
+    slots = np.arange(n_slots, dtype=np.float64)
+    coverage = np.clip(np.minimum(leave[:, None], slots + 1) - np.maximum(arrive[:, None], slots), 0.0, 1.0)
+    energy = np.array([max(0.0, s.energy_wh) for s in sessions], dtype=np.float64)
+    return {"charger": charger, "max_a": max_a, "min_a": min_a, "phases": phases, "weight": weight,
+            "coverage": coverage, "energy": energy,
+            "wh_per_a": phases[:, None] * voltage_v * (slot_s / 3600.0) * coverage}
+
+
+def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession],
+                start: datetime, *, slot_s: int = 900, voltage_v: float | None = None) -> LpModel:
+    """Build the LP as sparse matrices (no Python loop over sessions x slots)."""
+    volts = topology.site.voltage_v if voltage_v is None else voltage_v
+    capacity = np.maximum(np.nan_to_num(np.asarray(capacity_a, dtype=np.float64), nan=0.0), 0.0)
+    n_slots = capacity.shape[0]
+    arr = _session_arrays(topology, sessions, start, n_slots, slot_s, volts)
+    coverage = arr["coverage"]
+    s_idx, t_idx = np.nonzero((coverage > 0) & (arr["max_a"][:, None] > 0) & (arr["energy"][:, None] > 0))
+    s_idx = s_idx.astype(np.int64)
+    t_idx = t_idx.astype(np.int64)
+    n_x = len(s_idx)
+    wh_per_a = np.asarray(arr["wh_per_a"][s_idx, t_idx], dtype=np.float64)
+    charger = arr["charger"][s_idx]
+
+    # Car phases -> grid phases: a single-phase car on a three-phase charger loads its R phase.
+    mask = topology.charger_phase_mask[arr["charger"]].copy()
+    one = (arr["phases"] == 1) & (mask.sum(axis=1) == 3)
+    mask[one] = False
+    mask[np.flatnonzero(one), topology.single_phase_grid[arr["charger"][one]]] = True
+    col_mask = mask[s_idx]  # (n_x, 3)
+
+    # Flow variables y[node, phase, slot] for every node that carries some x: each node's row says
+    # y = (x of chargers hanging directly on it) + (y of its child nodes), and y's upper bound is
+    # the node's capacity. Each x then appears once per phase, not once per ancestor: a sparser
+    # matrix than summing every x into every ancestor's row, which is what makes HiGHS fast here.
+    anc = topology.ancestors.tocsc()[:, charger]  # (n_nodes, n_x)
+    anc_coo = anc.tocoo()
+    node_of, col_of = anc_coo.row.astype(np.int64), anc_coo.col.astype(np.int64)
+    keys = []
+    for p in range(3):
+        keep = col_mask[col_of, p]
+        keys.append((node_of[keep] * 3 + p) * n_slots + t_idx[col_of[keep]])
+    unique_keys = np.unique(np.concatenate(keys))
+    n_cap = len(unique_keys)
+    cap_node = unique_keys // (3 * n_slots)
+    cap_phase = (unique_keys // n_slots) % 3
+    cap_slot = unique_keys % n_slots
+    cap_hi = np.where(cap_node == 0, np.minimum(capacity[cap_slot, cap_phase], topology.node_limit_a[0]),
+                      topology.node_limit_a[cap_node])
+    direct_cols, direct_rows = [], []
+    home = topology.charger_node[charger]
+    for p in range(3):
+        on = np.flatnonzero(col_mask[:, p])
+        direct_cols.append(on)
+        direct_rows.append(np.searchsorted(unique_keys, (home[on] * 3 + p) * n_slots + t_idx[on]))
+    d_cols = np.concatenate(direct_cols)
+    d_rows = np.concatenate(direct_rows)
+    child = np.flatnonzero(cap_node != 0)
+    parent_key = (topology.node_parent[cap_node[child]] * 3 + cap_phase[child]) * n_slots + cap_slot[child]
+    parent_row = np.searchsorted(unique_keys, parent_key)
+
+    n_s = len(sessions)
+    need = np.asarray(arr["energy"], dtype=np.float64)
+    k = FAIR_SEGMENTS
+    y0 = n_x
+    g0 = n_x + n_cap
+    seg_session = np.repeat(np.arange(n_s), k)
+    seg_rank = np.tile(np.arange(k), n_s)
+    # Node rows: y - direct x - child y = 0.  Energy rows: sum_t e x - sum_j g_j = 0, where the
+    # k segments g_j <= need / k carry the session's energy (so never more than needed).
+    rows = np.concatenate([np.arange(n_cap), d_rows, parent_row, n_cap + s_idx, n_cap + seg_session])
+    cols = np.concatenate([y0 + np.arange(n_cap), d_cols, y0 + child, np.arange(n_x),
+                           g0 + np.arange(n_s * k)])
+    # Energy rows are written in kWh so that the objective's coefficients are of order 1: with
+    # costs near 1e-7 the solver's dual tolerance (1e-7) would make any plan look optimal.
+    vals = np.concatenate([np.ones(n_cap), -np.ones(len(d_cols)), -np.ones(len(child)), wh_per_a / 1000.0,
+                           -np.ones(n_s * k)])
+    a = sp.csc_matrix((vals, (rows, cols)), shape=(n_cap + n_s, n_x + n_cap + n_s * k))
+    row_lo = np.zeros(n_cap + n_s)
+    row_hi = np.zeros(n_cap + n_s)
+    col_lo = np.zeros(n_x + n_cap + n_s * k)
+    col_hi = np.concatenate([arr["max_a"][s_idx], cap_hi, np.repeat(need / 1000.0 / k, k)])
+    earliness = 1.0 - t_idx / max(n_slots, 1)
+    cost = np.concatenate([
+        EARLY_BONUS * earliness * wh_per_a / 1000.0,
+        np.zeros(n_cap),
+        arr["weight"][seg_session] * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
+    ])
+    return LpModel(a=a, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, cost=cost,
+                   col_session=s_idx, col_slot=t_idx, wh_per_a=wh_per_a,
+                   min_a=np.asarray(arr["min_a"][s_idx], dtype=np.float64),
+                   need_wh=need)
+
+
+def _solve_highs(model: LpModel, cost: FloatArray, col_hi: FloatArray, row_lo: FloatArray,
+                 method: str, budget_s: float) -> tuple[str, FloatArray | None, str]:
+    """One LP with highspy: (status, primal values, message)."""
+    import highspy
+
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("log_to_console", False)
+    h.setOptionValue("time_limit", max(budget_s, 0.01))
+    h.setOptionValue("solver", "ipm" if method == "ipm" else "simplex")
+    lp = highspy.HighsLp()
+    lp.num_col_ = model.a.shape[1]
+    lp.num_row_ = model.a.shape[0]
+    lp.col_cost_ = cost
+    lp.col_lower_ = model.col_lo
+    lp.col_upper_ = col_hi
+    lp.row_lower_ = row_lo
+    lp.row_upper_ = model.row_hi
+    lp.sense_ = highspy.ObjSense.kMaximize
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = model.a.indptr
+    lp.a_matrix_.index_ = model.a.indices
+    lp.a_matrix_.value_ = model.a.data
+    h.passModel(lp)
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kOptimal:
+        return "optimal", np.asarray(h.getSolution().col_value, dtype=np.float64), ""
+    if status == highspy.HighsModelStatus.kTimeLimit:
+        return "time_limit", None, f"HiGHS stopped at the {budget_s:.2f} s budget"
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return "infeasible", None, "HiGHS: infeasible"
+    return "error", None, f"HiGHS: {h.modelStatusToString(status)}"
+
+
+def _solve(model: LpModel, method: str, deadline: float) -> tuple[str, FloatArray | None, str]:
+    """Solve, then make every planned current 0 or at least the minimum (module docstring)."""
+    if method in ("ipm", "simplex"):
+        solve = _solve_highs
+    else:
+        from balancer.plan_pulp import solve_pulp as solve
+    status, v, msg = solve(model, model.cost, model.col_hi, model.row_lo, method,
+                           deadline - time.perf_counter())
+    if v is None:
+        return status, None, msg
+    x = v[: model.n_x]
+    low = (x > 1e-6) & (x < model.min_a - 1e-6)
+    if low.any() and deadline - time.perf_counter() > 0.05:
+        hi = model.col_hi.copy()
+        hi[: model.n_x][low] = 0.0
+        _, v2, _ = solve(model, model.cost, hi, model.row_lo, method, deadline - time.perf_counter())
+        if v2 is not None:
+            x = v2[: model.n_x]
+    return "optimal", np.where(x >= model.min_a - 1e-6, x, 0.0), ""
+
+
+def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession], start: datetime,
+         *, slot_s: int = 900, budget_s: float = 2.0, solver: str = "highs-simplex",
+         voltage_v: float | None = None) -> SolveOutcome:
+    """Plan ``len(capacity_a)`` slots from ``start`` for ``sessions``; never raises on solver trouble.
+
+    capacity_a : (n_slots, 3) [A] connection capacity in force per slot and phase (NaN counts as 0)
+    """
+    started = time.perf_counter()
+    deadline = started + budget_s
+    n_slots = int(np.asarray(capacity_a).shape[0])
+    empty = np.zeros((topology.n_chargers, n_slots))
+    if not sessions:
+        return SolveOutcome("no_sessions", Plan(start, slot_s, topology.charger_ids, empty, {}), solver,
+                            time.perf_counter() - started)
+    try:
+        model = build_model(topology, capacity_a, sessions, start, slot_s=slot_s, voltage_v=voltage_v)
+    except (KeyError, ValueError) as exc:
+        return SolveOutcome("error", None, solver, time.perf_counter() - started, f"bad input: {exc!r}")
+    if model.n_x == 0:
+        return SolveOutcome("no_sessions", Plan(start, slot_s, topology.charger_ids, empty,
+                                                {s.charger_id: 0.0 for s in sessions}),
+                            solver, time.perf_counter() - started)
+    method = {"highs-ipm": "ipm", "highs-simplex": "simplex", "pulp-highs": "pulp-highs",
+              "pulp-cbc": "pulp-cbc"}.get(solver)
+    if method is None:
+        return SolveOutcome("error", None, solver, 0.0, f"unknown solver {solver!r}")
+    used = solver
+    try:
+        status, x, message = _solve(model, method, deadline)
+    except Exception as exc:  # a solver crash must leave the allocator in charge, not kill the caller
+        status, x, message = "error", None, f"{solver} failed: {exc!r}"
+    if x is None and status == "error" and method != "pulp-cbc":
+        used = "pulp-cbc"
+        try:
+            status, x, message = _solve(model, "pulp-cbc", deadline)
+        except Exception as exc:
+            status, x, message = "error", None, f"CBC fallback failed: {exc!r}"
+    seconds = time.perf_counter() - started
+    if x is None:
+        return SolveOutcome(status, None, used, seconds, message)
+    limit = np.zeros((topology.n_chargers, n_slots))
+    charger_of_session = np.array([topology.index(s.charger_id) for s in sessions], dtype=np.int64)
+    np.add.at(limit, (charger_of_session[model.col_session], model.col_slot), x)
+    gran = topology.granularity_a[:, None]
+    limit = np.floor(limit / gran + 1e-9) * gran
+    mins = topology.min_current_a[:, None]
+    limit = np.where(limit >= mins - 1e-9, limit, 0.0)
+    delivered = np.zeros(len(sessions))
+    rounded = limit[charger_of_session[model.col_session], model.col_slot]
+    np.add.at(delivered, model.col_session, np.minimum(rounded, x) * model.wh_per_a)
+    planned = {s.charger_id: float(min(delivered[k], s.energy_wh)) for k, s in enumerate(sessions)}
+    return SolveOutcome("optimal", Plan(start, slot_s, topology.charger_ids, limit, planned), used, seconds)
+
+
+def slot_times(start: datetime, n_slots: int, slot_s: int = 900) -> list[datetime]:
+    """Start time of every slot."""
+    return [start + timedelta(seconds=k * slot_s) for k in range(n_slots)]

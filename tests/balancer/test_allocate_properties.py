@@ -1,0 +1,106 @@
+"""Hypothesis properties of the allocator: safety, bounds, work conservation, all-max."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from balancer.allocate import AllocationRequest, allocate, node_load_a
+from balancer.check import check_allocation
+from balancer.model import Site
+from balancer.topology import Topology, phase_mask
+from tests.balancer.strategies import sites
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def request_for(site: Site, data: st.DataObject, scale: float | None = None) -> AllocationRequest:
+    topo = Topology.from_site(site)
+    n = topo.n_chargers
+    factor = scale if scale is not None else data.draw(st.floats(0.0, 1.5))
+    capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1) * factor
+    wants = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    car_max = np.array(data.draw(st.lists(st.floats(0.0, 80.0), min_size=n, max_size=n)))
+    max_a = np.where(wants, np.minimum(topo.max_current_a, np.maximum(car_max, topo.min_current_a)), 0.0)
+    car_phases = np.array(data.draw(st.lists(st.sampled_from([1, 3]), min_size=n, max_size=n)))
+    targets = data.draw(st.lists(st.one_of(st.just(float("nan")), st.floats(0.0, 40.0)),
+                                 min_size=n, max_size=n))
+    return AllocationRequest(
+        topology=topo, capacity_a=capacity, phase_mask=phase_mask(topo, car_phases),
+        min_a=topo.min_current_a, max_a=max_a, target_a=np.array(targets),
+        urgency=np.array(data.draw(st.lists(st.floats(-1e5, 1e5), min_size=n, max_size=n))),
+        now_s=data.draw(st.floats(0, 1e6)), rotation_period_s=900.0,
+    )
+
+
+@SETTINGS
+@given(sites(), st.data())
+def test_never_exceeds_any_limit_and_respects_min_max(site: Site, data: st.DataObject) -> None:
+    req = request_for(site, data)
+    result = allocate(req)
+    assert check_allocation(req, result.limit_a) == []
+
+
+@SETTINGS
+@given(sites(), st.data())
+def test_everyone_at_max_when_capacity_suffices(site: Site, data: st.DataObject) -> None:
+    req = request_for(site, data, scale=1.0)
+    topo = req.topology
+    # Make every node large enough for everyone's maximum.
+    demand = node_load_a(topo, np.asarray(req.max_a), req.phase_mask)
+    big = AllocationRequest(topology=topo, capacity_a=demand + 1e-6, phase_mask=req.phase_mask,
+                            min_a=req.min_a, max_a=req.max_a, target_a=req.target_a)
+    result = allocate(big)
+    gran = topo.granularity_a
+    expected = np.floor(np.asarray(req.max_a) / gran + 1e-9) * gran
+    expected = np.where(expected >= topo.min_current_a, expected, 0.0)
+    np.testing.assert_allclose(result.limit_a, expected, atol=1e-9)
+
+
+@SETTINGS
+@given(sites(), st.data())
+def test_work_conserving(site: Site, data: st.DataObject) -> None:
+    """No charger below its max could take one more step without breaking a node limit,
+    unless it is paused and the slack everywhere above it is smaller than its minimum."""
+    req = request_for(site, data)
+    topo = req.topology
+    result = allocate(req)
+    capacity = np.maximum(np.asarray(req.capacity_a), 0.0)
+    load = node_load_a(topo, result.limit_a, req.phase_mask)
+    slack = capacity - load  # (nodes, 3)
+    gran = topo.granularity_a
+    for i in range(topo.n_chargers):
+        hi = np.floor(req.max_a[i] / gran[i] + 1e-9) * gran[i]
+        if hi <= 0 or hi < req.min_a[i] or result.limit_a[i] >= hi - 1e-9:
+            continue
+        nodes = topo.ancestors[:, i].nonzero()[0]
+        phases = np.flatnonzero(req.phase_mask[i])
+        room = slack[np.ix_(nodes, phases)].min()
+        need = gran[i] if result.limit_a[i] > 0 else max(req.min_a[i], gran[i])
+        # Rounding each charger down leaves at most one step per charger unused at a node.
+        below = np.asarray(topo.ancestors[nodes].sum(axis=0)).ravel() > 0
+        rounding = float((gran * below).sum())
+        assert room < need + rounding + 1e-6, (topo.charger_ids[i], room, need, rounding)
+
+
+@SETTINGS
+@given(sites(max_circuits=0), st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.data())
+def test_more_capacity_never_lowers_total_on_a_single_node(site: Site, a: float, b: float,
+                                                           data: st.DataObject) -> None:
+    """On a site with no circuits the total handed out never falls when capacity grows.
+
+    (Across a fuse tree this holds for the total only approximately: admitting one more car at
+    its minimum under a tight circuit can leave a sliver elsewhere; the invariant tested above
+    is what safety needs.)"""
+    low, high = sorted((a, b))
+    req = request_for(site, data, scale=low)
+    topo = req.topology
+    total_low = float((allocate(req).limit_a[:, None] * req.phase_mask).sum())
+    more = AllocationRequest(topology=topo, capacity_a=np.repeat(topo.node_limit_a[:, None], 3, axis=1) * high,
+                             phase_mask=req.phase_mask, min_a=req.min_a, max_a=req.max_a)
+    fewer = AllocationRequest(topology=topo, capacity_a=req.capacity_a, phase_mask=req.phase_mask,
+                              min_a=req.min_a, max_a=req.max_a)
+    total_low = float((allocate(fewer).limit_a[:, None] * req.phase_mask).sum())
+    total_high = float((allocate(more).limit_a[:, None] * req.phase_mask).sum())
+    assert total_high >= total_low - float(topo.granularity_a.sum()) - 1e-6

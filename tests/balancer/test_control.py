@@ -1,0 +1,168 @@
+"""The controller: events in, schedules out; safety bookkeeping without sockets or sleeps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from balancer.control import Controller, slot_floor
+from balancer.events import (
+    ChargerOffline,
+    ChargerOnline,
+    MeterSample,
+    NeedsUpdated,
+    ObedienceChanged,
+    ProfileResult,
+    SessionStarted,
+    SessionStopped,
+)
+from balancer.model import Charger, Circuit, ControlSettings, Site
+from balancer.plan import plan
+
+T0 = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
+
+
+def make_site(n: int = 4, grid_limit_a: float = 40.0) -> Site:
+    chargers = tuple(
+        Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0, circuit="row" if i < 2 else "")
+        for i in range(n)
+    )
+    return Site(id="s", voltage_v=230.0, grid_limit_a=grid_limit_a, fallback_kw=11.0,
+                circuits=(Circuit(id="row", max_current_a=25.0),), chargers=chargers)
+
+
+def connect_all(ctrl: Controller, ids: list[str], at: datetime = T0) -> None:
+    for cid in ids:
+        ctrl.handle(ChargerOnline(cid, at, "ocpp1.6"))
+        ctrl.handle(SessionStarted(cid, at, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
+
+
+def per_phase_sum(ctrl: Controller, limits: dict[str, float]) -> np.ndarray:
+    total = np.zeros(3)
+    for i, cid in enumerate(ctrl.topology.charger_ids):
+        total += ctrl.topology.charger_phase_mask[i] * limits.get(cid, 0.0)
+    return total
+
+
+def full_capacity(ctrl: Controller, value_a: float, at: datetime = T0) -> None:
+    ctrl.set_capacity(slot_floor(at), np.full((96, 3), value_a), ["forecast"] * 96)
+
+
+def test_failsafe_limits_fit_fallback_connection_and_fuses() -> None:
+    ctrl = Controller(make_site())
+    fallback_a = ctrl.site.fallback_a  # 11 kW over 3 x 230 V = 15.9 A
+    assert per_phase_sum(ctrl, dict(zip(ctrl.topology.charger_ids, ctrl.failsafe_a, strict=True))).max() \
+        <= fallback_a + 1e-9
+    assert all(f == 0 or 6.0 <= f <= 32.0 for f in ctrl.failsafe_a)
+
+
+def test_capacity_shared_within_connection_and_circuit() -> None:
+    ctrl = Controller(make_site())
+    full_capacity(ctrl, 40.0)
+    ids = list(ctrl.topology.charger_ids)
+    connect_all(ctrl, ids)
+    schedules = {s.charger_id: s for s in ctrl.decide(T0)}
+    limits = {cid: s.limit_a for cid, s in schedules.items()}
+    assert per_phase_sum(ctrl, limits).max() <= 40.0 + 1e-9
+    assert limits["CP0"] + limits["CP1"] <= 25.0 + 1e-9
+    assert all(v == 0 or v >= 6.0 for v in limits.values())
+    # Work-conserving: nearly the whole 40 A is handed out.
+    assert per_phase_sum(ctrl, limits).max() >= 40.0 - 6.0
+
+
+def test_offline_charger_keeps_its_limit_reserved() -> None:
+    ctrl = Controller(make_site())
+    full_capacity(ctrl, 40.0)
+    ids = list(ctrl.topology.charger_ids)
+    connect_all(ctrl, ids)
+    first = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    ctrl.handle(ProfileResult("CP3", T0, first["CP3"], "Accepted"))
+    ctrl.handle(ChargerOffline("CP3", T0 + timedelta(seconds=5)))
+    later = {s.charger_id: s.limit_a for s in ctrl.decide(T0 + timedelta(seconds=10))}
+    assert "CP3" not in later  # nothing can be sent to it
+    assert sum(later.values()) + first["CP3"] <= 40.0 + 1e-9
+
+
+def test_disobedient_charger_is_reserved_at_its_real_draw() -> None:
+    ctrl = Controller(make_site())
+    full_capacity(ctrl, 40.0)
+    ids = list(ctrl.topology.charger_ids)
+    connect_all(ctrl, ids)
+    ctrl.decide(T0)
+    ctrl.handle(ObedienceChanged("CP2", T0, obeys=False, draw_a=30.0))
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0 + timedelta(seconds=5))}
+    others = sum(v for cid, v in limits.items() if cid != "CP2")
+    assert others + 30.0 <= 40.0 + 1e-9
+
+
+def test_car_drawing_less_frees_capacity_with_headroom() -> None:
+    ctrl = Controller(make_site(n=2, grid_limit_a=30.0))
+    ctrl.site = ctrl.site  # two chargers on the 25 A row
+    full_capacity(ctrl, 30.0)
+    connect_all(ctrl, ["CP0", "CP1"])
+    before = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    assert before["CP0"] == pytest.approx(12.5, abs=0.1)
+    t = T0 + timedelta(seconds=30)
+    ctrl.handle(MeterSample("CP0", t, current_a=(4.0, 4.0, 4.0)))
+    ctrl.handle(MeterSample("CP1", t, current_a=(12.4, 12.4, 12.4)))
+    after = {s.charger_id: s.limit_a for s in ctrl.decide(t + timedelta(seconds=5))}
+    assert after["CP0"] == pytest.approx(6.0 + 0.0, abs=0.11)  # draw 4 + headroom 2 -> 6, the min
+    assert after["CP1"] > before["CP1"]
+    assert after["CP0"] + after["CP1"] <= 25.0 + 1e-9
+
+
+def test_session_survives_reconnect_and_ends_only_on_stop() -> None:
+    ctrl = Controller(make_site())
+    connect_all(ctrl, ["CP0"])
+    ctrl.handle(ChargerOffline("CP0", T0))
+    ctrl.handle(ChargerOnline("CP0", T0 + timedelta(seconds=3), "ocpp1.6"))
+    assert ctrl.states["CP0"].transaction_id == "tx-CP0"
+    ctrl.handle(SessionStopped("CP0", T0 + timedelta(seconds=4), transaction_id="other"))
+    assert ctrl.states["CP0"].transaction_id == "tx-CP0"
+    ctrl.handle(SessionStopped("CP0", T0 + timedelta(seconds=5), transaction_id="tx-CP0"))
+    assert ctrl.states["CP0"].transaction_id is None
+
+
+def test_snapshot_restore_keeps_sessions_and_needs() -> None:
+    ctrl = Controller(make_site())
+    connect_all(ctrl, ["CP0"])
+    ctrl.handle(NeedsUpdated("CP0", T0, energy_wh=20000.0, departure=T0 + timedelta(hours=10)))
+    other = Controller(make_site())
+    other.restore(ctrl.snapshot())
+    state = other.states["CP0"]
+    assert state.transaction_id == "tx-CP0"
+    assert state.remaining_wh() == 20000.0
+    assert state.departure == T0 + timedelta(hours=10)
+    assert state.connected is False
+
+
+def test_plan_request_and_schedule_follow_the_plan_dip() -> None:
+    ctrl = Controller(make_site(n=4, grid_limit_a=40.0), ControlSettings(plan_horizon_h=24))
+    capacity = np.full((96, 3), 40.0)
+    capacity[4:8] = 10.0  # one hour at 10 A, starting an hour from now
+    ctrl.set_capacity(slot_floor(T0), capacity, ["forecast"] * 96)
+    connect_all(ctrl, ["CP2", "CP3"])
+    for cid in ("CP2", "CP3"):
+        ctrl.handle(NeedsUpdated(cid, T0, energy_wh=60000.0, departure=T0 + timedelta(hours=12)))
+    request = ctrl.plan_request(T0)
+    assert {s.charger_id for s in request.sessions} == {"CP2", "CP3"}
+    outcome = plan(request.topology, request.capacity_a, list(request.sessions), request.start)
+    ctrl.accept_plan(outcome)
+    assert ctrl.plan is not None, outcome
+    schedules = {s.charger_id: s for s in ctrl.decide(T0)}
+    dip_start = slot_floor(T0) + timedelta(hours=1)
+    for s in schedules.values():
+        in_dip = [lim for (t, lim) in s.periods
+                  if dip_start <= t < dip_start + timedelta(hours=1)]
+        assert s.periods[0][0] == T0
+    total_in_dip = 0.0
+    for s in schedules.values():
+        value = s.periods[0][1]
+        for t, lim in s.periods:
+            if t <= dip_start:
+                value = lim
+        total_in_dip += value
+    assert total_in_dip <= 10.0 + 1e-9
+    assert in_dip is not None
