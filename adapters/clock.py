@@ -1,0 +1,33 @@
+"""Clocks for the service: the real UTC clock, and an accelerated one for the demo."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["AcceleratedClock", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+class AcceleratedClock:
+    """Simulated time that runs ``speed`` times faster than the wall clock from ``start``.
+
+    Call the instance to read it; the demo hands the same clock to the service and the simulators
+    so absolute times in forecasts and charging profiles agree on both sides.
+    """
+
+    def __init__(self, start: datetime, speed: float) -> None:
+        self.start = start
+        self.speed = speed
+        self._t0 = time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self._t0) * self.speed)
+
+    def wall_seconds(self, sim_seconds: float) -> float:
+        """Wall-clock seconds that ``sim_seconds`` of simulated time take."""
+        return sim_seconds / self.speed

@@ -1,0 +1,87 @@
+"""The Flexibility Provider's state: forecasts and link state per site, persisted in SQLite."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from adapters.clock import utc_now
+from adapters.store import StateStore
+from balancer.model import Config
+from forecast.blocks import CapacityForecast
+from forecast.book import ForecastBook
+
+__all__ = ["FlexibilityProvider"]
+
+log = logging.getLogger(__name__)
+
+
+class FlexibilityProvider:
+    """Holds each site's ``ForecastBook``; every accepted change is stored before it is used."""
+
+    def __init__(self, config: Config, store: StateStore, *, now: Callable[[], datetime] = utc_now,
+                 on_capacity_changed: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.now = now
+        self.on_capacity_changed = on_capacity_changed or (lambda site_id: None)
+        self.books: dict[str, ForecastBook] = {}
+        for site in config.sites:
+            raw = store.get_json(f"forecast:{site.id}")
+            self.books[site.id] = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
+        self.registration: dict[str, Any] = store.get_json("oscp:registration") or {}
+        self.required_behaviour: dict[str, Any] = store.get_json("oscp:required_behaviour") or {}
+        self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0}
+        self.on_handshake: Callable[[dict[str, Any], str | None], None] | None = None
+        self.on_register: Callable[[dict[str, Any]], None] | None = None
+
+    def update_config(self, config: Config) -> None:
+        self.config = config
+
+    def site_id_of_group(self, group_id: str) -> str | None:
+        for site in self.config.sites:
+            if site.group_id == group_id:
+                return site.id
+        return None
+
+    def accept_forecast(self, site_id: str, forecast: CapacityForecast) -> None:
+        book = self.books[site_id]
+        book.accept(forecast, self.now())
+        self.store.put_json(f"forecast:{site_id}", book.to_json())
+        self.counters["forecasts"] += 1
+        self.on_capacity_changed(site_id)
+
+    def heartbeat(self, offline_mode_at: datetime) -> None:
+        """A heartbeat from the grid operator: one link for every site of this deployment."""
+        now = self.now()
+        for site_id, book in self.books.items():
+            was_online = book.link.online(now)
+            book.link.heartbeat(now, offline_mode_at)
+            self.store.put_json(f"forecast:{site_id}", book.to_json())
+            if not was_online:
+                log.info("grid operator back online for site %s", site_id)
+                self.on_capacity_changed(site_id)
+        self.counters["heartbeats"] += 1
+
+    def register(self, body: dict[str, Any]) -> None:
+        self.registration = body
+        self.store.put_json("oscp:registration", body)
+        if self.on_register is not None:
+            self.on_register(body)
+
+    def handshake(self, body: dict[str, Any], request_id: str | None) -> None:
+        self.required_behaviour = body.get("required_behaviour") or {}
+        self.store.put_json("oscp:required_behaviour", self.required_behaviour)
+        if self.on_handshake is not None:
+            self.on_handshake(body, request_id)
+
+    def is_online(self, site_id: str) -> bool:
+        return self.books[site_id].link.online(self.now())
+
+    def capacity_slots(self, site_id: str, start: datetime, n_slots: int) -> tuple[npt.NDArray[np.float64], list[str]]:
+        return self.books[site_id].capacity_slots(self.config.site(site_id), start, n_slots)
