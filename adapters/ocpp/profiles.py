@@ -1,0 +1,112 @@
+"""ChargerSchedule -> OCPP charging profiles (pure functions).
+
+Absolute schedules start at the decision time (UTC, "Z"); equal neighbouring periods merge; when
+a charger holds fewer periods than the plan has, the far future is coarsened, and a merged period
+takes the LOWEST limit of the periods it replaces (never coarsen upward). Limits round DOWN to
+one decimal (the 1.6 schema's multipleOf 0.1) or to whole amperes for ``integer_amps`` chargers;
+in W they are A x nominal voltage x numberPhases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from balancer.events import ChargerSchedule
+
+__all__ = ["Capabilities", "build_periods", "charging_profile", "iso"]
+
+FAILSAFE_PROFILE_ID = 1
+DYNAMIC_PROFILE_ID = 2
+
+
+@dataclass
+class Capabilities:
+    """What a charger told us at boot (or the safe defaults when it did not)."""
+
+    max_periods: int = 24
+    rate_units: tuple[str, ...] = ("A",)
+    max_stack_level: int = 8
+    meter_interval_s: int = 60
+    source: str = "default"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_periods": self.max_periods, "rate_units": list(self.rate_units),
+                "max_stack_level": self.max_stack_level, "meter_interval_s": self.meter_interval_s,
+                "source": self.source}
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _round_down(value: float, integer: bool) -> float:
+    if integer:
+        return float(math.floor(value + 1e-9))
+    return math.floor(value * 10 + 1e-6) / 10
+
+
+def build_periods(schedule: ChargerSchedule, *, max_periods: int, integer_amps: bool) -> list[tuple[int, float]]:
+    """(startPeriod [s from schedule start], limit [A]) pairs, merged and coarsened."""
+    start = schedule.periods[0][0]
+    periods: list[tuple[int, float]] = []
+    for t, limit in schedule.periods:
+        offset = max(0, int((t - start).total_seconds()))
+        value = _round_down(max(limit, 0.0), integer_amps)
+        if periods and periods[-1][0] == offset:
+            periods[-1] = (offset, min(periods[-1][1], value))
+        elif periods and periods[-1][1] == value:
+            continue
+        else:
+            periods.append((offset, value))
+    if max_periods >= 1 and len(periods) > max_periods:
+        head = periods[: max_periods - 1]
+        tail = periods[max_periods - 1:]
+        periods = [*head, (tail[0][0], min(v for _, v in tail))]
+        # Merging may make the last two equal: merge them too.
+        if len(periods) > 1 and periods[-1][1] == periods[-2][1]:
+            periods.pop()
+    return periods
+
+
+def _schedule_body(schedule: ChargerSchedule, caps: Capabilities, *, voltage_v: float, integer_amps: bool,
+                   version: str, start: datetime) -> dict[str, Any]:
+    periods = build_periods(schedule, max_periods=caps.max_periods, integer_amps=integer_amps)
+    use_watts = "A" not in caps.rate_units and "W" in caps.rate_units
+    phases = max(1, min(3, schedule.phases))
+    out_periods = []
+    for offset, limit in periods:
+        value = math.floor(limit * voltage_v * phases) if use_watts else limit
+        period: dict[str, Any] = {"startPeriod": offset, "limit": float(value)}
+        if use_watts or phases != 3:
+            period["numberPhases"] = phases
+        out_periods.append(period)
+    body: dict[str, Any] = {"startSchedule": iso(start), "chargingRateUnit": "W" if use_watts else "A",
+                            "chargingSchedulePeriod": out_periods}
+    if version == "ocpp2.0.1":
+        body["id"] = 1
+    return body
+
+
+def charging_profile(schedule: ChargerSchedule, caps: Capabilities, *, purpose: str, stack_level: int,
+                     profile_id: int, voltage_v: float, integer_amps: bool, version: str,
+                     transaction_id: str | None = None) -> dict[str, Any]:
+    """One charging profile in the JSON shape of ``version`` (camelCase, as on the wire)."""
+    start = schedule.periods[0][0]
+    body = _schedule_body(schedule, caps, voltage_v=voltage_v, integer_amps=integer_amps, version=version,
+                          start=start)
+    profile: dict[str, Any] = {"stackLevel": stack_level, "chargingProfilePurpose": purpose,
+                               "chargingProfileKind": "Absolute"}
+    if version == "ocpp2.0.1":
+        profile["id"] = profile_id
+        profile["chargingSchedule"] = [body]
+        if transaction_id is not None:
+            profile["transactionId"] = transaction_id
+    else:
+        profile["chargingProfileId"] = profile_id
+        profile["chargingSchedule"] = body
+        if transaction_id is not None:
+            profile["transactionId"] = int(transaction_id)
+    return profile

@@ -1,0 +1,327 @@
+"""Getting a safe limit into one charger: capabilities, failsafe, profiles, retries, obedience.
+
+One ``Pusher`` per charger. At most one call is in flight per charger; the newest decision wins
+(an older one still waiting is dropped). A decrease is always pushed; an increase only past the
+deadband or when the schedule ahead changes shape. Rejected, CALLERROR and timeouts are retried
+with exponential backoff; a charger that rejects TxProfile gets the schedule as a
+TxDefaultProfile on its EVSE instead. Every push and its result is reported (``ProfileResult``).
+After an accepted push the composite schedule is read back, and measured currents are compared
+with the limit: a charger that does not follow is flagged (``ObedienceChanged``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ocpp.v16 import call as call16
+from ocpp.v201 import call as call201
+
+from adapters.ocpp.profiles import (
+    DYNAMIC_PROFILE_ID,
+    FAILSAFE_PROFILE_ID,
+    Capabilities,
+    charging_profile,
+)
+from balancer.events import ChargerSchedule, MeterSample, ObedienceChanged, ProfileResult
+
+if TYPE_CHECKING:
+    from adapters.ocpp.server import ChargerLink
+
+__all__ = ["Pusher"]
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3
+BACKOFF_S = 0.5
+OBEY_TOLERANCE_A = 1.0
+OBEY_SAMPLES = 3
+OBEY_GRACE_S = 20.0
+
+
+class Pusher:
+    """Push manager of one charger (see the module docstring)."""
+
+    def __init__(self, link: ChargerLink) -> None:
+        self.link = link
+        self.desired: ChargerSchedule | None = None
+        self.version = 0
+        self.held_a: float | None = None
+        self.held_periods: tuple[tuple[Any, float], ...] = ()
+        self.held_tx: str | None = None
+        self.failsafe_a: float | None = None
+        self.caps = Capabilities()
+        self.lock = asyncio.Lock()
+        self.obeys = True
+        self.over_samples = 0
+        self.last_change = time.monotonic()
+        self.last_push: dict[str, Any] | None = None
+        self.history: deque[dict[str, Any]] = deque(maxlen=50)
+        self.tx_profile_refused = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ----------------------------------------------------------------- lifecycle hooks
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def on_connect(self) -> None:
+        # After a reconnect nothing is known about what the charger holds: re-read and re-push.
+        self.held_a = None
+        self.held_periods = ()
+        self.failsafe_a = None
+
+    def on_disconnect(self) -> None:
+        self.cancel()
+
+    def on_boot(self) -> None:
+        self._spawn(self._after_boot())
+
+    def on_session_changed(self) -> None:
+        self.held_tx = None
+        if self.desired is not None:
+            self._spawn(self.push())
+
+    async def _after_boot(self) -> None:
+        await self._read_capabilities()
+        if self.desired is not None:
+            await self.push()
+
+    # ----------------------------------------------------------------- decisions in
+    def offer(self, schedule: ChargerSchedule) -> str:
+        """Take a new decision; says whether it is a "decrease", an "increase" or "none" to send."""
+        self.desired = schedule
+        self.version += 1
+        if not self.link.connected:
+            return "none"
+        if self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > 1e-9:
+            return "decrease"
+        if self.link.transaction_id is None:
+            return "none"
+        limit = schedule.limit_a
+        if self.held_a is None or limit < self.held_a - 1e-9 or self.held_tx != self.link.transaction_id:
+            return "decrease"
+        if limit > self.held_a + self.link.server.config.ocpp.deadband_a:
+            return "increase"
+        if tuple(schedule.periods[1:]) != tuple(self.held_periods[1:]):
+            return "increase" if limit >= self.held_a else "decrease"
+        return "none"
+
+    # ----------------------------------------------------------------- pushing
+    def _call_module(self) -> Any:
+        return call16 if self.link.protocol == "ocpp1.6" else call201
+
+    async def _call(self, payload: Any) -> Any:
+        cp = self.link.cp
+        if cp is None or not self.link.connected:
+            raise ConnectionError("charger not connected")
+        return await cp.call(payload, suppress=False)
+
+    def _set_profile_payload(self, profile: dict[str, Any], evse: int) -> Any:
+        if self.link.protocol == "ocpp1.6":
+            return call16.SetChargingProfile(connector_id=evse, cs_charging_profiles=profile)
+        return call201.SetChargingProfile(evse_id=evse, charging_profile=profile)
+
+    async def push(self) -> bool:
+        """Send the newest decision; True when the charger holds it (or nothing needed sending)."""
+        async with self.lock:
+            schedule = self.desired
+            if schedule is None or not self.link.connected:
+                return False
+            version = self.version
+            charger = self.link.charger
+            volts = self.link.server.voltage.get(charger.id, 230.0)
+            version_name = self.link.protocol or "ocpp1.6"
+            if self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > 1e-9:
+                failsafe = ChargerSchedule(charger.id, schedule.at, schedule.failsafe_a,
+                                           ((schedule.at, schedule.failsafe_a),), schedule.failsafe_a,
+                                           phases=schedule.phases)
+                profile = charging_profile(failsafe, self.caps, purpose="TxDefaultProfile", stack_level=0,
+                                           profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
+                                           integer_amps=charger.integer_amps, version=version_name)
+                if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
+                    self.failsafe_a = schedule.failsafe_a
+            tx = self.link.transaction_id
+            if tx is None:
+                return self.failsafe_a is not None
+            strategy = charger.profile_strategy
+            if strategy == "TxProfile" and not self.tx_profile_refused:
+                purpose, evse, stack, tx_arg = "TxProfile", charger.evse_id, 1, tx
+            elif strategy == "ChargePointMax":
+                purpose = "ChargePointMaxProfile" if version_name == "ocpp1.6" else "ChargingStationMaxProfile"
+                evse, stack, tx_arg = 0, 1, None
+            else:
+                purpose, evse, stack, tx_arg = "TxDefaultProfile", charger.evse_id, 1, None
+            profile = charging_profile(schedule, self.caps, purpose=purpose, stack_level=stack,
+                                       profile_id=DYNAMIC_PROFILE_ID, voltage_v=volts,
+                                       integer_amps=charger.integer_amps, version=version_name,
+                                       transaction_id=tx_arg)
+            ok = await self._send(profile, evse, schedule.limit_a, purpose)
+            if not ok and purpose == "TxProfile":
+                # Some chargers refuse TxProfile: carry the schedule as a TxDefaultProfile instead.
+                self.tx_profile_refused = True
+                profile = charging_profile(schedule, self.caps, purpose="TxDefaultProfile", stack_level=1,
+                                           profile_id=DYNAMIC_PROFILE_ID, voltage_v=volts,
+                                           integer_amps=charger.integer_amps, version=version_name)
+                ok = await self._send(profile, charger.evse_id, schedule.limit_a, "TxDefaultProfile")
+            if ok:
+                self.held_a = schedule.limit_a
+                self.held_periods = tuple(schedule.periods)
+                self.held_tx = tx
+                self.last_change = time.monotonic()
+                self.over_samples = 0
+                self._spawn(self._read_back(schedule.limit_a, evse if evse else charger.evse_id))
+            elif self.version != version:
+                return False
+            return ok
+
+    async def _send(self, profile: dict[str, Any], evse: int, limit_a: float, purpose: str) -> bool:
+        payload = self._set_profile_payload(profile, evse)
+        detail = ""
+        for attempt in range(RETRIES):
+            result = "Error"
+            try:
+                response = await self._call(payload)
+                result = str(getattr(response, "status", "Error"))
+            except TimeoutError:
+                result, detail = "Timeout", "no answer in time"
+            except ConnectionError as exc:
+                result, detail = "Offline", str(exc)
+            except Exception as exc:  # CALLERROR from the charger arrives as an OCPPError
+                result, detail = "CallError", f"{type(exc).__name__}: {exc}"
+            self.link.server.counters["pushes"] += 1
+            record = {"at": self.link.now().isoformat(), "purpose": purpose, "limit_a": limit_a,
+                      "result": result, "detail": detail, "attempt": attempt + 1}
+            self.history.append(record)
+            self.last_push = record
+            self.link.emit(ProfileResult(self.link.charger_id, self.link.now(), limit_a, result,
+                                         f"{purpose}: {detail}" if detail else purpose))
+            if result == "Accepted":
+                return True
+            self.link.server.counters["push_failures"] += 1
+            if result in ("Rejected", "NotSupported", "Offline"):
+                return False
+            await asyncio.sleep(BACKOFF_S * 2**attempt)
+        return False
+
+    # ----------------------------------------------------------------- capabilities
+    async def _read_capabilities(self) -> None:
+        caps = Capabilities()
+        try:
+            if self.link.protocol == "ocpp1.6":
+                keys = ["ChargeProfileMaxStackLevel", "ChargingScheduleMaxPeriods",
+                        "ChargingScheduleAllowedChargingRateUnit", "MaxChargingProfilesInstalled",
+                        "MeterValueSampleInterval", "MeterValuesSampledData"]
+                response = await self._call(call16.GetConfiguration(key=keys))
+                values = {item["key"]: item.get("value") for item in response.configuration_key or []}
+                caps = _caps16(values)
+                sampled = str(values.get("MeterValuesSampledData") or "")
+                if "Current.Import" not in sampled:
+                    with contextlib.suppress(Exception):
+                        await self._call(call16.ChangeConfiguration(
+                            key="MeterValuesSampledData",
+                            value="Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"))
+            else:
+                names = [("SmartChargingCtrlr", "PeriodsPerSchedule"), ("SmartChargingCtrlr", "RateUnit"),
+                         ("SmartChargingCtrlr", "ProfileStackLevel"), ("SampledDataCtrlr", "TxUpdatedInterval"),
+                         ("SampledDataCtrlr", "TxUpdatedMeasurands")]
+                response = await self._call(call201.GetVariables(get_variable_data=[
+                    {"component": {"name": c}, "variable": {"name": v}} for c, v in names]))
+                values = {item["variable"]["name"]: item.get("attribute_value")
+                          for item in response.get_variable_result or [] if item.get("attribute_status") == "Accepted"}
+                caps = _caps201(values)
+                measurands = str(values.get("TxUpdatedMeasurands") or "")
+                if "Current.Import" not in measurands:
+                    with contextlib.suppress(Exception):
+                        await self._call(call201.SetVariables(set_variable_data=[{
+                            "component": {"name": "SampledDataCtrlr"},
+                            "variable": {"name": "TxUpdatedMeasurands"},
+                            "attribute_value": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC",
+                        }]))
+        except Exception as exc:
+            log.info("charger %s: capabilities not read (%r); safe defaults", self.link.charger_id, exc)
+        self.caps = caps
+
+    # ----------------------------------------------------------------- obedience
+    async def _read_back(self, limit_a: float, evse: int) -> None:
+        """Compare the charger's composite schedule with what it accepted."""
+        try:
+            if self.link.protocol == "ocpp1.6":
+                response = await self._call(call16.GetCompositeSchedule(connector_id=evse, duration=900,
+                                                                        charging_rate_unit="A"))
+                schedule = response.charging_schedule
+            else:
+                response = await self._call(call201.GetCompositeSchedule(evse_id=evse, duration=900,
+                                                                         charging_rate_unit="A"))
+                schedule = (response.schedule or None) and response.schedule
+            if str(response.status) != "Accepted" or not schedule:
+                return
+            periods = schedule.get("charging_schedule_period") or []
+            if not periods:
+                return
+            first = float(periods[0]["limit"])
+            if schedule.get("charging_rate_unit") == "W":
+                volts = self.link.server.voltage.get(self.link.charger_id, 230.0)
+                first = first / (volts * int(periods[0].get("number_phases") or 3))
+            self._set_obeys(first <= limit_a + 0.1, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
+        except Exception as exc:
+            log.debug("charger %s: composite schedule not read: %r", self.link.charger_id, exc)
+
+    def observe(self, sample: MeterSample) -> None:
+        """Compare measured current with the limit the charger holds."""
+        if self.held_a is None or time.monotonic() - self.last_change < OBEY_GRACE_S:
+            return
+        drawn = max((c for c in sample.current_a if c is not None), default=None)
+        if drawn is None:
+            return
+        if drawn > self.held_a + max(OBEY_TOLERANCE_A, 0.1 * self.held_a):
+            self.over_samples += 1
+            if self.over_samples >= OBEY_SAMPLES:
+                self._set_obeys(False, drawn, f"draws {drawn:.1f} A over its {self.held_a:.1f} A limit")
+        else:
+            self.over_samples = 0
+            if not self.obeys:
+                self._set_obeys(True, drawn, "follows its limit again")
+
+    def _set_obeys(self, obeys: bool, draw_a: float, detail: str) -> None:
+        if obeys == self.obeys:
+            return
+        self.obeys = obeys
+        log.warning("charger %s %s: %s", self.link.charger_id, "obeys" if obeys else "does NOT obey", detail)
+        self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), obeys, draw_a, detail))
+
+    def status(self) -> dict[str, Any]:
+        return {"limit_a": self.held_a, "obeys": self.obeys, "capabilities": self.caps.as_dict(),
+                "last_push": self.last_push, "failsafe_a": self.failsafe_a}
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return default
+
+
+def _caps16(values: dict[str, Any]) -> Capabilities:
+    units_raw = str(values.get("ChargingScheduleAllowedChargingRateUnit") or "Current")
+    units = tuple(u for u, name in (("A", "Current"), ("W", "Power")) if name in units_raw) or ("A",)
+    return Capabilities(max_periods=max(1, _int(values.get("ChargingScheduleMaxPeriods"), 24)),
+                        rate_units=units, max_stack_level=_int(values.get("ChargeProfileMaxStackLevel"), 8),
+                        meter_interval_s=_int(values.get("MeterValueSampleInterval"), 60), source="GetConfiguration")
+
+
+def _caps201(values: dict[str, Any]) -> Capabilities:
+    units_raw = str(values.get("RateUnit") or "A")
+    units = tuple(u for u in ("A", "W") if u in units_raw.split(",") or u == units_raw) or ("A",)
+    return Capabilities(max_periods=max(1, _int(values.get("PeriodsPerSchedule"), 24)), rate_units=units,
+                        max_stack_level=_int(values.get("ProfileStackLevel"), 8),
+                        meter_interval_s=_int(values.get("TxUpdatedInterval"), 60), source="GetVariables")

@@ -1,0 +1,589 @@
+"""Simulated chargers with cars, speaking OCPP 1.6J or 2.0.1 to any CSMS.
+
+Each simulated charger holds the charging profiles it receives, evaluates its composite schedule
+at (possibly accelerated) simulated time like a real charger, draws min(limit, car max) with a
+taper above 80 % state of charge, and sends MeterValues that match what it draws. Switchable
+misbehaviours show how a CSMS copes: rejecting 0 A, ignoring profiles, rejecting TxProfile,
+dropping the connection, answering late. Used by the tests, the benchmarks, ``balancer demo``
+and ``balancer simulate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as Cp16
+from ocpp.v16 import call as call16
+from ocpp.v16 import call_result as result16
+from ocpp.v16.enums import Action as Action16
+from ocpp.v201 import ChargePoint as Cp201
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from ocpp.v201.enums import Action as Action201
+
+from adapters.clock import utc_now
+
+__all__ = ["Fleet", "Misbehaviour", "SimCar", "SimulatedCharger"]
+
+log = logging.getLogger(__name__)
+VOLTAGE_V = 230.0
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+
+
+@dataclass
+class SimCar:
+    """A car: when it comes and goes, what it needs [Wh], and what it can take [A per phase]."""
+
+    arrival: datetime
+    departure: datetime
+    energy_wh: float
+    max_current_a: float = 32.0
+    min_current_a: float = 6.0
+    phases: int = 3
+    iso15118: bool = False
+    battery_wh: float = 60000.0
+
+
+@dataclass
+class Misbehaviour:
+    rejects_zero_amps: bool = False
+    ignores_profiles: bool = False
+    rejects_tx_profile: bool = False
+    drop_every_s: float = 0.0
+    answer_delay_s: float = 0.0
+
+
+class _WsConnection:
+    """The ``recv``/``send`` object the ``ocpp`` package needs, over an aiohttp client websocket."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def recv(self) -> str:
+        msg = await self.ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise ConnectionResetError("websocket closed")
+        return str(msg.data)
+
+    async def send(self, message: str) -> None:
+        await self.ws.send_str(message)
+
+
+@dataclass
+class ProfileStore:
+    """Installed profiles keyed by (purpose, stack level, connector/evse); snake_case as received."""
+
+    profiles: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+
+    def install(self, evse: int, profile: dict[str, Any]) -> None:
+        key = (profile["charging_profile_purpose"], int(profile["stack_level"]), evse)
+        # The same id replaces wherever it was.
+        pid = profile.get("charging_profile_id", profile.get("id"))
+        for k in [k for k, p in self.profiles.items() if p.get("charging_profile_id", p.get("id")) == pid]:
+            del self.profiles[k]
+        self.profiles[key] = profile
+
+    def clear(self, purpose: str | None = None, profile_id: int | None = None) -> int:
+        doomed = [k for k, p in self.profiles.items()
+                  if (purpose is None or k[0] == purpose)
+                  and (profile_id is None or p.get("charging_profile_id", p.get("id")) == profile_id)]
+        for k in doomed:
+            del self.profiles[k]
+        return len(doomed)
+
+    def drop_tx(self) -> None:
+        for k in [k for k in self.profiles if k[0] == "TxProfile"]:
+            del self.profiles[k]
+
+    @staticmethod
+    def _limit(profile: dict[str, Any], t: datetime, phases: int) -> float | None:
+        schedule = profile["charging_schedule"]
+        if isinstance(schedule, list):
+            schedule = schedule[0]
+        start = _parse(schedule["start_schedule"]) if schedule.get("start_schedule") else t
+        offset = (t - start).total_seconds()
+        if offset < 0:
+            return None
+        limit = None
+        for period in schedule["charging_schedule_period"]:
+            if period["start_period"] <= offset:
+                limit = float(period["limit"])
+                if schedule["charging_rate_unit"] == "W":
+                    limit /= VOLTAGE_V * int(period.get("number_phases") or phases)
+        duration = schedule.get("duration")
+        if duration is not None and offset >= duration:
+            return None
+        return limit
+
+    def limit_at(self, t: datetime, evse: int, has_tx: bool, phases: int) -> float | None:
+        """Composite limit [A per phase]: min of the Max profile and (Tx, else TxDefault)."""
+        def best(purposes: tuple[str, ...]) -> float | None:
+            found = [(k[1], p) for k, p in self.profiles.items() if k[0] in purposes and k[2] in (0, evse)]
+            for _, profile in sorted(found, key=lambda x: -x[0]):
+                value = self._limit(profile, t, phases)
+                if value is not None:
+                    return value
+            return None
+
+        tx = best(("TxProfile",)) if has_tx else None
+        default = tx if tx is not None else best(("TxDefaultProfile",))
+        cap = best(("ChargePointMaxProfile", "ChargingStationMaxProfile"))
+        values = [v for v in (default, cap) if v is not None]
+        return min(values) if values else None
+
+
+class SimulatedCharger:
+    """One charger with (optionally) a car, connected to ``url``/``charger_id``."""
+
+    def __init__(self, charger_id: str, url: str, *, protocol: str = "ocpp1.6", car: SimCar | None = None,
+                 clock: Callable[[], datetime] = utc_now, password: str | None = None, max_current_a: float = 32.0,
+                 meter_interval_s: float = 60.0, tick_s: float = 0.1, misbehaviour: Misbehaviour | None = None,
+                 seed: int = 0) -> None:
+        self.charger_id = charger_id
+        self.url = url.rstrip("/")
+        self.protocol = protocol
+        self.car = car
+        self.clock = clock
+        self.password = password
+        self.max_current_a = max_current_a
+        self.meter_interval_s = meter_interval_s
+        self.tick_s = tick_s
+        self.misbehaviour = misbehaviour or Misbehaviour()
+        self.store = ProfileStore()
+        self.profile_log: list[dict[str, Any]] = []
+        self.draw_log: list[tuple[datetime, float]] = []
+        self.energy_wh = 0.0
+        self.session_wh = 0.0
+        self.draw_a = 0.0
+        self.transaction_id: str | None = None
+        self.done = False
+        self.connected = asyncio.Event()
+        self.boots = 0
+        self.rejected_calls = 0
+        self._cp: Any = None
+        self._seq = itertools.count(1)
+        self._last_meter: datetime | None = None
+        self._last_tick: datetime | None = None
+        self._rng = random.Random(seed)
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stop = asyncio.Event()
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sim-{self.charger_id}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        self._session = aiohttp.ClientSession()
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                await self._connect_once()
+                backoff = 0.2
+            except (aiohttp.ClientError, ConnectionError, OSError, TimeoutError) as exc:
+                log.debug("%s: connection failed: %r", self.charger_id, exc)
+            self.connected.clear()
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _connect_once(self) -> None:
+        assert self._session is not None
+        auth = aiohttp.BasicAuth(self.charger_id, self.password) if self.password else None
+        async with self._session.ws_connect(f"{self.url}/{self.charger_id}", protocols=(self.protocol,),
+                                            auth=auth, heartbeat=30.0, max_msg_size=0) as ws:
+            if ws.protocol != self.protocol:
+                raise ConnectionError(f"server did not accept {self.protocol}")
+            connection = _WsConnection(ws)
+            cls = _Client16 if self.protocol == "ocpp1.6" else _Client201
+            self._cp = cls(self.charger_id, connection, self)
+            reader = asyncio.get_running_loop().create_task(self._cp.start())
+            try:
+                await self._boot()
+                self.connected.set()
+                await self._simulate(ws, reader)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+
+    async def _boot(self) -> None:
+        self.boots += 1
+        if self.protocol == "ocpp1.6":
+            await self._cp.call(call16.BootNotification(charge_point_vendor="ev-balancer", charge_point_model="sim"))
+            await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError",
+                                                          status="Charging" if self.transaction_id else "Available"))
+        else:
+            await self._cp.call(call201.BootNotification(
+                charging_station={"vendor_name": "ev-balancer", "model": "sim"}, reason="PowerUp"))
+            await self._cp.call(call201.StatusNotification(
+                timestamp=_iso(self.clock()), connector_status="Occupied" if self.transaction_id else "Available",
+                evse_id=1, connector_id=1))
+
+    async def _simulate(self, ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task[None]) -> None:
+        connected_at = asyncio.get_running_loop().time()
+        while not self._stop.is_set() and not reader.done() and not ws.closed:
+            now = self.clock()
+            self._advance(now)
+            await self._session_events(now)
+            if self._last_meter is None or (now - self._last_meter).total_seconds() >= self.meter_interval_s:
+                self._last_meter = now
+                if self.transaction_id is not None:
+                    await self._send_meter(now)
+            drop = self.misbehaviour.drop_every_s
+            if drop and asyncio.get_running_loop().time() - connected_at >= drop:
+                await ws.close()
+                return
+            await asyncio.sleep(self.tick_s)
+
+    # ----------------------------------------------------------------- physics
+    def limit_now(self, now: datetime) -> float | None:
+        phases = self.car.phases if self.car else 3
+        return self.store.limit_at(now, 1, self.transaction_id is not None, phases)
+
+    def _target_draw(self, now: datetime) -> float:
+        car = self.car
+        if car is None or self.transaction_id is None or self.done:
+            return 0.0
+        limit = self.limit_now(now)
+        if self.misbehaviour.ignores_profiles or limit is None:
+            limit = self.max_current_a
+        draw = min(limit, car.max_current_a, self.max_current_a)
+        if draw < car.min_current_a:
+            return 0.0
+        soc = min(1.0, self.session_wh / max(car.energy_wh, 1.0))
+        if soc > 0.8:  # the battery tapers the last fifth of the session
+            draw = max(car.min_current_a, draw * (1.0 - soc) / 0.2)
+        return draw
+
+    def _advance(self, now: datetime) -> None:
+        if self._last_tick is not None and self.draw_a > 0 and self.car is not None:
+            hours = max(0.0, (now - self._last_tick).total_seconds()) / 3600.0
+            wh = self.draw_a * min(self.car.phases, 3) * VOLTAGE_V * hours
+            self.energy_wh += wh
+            self.session_wh += wh
+        self._last_tick = now
+        new = self._target_draw(now)
+        if new != self.draw_a:
+            self.draw_log.append((now, new))
+        self.draw_a = new
+
+    # ----------------------------------------------------------------- sessions
+    async def _session_events(self, now: datetime) -> None:
+        car = self.car
+        if car is None or self.done:
+            return
+        if self.transaction_id is None and car.arrival <= now < car.departure:
+            await self._start_transaction(now)
+        elif self.transaction_id is not None and (now >= car.departure or self.session_wh >= car.energy_wh):
+            await self._stop_transaction(now, "EVDisconnected" if now >= car.departure else "Local")
+
+    async def _start_transaction(self, now: datetime) -> None:
+        car = self.car
+        assert car is not None
+        if self.protocol == "ocpp1.6":
+            await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Preparing"))
+            await self._cp.call(call16.Authorize(id_tag=f"TAG-{self.charger_id}"))
+            response = await self._cp.call(call16.StartTransaction(
+                connector_id=1, id_tag=f"TAG-{self.charger_id}", meter_start=int(self.energy_wh), timestamp=_iso(now)))
+            self.transaction_id = str(response.transaction_id)
+            await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
+        else:
+            self.transaction_id = f"{self.charger_id}-{next(self._seq)}-{int(now.timestamp())}"
+            await self._cp.call(call201.TransactionEvent(
+                event_type="Started", timestamp=_iso(now), trigger_reason="CablePluggedIn", seq_no=next(self._seq),
+                transaction_info={"transaction_id": self.transaction_id, "charging_state": "EVConnected"},
+                id_token={"id_token": f"TAG-{self.charger_id}", "type": "ISO14443"}, evse={"id": 1, "connector_id": 1},
+                meter_value=[self._meter_value(now)]))
+            if car.iso15118:
+                await self._cp.call(call201.NotifyEVChargingNeeds(evse_id=1, charging_needs={
+                    "requested_energy_transfer": "AC_three_phase" if car.phases == 3 else "AC_single_phase",
+                    "departure_time": _iso(car.departure),
+                    "ac_charging_parameters": {
+                        "energy_amount": int(car.energy_wh), "ev_min_current": int(car.min_current_a),
+                        "ev_max_current": int(car.max_current_a), "ev_max_voltage": 400}}))
+        self.session_wh = 0.0
+
+    async def _stop_transaction(self, now: datetime, reason: str) -> None:
+        tx = self.transaction_id
+        self.transaction_id = None
+        self.done = True
+        self.draw_a = 0.0
+        self.store.drop_tx()
+        if self.protocol == "ocpp1.6":
+            await self._cp.call(call16.StopTransaction(meter_stop=int(self.energy_wh), timestamp=_iso(now),
+                                                       transaction_id=int(tx or 0), reason=reason))
+            await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Available"))
+        else:
+            await self._cp.call(call201.TransactionEvent(
+                event_type="Ended", timestamp=_iso(now), trigger_reason="EVCommunicationLost", seq_no=next(self._seq),
+                transaction_info={"transaction_id": tx, "stopped_reason": reason},
+                meter_value=[self._meter_value(now)]))
+
+    def _sampled(self) -> list[dict[str, Any]]:
+        car = self.car
+        phases = min(car.phases, 3) if car else 3
+        values: list[dict[str, Any]] = [
+            {"value": f"{self.energy_wh:.1f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+            {"value": f"{self.draw_a * phases * VOLTAGE_V:.1f}", "measurand": "Power.Active.Import", "unit": "W"},
+        ]
+        for k, name in enumerate(("L1", "L2", "L3")):
+            value = self.draw_a if k < phases else 0.0
+            values.append({"value": f"{value:.2f}", "measurand": "Current.Import", "phase": name, "unit": "A"})
+        if car is not None:
+            soc = 100.0 * min(1.0, (car.battery_wh - car.energy_wh + self.session_wh) / car.battery_wh)
+            values.append({"value": f"{max(soc, 0.0):.1f}", "measurand": "SoC", "unit": "Percent"})
+        return values
+
+    def _meter_value(self, now: datetime) -> dict[str, Any]:
+        values = self._sampled()
+        if self.protocol == "ocpp2.0.1":
+            for v in values:
+                v["value"] = float(v["value"])
+                v["unit_of_measure"] = {"unit": v.pop("unit")}
+        return {"timestamp": _iso(now), "sampled_value": values}
+
+    async def _send_meter(self, now: datetime) -> None:
+        if self.protocol == "ocpp1.6":
+            await self._cp.call(call16.MeterValues(connector_id=1, transaction_id=int(self.transaction_id or 0),
+                                                   meter_value=[self._meter_value(now)]))
+        else:
+            await self._cp.call(call201.TransactionEvent(
+                event_type="Updated", timestamp=_iso(now), trigger_reason="MeterValuePeriodic", seq_no=next(self._seq),
+                transaction_info={"transaction_id": self.transaction_id,
+                                  "charging_state": "Charging" if self.draw_a > 0 else "SuspendedEVSE"},
+                meter_value=[self._meter_value(now)]))
+
+    # ----------------------------------------------------------------- profiles in
+    async def _delay(self) -> None:
+        if self.misbehaviour.answer_delay_s:
+            await asyncio.sleep(self.misbehaviour.answer_delay_s)
+
+    def accept_profile(self, evse: int, profile: dict[str, Any]) -> str:
+        """Validate and install a profile like a real charger; returns Accepted or Rejected."""
+        schedule = profile["charging_schedule"]
+        schedule = schedule[0] if isinstance(schedule, list) else schedule
+        periods = schedule["charging_schedule_period"]
+        starts = [p["start_period"] for p in periods]
+        limits = [float(p["limit"]) for p in periods]
+        record = {"at": self.clock(), "purpose": profile["charging_profile_purpose"], "evse": evse,
+                  "limits": limits, "starts": starts, "unit": schedule["charging_rate_unit"]}
+        purpose = profile["charging_profile_purpose"]
+        bad_shape = starts[0] != 0 or starts != sorted(set(starts))
+        refused = (self.misbehaviour.rejects_tx_profile and purpose == "TxProfile") or (
+            purpose == "TxProfile" and self.transaction_id is None) or (
+            self.misbehaviour.rejects_zero_amps and limits[0] == 0)
+        if bad_shape or refused:
+            record["result"] = "Rejected"
+        else:
+            self.store.install(evse, profile)
+            record["result"] = "Accepted"
+        self.profile_log.append(record)
+        if record["result"] == "Rejected":
+            self.rejected_calls += 1
+        return str(record["result"])
+
+    def composite(self, duration: int) -> dict[str, Any] | None:
+        now = self.clock()
+        limit = self.limit_now(now)
+        if limit is None:
+            return None
+        return {"start_schedule": _iso(now), "duration": duration, "charging_rate_unit": "A",
+                "charging_schedule_period": [{"start_period": 0, "limit": round(limit, 1)}]}
+
+    def config_values(self) -> dict[str, str]:
+        return {"ChargeProfileMaxStackLevel": "8", "ChargingScheduleMaxPeriods": "24",
+                "ChargingScheduleAllowedChargingRateUnit": "Current,Power", "MaxChargingProfilesInstalled": "10",
+                "MeterValueSampleInterval": str(int(self.meter_interval_s)),
+                "MeterValuesSampledData": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"}
+
+
+class _Client16(Cp16):  # type: ignore[misc]
+    def __init__(self, charger_id: str, connection: Any, sim: SimulatedCharger) -> None:
+        super().__init__(charger_id, connection, response_timeout=30)
+        self.sim = sim
+
+    @on(Action16.set_charging_profile)
+    async def set_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+        await self.sim._delay()
+        return result16.SetChargingProfile(status=self.sim.accept_profile(connector_id, cs_charging_profiles))
+
+    @on(Action16.clear_charging_profile)
+    async def clear_profile(self, **kw: Any) -> Any:
+        n = self.sim.store.clear(kw.get("charging_profile_purpose"), kw.get("id"))
+        return result16.ClearChargingProfile(status="Accepted" if n else "Unknown")
+
+    @on(Action16.get_composite_schedule)
+    async def composite(self, connector_id: int, duration: int, **kw: Any) -> Any:
+        schedule = self.sim.composite(duration)
+        if schedule is None:
+            return result16.GetCompositeSchedule(status="Rejected")
+        start = schedule.pop("start_schedule")
+        return result16.GetCompositeSchedule(status="Accepted", connector_id=connector_id, schedule_start=start,
+                                             charging_schedule=schedule)
+
+    @on(Action16.get_configuration)
+    async def get_configuration(self, key: list[str] | None = None) -> Any:
+        values = self.sim.config_values()
+        wanted = key or list(values)
+        return result16.GetConfiguration(
+            configuration_key=[{"key": k, "readonly": True, "value": values[k]} for k in wanted if k in values],
+            unknown_key=[k for k in wanted if k not in values] or None)
+
+    @on(Action16.change_configuration)
+    async def change_configuration(self, key: str, value: str) -> Any:
+        return result16.ChangeConfiguration(status="Accepted")
+
+    @on(Action16.trigger_message)
+    async def trigger(self, requested_message: str, **kw: Any) -> Any:
+        return result16.TriggerMessage(status="Accepted")
+
+    @on(Action16.remote_start_transaction)
+    async def remote_start(self, id_tag: str, **kw: Any) -> Any:
+        return result16.RemoteStartTransaction(status="Rejected")
+
+    @on(Action16.remote_stop_transaction)
+    async def remote_stop(self, transaction_id: int) -> Any:
+        return result16.RemoteStopTransaction(status="Rejected")
+
+    @on(Action16.reset)
+    async def reset(self, type: str) -> Any:
+        return result16.Reset(status="Accepted")
+
+
+class _Client201(Cp201):  # type: ignore[misc]
+    def __init__(self, charger_id: str, connection: Any, sim: SimulatedCharger) -> None:
+        super().__init__(charger_id, connection, response_timeout=30)
+        self.sim = sim
+
+    @on(Action201.set_charging_profile)
+    async def set_profile(self, evse_id: int, charging_profile: dict[str, Any], **kw: Any) -> Any:
+        await self.sim._delay()
+        return result201.SetChargingProfile(status=self.sim.accept_profile(evse_id, charging_profile))
+
+    @on(Action201.clear_charging_profile)
+    async def clear_profile(self, **kw: Any) -> Any:
+        criteria = kw.get("charging_profile_criteria") or {}
+        n = self.sim.store.clear(criteria.get("charging_profile_purpose"), kw.get("charging_profile_id"))
+        return result201.ClearChargingProfile(status="Accepted" if n else "Unknown")
+
+    @on(Action201.get_composite_schedule)
+    async def composite(self, duration: int, evse_id: int, **kw: Any) -> Any:
+        schedule = self.sim.composite(duration)
+        if schedule is None:
+            return result201.GetCompositeSchedule(status="Rejected")
+        return result201.GetCompositeSchedule(status="Accepted", schedule={
+            "evse_id": evse_id, "duration": duration, "schedule_start": schedule["start_schedule"],
+            "charging_rate_unit": "A", "charging_schedule_period": schedule["charging_schedule_period"]})
+
+    @on(Action201.get_variables)
+    async def get_variables(self, get_variable_data: list[dict[str, Any]], **kw: Any) -> Any:
+        values = {"PeriodsPerSchedule": "24", "RateUnit": "A,W", "ProfileStackLevel": "8",
+                  "TxUpdatedInterval": str(int(self.sim.meter_interval_s)),
+                  "TxUpdatedMeasurands": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"}
+        out = []
+        for item in get_variable_data:
+            name = item["variable"]["name"]
+            entry = {"component": item["component"], "variable": item["variable"],
+                     "attribute_status": "Accepted" if name in values else "UnknownVariable"}
+            if name in values:
+                entry["attribute_value"] = values[name]
+            out.append(entry)
+        return result201.GetVariables(get_variable_result=out)
+
+    @on(Action201.set_variables)
+    async def set_variables(self, set_variable_data: list[dict[str, Any]], **kw: Any) -> Any:
+        return result201.SetVariables(set_variable_result=[
+            {"attribute_status": "Accepted", "component": i["component"], "variable": i["variable"]}
+            for i in set_variable_data])
+
+    @on(Action201.trigger_message)
+    async def trigger(self, requested_message: str, **kw: Any) -> Any:
+        return result201.TriggerMessage(status="Accepted")
+
+    @on(Action201.request_start_transaction)
+    async def remote_start(self, id_token: dict[str, Any], remote_start_id: int, **kw: Any) -> Any:
+        return result201.RequestStartTransaction(status="Rejected")
+
+    @on(Action201.request_stop_transaction)
+    async def remote_stop(self, transaction_id: str, **kw: Any) -> Any:
+        return result201.RequestStopTransaction(status="Rejected")
+
+    @on(Action201.reset)
+    async def reset(self, type: str, **kw: Any) -> Any:
+        return result201.Reset(status="Accepted")
+
+
+class Fleet:
+    """Many simulated chargers run concurrently in one process."""
+
+    def __init__(self, chargers: list[SimulatedCharger]) -> None:
+        self.chargers = chargers
+
+    @classmethod
+    def evening_depot(cls, url: str, n: int, *, start: datetime, clock: Callable[[], datetime],
+                      prefix: str = "CP", seed: int = 1, meter_interval_s: float = 300.0, tick_s: float = 0.1,
+                      protocol: str = "mixed", password: str | None = None) -> Fleet:
+        """Cars arriving 16-20 h and leaving 5-8 h next morning, mixed 1- and 3-phase, some ISO 15118."""
+        rng = random.Random(seed)
+        day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        chargers = []
+        for i in range(n):
+            proto = protocol if protocol != "mixed" else ("ocpp1.6" if i % 2 == 0 else "ocpp2.0.1")
+            arrival = day + timedelta(hours=rng.uniform(16, 20))
+            departure = day + timedelta(days=1, hours=rng.uniform(5, 8))
+            phases = 1 if i % 4 == 3 else 3
+            car = SimCar(arrival=arrival, departure=departure, energy_wh=rng.uniform(8000, 40000) / (3 / phases),
+                         max_current_a=rng.choice([16.0, 32.0]), phases=phases,
+                         iso15118=proto == "ocpp2.0.1" and i % 3 == 0)
+            chargers.append(SimulatedCharger(f"{prefix}{i + 1:03d}", url, protocol=proto, car=car, clock=clock,
+                                             meter_interval_s=meter_interval_s, tick_s=tick_s, password=password,
+                                             seed=seed + i))
+        return cls(chargers)
+
+    async def start(self) -> None:
+        for charger in self.chargers:
+            charger.start()
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in self.chargers)), timeout)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self.chargers))
+
+    def total_draw_a(self) -> list[float]:
+        """Per grid phase (RST wiring, single-phase cars on L1) what the fleet draws now [A]."""
+        out = [0.0, 0.0, 0.0]
+        for c in self.chargers:
+            phases = c.car.phases if c.car else 3
+            for k in range(min(phases, 3)):
+                out[k] += c.draw_a
+        return out
+

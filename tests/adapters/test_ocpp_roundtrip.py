@@ -1,0 +1,109 @@
+"""OCPP server and simulated chargers over real websockets: both versions end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.ocpp.simulator import Misbehaviour
+from balancer.events import (
+    ChargerOffline,
+    ChargerOnline,
+    MeterSample,
+    NeedsUpdated,
+    ObedienceChanged,
+    ProfileResult,
+    SessionStarted,
+)
+from tests.adapters.ocpp_env import Env, ocpp_config, schedule, wait_for
+
+CHARGERS = [{"id": "A16", "max_current_a": 32}, {"id": "B201", "max_current_a": 32},
+            {"id": "C16", "max_current_a": 32, "integer_amps": True}, {"id": "D201", "max_current_a": 32}]
+
+
+@pytest.fixture
+async def env():  # type: ignore[no-untyped-def]
+    e = Env(ocpp_config(CHARGERS))
+    await e.start()
+    yield e
+    await e.stop()
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+async def test_session_profile_and_obedience(env: Env, protocol: str) -> None:
+    cid = "A16" if protocol == "ocpp1.6" else "B201"
+    sim = env.charger(cid, protocol)
+    await wait_for(lambda: any(isinstance(e, SessionStarted) for e in env.events))
+    online = env.of(ChargerOnline)
+    assert online and online[0].protocol == protocol
+    await env.server.apply([schedule(cid, 10.0, failsafe_a=8.0, ahead=[(3600, 6.0)])])
+    await wait_for(lambda: sim.draw_a == pytest.approx(10.0))
+    purposes = [r["purpose"] for r in sim.profile_log if r["result"] == "Accepted"]
+    assert purposes[0] == "TxDefaultProfile" and "TxProfile" in purposes
+    tx = [r for r in sim.profile_log if r["purpose"] == "TxProfile"][-1]
+    assert tx["limits"] == [10.0, 6.0] and tx["starts"] == [0, 3600]
+    await wait_for(lambda: any(isinstance(e, MeterSample) and e.current_a[0] == pytest.approx(10.0)
+                               for e in env.events))
+    results = env.of(ProfileResult)
+    assert {r.result for r in results} == {"Accepted"}
+    if protocol == "ocpp2.0.1":
+        needs = env.of(NeedsUpdated)
+        assert needs and needs[0].energy_wh == 30000 and needs[0].source == "iso15118"
+    status = env.server.charger_status(cid)
+    assert status["connected"] and status["limit_a"] == 10.0 and status["obeys"]
+
+
+async def test_decreases_are_accepted_before_increases_are_sent(env: Env) -> None:
+    a = env.charger("A16", "ocpp1.6")
+    b = env.charger("B201", "ocpp2.0.1")
+    await wait_for(lambda: len(env.of(SessionStarted)) == 2)
+    await env.server.apply([schedule("A16", 20.0), schedule("B201", 10.0)])
+    await wait_for(lambda: a.draw_a == 20.0 and b.draw_a == 10.0)
+    env.events.clear()
+    await env.server.apply([schedule("A16", 10.0), schedule("B201", 20.0)])
+    pushes = [e for e in env.of(ProfileResult) if e.detail == "TxProfile"]
+    assert [p.charger_id for p in pushes] == ["A16", "B201"]
+    assert pushes[0].at <= pushes[1].at
+
+
+async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env) -> None:
+    env.charger("A16", "ocpp1.6")
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.server.apply([schedule("A16", 16.0)])
+    n = len(env.of(ProfileResult))
+    await env.server.apply([schedule("A16", 16.5)])  # within the 1 A deadband: nothing sent
+    assert len(env.of(ProfileResult)) == n
+    await env.server.apply([schedule("A16", 15.9)])  # a decrease always goes out
+    assert len(env.of(ProfileResult)) == n + 1
+
+
+async def test_integer_amps_and_tx_profile_refused_falls_back_to_tx_default(env: Env) -> None:
+    sim = env.charger("C16", "ocpp1.6", misbehaviour=Misbehaviour(rejects_tx_profile=True))
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.server.apply([schedule("C16", 12.7)])
+    await wait_for(lambda: sim.draw_a == 12.0)
+    accepted = [r for r in sim.profile_log if r["result"] == "Accepted"]
+    assert accepted[-1]["purpose"] == "TxDefaultProfile" and accepted[-1]["limits"] == [12.0]
+    assert "Rejected" in [e.result for e in env.of(ProfileResult)]
+
+
+async def test_disobedient_charger_is_flagged(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapters.ocpp.pusher as pusher
+
+    monkeypatch.setattr(pusher, "OBEY_GRACE_S", 0.0)
+    env.charger("D201", "ocpp2.0.1", misbehaviour=Misbehaviour(ignores_profiles=True))
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.server.apply([schedule("D201", 8.0)])
+    await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
+    flagged = [e for e in env.of(ObedienceChanged) if not e.obeys][0]
+    assert flagged.draw_a is not None and flagged.draw_a > 8.0
+    assert env.server.charger_status("D201")["obeys"] is False
+
+
+async def test_reconnect_keeps_the_transaction_and_repushes(env: Env) -> None:
+    sim = env.charger("A16", "ocpp1.6", misbehaviour=Misbehaviour(drop_every_s=1.0))
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.server.apply([schedule("A16", 14.0)])
+    await wait_for(lambda: env.of(ChargerOffline), timeout=5)
+    await wait_for(lambda: len(env.of(ChargerOnline)) >= 2, timeout=10)
+    assert len(env.of(SessionStarted)) == 1  # the same transaction goes on
+    await wait_for(lambda: sim.boots >= 2 and env.server.charger_status("A16")["limit_a"] == 14.0, timeout=10)
