@@ -1,0 +1,148 @@
+"""The InfluxDB sink: batched, asynchronous, never blocking the control loop, losing nothing.
+
+``write()`` only appends line protocol to an in-memory queue. A background task flushes it every
+``flush_interval_s``: with ``api: v2`` through influxdb-client's write API (InfluxDB 1.8+, 2.x,
+3.x and other servers speaking that protocol), with ``api: v1`` as the same line protocol POSTed
+to ``/write`` (InfluxDB before 1.8 has no v2 API). While the server is down points stay queued;
+past ``buffer_points`` the oldest are spilled to files in ``spill_dir`` and replayed, in order,
+when it is back. ``dropped_points`` counts what even the disk could not keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from influxdb_client import Point, WritePrecision
+
+from balancer.model import InfluxSettings
+
+__all__ = ["InfluxSink"]
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000
+
+
+class InfluxSink:
+    """See the module docstring."""
+
+    def __init__(self, settings: InfluxSettings, spill_dir: Path) -> None:
+        self.settings = settings
+        self.spill_dir = Path(spill_dir)
+        self.queue: deque[str] = deque()
+        self.counters = {"written_points": 0, "failed_writes": 0, "dropped_points": 0, "spilled_points": 0}
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._client: Any = None
+        self._write_api: Any = None
+        self._spill_seq = 0
+
+    # ----------------------------------------------------------------- producer side
+    def write(self, points: list[Point] | list[str]) -> None:
+        """Queue points (never blocks, never raises)."""
+        for point in points:
+            line = point if isinstance(point, str) else point.to_line_protocol()
+            if line:
+                self.queue.append(line)
+        if len(self.queue) > self.settings.buffer_points:
+            self._spill(len(self.queue) - self.settings.buffer_points // 2)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "buffered": len(self.queue), "spill_files": len(self._spill_files())}
+
+    # ----------------------------------------------------------------- spill to disk
+    def _spill_files(self) -> list[Path]:
+        if not self.spill_dir.exists():
+            return []
+        return sorted(self.spill_dir.glob("spill-*.lp"))
+
+    def _spill(self, n: int) -> None:
+        lines = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
+        try:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            existing = self._spill_files()
+            if existing:
+                self._spill_seq = max(self._spill_seq, int(existing[-1].stem.split("-")[1]))
+            self._spill_seq += 1
+            path = self.spill_dir / f"spill-{self._spill_seq:09d}.lp"
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            self.counters["spilled_points"] += len(lines)
+        except OSError as exc:
+            self.counters["dropped_points"] += len(lines)
+            log.error("InfluxDB buffer full and spill failed, %d points dropped: %r", len(lines), exc)
+
+    # ----------------------------------------------------------------- consumer side
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        if self.settings.api == "v2":
+            from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+            self._client = InfluxDBClientAsync(url=self.settings.url, token=self.settings.token or "none",
+                                               org=self.settings.org or "-", timeout=10_000)
+            self._write_api = self._client.write_api()
+        self._task = asyncio.create_task(self._loop(), name="influx-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), timeout=5.0)
+        if self.queue:
+            self._spill(len(self.queue))  # kept for the next start
+        if self._client is not None:
+            await self._client.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval_s)
+            await self.flush()
+
+    async def flush(self) -> bool:
+        """Replay spilled files first (in order), then the queue. False when the server refused."""
+        for path in self._spill_files():
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+            for i in range(0, len(lines), BATCH):
+                if not await self._send(lines[i:i + BATCH]):
+                    # Keep what is left of this file for the next try.
+                    path.write_text("\n".join(lines[i:]) + "\n", encoding="utf-8")
+                    return False
+            path.unlink()
+        while self.queue:
+            batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
+            if not await self._send(batch):
+                return False
+            for _ in batch:
+                self.queue.popleft()
+        return True
+
+    async def _send(self, lines: list[str]) -> bool:
+        body = "\n".join(lines)
+        try:
+            if self.settings.api == "v2":
+                await self._write_api.write(bucket=self.settings.bucket, org=self.settings.org or "-", record=body,
+                                            write_precision=WritePrecision.MS)
+            else:
+                assert self._session is not None
+                params = {"db": self.settings.database or self.settings.bucket, "precision": "ms"}
+                if self.settings.username:
+                    params.update(u=self.settings.username, p=self.settings.password)
+                url = f"{self.settings.url.rstrip('/')}/write"
+                async with self._session.post(url, params=params, data=body.encode("utf-8")) as response:
+                    if response.status != 204:
+                        raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+        except Exception as exc:  # any failure means: keep the points and try later
+            self.counters["failed_writes"] += 1
+            log.warning("InfluxDB write failed (%d points kept): %r", len(lines), exc)
+            return False
+        self.counters["written_points"] += len(lines)
+        return True
