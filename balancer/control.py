@@ -523,14 +523,14 @@ class Controller:
                     row = None
             for k in range(1, horizon):
                 t = start + timedelta(seconds=k * SLOT_S)
+                # Ahead, a charger never goes above today's limit scaled by how much the capacity
+                # shrinks: summed over chargers that stays within every future slot's capacity even
+                # when plans are stale or the balancer vanishes. The plan may only lower it further.
+                ratio = float(np.min(ahead[k] / np.maximum(cap_now, 1e-9)))
+                value = limit_a * min(1.0, max(ratio, 0.0))
                 if row is not None and self.plan is not None:
                     j = int((t - self.plan.start).total_seconds() // self.plan.slot_s)
-                    value = float(row[j]) if 0 <= j < len(row) else 0.0
-                else:
-                    # No plan: scale today's limit by how much the capacity ahead shrinks, so the
-                    # schedule stays within the forecast should the balancer vanish.
-                    ratio = float(np.min(ahead[k] / np.maximum(cap_now, 1e-9)))
-                    value = limit_a * min(1.0, max(ratio, 0.0))
+                    value = min(value, float(row[j]) if 0 <= j < len(row) else 0.0)
                 value = floor_to(value, charger.granularity_a)
                 if value < charger.min_current_a:
                     value = 0.0

@@ -272,7 +272,9 @@ class Pusher:
             if schedule.get("charging_rate_unit") == "W":
                 volts = self.link.server.voltage.get(self.link.charger_id, 230.0)
                 first = first / (volts * int(periods[0].get("number_phases") or 3))
-            self._set_obeys(first <= limit_a + 0.1, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
+            # A newer push may have raised the limit meanwhile: compare with the higher of the two.
+            held = max(limit_a, self.held_a or 0.0)
+            self._set_obeys(first <= held + 0.1, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
         except Exception as exc:
             log.debug("charger %s: composite schedule not read: %r", self.link.charger_id, exc)
 

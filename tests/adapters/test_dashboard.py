@@ -27,8 +27,9 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
         for k in range(30):
             t = now - timedelta(minutes=30 - k)
             source = "forecast" if k < 20 else "fallback_config"
-            sink.write([site_point("depot", t, capacity_a=[60, 60, 60], capacity_source=source, allocated_a=[50, 48, 49],
-                                   measured_a=[45, 44, 46], grid_online=k < 20, energy_requested_wh=50000,
+            sink.write([site_point("depot", t, capacity_a=[60, 60, 60], capacity_source=source,
+                                   allocated_a=[50, 48, 49], measured_a=[45, 44, 46], grid_online=k < 20,
+                                   energy_requested_wh=50000,
                                    energy_delivered_wh=k * 1000.0, chargers_connected=2)])
             sink.write([charger_point("depot", f"CP{i}", t, protocol="ocpp1.6", limit_a=16, measured_a=[15, 15, 15],
                                       power_w=10000, energy_wh=k * 500.0, soc_pct=40, state="charging",

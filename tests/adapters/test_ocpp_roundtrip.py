@@ -94,7 +94,7 @@ async def test_disobedient_charger_is_flagged(env: Env, monkeypatch: pytest.Monk
     await wait_for(lambda: env.of(SessionStarted))
     await env.server.apply([schedule("D201", 8.0)])
     await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
-    flagged = [e for e in env.of(ObedienceChanged) if not e.obeys][0]
+    flagged = next(e for e in env.of(ObedienceChanged) if not e.obeys)
     assert flagged.draw_a is not None and flagged.draw_a > 8.0
     assert env.server.charger_status("D201")["obeys"] is False
 
