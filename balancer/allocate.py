@@ -5,7 +5,8 @@ Three vectorised stages, each bounded:
 1. **Admission of minimum currents.** Cars stop below about 6 A, so a charger gets 0 or at least
    its minimum. Candidates are ordered (cannot-pause first, then priority, then chargers with a
    planned target, then urgency, then a tie order that rotates every ``rotation_period_s``) and
-   admitted in a few passes: in each pass, a prefix sum of minimums along every node of the fuse
+   admitted in a few passes: in each pass, candidates that cannot fit even alone are dropped,
+   then a prefix sum of minimums along every node of the fuse
    tree (a segmented cumsum over the sparse ``ancestors`` matrix) admits every candidate whose
    prefix still fits at all its nodes and phases. The prefix counts rejected candidates too, so
    the admitted set always fits; later passes retry the rejected against what is left.
@@ -35,7 +36,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 EPS_A = 1e-9
 MAX_ROUNDS = 200
-ADMISSION_PASSES = 4
+ADMISSION_PASSES = 16
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,13 @@ def _admit(req: AllocationRequest, capacity: FloatArray, mask: FloatArray, lo: F
         if not pending.any():
             break
         base = node_load_a(topo, lo * admitted, mask.astype(bool))
+        # Candidates that do not fit even alone on top of what is admitted are out for good, so
+        # they no longer block the prefix sums of the others.
+        alone = (lo[chargers][:, None] * mask[chargers]) + base[nodes] > capacity[nodes] + EPS_A
+        never = np.bincount(chargers, weights=np.any(alone, axis=1), minlength=n) > 0
+        pending &= ~never
+        if not pending.any():
+            break
         load = (lo * pending)[chargers][:, None] * mask[chargers]  # (entries, 3)
         cum = np.cumsum(load, axis=0)
         offset = cum[group_start] - load[group_start]
