@@ -107,6 +107,8 @@ class Service:
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         silence_highs_banner()
+        for controller in self.controllers.values():
+            self._refresh_capacity(controller, self.now())  # the restored capacity, before anything asks
         app = web.Application(client_max_size=self.config.http.max_body_bytes)
         add_oscp_routes(app, self.fp)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,

@@ -100,9 +100,12 @@ class ForecastBook:
         self.blocks[forecast.type] = [b for b in merged if b.end > now - KEEP_PAST]
         self.link.forecast_received(now)
 
-    def capacity_slots(self, site: Site, start: datetime, n_slots: int,
-                       slot_s: int = 900) -> tuple[FloatArray, list[str]]:
-        """Capacity in force per slot from ``start``: (n_slots, 3) [A] and the source per slot."""
+    def capacity_slots(self, site: Site, start: datetime, n_slots: int, slot_s: int = 900,
+                       now: datetime | None = None) -> tuple[FloatArray, list[str]]:
+        """Capacity in force per slot from ``start``: (n_slots, 3) [A] and the source per slot.
+
+        ``now`` is when the grid operator's link state is read (default: ``start``).
+        """
         grid = site.grid_limit_a
         fallback = np.full((n_slots, 3), site.fallback_a)
         sources = np.full(n_slots, "fallback_config", dtype=object)
@@ -114,9 +117,9 @@ class ForecastBook:
         capacity[use_fb] = fb_val[use_fb]
         sources[use_fb] = "fallback_forecast"
         main, cov = blocks_to_slots(self.blocks["CONSUMPTION"], start, n_slots, site.voltage_v, slot_s)
-        # The link state is read at ``start`` for every slot: a future offline moment is not
+        # The link state is read once, now, for every slot: a future offline moment is not
         # assumed in advance; when it comes the capacity is read again and fallback takes over.
-        use = (cov > 0) & self.link.online(start)
+        use = (cov > 0) & self.link.online(now or start)
         main_val = np.where(np.isnan(main), grid, main)
         main_val = np.where((cov < 1.0)[:, None], np.minimum(main_val, capacity), main_val)
         capacity[use] = main_val[use]
@@ -127,7 +130,7 @@ class ForecastBook:
         """Capacity in force at ``t`` (3,) [A] and its source."""
         epoch = int(t.timestamp())
         start = datetime.fromtimestamp(epoch - epoch % 900, tz=t.tzinfo)
-        capacity, sources = self.capacity_slots(site, start, 1)
+        capacity, sources = self.capacity_slots(site, start, 1, now=t)
         return capacity[0], sources[0]
 
     def to_json(self) -> dict[str, Any]:

@@ -84,4 +84,4 @@ class FlexibilityProvider:
         return self.books[site_id].link.online(self.now())
 
     def capacity_slots(self, site_id: str, start: datetime, n_slots: int) -> tuple[npt.NDArray[np.float64], list[str]]:
-        return self.books[site_id].capacity_slots(self.config.site(site_id), start, n_slots)
+        return self.books[site_id].capacity_slots(self.config.site(site_id), start, n_slots, now=self.now())

@@ -1,0 +1,175 @@
+"""``balancer plan``: plan 24 h offline from an OSCP forecast body and a sessions file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters.config_file import load_config
+from adapters.highs_quiet import silence_highs_banner
+from balancer.control import slot_floor
+from balancer.errors import InvalidInput, Problem
+from balancer.model import Site
+from balancer.plan import PlanSession, SolveOutcome, plan
+from balancer.topology import Topology
+from forecast.blocks import parse_datetime, parse_update_forecast
+from forecast.book import ForecastBook
+
+__all__ = ["load_sessions", "run_plan"]
+
+N_SLOTS = 96
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInput([Problem(path, f"cannot read: {exc.strerror or exc}")], what=what) from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidInput([Problem(path, f"not valid JSON: {exc}")], what=what) from exc
+
+
+def load_sessions(data: Any, site: Site) -> list[PlanSession]:
+    """Validate a sessions list; every problem is named ``[i].field``."""
+    problems: list[Problem] = []
+    if not isinstance(data, list):
+        raise InvalidInput([Problem("", "must be a JSON list of sessions")], what="sessions")
+    ids = {c.id for c in site.chargers}
+    out: list[PlanSession] = []
+    allowed = {"charger_id", "arrival", "departure", "energy_wh", "max_current_a", "phases"}
+    for i, raw in enumerate(data):
+        p = f"[{i}]"
+        if not isinstance(raw, dict):
+            problems.append(Problem(p, "must be an object"))
+            continue
+        before = len(problems)
+        for key in raw:
+            if key not in allowed:
+                problems.append(Problem(f"{p}.{key}", "unknown field"))
+        cid = raw.get("charger_id")
+        if cid not in ids:
+            problems.append(Problem(f"{p}.charger_id", f"unknown charger {cid!r} in site {site.id}"))
+        arrival, departure = parse_datetime(raw.get("arrival")), parse_datetime(raw.get("departure"))
+        if arrival is None:
+            problems.append(Problem(f"{p}.arrival", "must be an RFC 3339 date-time with an offset"))
+        if departure is None:
+            problems.append(Problem(f"{p}.departure", "must be an RFC 3339 date-time with an offset"))
+        if arrival and departure and departure <= arrival:
+            problems.append(Problem(f"{p}.departure", "must be after arrival"))
+        energy = raw.get("energy_wh")
+        if isinstance(energy, bool) or not isinstance(energy, (int, float)) or energy < 0:
+            problems.append(Problem(f"{p}.energy_wh", f"must be a number >= 0, got {energy!r}"))
+        current = raw.get("max_current_a")
+        if current is not None and (isinstance(current, bool) or not isinstance(current, (int, float)) or current <= 0):
+            problems.append(Problem(f"{p}.max_current_a", f"must be a number > 0, got {current!r}"))
+        phases = raw.get("phases")
+        if phases is not None and phases not in (1, 3):
+            problems.append(Problem(f"{p}.phases", f"must be 1 or 3, got {phases!r}"))
+        if len(problems) == before and arrival and departure:
+            out.append(PlanSession(str(cid), arrival, departure, float(energy),
+                                   None if current is None else float(current), None, phases))
+    if problems:
+        raise InvalidInput(problems, what="sessions")
+    return out
+
+
+def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutcome,
+           sessions: list[PlanSession]) -> str:
+    lines = [f"site {site.id}: plan from {start:%Y-%m-%d %H:%M} UTC, 96 x 15 min, solver {outcome.solver} "
+             f"{outcome.status} in {outcome.seconds:.2f} s"]
+    if outcome.message:
+        lines.append(f"  {outcome.message}")
+    plan_ = outcome.plan
+    ids = [s.charger_id for s in sessions]
+    shown = ids[:8]
+    lines.append("slot   capacity L1/L2/L3 [A]  sum of limits [A]  " + " ".join(f"{c:>7s}" for c in shown))
+    for k in range(0, N_SLOTS, 4):
+        t = start + timedelta(minutes=15 * k)
+        row = plan_.limit_a[:, k] if plan_ is not None else np.zeros(len(site.chargers))
+        index = {c: i for i, c in enumerate(plan_.charger_ids)} if plan_ is not None else {}
+        cells = " ".join(f"{row[index[c]]:7.1f}" if c in index else "      -" for c in shown)
+        cap = capacity[k]
+        lines.append(f"{t:%H:%M}  {cap[0]:6.1f}/{cap[1]:6.1f}/{cap[2]:6.1f}  {row.sum():17.1f}  {cells}")
+    if len(ids) > len(shown):
+        lines.append(f"({len(ids) - len(shown)} more sessions not shown; use --json)")
+    lines.append("")
+    lines.append("session    requested kWh  planned kWh")
+    for s in sessions:
+        planned = plan_.planned_wh.get(s.charger_id, 0.0) if plan_ else 0.0
+        lines.append(f"{s.charger_id:10s} {s.energy_wh / 1000:13.1f} {planned / 1000:12.1f}")
+    return "\n".join(lines)
+
+
+def _plot(path: str, site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutcome) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = [start + timedelta(minutes=15 * k) for k in range(N_SLOTS)]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    if outcome.plan is not None:
+        rows = outcome.plan.limit_a
+        used = [i for i in range(rows.shape[0]) if rows[i].any()]
+        ax.stackplot(times, rows[used], labels=[outcome.plan.charger_ids[i] for i in used][:12], step="post")
+    ax.step(times, capacity.min(axis=1), where="post", color="black", linewidth=2, label="capacity (lowest phase)")
+    ax.set_ylabel("per-phase current [A]")
+    ax.set_title(f"{site.id}: planned allocation per charger under the capacity")
+    ax.legend(loc="upper right", fontsize=7, ncol=2)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_plan(args: Any) -> int:
+    try:
+        config = load_config(args.config)
+        forecast = parse_update_forecast(_read_json(args.forecast, "forecast"))
+        if args.site:
+            site = config.site(args.site) if args.site in {s.id for s in config.sites} else None
+            if site is None:
+                raise InvalidInput([Problem("--site", f"unknown site {args.site!r}")], what="arguments")
+        else:
+            site = next((s for s in config.sites if s.group_id == forecast.group_id), config.sites[0])
+        start = slot_floor(datetime.now(UTC))
+        if args.start:
+            parsed = parse_datetime(args.start)
+            if parsed is None:
+                raise InvalidInput([Problem("--start", "must be an RFC 3339 date-time with an offset")],
+                                   what="arguments")
+            start = slot_floor(parsed.astimezone(UTC))
+        sessions = load_sessions(_read_json(args.sessions, "sessions"), site) if args.sessions else []
+    except InvalidInput as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    book = ForecastBook()
+    book.accept(forecast, start)
+    capacity, _ = book.capacity_slots(site, start, N_SLOTS)
+    silence_highs_banner()
+    outcome = plan(Topology.from_site(site), capacity, sessions, start, budget_s=config.control.planner_budget_s)
+    if args.json:
+        limits = outcome.plan.limit_a if outcome.plan is not None else np.zeros((len(site.chargers), N_SLOTS))
+        ids = outcome.plan.charger_ids if outcome.plan is not None else tuple(c.id for c in site.chargers)
+        body = {
+            "site": site.id, "start": start.isoformat().replace("+00:00", "Z"), "slot_minutes": 15,
+            "capacity_a": np.round(capacity, 2).tolist(),
+            "chargers": {cid: {"limit_a": np.round(limits[i], 2).tolist()} for i, cid in enumerate(ids)},
+            "sessions": [{"charger_id": s.charger_id, "requested_wh": s.energy_wh,
+                          "planned_wh": round(outcome.plan.planned_wh.get(s.charger_id, 0.0), 1)
+                          if outcome.plan else 0.0} for s in sessions],
+            "solver": {"name": outcome.solver, "status": outcome.status, "seconds": round(outcome.seconds, 4)},
+        }
+        print(json.dumps(body))
+    else:
+        print(_table(site, start, capacity, outcome, sessions))
+    if args.plot:
+        _plot(args.plot, site, start, capacity, outcome)
+    return 0 if outcome.plan is not None else 1

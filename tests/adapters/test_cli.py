@@ -1,0 +1,103 @@
+"""The `balancer` command as users run it: check-config, plan, simulate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+
+
+def balancer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "adapters.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("name", ["office-4.yaml", "depot-40.yaml", "carpark-300.yaml"])
+def test_check_config_examples(name: str) -> None:
+    done = balancer("check-config", str(CONFIGS / name))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK:") and len(done.stdout.strip().splitlines()) == 1
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites:\n  - id: s\n    grid_limit_a: -1\n    fallback_kw: 10\n    chargers:\n"
+                   "      - {id: A, max_current_a: 0}\n      - {id: B, max_current_a: 16, circuit: nope}\n")
+    done = balancer("check-config", str(bad))
+    assert done.returncode == 2
+    assert "sites[0].grid_limit_a: must be > 0" in done.stderr
+    assert "sites[0].chargers[0].max_current_a: must be > 0" in done.stderr
+    assert "sites[0].chargers[1].circuit: unknown circuit 'nope'" in done.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sites: [\n")
+    assert balancer("check-config", str(broken)).returncode == 2
+
+
+def forecast_for(group: str, tmp_path: Path) -> Path:
+    body = json.loads((CONFIGS / "examples" / "forecast-depot.json").read_text())
+    body["group_id"] = group
+    path = tmp_path / f"forecast-{group}.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+@pytest.mark.parametrize(("name", "group"), [("office-4.yaml", "office"), ("depot-40.yaml", "depot-1"),
+                                             ("carpark-300.yaml", "carpark")])
+def test_plan_json_on_every_example(name: str, group: str, tmp_path: Path) -> None:
+    args = ["plan", "--config", str(CONFIGS / name), "--forecast", str(forecast_for(group, tmp_path)),
+            "--start", "2026-03-02T12:00:00Z", "--json"]
+    if name == "depot-40.yaml":
+        args += ["--sessions", str(CONFIGS / "examples" / "sessions-depot.json"), "--plot", str(tmp_path / "p.png")]
+    done = balancer(*args)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)  # nothing but JSON on stdout
+    assert set(body) == {"site", "start", "slot_minutes", "capacity_a", "chargers", "sessions", "solver"}
+    assert body["site"] == group and body["slot_minutes"] == 15 and len(body["capacity_a"]) == 96
+    assert body["solver"]["status"] in ("optimal", "no_sessions")
+    if name == "depot-40.yaml":
+        assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+        planned = sum(s["planned_wh"] for s in body["sessions"])
+        assert planned > 0.9 * sum(s["requested_wh"] for s in body["sessions"])
+        for limits in body["chargers"].values():
+            assert all(v == 0 or v >= 6 for v in limits["limit_a"])
+
+
+def test_plan_table_and_bad_files(tmp_path: Path) -> None:
+    forecast = forecast_for("depot-1", tmp_path)
+    done = balancer("plan", "--config", str(CONFIGS / "depot-40.yaml"), "--forecast", str(forecast),
+                    "--sessions", str(CONFIGS / "examples" / "sessions-depot.json"), "--start", "2026-03-02T12:00:00Z")
+    assert done.returncode == 0 and "session    requested kWh" in done.stdout
+    bad_forecast = tmp_path / "f.json"
+    bad_forecast.write_text(json.dumps({"group_id": "depot-1", "type": "CONSUMPTION", "forecasted_blocks": [
+        {"capacity": -1, "phase": "ALL", "unit": "KW", "start_time": "2026-03-02T12:00:00Z",
+         "end_time": "2026-03-02T13:00:00Z"}]}))
+    done = balancer("plan", "--config", str(CONFIGS / "depot-40.yaml"), "--forecast", str(bad_forecast))
+    assert done.returncode == 2 and "forecasted_blocks[0].capacity" in done.stderr
+    bad_sessions = tmp_path / "s.json"
+    bad_sessions.write_text(json.dumps([{"charger_id": "NOPE", "arrival": "x", "departure": "2026-03-02T13:00:00Z",
+                                         "energy_wh": 10}]))
+    done = balancer("plan", "--config", str(CONFIGS / "depot-40.yaml"), "--forecast", str(forecast),
+                    "--sessions", str(bad_sessions))
+    assert done.returncode == 2 and "[0].charger_id" in done.stderr and "[0].arrival" in done.stderr
+    assert done.stdout == ""
+
+
+def test_simulate_against_the_service(tmp_path: Path) -> None:
+    from tests.e2e.service import ServiceProcess
+
+    service = ServiceProcess(tmp_path, {"sites": [{"id": "s", "grid_limit_a": 100, "fallback_kw": 20, "chargers": [
+        {"id": f"SIM{i:03d}", "max_current_a": 32} for i in range(1, 5)]}]}).start()
+    try:
+        done = balancer("simulate", "--url", service.ocpp_url, "--chargers", "4", "--prefix", "SIM",
+                        "--duration", "6", "--meter-interval", "1", timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "connected    4" in done.stdout
+        assert "TxProfile" in done.stdout or "TxDefaultProfile" in done.stdout
+    finally:
+        service.stop()
