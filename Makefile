@@ -33,7 +33,7 @@ test: setup
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/allocator.py && $(BIN)/python bench/planner.py && $(BIN)/python bench/oscp_forecasts.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
