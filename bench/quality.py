@@ -1,0 +1,163 @@
+"""Scheduling quality: our LP + allocator against common strategies on realistic days.
+
+Run: .venv/bin/python bench/quality.py --seed 42   (prints a markdown table, writes bench/out/*.png)
+
+Each day is simulated online in 15-minute steps: at every step a strategy sees only the cars
+plugged in now (their need and departure) and sets limits; a car draws min(limit, its max) if that
+is at least 6 A, else nothing, until it is full or leaves. The perfect-foresight LP knows every
+arrival in advance and is the upper bound. A car is counted from the first step after it arrives
+to the last step before it leaves, the same for every strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.highs_quiet import silence_highs_banner
+from balancer.allocate import node_load_a
+from balancer.plan import PlanSession, plan
+from balancer.topology import Topology, phase_mask
+from bench.quality_metrics import summarise
+from bench.scenarios import SITE_TYPES, Scenario, generate
+from bench.strategies import STRATEGIES, Present
+
+STEP_S = 900
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def windows(s: Scenario) -> tuple[np.ndarray, np.ndarray]:
+    """First and last+1 step of every car (rounded inward to whole steps)."""
+    t0 = s.start.timestamp()
+    first = np.array([math.ceil((c.arrival.timestamp() - t0) / STEP_S) for c in s.cars])
+    end = np.array([math.floor((c.departure.timestamp() - t0) / STEP_S) for c in s.cars])
+    return np.clip(first, 0, 96), np.clip(end, 0, 96)
+
+
+def simulate(s: Scenario, strategy: str, limits_fn=None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    topo = Topology.from_site(s.site)
+    n = topo.n_chargers
+    first, end = windows(s)
+    delivered = np.zeros(len(s.cars))
+    node_cap = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(float)
+    loads, caps, used_short, times = [], [], [], []
+    sub_min = 0
+    for k in range(96):
+        now = s.start + timedelta(seconds=k * STEP_S)
+        here = np.zeros(n, dtype=bool)
+        car_of = np.full(n, -1)
+        for j, c in enumerate(s.cars):
+            if first[j] <= k < end[j] and delivered[j] < c.energy_wh - 1e-6:
+                i = topo.index(c.charger_id)
+                here[i], car_of[i] = True, j
+        max_a = np.array([s.cars[j].max_current_a if j >= 0 else 0.0 for j in car_of])
+        phases = np.array([s.cars[j].phases if j >= 0 else 3 for j in car_of])
+        remaining = np.array([s.cars[j].energy_wh - delivered[j] if j >= 0 else 0.0 for j in car_of])
+        departure = [s.cars[j].departure if j >= 0 else None for j in car_of]
+        power = max_a * phases * 230.0
+        laxity = np.array([((d - now).total_seconds() - r / p * 3600) if d is not None and p > 0 else np.inf
+                           for d, r, p in zip(departure, remaining, power, strict=True)])
+        arrival_s = np.array([s.cars[j].arrival.timestamp() if j >= 0 else np.inf for j in car_of])
+        present = Present(now, topo, s.capacity_a[k], s.capacity_a[k:], here, max_a, phases, remaining, arrival_s,
+                          departure, laxity)
+        started = time.perf_counter()
+        limit = limits_fn(k, present) if limits_fn else STRATEGIES[strategy](present)
+        times.append(time.perf_counter() - started)
+        sub_min += int(np.sum((limit > 1e-9) & (limit < topo.min_current_a - 1e-9)))
+        draw = np.where(here & (np.minimum(limit, max_a) >= topo.min_current_a - 1e-9), np.minimum(limit, max_a), 0.0)
+        # A car takes no more than it still needs in this step.
+        need_a = np.where(here, remaining / (phases * 230.0 * STEP_S / 3600), 0.0)
+        draw = np.minimum(draw, need_a)
+        mask = phase_mask(topo, phases)
+        load = node_load_a(topo, draw, mask)
+        cap = node_cap.copy()
+        cap[0] = np.minimum(cap[0], s.capacity_a[k])
+        loads.append(load)
+        caps.append(cap)
+        demand = node_load_a(topo, np.where(here, max_a, 0.0), mask)[0].max()
+        if demand > cap[0].max():
+            used_short.append(float(load[0].max() / cap[0].max()))
+        for i in np.flatnonzero(here):
+            delivered[car_of[i]] += draw[i] * phases[i] * 230.0 * STEP_S / 3600
+    return summarise([c.energy_wh for c in s.cars], delivered, np.array(loads), np.array(caps), used_short, times,
+                     sub_min)
+
+
+def perfect_foresight(s: Scenario) -> dict[str, float]:
+    topo = Topology.from_site(s.site)
+    first, end = windows(s)
+    sessions = [PlanSession(c.charger_id, s.start + timedelta(seconds=int(f) * STEP_S),
+                            s.start + timedelta(seconds=int(e) * STEP_S), c.energy_wh, max_current_a=c.max_current_a,
+                            phases=c.phases) for c, f, e in zip(s.cars, first, end, strict=True) if e > f]
+    started = time.perf_counter()
+    outcome = plan(topo, s.capacity_a, sessions, s.start, budget_s=60.0)
+    seconds = time.perf_counter() - started
+    assert outcome.plan is not None, outcome
+    limits = outcome.plan.limit_a
+    result = simulate(s, "perfect-foresight LP", lambda k, p: limits[:, k])
+    result["decision_ms_median"] = result["decision_ms_p95"] = seconds * 1000
+    return result
+
+
+def table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
+    head = ("| site | strategy | delivered | vs bound | worst car | violations (worst A) | used when short | Jain "
+            "| 0<limit<min | decision ms (median / p95) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    bound = {site: r["delivered"] for site, name, r in rows if name == "perfect-foresight LP"}
+    for site, name, r in rows:
+        lines.append(f"| {site} | {name} | {100 * r['delivered']:.1f} % | {100 * r['delivered'] / bound[site]:.1f} % "
+                     f"| {100 * r['worst_car']:.1f} % | {r['violations']} ({r['worst_overshoot_a']:.1f}) "
+                     f"| {100 * r['capacity_used_when_short']:.1f} % | {r['jain']:.3f} | {r['limits_between_0_and_min']} "
+                     f"| {r['decision_ms_median']:.2f} / {r['decision_ms_p95']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[tuple[str, str, dict[str, float]]], seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    OUT.mkdir(exist_ok=True)
+    sites = list(dict.fromkeys(site for site, _, _ in rows))
+    names = list(dict.fromkeys(name for _, name, _ in rows))
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        values = [next(100 * r["delivered"] for s, n, r in rows if s == site and n == name) for site in sites]
+        ax.bar(np.arange(len(sites)) + j * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(sites)) + 0.4 - width / 2, sites)
+    ax.set_ylabel("requested energy delivered by departure [%]")
+    ax.set_title(f"scheduling quality, seed {seed}")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(OUT / f"quality-seed{seed}.png", dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    silence_highs_banner()
+    rows = []
+    for kind in SITE_TYPES:
+        scenario = generate(kind, args.seed)
+        for name in STRATEGIES:
+            rows.append((kind, name, simulate(scenario, name)))
+        rows.append((kind, "perfect-foresight LP", perfect_foresight(scenario)))
+    print(f"seed {args.seed}\n")
+    print(table(rows))
+    plot(rows, args.seed)
+
+
+if __name__ == "__main__":
+    main()

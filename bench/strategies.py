@@ -1,0 +1,130 @@
+"""Charging strategies compared in ``bench/quality.py``, all on the same simulated days.
+
+Each strategy gets the cars present now (what the charger knows: arrival, need, departure when
+known) and returns a limit per charger. Baselines respect the same fuses (except "uncontrolled"),
+so the comparison is about decisions, not about ignoring limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from balancer.allocate import AllocationRequest, allocate
+from balancer.plan import PlanSession, plan
+from balancer.topology import Topology, phase_mask
+
+__all__ = ["STRATEGIES", "Present"]
+
+
+@dataclass
+class Present:
+    """The cars plugged in at ``now``: per charger index, NaN/0 where none."""
+
+    now: datetime
+    topology: Topology
+    capacity_a: np.ndarray        # (3,) connection capacity now
+    capacity_ahead: np.ndarray    # (n_slots_left, 3)
+    here: np.ndarray              # (n,) bool
+    max_a: np.ndarray             # (n,)
+    phases: np.ndarray            # (n,)
+    remaining_wh: np.ndarray      # (n,)
+    arrival_s: np.ndarray         # (n,) seconds since start
+    departure: list[datetime | None]
+    laxity_s: np.ndarray          # (n,)
+
+
+def _node_capacity(p: Present) -> np.ndarray:
+    cap = np.repeat(p.topology.node_limit_a[:, None], 3, axis=1).astype(float)
+    cap[0] = np.minimum(cap[0], p.capacity_a)
+    return cap
+
+
+def _greedy(p: Present, order: np.ndarray) -> np.ndarray:
+    """Fill cars in ``order`` up to their max within the residual of every node above (min or nothing)."""
+    topo = p.topology
+    residual = _node_capacity(p)
+    mask = phase_mask(topo, p.phases)
+    limit = np.zeros(topo.n_chargers)
+    for i in order:
+        if not p.here[i] or p.max_a[i] <= 0:
+            continue
+        nodes = topo.ancestors[:, i].nonzero()[0]
+        room = residual[np.ix_(nodes, np.flatnonzero(mask[i]))].min()
+        value = np.floor(min(p.max_a[i], room) * 10) / 10
+        if value >= topo.min_current_a[i]:
+            limit[i] = value
+            residual[np.ix_(nodes, np.flatnonzero(mask[i]))] -= value
+    return limit
+
+
+def uncontrolled(p: Present) -> np.ndarray:
+    return np.where(p.here, p.max_a, 0.0)
+
+
+def equal_share(p: Present) -> np.ndarray:
+    """A static split: each car gets the tightest node capacity divided by the cars below it."""
+    topo = p.topology
+    mask = phase_mask(topo, p.phases) & p.here[:, None]
+    count = np.asarray(topo.ancestors @ mask.astype(float))
+    share = np.where(count > 0, _node_capacity(p) / np.maximum(count, 1), np.inf)
+    limit = np.zeros(topo.n_chargers)
+    for i in np.flatnonzero(p.here):
+        nodes = topo.ancestors[:, i].nonzero()[0]
+        value = min(p.max_a[i], share[np.ix_(nodes, np.flatnonzero(mask[i]))].min())
+        value = np.floor(value * 10) / 10
+        limit[i] = value if value >= topo.min_current_a[i] else 0.0
+    return limit
+
+
+def fcfs(p: Present) -> np.ndarray:
+    return _greedy(p, np.argsort(p.arrival_s, kind="stable"))
+
+
+def edf(p: Present) -> np.ndarray:
+    deadline = np.array([d.timestamp() if d else np.inf for d in p.departure])
+    return _greedy(p, np.argsort(deadline, kind="stable"))
+
+
+def llf(p: Present) -> np.ndarray:
+    return _greedy(p, np.argsort(p.laxity_s, kind="stable"))
+
+
+def _request(p: Present, target: np.ndarray | None) -> AllocationRequest:
+    topo = p.topology
+    return AllocationRequest(topology=topo, capacity_a=_node_capacity(p), phase_mask=phase_mask(topo, p.phases),
+                             min_a=topo.min_current_a, max_a=np.where(p.here, p.max_a, 0.0), target_a=target,
+                             urgency=-p.laxity_s, now_s=p.now.timestamp(), rotation_period_s=900.0)
+
+
+def allocator_alone(p: Present) -> np.ndarray:
+    return allocate(_request(p, None)).limit_a
+
+
+def lp_plus_allocator(p: Present) -> np.ndarray:
+    """Online: plan the cars present now over the rest of the day, allocate with the plan's target."""
+    topo = p.topology
+    slot_start = p.now
+    sessions = [PlanSession(topo.charger_ids[i], p.now, p.departure[i] or p.now + timedelta(hours=24),
+                            float(p.remaining_wh[i]), max_current_a=float(p.max_a[i]), phases=int(p.phases[i]))
+                for i in np.flatnonzero(p.here & (p.remaining_wh > 0))]
+    target = None
+    if sessions:
+        outcome = plan(topo, p.capacity_ahead, sessions, slot_start, budget_s=5.0)
+        if outcome.plan is not None:
+            target = np.where(p.here, outcome.plan.first_slot(), np.nan)
+    return allocate(_request(p, target)).limit_a
+
+
+STRATEGIES: dict[str, Callable[[Present], np.ndarray]] = {
+    "uncontrolled": uncontrolled,
+    "equal share": equal_share,
+    "first-come-first-served": fcfs,
+    "earliest deadline first": edf,
+    "least laxity first": llf,
+    "our allocator alone": allocator_alone,
+    "our LP + allocator": lp_plus_allocator,
+}
