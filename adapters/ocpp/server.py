@@ -23,6 +23,8 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from ocpp.v16.enums import Action as Action16
+from ocpp.v201.enums import Action as Action201
 
 from adapters.clock import utc_now
 from adapters.ocpp.handlers16 import ChargePoint16
@@ -36,6 +38,7 @@ __all__ = ["ChargerLink", "OcppServer"]
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
+KNOWN_ACTIONS = {"ocpp1.6": {a.value for a in Action16}, "ocpp2.0.1": {a.value for a in Action201}}
 
 
 class FrameGuard:
@@ -101,6 +104,10 @@ class FrameGuard:
             self.tokens -= 1.0
             if len(frame) != 4 or not isinstance(frame[2], str) or not isinstance(frame[3], dict):
                 return frame[1], format_code, "a CALL is [2, id, action, {payload}]"
+            if frame[2] not in KNOWN_ACTIONS[self.link.protocol or "ocpp1.6"]:
+                # The ocpp package says NotSupported here; the spec's word for an unknown action is
+                # NotImplemented (NotSupported is for a known action the receiver does not do).
+                return frame[1], "NotImplemented", f"unknown action {frame[2][:50]!r}"
         return None
 
 

@@ -159,3 +159,18 @@ async def test_admin_api_auth_needs_and_bad_input(service: ServiceProcess) -> No
     status, body = service.request("POST", "/api/v1/sessions/CP0/needs", {"energy_wh": 1000}, auth)
     assert status == 409  # no session on CP0
     assert service.request("GET", "/healthz")[0] == 200  # still up
+
+
+async def test_config_hot_reload_refuses_a_broken_file(service: ServiceProcess) -> None:
+    import yaml
+
+    good = yaml.safe_load(service.path.read_text())
+    service.path.write_text("sites: [\n  - id: depot\n    grid_limit_a: -5\n")
+    await asyncio.sleep(3.0)
+    assert service.request("GET", "/healthz")[0] == 200
+    assert "balancer_config_rejected_total 1" in service.get("/metrics", TOKEN)
+    assert len(service.get("/api/v1/sites/depot", TOKEN)["chargers"]) == 4  # the old config runs on
+    good["sites"][0]["chargers"].append({"id": "CP9", "max_current_a": 16})
+    service.path.write_text(yaml.safe_dump(good))
+    await until(lambda: len(service.get("/api/v1/sites/depot", TOKEN)["chargers"]) == 5, 10)
+    assert "balancer_config_reloads_total 1" in service.get("/metrics", TOKEN)
