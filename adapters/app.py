@@ -480,6 +480,7 @@ def run_serve(args: Any) -> int:
     """``balancer serve --config PATH``."""
     logging.basicConfig(level=logging.INFO,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
+    logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every frame at INFO
     path = Path(args.config)
     try:
         config = load_config(path)
