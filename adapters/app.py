@@ -2,7 +2,7 @@
 
 One ``Service`` runs every site of a config. Its control loop wakes on every event (a forecast, a
 session, a meter sample...) and at least every ``control.interval_s``; per site it refreshes the
-capacity in force, replans when due (the LP runs in a worker thread, never on the event loop),
+capacity in force, replans when due (the LP runs in a worker process, never on the event loop),
 allocates, pushes schedules, writes metrics and persists the controller state.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,10 @@ class Service:
             self.fp.on_handshake = lambda body, request_id: client.handshake_acknowledge(request_id)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+        # The LP runs in its own process: HiGHS would otherwise hold the event loop's GIL for
+        # seconds on a large site, and every charger would wait for it.
+        self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=silence_highs_banner)
         self._planning: dict[str, asyncio.Future[SolveOutcome]] = {}
         self._push_tasks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []

@@ -98,30 +98,35 @@ def _admit(req: AllocationRequest, capacity: FloatArray, mask: FloatArray, lo: F
     rows, cols = topo.entries
     rank = np.full(n, n, dtype=np.int64)
     rank[order] = np.arange(len(order))
-    # Entries (node, charger) sorted by node, then by the charger's rank in the admission order.
-    entry_order = np.lexsort((rank[cols], rows))
-    nodes = rows[entry_order]
-    chargers = cols[entry_order]
+    # Entries (node, charger) of the candidates, sorted by node, then by the charger's rank in the
+    # admission order: one integer sort key instead of a lexsort.
+    keep = rank[cols] < n
+    rows_k, cols_k = rows[keep], cols[keep]
+    entry_order = np.argsort(rows_k * (n + 1) + rank[cols_k], kind="stable")
+    nodes = rows_k[entry_order]
+    chargers = cols_k[entry_order]
+    if len(nodes) == 0:
+        return admitted
     group_start = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
     group_of_entry = np.repeat(np.arange(len(group_start)), np.diff(np.r_[group_start, len(nodes)]))
+    need_e = lo[chargers][:, None] * mask[chargers]  # (entries, 3) each candidate's minimum load
+    cap_e = capacity[nodes] + EPS_A
     pending = np.zeros(n, dtype=bool)
     pending[order] = True
     for _ in range(ADMISSION_PASSES):
         if not pending.any():
             break
-        base = node_load_a(topo, lo * admitted, mask.astype(bool))
+        room_e = cap_e - node_load_a(topo, lo * admitted, mask.astype(bool))[nodes]
         # Candidates that do not fit even alone on top of what is admitted are out for good, so
         # they no longer block the prefix sums of the others.
-        alone = (lo[chargers][:, None] * mask[chargers]) + base[nodes] > capacity[nodes] + EPS_A
-        never = np.bincount(chargers, weights=np.any(alone, axis=1), minlength=n) > 0
-        pending &= ~never
+        alone = np.any(need_e > room_e, axis=1)
+        pending &= ~(np.bincount(chargers, weights=alone, minlength=n) > 0)
         if not pending.any():
             break
-        load = (lo * pending)[chargers][:, None] * mask[chargers]  # (entries, 3)
+        load = need_e * pending[chargers][:, None]
         cum = np.cumsum(load, axis=0)
-        offset = cum[group_start] - load[group_start]
-        cum -= offset[group_of_entry]
-        over = np.any(cum + base[nodes] > capacity[nodes] + EPS_A, axis=1)
+        cum -= (cum[group_start] - load[group_start])[group_of_entry]
+        over = np.any(cum > room_e, axis=1)
         bad = np.bincount(chargers, weights=over, minlength=n) > 0
         newly = pending & ~bad
         if not newly.any():

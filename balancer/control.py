@@ -38,7 +38,7 @@ from balancer.events import (
     SessionStopped,
     Tick,
 )
-from balancer.model import ControlSettings, LimitSource, Site, floor_to
+from balancer.model import ControlSettings, LimitSource, Site
 from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.topology import Topology, phase_mask
 
@@ -489,6 +489,7 @@ class Controller:
         allocation = allocate(request)
         self.last_allocation = allocation
         schedules: list[ChargerSchedule] = []
+        shared = self._ahead(now)
         for i, cid in enumerate(topo.charger_ids):
             state = self.states[cid]
             limit = float(allocation.limit_a[i])
@@ -499,44 +500,55 @@ class Controller:
             if limit != state.limit_a:
                 state.limit_changed_at = now
             state.limit_a = limit
-            schedule = self._schedule(i, cid, now, limit)
+            schedule = self._schedule(i, cid, now, limit, shared)
             state.held_until = schedule.periods[-1][0] if len(schedule.periods) > 1 else None
             schedules.append(schedule)
             self.last_schedules[cid] = schedule
         return schedules
 
-    def _schedule(self, i: int, cid: str, now: datetime, limit_a: float) -> ChargerSchedule:
-        """The limit now, then the planned limits of the slots ahead, then the failsafe."""
+    def _ahead(self, now: datetime) -> tuple[datetime, FloatArray, dict[str, FloatArray]]:
+        """What every schedule of this decision shares: slot start, the capacity ratio of each slot
+        ahead to now (lowest phase), and the plan's rows aligned to those slots."""
+        horizon = self.settings.plan_horizon_h * 3600 // SLOT_S
+        start = slot_floor(now)
+        cap_now, _ = self.capacity_now(now)
+        ahead = self.capacity_ahead(start, horizon)
+        ratio = np.clip(np.min(ahead / np.maximum(cap_now, 1e-9)[None, :], axis=1), 0.0, 1.0)
+        rows: dict[str, FloatArray] = {}
+        if self.plan is not None:
+            offset = int((start - self.plan.start).total_seconds() // self.plan.slot_s)
+            index = offset + np.arange(horizon)
+            valid = (index >= 0) & (index < self.plan.limit_a.shape[1])
+            for j, cid in enumerate(self.plan.charger_ids):
+                row = np.zeros(horizon)
+                row[valid] = self.plan.limit_a[j, index[valid]]
+                rows[cid] = row
+        return start, ratio, rows
+
+    def _schedule(self, i: int, cid: str, now: datetime, limit_a: float,
+                  shared: tuple[datetime, FloatArray, dict[str, FloatArray]]) -> ChargerSchedule:
+        """The limit now, then the planned limits of the slots ahead, then the failsafe.
+
+        Ahead, a charger never goes above today's limit scaled by how much the capacity shrinks:
+        summed over chargers that stays within every future slot's capacity even when plans are
+        stale or the balancer vanishes. The plan may only lower it further.
+        """
         state = self.states[cid]
         charger = self.site.charger(cid)
         periods: list[tuple[datetime, float]] = [(now, limit_a)]
         if state.transaction_id is not None and limit_a > 0:
-            horizon = self.settings.plan_horizon_h * 3600 // SLOT_S
-            start = slot_floor(now)
-            cap_now, _ = self.capacity_now(now)
-            ahead = self.capacity_ahead(start, horizon)
-            row = None
-            if self.plan is not None:
-                try:
-                    row = self.plan.limit_a[self.plan.charger_ids.index(cid)]
-                except ValueError:
-                    row = None
-            for k in range(1, horizon):
-                t = start + timedelta(seconds=k * SLOT_S)
-                # Ahead, a charger never goes above today's limit scaled by how much the capacity
-                # shrinks: summed over chargers that stays within every future slot's capacity even
-                # when plans are stale or the balancer vanishes. The plan may only lower it further.
-                ratio = float(np.min(ahead[k] / np.maximum(cap_now, 1e-9)))
-                value = limit_a * min(1.0, max(ratio, 0.0))
-                if row is not None and self.plan is not None:
-                    j = int((t - self.plan.start).total_seconds() // self.plan.slot_s)
-                    value = min(value, float(row[j]) if 0 <= j < len(row) else 0.0)
-                value = floor_to(value, charger.granularity_a)
-                if value < charger.min_current_a:
-                    value = 0.0
-                if value != periods[-1][1]:
-                    periods.append((t, value))
-            end = start + timedelta(seconds=horizon * SLOT_S)
+            start, ratio, rows = shared
+            values = limit_a * ratio
+            row = rows.get(cid)
+            if row is not None:
+                values = np.minimum(values, row)
+            step = charger.granularity_a
+            values = np.floor(values / step + 1e-9) * step
+            values = np.where(values >= charger.min_current_a, values, 0.0)
+            values[0] = limit_a
+            changes = np.flatnonzero(values[1:] != values[:-1]) + 1
+            periods.extend((start + timedelta(seconds=int(k) * SLOT_S), float(values[k])) for k in changes)
+            end = start + timedelta(seconds=len(values) * SLOT_S)
             periods.append((end, float(self.failsafe_a[i])))
         return ChargerSchedule(
             charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),
