@@ -107,6 +107,7 @@ class Service:
         self._started_at = time.monotonic()
         self._compliance_reported: dict[str, datetime] = {}
         self._last_fallback: dict[str, bool] = {}
+        self._adjusted: dict[str, datetime] = {}
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -245,7 +246,12 @@ class Service:
         def done(fut: asyncio.Future[SolveOutcome]) -> None:
             if fut.cancelled():
                 return
-            outcome = fut.result()
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # the worker process died: the allocator decides alone
+                outcome = SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))
+                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=silence_highs_banner)
             self.counters["plans"] += 1
             if outcome.status not in ("optimal", "no_sessions"):
                 self.counters["plan_failures"] += 1
@@ -254,9 +260,45 @@ class Service:
             controller.accept_plan(outcome)
             if self.influx is not None and outcome.plan is not None:
                 self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a))
+            if outcome.plan is not None:
+                self._maybe_adjust(site_id, controller, request, outcome)
             self._wake.set()
 
         future.add_done_callback(done)
+
+    def _maybe_adjust(self, site_id: str, controller: Controller, request: PlanRequest,
+                      outcome: SolveOutcome) -> None:
+        """AdjustGroupCapacityForecast (when enabled): the plan cannot meet the known needs.
+
+        Only cars with known needs count (unknown needs are planned as "as much as possible").
+        For the slots where the plan fills the capacity, ask for it scaled up by the shortfall's
+        share of what is planned, at most the connection limit; at most once an hour.
+        """
+        if self.oscp_client is None or not self.config.oscp.adjust_forecast or outcome.plan is None:
+            return
+        known = {cid for cid, s in controller.states.items() if s.need_wh is not None and s.transaction_id}
+        requested = sum(s.energy_wh for s in request.sessions if s.charger_id in known)
+        planned = sum(outcome.plan.planned_wh.get(cid, 0.0) for cid in known)
+        shortfall = requested - planned
+        now = self.now()
+        last = self._adjusted.get(site_id)
+        if shortfall < 1000.0 or planned <= 0 or (last is not None and now - last < timedelta(hours=1)):
+            return
+        cap = request.capacity_a.min(axis=1)
+        load = outcome.plan.limit_a.sum(axis=0)
+        factor = 1.0 + shortfall / planned
+        blocks = []
+        for k in np.flatnonzero(load >= 0.99 * cap[: len(load)]):
+            start = request.start + timedelta(minutes=15 * int(k))
+            want = min(controller.site.grid_limit_a, float(cap[k]) * factor)
+            blocks.append({"capacity": round(want, 1), "phase": "ALL", "unit": "A",
+                           "start_time": start.isoformat().replace("+00:00", "Z"),
+                           "end_time": (start + timedelta(minutes=15)).isoformat().replace("+00:00", "Z")})
+        if blocks:
+            self._adjusted[site_id] = now
+            self.oscp_client.adjust_forecast(site_id, blocks)
+            log.info("site %s: asked the grid operator for more capacity in %d slots (short %.1f kWh)",
+                     site_id, len(blocks), shortfall / 1000)
 
     def _report(self, controller: Controller, status: SiteStatus, now: datetime) -> None:
         """Tell the grid operator when the site cannot comply (at most once per slot)."""
