@@ -33,7 +33,7 @@ async def test_reports_reach_the_capacity_provider(tmp_path: Path) -> None:
         assert cp.messages("register")[0]["version_url"][0]["version"] == "2.0"
         assert await cp.handshake(1) == 204
         await until(lambda: cp.messages("handshake_acknowledge"), 10)
-        ack_headers = [h for p, _, h in cp.received if p == "handshake_acknowledge"][0]
+        ack_headers = next(h for p, _, h in cp.received if p == "handshake_acknowledge")
         assert ack_headers.get("X-Correlation-ID")
         await until(lambda: len(cp.messages("heartbeat")) >= 2, 10)
         assert await cp.send_forecast("grp", blocks(6.9)) == 204  # 10 A per phase: far too little
