@@ -183,9 +183,10 @@ def test_plan_invariants_and_optimum_against_linprog(site: Site, data: st.DataOb
     # Minimum currents and rounding down may cost energy, never add it.
     assert got <= best + 1e-3
     if all(topo.min_current_a[topo.index(s.charger_id)] == 0 for s in sessions):
-        # Without minimum currents only rounding down to 0.1 A per session and slot may be lost.
-        rounding_wh = sum(0.1 * 3 * 230 * SLOT_H * (s.departure - s.arrival).total_seconds() / 900
-                          for s in sessions)
+        # Without minimum currents only rounding down to the charger's step (0.1 A, or 1 A for
+        # integer-amp chargers) per session and slot may be lost.
+        rounding_wh = sum(topo.granularity_a[topo.index(s.charger_id)] * 3 * 230 * SLOT_H
+                          * (s.departure - s.arrival).total_seconds() / 900 for s in sessions)
         assert got >= best - rounding_wh - 1e-6, (got, best, capacity[:, 0].tolist())
 
 
