@@ -41,6 +41,7 @@ BACKOFF_S = 0.5
 OBEY_TOLERANCE_A = 1.0
 OBEY_SAMPLES = 3
 OBEY_GRACE_S = 20.0
+READ_BACK_DELAY_S = 2.0
 
 
 class Pusher:
@@ -256,7 +257,11 @@ class Pusher:
 
     # ----------------------------------------------------------------- obedience
     async def _read_back(self, limit_a: float, evse: int) -> None:
-        """Compare the charger's composite schedule with what it accepted."""
+        """Compare the charger's composite schedule with what it accepted.
+
+        Deferred a little, so read-backs do not compete with a fan-out of new limits to every charger.
+        """
+        await asyncio.sleep(READ_BACK_DELAY_S)
         try:
             if self.link.protocol == "ocpp1.6":
                 response = await self._call(call16.GetCompositeSchedule(connector_id=evse, duration=900,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import ocpp.messages
 from aiohttp import WSMsgType, web
 from ocpp.v16.enums import Action as Action16
 from ocpp.v201.enums import Action as Action201
@@ -188,6 +189,9 @@ class OcppServer:
         return self._port
 
     async def start(self) -> None:
+        # The ocpp package validates each message in a thread-pool hop by default; validating in
+        # place costs a third less CPU per message (STACK.md) and keeps the order of the loop.
+        ocpp.messages.ASYNC_VALIDATION = False
         app = web.Application()
         app.router.add_get("/ocpp/{charger_id}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
