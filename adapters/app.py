@@ -108,6 +108,7 @@ class Service:
         self._compliance_reported: dict[str, datetime] = {}
         self._last_fallback: dict[str, bool] = {}
         self._adjusted: dict[str, datetime] = {}
+        self._urgent = False
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -177,6 +178,7 @@ class Service:
         self._wake.set()
 
     def _capacity_changed(self, site_id: str) -> None:
+        self._urgent = True
         self._wake.set()
 
     def _site_of(self, charger_id: str) -> str:
@@ -223,18 +225,27 @@ class Service:
             task = asyncio.create_task(self.ocpp.apply(schedules))
             self._push_tasks.add(task)
             task.add_done_callback(self._push_done)
+        elif not self._push_tasks:
+            self._urgent = False
         status = controller.status(now)
         self._report(controller, status, now)
         self._write_metrics(controller, status, now)
 
     def _push_done(self, task: asyncio.Task[None]) -> None:
         self._push_tasks.discard(task)
+        if not self._push_tasks and self._urgent:
+            self._urgent = False
+            self._wake.set()  # now the replan held back while the new limits went out
         if not task.cancelled() and task.exception() is not None:
             log.error("pushing schedules failed: %r", task.exception())
 
     def _maybe_replan(self, site_id: str, controller: Controller, now: datetime) -> None:
         pending = self._planning.get(site_id)
         if pending is not None and not pending.done():
+            return
+        if self._urgent:
+            # The capacity just changed: the LP (a whole core on a large site) waits until the new
+            # limits have gone out, so the change reaches the chargers first.
             return
         if not controller.replan_due:
             return

@@ -31,7 +31,7 @@ from balancer.model import Config
 __all__ = ["DemoResult", "demo_config", "run_demo", "run_demo_async"]
 
 DAY_S = 86400.0
-GRACE_WALL_S = 1.0
+GRACE_WALL_S = 2.0
 """After the capacity changes, the chargers get this long (wall clock) to follow before a draw
 above it counts as a violation (DESIGN 4 allows 5 s; at 1,440x a wall second is 24 sim minutes)."""
 

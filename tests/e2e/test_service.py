@@ -30,7 +30,7 @@ def blocks(kw: float, hours: float = 24) -> list[dict[str, Any]]:
              "end_time": (now + timedelta(hours=hours)).isoformat().replace("+00:00", "Z")}]
 
 
-async def until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+async def until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not predicate():
