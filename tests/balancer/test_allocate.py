@@ -87,6 +87,16 @@ def test_target_is_filled_first_then_the_rest() -> None:
     assert limits[0] >= 30.0 - 1e-9 and limits.sum() == pytest.approx(40.0)
 
 
+def test_planned_targets_come_before_minimums_the_plan_holds_back() -> None:
+    # The planner gave A 24 A and told B and C to wait: A reaches its target before B or C take
+    # a minimum of their own (else 6 A each for B and C would leave A at 18 A, against the plan),
+    # and what is left still goes to a waiting car (work-conserving).
+    topo = site_of(*(Charger(id=c, max_current_a=32) for c in "ABC"), grid=30)
+    limits = run(topo, target_a=np.array([24.0, 0.0, 0.0]))
+    assert limits[0] == pytest.approx(24.0)
+    assert sorted(limits[1:].tolist()) == [0.0, 6.0]
+
+
 def test_cannot_pause_minimum_reserved_first_and_infeasible_reported() -> None:
     topo = site_of(Charger(id="A", max_current_a=32, pause_method="min_current"),
                    Charger(id="B", max_current_a=32, priority=5), grid=8)
