@@ -47,3 +47,16 @@ def test_summarise_reports_every_metric() -> None:
     out = summarise([100.0], [100.0], np.zeros((2, 1, 3)), np.ones((2, 1, 3)), [0.9], [0.001, 0.002], 0)
     assert out["delivered"] == 1.0 and out["violations"] == 0 and out["capacity_used_when_short"] == 0.9
     assert out["decision_ms_median"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("kind", SITE_TYPES)
+def test_upper_bound_is_never_beaten_by_a_strategy_that_keeps_the_limits(kind: str) -> None:
+    from bench.quality import perfect_foresight, simulate, upper_bound_wh
+
+    scenario = generate(kind, 3)
+    bound = upper_bound_wh(scenario) / sum(c.energy_wh for c in scenario.cars)
+    assert 0 < bound <= 1 + 1e-9
+    for result in (simulate(scenario, "our allocator alone"), simulate(scenario, "earliest deadline first"),
+                   perfect_foresight(scenario)):
+        assert result["violations"] == 0
+        assert result["delivered"] <= bound + 1e-6
