@@ -309,7 +309,7 @@ class Controller:
         self._replan_due = True
 
     def _meter(self, charger_id: str, state: ChargerState, event: MeterSample) -> None:
-        charger = self.site.charger(charger_id)
+        charger = self.site.chargers[self.topology.index(charger_id)]
         if any(c is not None for c in event.current_a):
             grid = [0.0, 0.0, 0.0]
             if charger.phases == 1:
@@ -358,7 +358,7 @@ class Controller:
             state = self.states[cid]
             if state.transaction_id is None or not self._wants_current(state):
                 continue
-            charger = self.site.charger(cid)
+            charger = self.site.chargers[i]
             remaining = state.remaining_wh()
             max_a = min(charger.max_current_a, state.car_max_a or charger.max_current_a)
             phases = charger.phases if state.car_phases is None else min(state.car_phases, charger.phases)
@@ -534,7 +534,7 @@ class Controller:
         stale or the balancer vanishes. The plan may only lower it further.
         """
         state = self.states[cid]
-        charger = self.site.charger(cid)
+        charger = self.site.chargers[i]  # the topology keeps the site's order
         periods: list[tuple[datetime, float]] = [(now, limit_a)]
         if state.transaction_id is not None and limit_a > 0:
             start, ratio, rows = shared
