@@ -34,7 +34,7 @@ from adapters.oscp.provider import FlexibilityProvider
 from adapters.store import StateStore
 from balancer.control import Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
-from balancer.events import Event, NeedsUpdated, ProfileResult
+from balancer.events import Event, MeterSample, NeedsUpdated, ProfileResult
 from balancer.model import Config
 from balancer.plan import SolveOutcome, plan
 
@@ -175,6 +175,10 @@ class Service:
                 self.influx.write([event_point(site_id, event.at, kind="profile_push", charger=charger_id,
                                                ok=ok, result=event.result, limit_a=event.limit_a)])
             return  # a push result changes no decision by itself
+        if isinstance(event, MeterSample):
+            # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
+            # next interval step uses them; waking on each would re-decide the site back to back.
+            return
         self._wake.set()
 
     def _capacity_changed(self, site_id: str) -> None:
