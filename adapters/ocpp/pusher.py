@@ -42,6 +42,7 @@ OBEY_TOLERANCE_A = 1.0
 OBEY_SAMPLES = 3
 OBEY_GRACE_S = 20.0
 READ_BACK_DELAY_S = 2.0
+READ_BACK_MAX_WAIT_S = 30.0
 
 
 class Pusher:
@@ -259,9 +260,12 @@ class Pusher:
     async def _read_back(self, limit_a: float, evse: int) -> None:
         """Compare the charger's composite schedule with what it accepted.
 
-        Deferred a little, so read-backs do not compete with a fan-out of new limits to every charger.
+        Deferred a little, and until no fan-out of new limits is under way: on a large site the
+        read-backs (each schema-checked) would otherwise take the CPU the new limits need.
         """
         await asyncio.sleep(READ_BACK_DELAY_S)
+        with contextlib.suppress(TimeoutError):  # a charger stuck in retries must not hold it forever
+            await asyncio.wait_for(self.link.server.quiet.wait(), READ_BACK_MAX_WAIT_S)
         try:
             if self.link.protocol == "ocpp1.6":
                 response = await self._call(call16.GetCompositeSchedule(connector_id=evse, duration=900,

@@ -170,6 +170,10 @@ class OcppServer:
         self._sockets: set[web.WebSocketResponse] = set()
         self.counters: dict[str, int] = {"bad_frames": 0, "rate_limited": 0, "refused": 0, "connections": 0,
                                          "pushes": 0, "push_failures": 0}
+        self._fanouts = 0
+        self.quiet = asyncio.Event()
+        """Set while no fan-out of new limits is under way: read-backs wait for it."""
+        self.quiet.set()
 
     def _update_links(self, config: Config) -> None:
         for site in config.sites:
@@ -290,14 +294,23 @@ class OcppServer:
                 decreases.append(link)
             elif kind == "increase":
                 increases.append(link)
-        if decreases:
-            results = await asyncio.gather(*(link.pusher.push() for link in decreases))
-            if not all(results):
-                # A decrease that did not land: hold the increases back; the next decision brings
-                # them again (and the controller reserves what the charger may still draw).
-                return
-        if increases:
-            await asyncio.gather(*(link.pusher.push() for link in increases))
+        if not decreases and not increases:
+            return
+        self._fanouts += 1
+        self.quiet.clear()
+        try:
+            if decreases:
+                results = await asyncio.gather(*(link.pusher.push() for link in decreases))
+                if not all(results):
+                    # A decrease that did not land: hold the increases back; the next decision brings
+                    # them again (and the controller reserves what the charger may still draw).
+                    return
+            if increases:
+                await asyncio.gather(*(link.pusher.push() for link in increases))
+        finally:
+            self._fanouts -= 1
+            if self._fanouts == 0:
+                self.quiet.set()
 
     def charger_status(self, charger_id: str) -> dict[str, Any]:
         link = self.links.get(charger_id)
