@@ -27,6 +27,7 @@ from adapters.ocpp.profiles import (
     Capabilities,
     charging_profile,
 )
+from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
 from balancer.events import ChargerSchedule, MeterSample, ObedienceChanged, ProfileResult
 
 if TYPE_CHECKING:
@@ -119,22 +120,22 @@ class Pusher:
         return "none"
 
     # ----------------------------------------------------------------- pushing
-    def _call_module(self) -> Any:
-        return call16 if self.link.protocol == "ocpp1.6" else call201
-
-    async def _call(self, payload: Any, *, trusted: bool = False) -> Any:
-        """One call; ``trusted`` skips the ocpp package's schema check of a payload we built
-        ourselves (profiles.py, tested against the schemas through the simulator, which validates
-        everything it receives): that check is most of the CPU of a 1,000-charger fan-out."""
+    async def _call(self, payload: Any) -> Any:
         cp = self.link.cp
         if cp is None or not self.link.connected:
             raise ConnectionError("charger not connected")
-        return await cp.call(payload, suppress=False, skip_schema_validation=trusted)
+        return await cp.call(payload, suppress=False)
 
-    def _set_profile_payload(self, profile: dict[str, Any], evse: int) -> Any:
-        if self.link.protocol == "ocpp1.6":
-            return call16.SetChargingProfile(connector_id=evse, cs_charging_profiles=profile)
-        return call201.SetChargingProfile(evse_id=evse, charging_profile=profile)
+    async def _set_profile(self, profile: dict[str, Any], evse: int) -> str:
+        """SetChargingProfile with a profile we built ourselves (profiles.py): it skips the ocpp
+        package's schema check and serialising (``trusted_call``), most of the CPU of a 1,000-charger
+        fan-out. The simulator, which validates everything it receives, tests these profiles."""
+        cp = self.link.cp
+        if cp is None or not self.link.connected:
+            raise ConnectionError("charger not connected")
+        payload = set_profile_payload(self.link.protocol or "ocpp1.6", evse, profile)
+        response = await call_trusted(cp, "SetChargingProfile", payload)
+        return str(response.get("status", "Error"))
 
     async def push(self) -> bool:
         """Send the newest decision; True when the charger holds it (or nothing needed sending)."""
@@ -190,13 +191,11 @@ class Pusher:
             return ok
 
     async def _send(self, profile: dict[str, Any], evse: int, limit_a: float, purpose: str) -> bool:
-        payload = self._set_profile_payload(profile, evse)
         detail = ""
         for attempt in range(RETRIES):
             result = "Error"
             try:
-                response = await self._call(payload, trusted=True)
-                result = str(getattr(response, "status", "Error"))
+                result = await self._set_profile(profile, evse)
             except TimeoutError:
                 result, detail = "Timeout", "no answer in time"
             except ConnectionError as exc:
