@@ -16,13 +16,18 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
 (A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
 max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)
 
-Minimum currents (a car stops below ~6 A) are met by post-processing: planned values between 0
-and the minimum are set to 0, stage 2 is solved once more with those slot variables fixed at 0,
-and anything still below the minimum is zeroed. Lowering a current never breaks a capacity, so
-the plan stays feasible; the energy lost to this is the price of not solving a MIP within 2 s.
+Minimum currents (a car stops below ~6 A) are met by post-processing, ``meet_minimums``: planned
+values between 0 and the minimum are set to 0 and each car gets the energy it lost back where the
+plan leaves headroom (its other slots, up to its maximum and every node's capacity). Lowering a
+current never breaks a capacity and the top-up only uses what is left, so the plan stays
+feasible; the energy still lost is the price of not solving a MIP within 2 s. (A first version
+re-solved the LP with the sub-minimum slots fixed at 0: that doubled the time, a warm start from
+the first basis did not help at 1,000 sessions, and it planned no more energy, see
+bench/README.md.)
 
-Routes: ``highs-ipm`` (default; HiGHS interior point with crossover on the matrices),
-``highs-simplex`` (same matrices, dual simplex), ``pulp-highs`` and ``pulp-cbc`` (the same LP
+Routes: ``highs-simplex`` (default; HiGHS dual simplex on the matrices, which measured faster
+than interior point on this LP at every size in bench/README.md), ``highs-ipm`` (same matrices,
+interior point with crossover), ``pulp-highs`` and ``pulp-cbc`` (the same LP
 built with pulp, the readable reference and the CBC fallback, see ``balancer.plan_pulp``).
 Every failure comes back as a ``SolveOutcome`` status, never an exception.
 """
@@ -40,7 +45,7 @@ import scipy.sparse as sp
 
 from balancer.topology import Topology
 
-__all__ = ["LpModel", "Plan", "PlanSession", "SolveOutcome", "build_model", "plan"]
+__all__ = ["LpModel", "Plan", "PlanSession", "SolveOutcome", "build_model", "meet_minimums", "plan"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -98,9 +103,15 @@ class LpModel:
     """The LP in matrix form: maximise ``cost @ v`` over ``row_lo <= A v <= row_hi``,
     ``col_lo <= v <= col_hi``. Columns: the ``x[s, t]`` pairs (``col_session``, ``col_slot``), then
     the node flows ``y``, then the fairness segments ``g``.
+
+    ``load`` (n_cap, n_x) and ``cap_a`` (n_cap,) [A] restate the node rows without flows: row ``k``
+    of ``load @ x`` is the current on one node, phase and slot, at most ``cap_a[k]``. The
+    minimum-current repair uses them to know the headroom left by a plan.
     """
 
     a: sp.csc_matrix
+    load: sp.csc_matrix
+    cap_a: FloatArray
     row_lo: FloatArray
     row_hi: FloatArray
     col_lo: FloatArray
@@ -111,6 +122,7 @@ class LpModel:
     wh_per_a: FloatArray
     min_a: FloatArray
     need_wh: FloatArray
+    weight: FloatArray
 
     @property
     def n_x(self) -> int:
@@ -174,11 +186,12 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     anc = topology.ancestors.tocsc()[:, charger]  # (n_nodes, n_x)
     anc_coo = anc.tocoo()
     node_of, col_of = anc_coo.row.astype(np.int64), anc_coo.col.astype(np.int64)
-    keys = []
+    keys, key_cols = [], []
     for p in range(3):
         keep = col_mask[col_of, p]
         keys.append((node_of[keep] * 3 + p) * n_slots + t_idx[col_of[keep]])
-    unique_keys = np.unique(np.concatenate(keys))
+        key_cols.append(col_of[keep])
+    unique_keys, key_row = np.unique(np.concatenate(keys), return_inverse=True)
     n_cap = len(unique_keys)
     cap_node = unique_keys // (3 * n_slots)
     cap_phase = (unique_keys // n_slots) % 3
@@ -224,10 +237,12 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
         np.zeros(n_cap),
         arr["weight"][seg_session] * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
     ])
-    return LpModel(a=a, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, cost=cost,
+    key_col = np.concatenate(key_cols)
+    load = sp.csc_matrix((np.ones(len(key_col)), (key_row.ravel(), key_col)), shape=(n_cap, n_x))
+    return LpModel(a=a, load=load, cap_a=cap_hi, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, cost=cost,
                    col_session=s_idx, col_slot=t_idx, wh_per_a=wh_per_a,
                    min_a=np.asarray(arr["min_a"][s_idx], dtype=np.float64),
-                   need_wh=need)
+                   need_wh=need, weight=np.asarray(arr["weight"], dtype=np.float64))
 
 
 def _solve_highs(model: LpModel, cost: FloatArray, col_hi: FloatArray, row_lo: FloatArray,
@@ -266,7 +281,7 @@ def _solve_highs(model: LpModel, cost: FloatArray, col_hi: FloatArray, row_lo: F
 
 
 def _solve(model: LpModel, method: str, deadline: float) -> tuple[str, FloatArray | None, str]:
-    """Solve, then make every planned current 0 or at least the minimum (module docstring)."""
+    """Solve once, then make every planned current 0 or at least the minimum (module docstring)."""
     if method in ("ipm", "simplex"):
         solve = _solve_highs
     else:
@@ -275,15 +290,44 @@ def _solve(model: LpModel, method: str, deadline: float) -> tuple[str, FloatArra
                            deadline - time.perf_counter())
     if v is None:
         return status, None, msg
-    x = v[: model.n_x]
-    low = (x > 1e-6) & (x < model.min_a - 1e-6)
-    if low.any() and deadline - time.perf_counter() > 0.05:
-        hi = model.col_hi.copy()
-        hi[: model.n_x][low] = 0.0
-        _, v2, _ = solve(model, model.cost, hi, model.row_lo, method, deadline - time.perf_counter())
-        if v2 is not None:
-            x = v2[: model.n_x]
-    return "optimal", np.where(x >= model.min_a - 1e-6, x, 0.0), ""
+    return "optimal", meet_minimums(model, v[: model.n_x]), ""
+
+
+def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
+    """Zero every current below its minimum, then give each car back the energy it lost where the
+    plan leaves room: in its other slots, up to its maximum and the headroom on every node and
+    phase above it, earliest slot first, higher priority first; a slot it had no current in only
+    with at least the minimum. Every step only uses headroom that is left, so the plan stays
+    within every limit, and no car gets more than the LP gave it (so never more than needed).
+
+    x : (n_x,) [A] the LP's currents, returns (n_x,) [A]
+    """
+    n_s = len(model.need_wh)
+    lp_wh = np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s)
+    x = np.where(x >= model.min_a - 1e-6, x, 0.0)
+    lost_wh = lp_wh - np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s)
+    short = np.flatnonzero(lost_wh > 1e-6)
+    if not len(short):
+        return x
+    headroom = model.cap_a - model.load @ x
+    hi = model.col_hi[: model.n_x]
+    # Columns are grouped by session and sorted by slot; one session's columns are in different
+    # slots, so they share no node row and can be raised together.
+    first = np.searchsorted(model.col_session, np.arange(n_s + 1))
+    indptr, indices = model.load.indptr, model.load.indices
+    for s in short[np.argsort(-model.weight[short], kind="stable")]:
+        cols = np.arange(first[s], first[s + 1])
+        seg = indptr[first[s]: first[s + 1] + 1]
+        rows = indices[seg[0]: seg[-1]]
+        room = np.minimum(hi[cols] - x[cols], np.minimum.reduceat(headroom[rows], seg[:-1] - seg[0]))
+        room = np.maximum(room, 0.0)
+        room_wh = room * model.wh_per_a[cols]
+        before_wh = np.cumsum(room_wh) - room_wh
+        delta = np.clip(lost_wh[s] - before_wh, 0.0, room_wh) / model.wh_per_a[cols]
+        delta[(x[cols] == 0.0) & (delta < model.min_a[cols])] = 0.0
+        x[cols] += delta
+        np.subtract.at(headroom, rows, np.repeat(delta, np.diff(seg)))
+    return x
 
 
 def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession], start: datetime,

@@ -13,7 +13,7 @@ from scipy.optimize import linprog
 
 from balancer.allocate import node_load_a
 from balancer.model import Charger, Circuit, Site
-from balancer.plan import PlanSession, plan
+from balancer.plan import PlanSession, build_model, meet_minimums, plan
 from balancer.topology import Topology, phase_mask
 from tests.balancer.strategies import sites
 
@@ -99,6 +99,55 @@ def test_no_sessions_and_bad_solver_are_data_not_exceptions() -> None:
     out = plan(topo, np.full((96, 3), 32.0), [PlanSession("XX", START, START + timedelta(hours=1), 1000.0)],
                START)
     assert out.status == "error"
+
+
+@pytest.mark.parametrize(("capacity_a", "lp_x", "expected"), [
+    # The 3 A below the minimum move to the earliest slot with room.
+    ([32, 32, 32, 32], [10, 3, 0, 0], [13, 0, 0, 0]),
+    # No headroom in slot 0, and 3 A alone would be below the minimum in an empty slot: lost.
+    ([10, 32, 32, 32], [10, 3, 0, 0], [10, 0, 0, 0]),
+    # 8 A lost in total: too much for slot 0 (at its maximum), enough to open the emptied slot 1.
+    ([32, 32, 32, 32], [32, 4, 4, 0], [32, 8, 0, 0]),
+])
+def test_meet_minimums_moves_lost_energy_within_limits(capacity_a: list[float], lp_x: list[float],
+                                                       expected: list[float]) -> None:
+    topo = two_chargers(grid=32)
+    capacity = np.repeat(np.array(capacity_a, dtype=np.float64)[:, None], 3, axis=1)
+    model = build_model(topo, capacity, [PlanSession("C0", START, START + timedelta(hours=1), 30000.0)], START)
+    assert model.n_x == 4 and np.all(model.min_a == 6.0)
+    x = meet_minimums(model, np.array(lp_x, dtype=np.float64))
+    np.testing.assert_allclose(x, expected)
+    assert np.all(model.load @ x <= model.cap_a + 1e-9)
+    assert x @ model.wh_per_a <= np.array(lp_x) @ model.wh_per_a + 1e-6
+
+
+def test_meet_minimums_keeps_every_limit_on_a_short_site() -> None:
+    # Three cars on a 30 A row under a 40 A connection with a dip: the LP leaves sub-minimum values.
+    topo = Topology.from_site(Site(id="s", voltage_v=230, grid_limit_a=40, fallback_kw=10,
+                                   circuits=(Circuit(id="row", max_current_a=30),),
+                                   chargers=tuple(Charger(id=f"C{i}", max_current_a=32, circuit="row")
+                                                  for i in range(3))))
+    capacity = np.full((16, 3), 40.0)
+    capacity[4:10] = 13.0
+    sessions = [PlanSession(f"C{i}", START + timedelta(minutes=20 * i), START + timedelta(hours=3 + i),
+                            12000.0 + 3000 * i) for i in range(3)]
+    model = build_model(topo, capacity, sessions, START)
+    rng = np.random.default_rng(0)
+    raised = 0
+    for _ in range(20):
+        # Any plan within the limits, with many values below the minimum, must stay within them.
+        lp_x = rng.uniform(0, 1, model.n_x) * model.col_hi[: model.n_x]
+        over = (model.load @ lp_x) / model.cap_a
+        lp_x = lp_x / max(1.0, float(over.max()))
+        lp_x[rng.random(model.n_x) < 0.3] *= 0.2
+        x = meet_minimums(model, lp_x)
+        assert np.all(model.load @ x <= model.cap_a + 1e-9)
+        assert np.all((x == 0) | (x >= model.min_a - 1e-6))
+        assert np.all(x <= model.col_hi[: model.n_x] + 1e-9)
+        lp_wh = np.bincount(model.col_session, weights=lp_x * model.wh_per_a)
+        assert np.all(np.bincount(model.col_session, weights=x * model.wh_per_a) <= lp_wh + 1e-6)
+        raised += int(np.any(x > lp_x + 1e-9))
+    assert raised > 0  # the top-up was exercised, not only the zeroing
 
 
 def test_time_budget_returns_status() -> None:
