@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
+import ocpp.messages
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
@@ -188,6 +189,9 @@ class SimulatedCharger:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        # Validate every message in place, as the server does: a fleet of hundreds in one process
+        # would otherwise queue each schema check through the thread pool (STACK.md).
+        ocpp.messages.ASYNC_VALIDATION = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sim-{self.charger_id}")
 
     async def stop(self) -> None:
