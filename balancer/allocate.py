@@ -110,12 +110,13 @@ def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.ND
         # they no longer block the prefix sums of the others.
         # (np.take along axis 1, not fancy indexing: several times faster, and its result is
         # C-ordered, which keeps the reductions over the phase axis fast.)
-        room_above = np.take(topo.path_min(room), node[pending], axis=1)
-        pending = pending[~np.any(np.take(need, pending, axis=1) > room_above, axis=0)]
-        if len(pending) == 0:
-            break
         need_p = np.take(need, pending, axis=1)
-        demand = topo.tree_sum(need_p, node[pending])
+        fits = ~np.any(need_p > np.take(topo.path_min(room), node[pending], axis=1), axis=0)
+        if not fits.all():
+            pending, need_p = pending[fits], np.compress(fits, need_p, axis=1)
+            if len(pending) == 0:
+                break
+        demand = topo.tree_sum(need_p, pending)
         # Only a node that cannot take all its pending candidates at once can turn one away: the
         # prefix sums run over the entries (node, candidate) of those nodes only.
         binding = np.any(demand > room, axis=0)
@@ -127,7 +128,7 @@ def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.ND
             break
         admitted[pending[~over]] = True
         # What the newly admitted take: the whole pending demand less that of the turned away.
-        room -= demand - topo.tree_sum(np.compress(over, need_p, axis=1), node[pending[over]])
+        room -= demand - topo.tree_sum(np.compress(over, need_p, axis=1), pending[over])
         pending = pending[over]
     return admitted
 
@@ -135,26 +136,31 @@ def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.ND
 def _over_prefix(topo: Topology, room: FloatArray, need_p: FloatArray, pending: npt.NDArray[np.int64],
                  binding: BoolArray) -> BoolArray:
     """Which pending candidates' prefix of minimums (in admission order) exceeds the room at a
-    binding node: a segmented cumsum over the entries (binding node, candidate), sorted by node.
+    binding node: per tree level, a segmented cumsum over the entries (binding node, candidate)
+    sorted by node.
 
     room : (3, n_nodes) [A]; need_p : (3, len(pending)) [A]; binding : (n_nodes,) bool
     """
-    path = topo.charger_path
-    entry_node = np.concatenate([path[d][pending] for d in np.unique(topo.node_depth[binding])])
-    entry = np.flatnonzero(np.append(binding, False)[entry_node])
-    if np.count_nonzero(binding) > 1:
-        # By node, keeping admission order within a node (``pending`` is in that order).
-        # 16-bit node numbers make numpy's stable sort a radix sort, ten times faster.
-        key_type = np.int16 if topo.n_nodes < 2**15 else np.int64
-        entry = entry[np.argsort(entry_node[entry].astype(key_type), kind="stable")]
-    nodes, who = entry_node[entry], entry % len(pending)
-    load = np.take(need_p, who, axis=1)
-    cum = np.cumsum(load, axis=1)
-    group_start = np.concatenate([[0], np.flatnonzero(nodes[1:] != nodes[:-1]) + 1])
-    group_size = np.diff(np.append(group_start, len(nodes)))
-    cum -= np.repeat(cum[:, group_start] - load[:, group_start], group_size, axis=1)
     over = np.zeros(len(pending), dtype=bool)
-    over[who[np.any(cum > np.take(room, nodes, axis=1), axis=0)]] = True
+    binding_or_not = np.append(binding, False)  # charger_path is n_nodes below a charger's node
+    for depth in np.unique(topo.node_depth[binding]):
+        if depth == 0:  # the connection: one group of all the candidates, already in order
+            over |= np.any(np.cumsum(need_p, axis=1) > room[:, :1], axis=0)
+            continue
+        entry_node = topo.charger_path[depth][pending]
+        who = np.flatnonzero(binding_or_not[entry_node])
+        if np.count_nonzero(binding[topo.node_depth == depth]) > 1:
+            # By node, keeping admission order within a node (``pending`` is in that order).
+            # 16-bit node numbers make numpy's stable sort a radix sort, ten times faster.
+            key_type = np.int16 if topo.n_nodes < 2**15 else np.int64
+            who = who[np.argsort(entry_node[who].astype(key_type), kind="stable")]
+        nodes = entry_node[who]
+        load = np.take(need_p, who, axis=1)
+        cum = np.cumsum(load, axis=1)
+        group_start = np.flatnonzero(np.diff(nodes, prepend=-1))
+        group_size = np.diff(np.append(group_start, len(nodes)))
+        cum -= np.repeat(cum[:, group_start] - load[:, group_start], group_size, axis=1)
+        over[who[np.any(cum > np.take(room, nodes, axis=1), axis=0)]] = True
     return over
 
 
@@ -171,18 +177,18 @@ def _fill(topo: Topology, capacity: FloatArray, mask: BoolArray, x: FloatArray, 
     active = active & (x < hi - EPS_A)
     if not active.any():
         return x
-    load = topo.tree_sum(x * mask, node)
+    load = topo.tree_sum(x * mask)
     for _ in range(MAX_ROUNDS):
         if not active.any():
             break
-        rate = topo.tree_sum((weight * active) * mask, node)
+        rate = topo.tree_sum((weight * active) * mask)
         residual = np.maximum(capacity - load, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             step_node = np.where(rate > EPS_A, residual / rate, np.inf)
         step = np.where(mask, np.take(topo.path_min(step_node), node, axis=1), np.inf).min(axis=0)
         step = np.where(active, np.minimum(step, (hi - x) / weight), 0.0)
         x = np.minimum(x + weight * step, np.where(active, hi, x))
-        load = topo.tree_sum(x * mask, node)
+        load = topo.tree_sum(x * mask)
         full = (capacity - load <= 1e-7) & (rate > EPS_A)
         blocked = np.any(np.take(topo.path_any(full), node, axis=1) & mask, axis=0)
         active &= ~blocked & (x < hi - EPS_A)

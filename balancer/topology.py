@@ -109,31 +109,34 @@ class Topology:
         return cached
 
     @property
-    def _tree_index(self) -> tuple[IntArray, IntArray, IntArray]:
-        """Flat indices into (3, n_nodes) arrays for ``tree_sum``: the phase offsets, and for every
-        (node, node at or above it) pair and phase, where to read and where to add."""
-        cached: tuple[IntArray, IntArray, IntArray] | None = self.__dict__.get("_tree_index_cache")
+    def _tree_index(self) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+        """Flat indices into (3, n_nodes) arrays for ``tree_sum``: the phase offsets; where every
+        charger's value on every phase goes; and for every (node, node at or above it) pair and
+        phase, where to read and where to add."""
+        cached: tuple[IntArray, IntArray, IntArray, IntArray] | None = self.__dict__.get("_tree_index_cache")
         if cached is None:
             offset = self.n_nodes * np.arange(3, dtype=np.int64)[:, None]
             path = self.node_path
             real = path < self.n_nodes
             above = path[real]
             below = np.broadcast_to(np.arange(self.n_nodes), path.shape)[real]
-            cached = (offset, (below + offset).ravel(), (above + offset).ravel())
+            cached = (offset, (self.charger_node + offset).ravel(), (below + offset).ravel(),
+                      (above + offset).ravel())
             object.__setattr__(self, "_tree_index_cache", cached)
         return cached
 
-    def tree_sum(self, values: FloatArray, nodes: IntArray) -> FloatArray:
+    def tree_sum(self, values: FloatArray, chargers: IntArray | None = None) -> FloatArray:
         """Per-node, per-phase totals of per-charger values, each counted at its node and above.
 
-        values : ndarray, shape (3, k); nodes : ndarray, shape (k,), the node of each column
+        values : ndarray, shape (3, k); the values of ``chargers`` (k,), or of all chargers
         returns : ndarray, shape (3, n_nodes)
         Two bincounts: the totals at the chargers' own nodes, then each of those added to every
         node above it. At full width this costs about what ``ancestors @ values.T`` does.
         """
-        offset, below, above = self._tree_index
+        offset, every, below, above = self._tree_index
         size = 3 * self.n_nodes
-        own = np.bincount((nodes + offset).ravel(), weights=values.ravel(), minlength=size)
+        where = every if chargers is None else (self.charger_node[chargers] + offset).ravel()
+        own = np.bincount(where, weights=values.ravel(), minlength=size)
         total = np.bincount(above, weights=own[below], minlength=size).reshape(3, self.n_nodes)
         return np.asarray(total, dtype=np.float64)
 
