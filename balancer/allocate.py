@@ -102,6 +102,7 @@ def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.ND
     node = topo.charger_node
     admitted = np.zeros(topo.n_chargers, dtype=bool)
     room = capacity + EPS_A
+    largest = need.max(axis=1, keepdims=True)  # (3, 1) [A] the largest minimum on each phase
     pending = order  # candidates still waiting, in admission order
     for _ in range(ADMISSION_PASSES):
         if len(pending) == 0:
@@ -111,8 +112,9 @@ def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.ND
         # (np.take along axis 1, not fancy indexing: several times faster, and its result is
         # C-ordered, which keeps the reductions over the phase axis fast.)
         need_p = np.take(need, pending, axis=1)
-        fits = ~np.any(need_p > np.take(topo.path_min(room), node[pending], axis=1), axis=0)
-        if not fits.all():
+        room_above = topo.path_min(room)
+        if np.any(room_above < largest):  # else every candidate fits alone
+            fits = ~np.any(need_p > np.take(room_above, node[pending], axis=1), axis=0)
             pending, need_p = pending[fits], np.compress(fits, need_p, axis=1)
             if len(pending) == 0:
                 break
