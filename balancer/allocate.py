@@ -42,6 +42,7 @@ BoolArray = npt.NDArray[np.bool_]
 EPS_A = 1e-9
 MAX_ROUNDS = 200
 ADMISSION_PASSES = 16
+BINDING_MARGIN_A = 1e-6
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,12 @@ def node_load_a(topology: Topology, limit_a: FloatArray, phase_mask: BoolArray) 
     return np.asarray(topology.ancestors @ (limit_a[:, None] * phase_mask), dtype=np.float64)
 
 
-def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.NDArray[np.int64]) -> BoolArray:
+def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.NDArray[np.int64],
+           demand: FloatArray) -> BoolArray:
     """Admit candidates (in ``order``) at their minimum while every node and phase still fits.
 
     capacity : (3, n_nodes) [A]; need : (3, n) [A] each charger's minimum on each grid phase
+    demand : (3, n_nodes) [A] the candidates' minimums summed over the tree (in any order)
     """
     node = topo.charger_node
     admitted = np.zeros(topo.n_chargers, dtype=bool)
@@ -115,13 +118,15 @@ def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.ND
         room_above = topo.path_min(room)
         if np.any(room_above < largest):  # else every candidate fits alone
             fits = ~np.any(need_p > np.take(room_above, node[pending], axis=1), axis=0)
-            pending, need_p = pending[fits], np.compress(fits, need_p, axis=1)
-            if len(pending) == 0:
-                break
-        demand = topo.tree_sum(need_p, pending)
+            if not fits.all():
+                pending, need_p = pending[fits], np.compress(fits, need_p, axis=1)
+                if len(pending) == 0:
+                    break
+                demand = topo.tree_sum(need_p, pending)
         # Only a node that cannot take all its pending candidates at once can turn one away: the
-        # prefix sums run over the entries (node, candidate) of those nodes only.
-        binding = np.any(demand > room, axis=0)
+        # prefix sums run over the entries (node, candidate) of those nodes only. The margin, far
+        # above rounding, makes the order the demand was summed in irrelevant.
+        binding = np.any(demand > room - BINDING_MARGIN_A, axis=0)
         if not binding.any():
             admitted[pending] = True
             break
@@ -130,8 +135,9 @@ def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.ND
             break
         admitted[pending[~over]] = True
         # What the newly admitted take: the whole pending demand less that of the turned away.
-        room -= demand - topo.tree_sum(np.compress(over, need_p, axis=1), pending[over])
-        pending = pending[over]
+        still = topo.tree_sum(np.compress(over, need_p, axis=1), pending[over])
+        room -= demand - still
+        pending, demand = pending[over], still
     return admitted
 
 
@@ -231,12 +237,13 @@ def allocate(req: AllocationRequest) -> Allocation:
 
     capacity_t = np.ascontiguousarray(capacity.T)
     need = lo * mask
-    admitted = _admit(topo, capacity_t, need, order_for(tie))
+    demand = topo.tree_sum(need * wants)  # the same candidates for both admission orders
+    admitted = _admit(topo, capacity_t, need, order_for(tie), demand)
     count = int(admitted.sum())
     if turn and 0 < count < int(wants.sum()):
         # Rotate who waits: every period the tie order moves on by as many as fit.
         tie = (tie - turn * count) % n
-        admitted = _admit(topo, capacity_t, need, order_for(tie))
+        admitted = _admit(topo, capacity_t, need, order_for(tie), demand)
 
     x = np.where(admitted, lo, 0.0)
     stage1_hi = np.where(has_target, np.clip(target, lo, hi), hi)
