@@ -28,6 +28,7 @@ construction), the chargers below the overloaded node are paused rather than ris
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -203,6 +204,50 @@ def _fill(topo: Topology, capacity: FloatArray, mask: BoolArray, x: FloatArray, 
     return x
 
 
+def _stable_order(keys: tuple[npt.NDArray[Any], ...]) -> npt.NDArray[np.int64]:
+    """``np.lexsort(keys)`` (the last key most significant, equals in index order), from one sort.
+
+    Each key becomes its dense rank (an argsort, then counting where the sorted values change);
+    ranks and index combine into one distinct int64 per charger, so an unstable sort is exact.
+    A lexsort of 10,000 chargers with distinct urgencies takes about 1 ms, this under half of it.
+    """
+    n = len(keys[0])
+    combined = np.zeros(n, dtype=np.int64)
+    size = 1
+    for key in reversed(keys):  # the most significant first
+        if np.all(key == key[0]):  # one value throughout (no urgencies, say): no order
+            continue
+        if key.dtype == np.bool_:
+            rank, distinct = key.astype(np.int64), 2
+        else:
+            by_value = np.argsort(key)
+            ranked = key[by_value]
+            rank = np.empty(n, dtype=np.int64)
+            rank[by_value] = np.cumsum(np.concatenate([[0], ranked[1:] != ranked[:-1]]))
+            distinct = int(rank[by_value[-1]]) + 1
+        size *= distinct
+        combined = combined * distinct + rank
+    if size * n >= 2**63:  # too many distinct values to pack (and ``combined`` wrapped): key by key
+        return np.lexsort(keys)
+    if size == 1:
+        return np.arange(n)
+    return np.argsort(combined * n + np.arange(n))
+
+
+def _rotate_ties(order: npt.NDArray[np.int64], keys: tuple[npt.NDArray[Any], ...],
+                 start: int) -> npt.NDArray[np.int64]:
+    """``order``, a stable sort by ``keys``, with the ties broken by ``(index - start) % n``
+    instead of the index: among equals, chargers from ``start`` on first, then those before it.
+
+    Cheaper than sorting again (the urgency key alone makes a lexsort of 10,000 about 1 ms).
+    """
+    changes = np.zeros(len(order), dtype=bool)
+    for key in keys:
+        ranked = key[order]
+        changes[1:] |= ranked[1:] != ranked[:-1]
+    return order[np.lexsort((order < start, np.cumsum(changes)))]
+
+
 def allocate(req: AllocationRequest) -> Allocation:
     """Split the capacity of the moment across chargers (see the module docstring)."""
     topo = req.topology
@@ -226,24 +271,22 @@ def allocate(req: AllocationRequest) -> Allocation:
     target = np.full(n, np.nan) if req.target_a is None else np.asarray(req.target_a, dtype=np.float64)
     has_target = np.isfinite(target) & (target >= lo)
 
-    # Admission order: cannot-pause, priority, planned, urgency, then a rotating tie order.
+    # Admission order: cannot-pause, priority, planned, urgency, then a rotating tie order
+    # (equals in index order at turn 0).
     period = max(req.rotation_period_s, 1e-9)
     turn = int(np.floor(req.now_s / period))
-    tie = np.arange(n)
-
-    def order_for(tie_key: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        keys = (tie_key, -urgency, ~has_target, -topo.priority, can_pause, ~wants)
-        return np.lexsort(keys)[: int(wants.sum())]
+    keys = (-urgency, ~has_target, -topo.priority, can_pause, ~wants)
+    n_wants = int(wants.sum())
+    order = _stable_order(keys)[:n_wants]
 
     capacity_t = np.ascontiguousarray(capacity.T)
     need = lo * mask
     demand = topo.tree_sum(need * wants)  # the same candidates for both admission orders
-    admitted = _admit(topo, capacity_t, need, order_for(tie), demand)
+    admitted = _admit(topo, capacity_t, need, order, demand)
     count = int(admitted.sum())
-    if turn and 0 < count < int(wants.sum()):
+    if turn and 0 < count < n_wants:
         # Rotate who waits: every period the tie order moves on by as many as fit.
-        tie = (tie - turn * count) % n
-        admitted = _admit(topo, capacity_t, need, order_for(tie), demand)
+        admitted = _admit(topo, capacity_t, need, _rotate_ties(order, keys, turn * count % n), demand)
 
     x = np.where(admitted, lo, 0.0)
     stage1_hi = np.where(has_target, np.clip(target, lo, hi), hi)
