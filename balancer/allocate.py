@@ -152,13 +152,14 @@ def _over_prefix(topo: Topology, room: FloatArray, need_p: FloatArray, pending: 
     """
     over = np.zeros(len(pending), dtype=bool)
     binding_or_not = np.append(binding, False)  # charger_path is n_nodes below a charger's node
-    for depth in np.unique(topo.node_depth[binding]):
+    binding_at_depth = np.bincount(topo.node_depth[binding])
+    for depth in np.flatnonzero(binding_at_depth):
         if depth == 0:  # the connection: one group of all the candidates, already in order
             over |= np.any(np.cumsum(need_p, axis=1) > room[:, :1], axis=0)
             continue
         entry_node = topo.charger_path[depth][pending]
         who = np.flatnonzero(binding_or_not[entry_node])
-        if np.count_nonzero(binding[topo.node_depth == depth]) > 1:
+        if binding_at_depth[depth] > 1:
             # By node, keeping admission order within a node (``pending`` is in that order).
             # 16-bit node numbers make numpy's stable sort a radix sort, ten times faster.
             key_type = np.int16 if topo.n_nodes < 2**15 else np.int64
