@@ -6,10 +6,12 @@ Three vectorised stages, each bounded:
    its minimum. Candidates are ordered (cannot-pause first, then priority, then chargers with a
    planned target, then urgency, then a tie order that rotates every ``rotation_period_s``) and
    admitted in a few passes: in each pass, candidates that cannot fit even alone are dropped,
-   then a prefix sum of minimums along every node of the fuse
-   tree (a segmented cumsum over the sparse ``ancestors`` matrix) admits every candidate whose
+   then a prefix sum of minimums along every node of the fuse tree admits every candidate whose
    prefix still fits at all its nodes and phases. The prefix counts rejected candidates too, so
-   the admitted set always fits; later passes retry the rejected against what is left.
+   the admitted set always fits; later passes retry the rejected against what is left. The
+   prefix sums (a segmented cumsum over (node, candidate) entries sorted by node) are only
+   taken at *binding* nodes, those whose pending candidates do not all fit at once: elsewhere
+   no prefix can exceed the room. Usually few nodes bind, often only the connection.
 2. **Water-filling** (weighted max-min fair on the current above the minimum): all admitted
    chargers rise at a rate proportional to their weight; a node that fills freezes the chargers
    below it on that phase, a charger that reaches its bound stops.
@@ -20,15 +22,20 @@ their minimum, and chargers that cannot pause), filled up to their target: the p
 charges now, and letting the cars it holds back take their minimums first would undo it (on the
 depot scenario of ``bench/quality.py`` that cost 13 points of delivered energy). Then for
 everyone else on what is left, and all admitted chargers rise to their maximum
-(work-conserving: capacity the cars can use now is handed out).
+(work-conserving: capacity the cars can use now is handed out). Without a plan the first round
+is empty (or holds only chargers that cannot pause) and costs nothing.
 
-A final check recomputes every node load; should it ever exceed (it cannot by construction), the
-chargers below the overloaded node are paused rather than risk a fuse.
+Tree sums and path minima go through ``Topology.tree_sum`` / ``path_min`` / ``path_any`` (bincounts
+and gathers over the charger's few ancestors), on phase-major (3, n) arrays so that reductions
+over the phases run along contiguous rows. A final check recomputes every node load with the
+sparse ``ancestors`` product, independent of those helpers; should it ever exceed (it cannot by
+construction), the chargers below the overloaded node are paused rather than risk a fuse.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +50,7 @@ BoolArray = npt.NDArray[np.bool_]
 EPS_A = 1e-9
 MAX_ROUNDS = 200
 ADMISSION_PASSES = 16
+BINDING_MARGIN_A = 1e-6
 
 
 @dataclass(frozen=True)
@@ -95,84 +103,157 @@ def node_load_a(topology: Topology, limit_a: FloatArray, phase_mask: BoolArray) 
     return np.asarray(topology.ancestors @ (limit_a[:, None] * phase_mask), dtype=np.float64)
 
 
-def _admit(req: AllocationRequest, capacity: FloatArray, mask: FloatArray, lo: FloatArray,
-           order: npt.NDArray[np.int64]) -> BoolArray:
-    """Admit candidates (in ``order``) at their minimum while every node and phase still fits."""
-    topo = req.topology
-    n = topo.n_chargers
-    admitted = np.zeros(n, dtype=bool)
-    rows, cols = topo.entries
-    rank = np.full(n, n, dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    # Entries (node, charger) of the candidates, sorted by node, then by the charger's rank in the
-    # admission order: one integer sort key instead of a lexsort.
-    keep = rank[cols] < n
-    rows_k, cols_k = rows[keep], cols[keep]
-    entry_order = np.argsort(rows_k * (n + 1) + rank[cols_k], kind="stable")
-    nodes = rows_k[entry_order]
-    chargers = cols_k[entry_order]
-    if len(nodes) == 0:
-        return admitted
-    group_start = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
-    group_of_entry = np.repeat(np.arange(len(group_start)), np.diff(np.r_[group_start, len(nodes)]))
-    need_e = lo[chargers][:, None] * mask[chargers]  # (entries, 3) each candidate's minimum load
-    cap_e = capacity[nodes] + EPS_A
-    pending = np.zeros(n, dtype=bool)
-    pending[order] = True
+def _admit(topo: Topology, capacity: FloatArray, need: FloatArray, order: npt.NDArray[np.int64],
+           demand: FloatArray) -> BoolArray:
+    """Admit candidates (in ``order``) at their minimum while every node and phase still fits.
+
+    capacity : (3, n_nodes) [A]; need : (3, n) [A] each charger's minimum on each grid phase
+    demand : (3, n_nodes) [A] the candidates' minimums summed over the tree (in any order)
+    """
+    node = topo.charger_node
+    admitted = np.zeros(topo.n_chargers, dtype=bool)
+    room = capacity + EPS_A
+    largest = need.max(axis=1, keepdims=True)  # (3, 1) [A] the largest minimum on each phase
+    pending = order  # candidates still waiting, in admission order
     for _ in range(ADMISSION_PASSES):
-        if not pending.any():
+        if len(pending) == 0:
             break
-        room_e = cap_e - node_load_a(topo, lo * admitted, mask.astype(bool))[nodes]
         # Candidates that do not fit even alone on top of what is admitted are out for good, so
         # they no longer block the prefix sums of the others.
-        alone = np.any(need_e > room_e, axis=1)
-        pending &= ~(np.bincount(chargers, weights=alone, minlength=n) > 0)
-        if not pending.any():
+        # (np.take along axis 1, not fancy indexing: several times faster, and its result is
+        # C-ordered, which keeps the reductions over the phase axis fast.)
+        need_p = np.take(need, pending, axis=1)
+        room_above = topo.path_min(room)
+        if np.any(room_above < largest):  # else every candidate fits alone
+            fits = ~np.any(need_p > np.take(room_above, node[pending], axis=1), axis=0)
+            if not fits.all():
+                pending, need_p = pending[fits], np.compress(fits, need_p, axis=1)
+                if len(pending) == 0:
+                    break
+                demand = topo.tree_sum(need_p, pending)
+        # Only a node that cannot take all its pending candidates at once can turn one away: the
+        # prefix sums run over the entries (node, candidate) of those nodes only. The margin, far
+        # above rounding, makes the order the demand was summed in irrelevant.
+        binding = np.any(demand > room - BINDING_MARGIN_A, axis=0)
+        if not binding.any():
+            admitted[pending] = True
             break
-        load = need_e * pending[chargers][:, None]
-        cum = np.cumsum(load, axis=0)
-        cum -= (cum[group_start] - load[group_start])[group_of_entry]
-        over = np.any(cum > room_e, axis=1)
-        bad = np.bincount(chargers, weights=over, minlength=n) > 0
-        newly = pending & ~bad
-        if not newly.any():
+        over = _over_prefix(topo, room, need_p, pending, binding)
+        if over.all():
             break
-        admitted |= newly
-        pending &= bad
+        admitted[pending[~over]] = True
+        # What the newly admitted take: the whole pending demand less that of the turned away.
+        still = topo.tree_sum(np.compress(over, need_p, axis=1), pending[over])
+        room -= demand - still
+        pending, demand = pending[over], still
     return admitted
 
 
-def _fill(req: AllocationRequest, capacity: FloatArray, mask: FloatArray, x: FloatArray,
-          hi: FloatArray, weight: FloatArray, active: BoolArray) -> FloatArray:
+def _over_prefix(topo: Topology, room: FloatArray, need_p: FloatArray, pending: npt.NDArray[np.int64],
+                 binding: BoolArray) -> BoolArray:
+    """Which pending candidates' prefix of minimums (in admission order) exceeds the room at a
+    binding node: per tree level, a segmented cumsum over the entries (binding node, candidate)
+    sorted by node.
+
+    room : (3, n_nodes) [A]; need_p : (3, len(pending)) [A]; binding : (n_nodes,) bool
+    """
+    over = np.zeros(len(pending), dtype=bool)
+    binding_or_not = np.append(binding, False)  # charger_path is n_nodes below a charger's node
+    binding_at_depth = np.bincount(topo.node_depth[binding])
+    for depth in np.flatnonzero(binding_at_depth):
+        if depth == 0:  # the connection: one group of all the candidates, already in order
+            over |= np.any(np.cumsum(need_p, axis=1) > room[:, :1], axis=0)
+            continue
+        entry_node = topo.charger_path[depth][pending]
+        who = np.flatnonzero(binding_or_not[entry_node])
+        if binding_at_depth[depth] > 1:
+            # By node, keeping admission order within a node (``pending`` is in that order).
+            # 16-bit node numbers make numpy's stable sort a radix sort, ten times faster.
+            key_type = np.int16 if topo.n_nodes < 2**15 else np.int64
+            who = who[np.argsort(entry_node[who].astype(key_type), kind="stable")]
+        nodes = entry_node[who]
+        load = np.take(need_p, who, axis=1)
+        cum = np.cumsum(load, axis=1)
+        group_start = np.flatnonzero(np.diff(nodes, prepend=-1))
+        group_size = np.diff(np.append(group_start, len(nodes)))
+        cum -= np.repeat(cum[:, group_start] - load[:, group_start], group_size, axis=1)
+        over[who[np.any(cum > np.take(room, nodes, axis=1), axis=0)]] = True
+    return over
+
+
+def _fill(topo: Topology, capacity: FloatArray, mask: BoolArray, x: FloatArray, hi: FloatArray,
+          weight: FloatArray, active: BoolArray) -> FloatArray:
     """Raise ``x`` towards ``hi`` at rates ``weight`` until nodes fill (progressive filling).
 
+    capacity : (3, n_nodes) [A]; mask : (3, n) grid phases each charger loads
     Each round every active charger rises to the nearest bottleneck among its own nodes (not the
     site-wide nearest one): a node's step assumes all chargers below it keep rising, and each
     rises at most that step, so no node can overfill, and the fill ends in about tree-depth rounds.
     """
-    topo = req.topology
-    ancestors = topo.ancestors
-    rows, cols, starts = topo.entries_by_charger
-    entry_mask = mask[cols] > 0
-    x = x.copy()
+    node = topo.charger_node
     active = active & (x < hi - EPS_A)
+    if not active.any():
+        return x
+    load = topo.tree_sum(x * mask)
     for _ in range(MAX_ROUNDS):
         if not active.any():
             break
-        load = np.asarray(ancestors @ (x[:, None] * mask))
-        rate = np.asarray(ancestors @ ((weight * active)[:, None] * mask))
+        rate = topo.tree_sum((weight * active) * mask)
         residual = np.maximum(capacity - load, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             step_node = np.where(rate > EPS_A, residual / rate, np.inf)
-        per_entry = np.where(entry_mask, step_node[rows], np.inf).min(axis=1)
-        step = np.minimum.reduceat(per_entry, starts)
+        step = np.where(mask, np.take(topo.path_min(step_node), node, axis=1), np.inf).min(axis=0)
         step = np.where(active, np.minimum(step, (hi - x) / weight), 0.0)
         x = np.minimum(x + weight * step, np.where(active, hi, x))
-        load = np.asarray(ancestors @ (x[:, None] * mask))
+        load = topo.tree_sum(x * mask)
         full = (capacity - load <= 1e-7) & (rate > EPS_A)
-        blocked = np.asarray(topo.ancestors_t @ full.astype(np.float64)) * mask
-        active &= (blocked.max(axis=1) <= 0) & (x < hi - EPS_A)
+        blocked = np.any(np.take(topo.path_any(full), node, axis=1) & mask, axis=0)
+        active &= ~blocked & (x < hi - EPS_A)
     return x
+
+
+def _stable_order(keys: tuple[npt.NDArray[Any], ...]) -> npt.NDArray[np.int64]:
+    """``np.lexsort(keys)`` (the last key most significant, equals in index order), from one sort.
+
+    Each key becomes its dense rank (an argsort, then counting where the sorted values change);
+    ranks and index combine into one distinct int64 per charger, so an unstable sort is exact.
+    A lexsort of 10,000 chargers with distinct urgencies takes about 1 ms, this under half of it.
+    """
+    n = len(keys[0])
+    combined = np.zeros(n, dtype=np.int64)
+    size = 1
+    for key in reversed(keys):  # the most significant first
+        if np.all(key == key[0]):  # one value throughout (no urgencies, say): no order
+            continue
+        if key.dtype == np.bool_:
+            rank, distinct = key.astype(np.int64), 2
+        else:
+            by_value = np.argsort(key)
+            ranked = key[by_value]
+            rank = np.empty(n, dtype=np.int64)
+            rank[by_value] = np.cumsum(np.concatenate([[0], ranked[1:] != ranked[:-1]]))
+            distinct = int(rank[by_value[-1]]) + 1
+        size *= distinct
+        combined = combined * distinct + rank
+    if size * n >= 2**63:  # too many distinct values to pack (and ``combined`` wrapped): key by key
+        return np.lexsort(keys)
+    if size == 1:
+        return np.arange(n)
+    return np.argsort(combined * n + np.arange(n))
+
+
+def _rotate_ties(order: npt.NDArray[np.int64], keys: tuple[npt.NDArray[Any], ...],
+                 start: int) -> npt.NDArray[np.int64]:
+    """``order``, a stable sort by ``keys``, with the ties broken by ``(index - start) % n``
+    instead of the index: among equals, chargers from ``start`` on first, then those before it.
+
+    Cheaper than sorting again (the urgency key alone makes a lexsort of 10,000 about 1 ms).
+    """
+    changes = np.zeros(len(order), dtype=bool)
+    for key in keys:
+        ranked = key[order]
+        changes[1:] |= ranked[1:] != ranked[:-1]
+    return order[np.lexsort((order < start, np.cumsum(changes)))]
 
 
 def allocate(req: AllocationRequest) -> Allocation:
@@ -183,12 +264,13 @@ def allocate(req: AllocationRequest) -> Allocation:
         return Allocation(np.zeros(0), np.zeros(0, dtype=bool), "ok")
     capacity = np.nan_to_num(np.asarray(req.capacity_a, dtype=np.float64), nan=0.0, posinf=0.0)
     capacity = np.maximum(capacity, 0.0)  # a negative capacity means none
-    mask = np.asarray(req.phase_mask, dtype=np.float64)
+    mask_rows = np.asarray(req.phase_mask, dtype=bool)
+    mask = np.ascontiguousarray(mask_rows.T)  # (3, n): phase-major, so reductions over phases are fast
     granularity = topo.granularity_a
     lo = np.maximum(np.asarray(req.min_a, dtype=np.float64), 0.0)
     hi = np.floor(np.maximum(np.asarray(req.max_a, dtype=np.float64), 0.0) / granularity + 1e-9) * granularity
     lo = np.ceil(lo / granularity - 1e-9) * granularity
-    wants = (hi > 0) & (hi >= lo) & (mask.sum(axis=1) > 0)
+    wants = (hi > 0) & (hi >= lo) & mask.any(axis=0)
     lo = np.where(lo > 0, lo, granularity)  # a charger at 0 A min still needs one step to count
     weight = np.maximum(topo.priority, 1.0) if req.weight is None else np.asarray(req.weight, dtype=np.float64)
     weight = np.where(weight > 0, weight, 1.0)
@@ -197,41 +279,44 @@ def allocate(req: AllocationRequest) -> Allocation:
     target = np.full(n, np.nan) if req.target_a is None else np.asarray(req.target_a, dtype=np.float64)
     has_target = np.isfinite(target) & (target >= lo)
 
-    # Admission order: cannot-pause, priority, planned, urgency, then a rotating tie order.
+    # Admission order: cannot-pause, priority, planned, urgency, then a rotating tie order
+    # (equals in index order at turn 0).
     period = max(req.rotation_period_s, 1e-9)
     turn = int(np.floor(req.now_s / period))
-    tie = np.arange(n)
+    capacity_t = np.ascontiguousarray(capacity.T)
+    need = lo * mask
 
-    def order_for(tie_key: npt.NDArray[np.int64], candidates: BoolArray) -> npt.NDArray[np.int64]:
-        keys = (tie_key, -urgency, ~has_target, -topo.priority, can_pause, ~candidates)
-        return np.lexsort(keys)[: int(candidates.sum())]
-
-    def admit_rotating(cap: FloatArray, candidates: BoolArray) -> BoolArray:
-        chosen = _admit(req, cap, mask, lo, order_for(tie, candidates))
+    def admit_rotating(room: FloatArray, candidates: BoolArray) -> BoolArray:
+        keys = (-urgency, ~has_target, -topo.priority, can_pause, ~candidates)
+        n_candidates = int(candidates.sum())
+        if n_candidates == 0:
+            return np.zeros(n, dtype=bool)
+        order = _stable_order(keys)[:n_candidates]
+        demand = topo.tree_sum(need * candidates)  # the same candidates for both admission orders
+        chosen = _admit(topo, room, need, order, demand)
         count = int(chosen.sum())
-        if turn and 0 < count < int(candidates.sum()):
+        if turn and 0 < count < n_candidates:
             # Rotate who waits: every period the tie order moves on by as many as fit.
-            chosen = _admit(req, cap, mask, lo, order_for((tie - turn * count) % n, candidates))
+            chosen = _admit(topo, room, need, _rotate_ties(order, keys, turn * count % n), demand)
         return chosen
 
-    # Stage A: the planner's choices (and chargers that cannot pause) get their minimum, then
-    # rise to their target, before anyone the plan holds back takes a minimum of its own.
-    planned = wants & (has_target | ~can_pause)
-    admitted = admit_rotating(capacity, planned)
+    # Round 1: the planner's choices (and chargers that cannot pause) get their minimum and rise
+    # to their target before anyone the plan holds back takes a minimum of its own.
+    admitted = admit_rotating(capacity_t, wants & (has_target | ~can_pause))
     x = np.where(admitted, lo, 0.0)
     stage1_hi = np.where(has_target, np.clip(target, lo, hi), lo)
-    x = _fill(req, capacity, mask, x, np.where(admitted, stage1_hi, 0.0), weight, admitted & has_target)
-    # Stage B: what is left goes to the rest (work-conserving), then everyone rises to the max.
-    residual = np.maximum(capacity - node_load_a(topo, x, mask.astype(bool)), 0.0)
+    x = _fill(topo, capacity_t, mask, x, np.where(admitted, stage1_hi, 0.0), weight, admitted & has_target)
+    # Round 2: what is left goes to the rest (work-conserving), then everyone rises to the max.
+    residual = np.maximum(capacity_t - topo.tree_sum(x * mask), 0.0)
     late = admit_rotating(residual, wants & ~admitted)
     admitted |= late
     x = np.where(late, lo, x)
-    x = _fill(req, capacity, mask, x, np.where(admitted, hi, 0.0), weight, admitted)
+    x = _fill(topo, capacity_t, mask, x, np.where(admitted, hi, 0.0), weight, admitted)
     limit = np.floor(x / granularity + 1e-9) * granularity
     limit = np.where(admitted & (limit >= lo - 1e-9), limit, 0.0)
 
     # Belt and braces: pause everything below a node that is somehow over its capacity.
-    load = node_load_a(topo, limit, mask.astype(bool))
+    load = node_load_a(topo, limit, mask_rows)
     over = np.any(load > capacity + 1e-6, axis=1)
     if over.any():
         below = np.asarray(topo.ancestors[over].sum(axis=0)).ravel() > 0

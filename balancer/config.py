@@ -376,7 +376,8 @@ def _parse_sites(raw_sites: Any, problems: list[Problem]) -> list[Site]:
                  for i, s in dicts if s.get("oscp_group_id") or s.get("id")], "OSCP group", problems)
     # Charger ids are the OCPP identity, so they must be unique across sites too.
     across = [(f"sites[{i}].chargers[{j}].id", i, str(c["id"])) for i, s in dicts
-              for j, c in enumerate(s.get("chargers") or []) if isinstance(c, dict) and c.get("id")]
+              if isinstance(s.get("chargers"), list)
+              for j, c in enumerate(s["chargers"]) if isinstance(c, dict) and c.get("id")]
     first: dict[str, tuple[str, int]] = {}
     for p, i, ident in across:
         if ident in first and first[ident][1] != i:

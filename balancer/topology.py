@@ -4,6 +4,13 @@ Node 0 is the grid connection; nodes 1.. are the circuits. Every charger belongs
 loads every node on the path from it up to the connection: ``ancestors[k, i]`` is 1 when node
 ``k`` carries charger ``i``. Summing a per-charger, per-phase load over the tree is then one sparse
 product, ``ancestors @ load``, with no Python loop over chargers.
+
+The allocator works on phase-major (3, k) arrays of a subset of the chargers (those still
+waiting for admission, say), so it sums with ``tree_sum`` instead (a sum at each charger's own
+node, then one bincount from every node to the nodes above it), which takes any subset without
+scattering it into a full-width array, and it finds the tightest node above each charger with
+``path_min`` / ``path_any``. Both rest on ``node_path``, the nodes above each node, one row per
+depth (a tree has only a few levels).
 """
 
 from __future__ import annotations
@@ -75,40 +82,87 @@ class Topology:
         return cached
 
     @property
-    def ancestors_t(self) -> sp.csr_matrix:
-        """``ancestors`` transposed, (n_chargers, n_nodes): which nodes sit above each charger."""
-        cached: sp.csr_matrix | None = self.__dict__.get("_ancestors_t")
-        if cached is None:
-            cached = self.ancestors.T.tocsr()
-            object.__setattr__(self, "_ancestors_t", cached)
-        return cached
+    def node_path(self) -> IntArray:
+        """(n_levels, n_nodes): the node at each depth above a node (the node itself at its own depth).
 
-    @property
-    def entries(self) -> tuple[IntArray, IntArray]:
-        """The (node, charger) pairs of ``ancestors``, as two arrays sorted by node then charger."""
-        cached: tuple[IntArray, IntArray] | None = self.__dict__.get("_entries")
-        if cached is None:
-            coo = self.ancestors.tocoo()
-            order = np.lexsort((coo.col, coo.row))
-            cached = (coo.row[order].astype(np.int64), coo.col[order].astype(np.int64))
-            object.__setattr__(self, "_entries", cached)
-        return cached
-
-    @property
-    def entries_by_charger(self) -> tuple[IntArray, IntArray, IntArray]:
-        """(node, charger, group start) of ``ancestors`` sorted by charger: for ``reduceat``.
-
-        Every charger has at least the connection above it, so every group is non-empty.
+        Below the node's own depth the entry is ``n_nodes``, one past the last node, so a node
+        array padded with one neutral column can be indexed with it.
         """
-        cached: tuple[IntArray, IntArray, IntArray] | None = self.__dict__.get("_by_charger")
+        cached: IntArray | None = self.__dict__.get("_node_path")
         if cached is None:
-            rows, cols = self.entries
-            order = np.argsort(cols, kind="stable")
-            rows_c, cols_c = rows[order], cols[order]
-            starts = np.searchsorted(cols_c, np.arange(self.n_chargers)).astype(np.int64)
-            cached = (rows_c, cols_c, starts)
-            object.__setattr__(self, "_by_charger", cached)
+            cached = np.full((int(self.node_depth.max()) + 1, self.n_nodes), self.n_nodes, dtype=np.int64)
+            node = col = np.arange(self.n_nodes)
+            while len(node):  # one fuse up per round: as many rounds as levels
+                cached[self.node_depth[node], col] = node
+                up = self.node_parent[node] >= 0
+                node, col = self.node_parent[node][up], col[up]
+            object.__setattr__(self, "_node_path", cached)
         return cached
+
+    @property
+    def charger_path(self) -> IntArray:
+        """(n_levels, n_chargers): the node at each depth above a charger, ``n_nodes`` below its node."""
+        cached: IntArray | None = self.__dict__.get("_charger_path")
+        if cached is None:
+            cached = np.ascontiguousarray(self.node_path[:, self.charger_node])
+            object.__setattr__(self, "_charger_path", cached)
+        return cached
+
+    @property
+    def _tree_index(self) -> tuple[IntArray, IntArray | None, IntArray, IntArray, IntArray, IntArray]:
+        """Indices for ``tree_sum``: the phase offsets into flat (3, n_nodes) arrays; the chargers
+        in node order (None when they already are), where each node's run starts, and which node
+        it is; and for every (node, node at or above it) pair and phase, where to read and add."""
+        cached: tuple[IntArray, IntArray | None, IntArray, IntArray, IntArray, IntArray] | None = (
+            self.__dict__.get("_tree_index_cache"))
+        if cached is None:
+            offset = self.n_nodes * np.arange(3, dtype=np.int64)[:, None]
+            by_node = np.argsort(self.charger_node, kind="stable")
+            sorted_node = self.charger_node[by_node]
+            starts = np.flatnonzero(np.diff(sorted_node, prepend=-1))
+            path = self.node_path
+            real = path < self.n_nodes
+            above = path[real]
+            below = np.broadcast_to(np.arange(self.n_nodes), path.shape)[real]
+            in_order = bool(np.all(by_node == np.arange(self.n_chargers)))
+            cached = (offset, None if in_order else by_node, starts, sorted_node[starts],
+                      (below + offset).ravel(), (above + offset).ravel())
+            object.__setattr__(self, "_tree_index_cache", cached)
+        return cached
+
+    def tree_sum(self, values: FloatArray, chargers: IntArray | None = None) -> FloatArray:
+        """Per-node, per-phase totals of per-charger values, each counted at its node and above.
+
+        values : ndarray, shape (3, k); the values of ``chargers`` (k,), or of all chargers
+        returns : ndarray, shape (3, n_nodes)
+        First the totals at the chargers' own nodes: for all chargers a sum over each node's run
+        of chargers (``np.add.reduceat``, twice as fast as a bincount), for some a bincount. Then
+        one bincount adds each of those to every node above it.
+        """
+        offset, by_node, starts, hosts, below, above = self._tree_index
+        size = 3 * self.n_nodes
+        own: FloatArray
+        if chargers is None:
+            own = np.zeros(size)
+            if len(starts):
+                runs = values if by_node is None else np.take(values, by_node, axis=1)
+                own.reshape(3, self.n_nodes)[:, hosts] = np.add.reduceat(runs, starts, axis=1)
+        else:
+            where = (self.charger_node[chargers] + offset).ravel()
+            own = np.asarray(np.bincount(where, weights=values.ravel(), minlength=size), dtype=np.float64)
+        total = np.bincount(above, weights=own[below], minlength=size).reshape(3, self.n_nodes)
+        return np.asarray(total, dtype=np.float64)
+
+    def path_min(self, values: FloatArray) -> FloatArray:
+        """(3, n_nodes): the least of ``values`` (3, n_nodes) over each node and the nodes above it."""
+        padded = np.concatenate([values, np.full((3, 1), np.inf)], axis=1)
+        least: FloatArray = np.take(padded, self.node_path, axis=1).min(axis=1)
+        return least
+
+    def path_any(self, values: BoolArray) -> BoolArray:
+        """(3, n_nodes): whether ``values`` (3, n_nodes) holds at a node or any node above it."""
+        padded = np.concatenate([values, np.zeros((3, 1), dtype=bool)], axis=1)
+        return np.asarray(np.take(padded, self.node_path, axis=1).any(axis=1), dtype=np.bool_)
 
     @classmethod
     def from_site(cls, site: Site) -> Topology:

@@ -115,3 +115,15 @@ def test_cannot_pause_minimum_reserved_first_and_infeasible_reported() -> None:
 def test_negative_or_nan_capacity_means_none() -> None:
     topo = site_of(Charger(id="A", max_current_a=32))
     assert run(topo, np.array([[np.nan, -5.0, 10.0]])).tolist() == [0.0]
+
+
+def test_minimums_admitted_per_circuit_in_admission_order() -> None:
+    # Two rows of 8 A, each room for one 6 A minimum; chargers interleaved across the rows, so the
+    # prefix sums per row must keep the admission order (priority) within each row.
+    rows = (Circuit(id="r1", max_current_a=8), Circuit(id="r2", max_current_a=8))
+    topo = site_of(Charger(id="A", circuit="r1", max_current_a=32),
+                   Charger(id="B", circuit="r2", max_current_a=32, priority=2),
+                   Charger(id="C", circuit="r1", max_current_a=32, priority=3),
+                   Charger(id="D", circuit="r2", max_current_a=32, priority=1),
+                   grid=100, circuits=rows)
+    np.testing.assert_allclose(run(topo), [0, 8, 8, 0])

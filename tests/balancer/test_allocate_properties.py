@@ -1,4 +1,4 @@
-"""Hypothesis properties of the allocator: safety, bounds, work conservation, all-max."""
+"""Hypothesis properties of the allocator: safety, bounds, work conservation, all-max, the admission order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balancer.allocate import AllocationRequest, allocate, node_load_a
+from balancer.allocate import AllocationRequest, _rotate_ties, _stable_order, allocate, node_load_a
 from balancer.check import check_allocation
 from balancer.model import Site
 from balancer.topology import Topology, phase_mask
@@ -104,3 +104,30 @@ def test_more_capacity_never_lowers_total_on_a_single_node(site: Site, a: float,
     total_low = float((allocate(fewer).limit_a[:, None] * req.phase_mask).sum())
     total_high = float((allocate(more).limit_a[:, None] * req.phase_mask).sum())
     assert total_high >= total_low - float(topo.granularity_a.sum()) - 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40).flatmap(lambda n: st.tuples(
+    st.lists(st.sampled_from([0.0, -1.0, 2.5, -1e9]), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n),
+    st.lists(st.sampled_from([0.0, 1.0, 3.0]), min_size=n, max_size=n),
+    st.integers(0, 10 * n))))
+def test_rotated_ties_equal_a_sort_with_the_rotated_tie_key(case: tuple[list[float], list[bool], list[float], int]
+                                                            ) -> None:
+    urgency, flag, priority, shift = case
+    n = len(urgency)
+    keys = (-np.array(urgency), np.array(flag), -np.array(priority))
+    start = shift % n
+    expected = np.lexsort(((np.arange(n) - start) % n, *keys))
+    np.testing.assert_array_equal(_rotate_ties(np.lexsort(keys), keys, start), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40).flatmap(lambda n: st.lists(st.one_of(
+    st.lists(st.sampled_from([0.0, -0.0, -1.0, 2.5, -1e9, 1e-300]), min_size=n, max_size=n),
+    st.lists(st.floats(-1e6, 1e6), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n)), min_size=1, max_size=14)))
+def test_stable_order_equals_lexsort(keys: list[list[float] | list[bool]]) -> None:
+    """Including many distinct keys, where the packed integer would overflow and lexsort takes over."""
+    arrays = tuple(np.array(k) for k in keys)
+    np.testing.assert_array_equal(_stable_order(arrays), np.lexsort(arrays))

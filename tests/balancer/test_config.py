@@ -97,6 +97,11 @@ def test_top_level_must_be_a_mapping() -> None:
     assert any("sites: is required" in p for p in problems({}))
 
 
+def test_chargers_not_a_list_is_reported_not_raised() -> None:
+    # Found by the fuzz test below: the cross-site id check iterated over a float.
+    assert "sites[0].chargers: must be a list" in problems({"sites": [{"chargers": 1.0}]})
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
