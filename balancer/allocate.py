@@ -286,12 +286,14 @@ def allocate(req: AllocationRequest) -> Allocation:
     capacity_t = np.ascontiguousarray(capacity.T)
     need = lo * mask
 
+    keys = (-urgency, ~has_target, -topo.priority, can_pause, ~wants)
+    order_all = _stable_order(keys)[: int(wants.sum())]  # one sort serves both rounds
+
     def admit_rotating(room: FloatArray, candidates: BoolArray) -> BoolArray:
-        keys = (-urgency, ~has_target, -topo.priority, can_pause, ~candidates)
-        n_candidates = int(candidates.sum())
+        order = order_all[candidates[order_all]]
+        n_candidates = len(order)
         if n_candidates == 0:
             return np.zeros(n, dtype=bool)
-        order = _stable_order(keys)[:n_candidates]
         demand = topo.tree_sum(need * candidates)  # the same candidates for both admission orders
         chosen = _admit(topo, room, need, order, demand)
         count = int(chosen.sum())

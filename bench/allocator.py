@@ -60,9 +60,19 @@ def main() -> None:
         result = allocate(req)
         assert not check_allocation(req, result.limit_a)
         t_alloc = median_s(lambda req=req: allocate(req))
+        # As the controller calls it with a plan: distinct urgencies, and a target for half the
+        # chargers (the other half held back), so both admission rounds run.
+        rng = np.random.default_rng(1)
+        planned = AllocationRequest(topology=topo, capacity_a=capacity, phase_mask=topo.charger_phase_mask,
+                                    min_a=topo.min_current_a, max_a=topo.max_current_a, now_s=1000.0,
+                                    urgency=rng.uniform(-36000, 0, n),
+                                    target_a=np.where(rng.random(n) < 0.5, topo.max_current_a * 0.5, 0.0))
+        assert not check_allocation(planned, allocate(planned).limit_a)
+        t_planned = median_s(lambda req=planned: allocate(req))
         t_lp, lp_total = lp_snapshot(topo, capacity, topo.charger_phase_mask.astype(float), topo.max_current_a)
         ours = float((result.limit_a[:, None] * topo.charger_phase_mask).sum())
         results.append({"chargers": n, "nodes": topo.n_nodes, "allocator_median_ms": round(t_alloc * 1000, 3),
+                        "allocator_with_plan_and_urgency_median_ms": round(t_planned * 1000, 3),
                         "lp_highs_build_solve_ms": round(t_lp * 1000, 1), "lp_over_allocator": round(t_lp / t_alloc, 1),
                         "allocated_phase_amps": round(ours, 1), "lp_optimum_no_minimums": round(lp_total, 1),
                         "max_node_load_ratio": round(float((node_load_a(topo, result.limit_a, topo.charger_phase_mask)
