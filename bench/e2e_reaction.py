@@ -21,6 +21,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -43,14 +44,12 @@ def blocks(kw: float) -> list[dict[str, object]]:
              "end_time": (now + timedelta(hours=24)).isoformat().replace("+00:00", "Z")}]
 
 
-def fit_time(sims: list[SimulatedCharger], before: list[float], since: datetime, capacity_a: float) -> tuple[float, float]:
+def fit_time(held_log: list[tuple[datetime, int, float]], before: list[float], since: datetime,
+             capacity_a: float) -> tuple[float, float]:
     """(seconds after ``since`` when the limits held first summed to at most ``capacity_a``,
-    seconds to the first accepted profile), from the chargers' logs of accepted TxProfiles (every
-    charger here is in a transaction and holds one)."""
-    changes = sorted((record["at"], k, record["limits"][0] / (230.0 * 3 if record["unit"] == "W" else 1.0))
-                     for k, sim in enumerate(sims) for record in sim.profile_log
-                     if record["at"] > since and record["result"] == "Accepted"
-                     and record["purpose"] == "TxProfile")
+    seconds to the first profile accepted after ``since``), from the log of what each charger
+    held right after every profile it accepted."""
+    changes = sorted(entry for entry in held_log if entry[0] > since)
     held, total = list(before), sum(before)
     for at, k, limit in changes:
         total += limit - held[k]
@@ -58,6 +57,21 @@ def fit_time(sims: list[SimulatedCharger], before: list[float], since: datetime,
         if total <= capacity_a:
             return (at - since).total_seconds(), (changes[0][0] - since).total_seconds()
     return float("inf"), float("inf")
+
+
+def log_held(sims: list[SimulatedCharger], held_log: list[tuple[datetime, int, float]]) -> None:
+    """After every profile a charger accepts, note the time and the limit it then holds."""
+    for k, sim in enumerate(sims):
+        accept = sim.accept_profile
+
+        def logged(evse: int, profile: dict[str, Any], sim: SimulatedCharger = sim, k: int = k,
+                   accept: Any = accept) -> str:
+            result = accept(evse, profile)
+            now = datetime.now(UTC)
+            held_log.append((now, k, sim.limit_now(now) or 0.0))
+            return result
+
+        sim.accept_profile = logged  # type: ignore[method-assign]
 
 
 async def run(n: int) -> dict[str, object]:
@@ -91,6 +105,8 @@ async def run(n: int) -> dict[str, object]:
                                  protocol="ocpp1.6" if i % 2 else "ocpp2.0.1",
                                  car=SimCar(arrival=now, departure=now + timedelta(hours=2), energy_wh=1e6),
                                  meter_interval_s=10.0, tick_s=1.0) for i in range(n)]
+        held_log: list[tuple[datetime, int, float]] = []
+        log_held(sims, held_log)
         for k, sim in enumerate(sims):
             sim.start()
             if k % 50 == 49:
@@ -113,11 +129,12 @@ async def run(n: int) -> dict[str, object]:
         answered_s = time.perf_counter() - started
         # Wait (polling rarely: the simulated chargers share this process) until what the chargers
         # hold fits the new capacity, 8 A per charger on every phase; then read the moment it did
-        # from their own logs of accepted profiles, so the polling does not shape the figure.
+        # from the log of what they held after each profile they accepted, so the polling does not
+        # shape the figure.
         capacity = 8.0 * n + 1e-6
         while sum(held(sim) for sim in sims) > capacity and time.perf_counter() - started < 60:
             await asyncio.sleep(0.25)
-        reaction, first = fit_time(sims, before, posted_at, capacity)
+        reaction, first = fit_time(held_log, before, posted_at, capacity)
         reached = sum(held(sim) for sim in sims)
     for sim in sims:
         await sim.stop()
