@@ -259,35 +259,45 @@ class Pusher:
     async def _read_back(self, limit_a: float, evse: int) -> None:
         """Compare the charger's composite schedule with what it accepted.
 
-        Deferred a little, and until no fan-out of new limits is under way: on a large site the
-        read-backs (each schema-checked) would otherwise take the CPU the new limits need.
+        Deferred a little, then taken a few at a time across the server, each only while no
+        fan-out of new limits is under way: a charger has one call in flight at a time, so a
+        read-back still waiting for its answer would hold up that charger's next limit, and a
+        thousand at once would take the CPU the new limits need. The call skips the ocpp package's
+        schema check (``trusted_call``); the answer is checked here for what is used of it, and
+        anything unreadable is logged and ignored.
         """
+        server = self.link.server
         await asyncio.sleep(READ_BACK_DELAY_S)
-        with contextlib.suppress(TimeoutError):  # a charger stuck in retries must not hold it forever
-            await asyncio.wait_for(self.link.server.quiet.wait(), READ_BACK_MAX_WAIT_S)
-        try:
-            if self.link.protocol == "ocpp1.6":
-                response = await self._call(call16.GetCompositeSchedule(connector_id=evse, duration=900,
-                                                                        charging_rate_unit="A"))
-                schedule = response.charging_schedule
-            else:
-                response = await self._call(call201.GetCompositeSchedule(evse_id=evse, duration=900,
-                                                                         charging_rate_unit="A"))
-                schedule = (response.schedule or None) and response.schedule
-            if str(response.status) != "Accepted" or not schedule:
+        async with server.read_back_slots:
+            with contextlib.suppress(TimeoutError):  # a charger stuck in retries must not hold it forever
+                await asyncio.wait_for(server.quiet.wait(), READ_BACK_MAX_WAIT_S)
+            cp = self.link.cp
+            if cp is None or not self.link.connected:
                 return
-            periods = schedule.get("charging_schedule_period") or []
-            if not periods:
+            try:
+                if self.link.protocol == "ocpp1.6":
+                    request = {"connectorId": evse, "duration": 900, "chargingRateUnit": "A"}
+                    response = await call_trusted(cp, "GetCompositeSchedule", request)
+                    schedule = response.get("charging_schedule")
+                else:
+                    request = {"evseId": evse, "duration": 900, "chargingRateUnit": "A"}
+                    response = await call_trusted(cp, "GetCompositeSchedule", request)
+                    schedule = response.get("schedule")
+                if response.get("status") != "Accepted" or not isinstance(schedule, dict):
+                    return
+                periods = schedule.get("charging_schedule_period")
+                if not isinstance(periods, list) or not periods or not isinstance(periods[0], dict):
+                    return
+                first = float(periods[0]["limit"])
+                if schedule.get("charging_rate_unit") == "W":
+                    volts = server.voltage.get(self.link.charger_id, 230.0)
+                    first = first / (volts * int(periods[0].get("number_phases") or 3))
+            except Exception as exc:
+                log.debug("charger %s: composite schedule not read: %r", self.link.charger_id, exc)
                 return
-            first = float(periods[0]["limit"])
-            if schedule.get("charging_rate_unit") == "W":
-                volts = self.link.server.voltage.get(self.link.charger_id, 230.0)
-                first = first / (volts * int(periods[0].get("number_phases") or 3))
-            # A newer push may have raised the limit meanwhile: compare with the higher of the two.
-            held = max(limit_a, self.held_a or 0.0)
-            self._set_obeys(first <= held + 0.1, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
-        except Exception as exc:
-            log.debug("charger %s: composite schedule not read: %r", self.link.charger_id, exc)
+        # A newer push may have raised the limit meanwhile: compare with the higher of the two.
+        held = max(limit_a, self.held_a or 0.0)
+        self._set_obeys(first <= held + 0.1, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
 
     def observe(self, sample: MeterSample) -> None:
         """Compare measured current with the limit the charger holds."""

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
 KNOWN_ACTIONS = {"ocpp1.6": {a.value for a in Action16}, "ocpp2.0.1": {a.value for a in Action201}}
+READ_BACKS_AT_ONCE = 20
+"""Composite-schedule read-backs in flight at once across the server (see ``Pusher._read_back``)."""
 
 
 class FrameGuard:
@@ -174,6 +176,8 @@ class OcppServer:
         self.quiet = asyncio.Event()
         """Set while no fan-out of new limits is under way: read-backs wait for it."""
         self.quiet.set()
+        self.read_back_slots = asyncio.Semaphore(READ_BACKS_AT_ONCE)
+        """How many composite-schedule read-backs may be in flight across all chargers."""
 
     def _update_links(self, config: Config) -> None:
         for site in config.sites:

@@ -107,3 +107,22 @@ async def test_reconnect_keeps_the_transaction_and_repushes(env: Env) -> None:
     await wait_for(lambda: len(env.of(ChargerOnline)) >= 2, timeout=10)
     assert len(env.of(SessionStarted)) == 1  # the same transaction goes on
     await wait_for(lambda: sim.boots >= 2 and env.server.charger_status("A16")["limit_a"] == 14.0, timeout=10)
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+async def test_composite_read_back_flags_a_charger_holding_more(env: Env, protocol: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapters.ocpp.pusher as pusher
+
+    monkeypatch.setattr(pusher, "READ_BACK_DELAY_S", 0.0)
+    cid = "A16" if protocol == "ocpp1.6" else "B201"
+    sim = env.charger(cid, protocol)
+    await wait_for(lambda: env.of(SessionStarted))
+    # The charger accepts the profile but its composite schedule says 20 A: it does not hold 8 A.
+    monkeypatch.setattr(sim, "composite", lambda duration: {
+        "start_schedule": "2026-03-02T12:00:00Z", "duration": duration, "charging_rate_unit": "A",
+        "charging_schedule_period": [{"start_period": 0, "limit": 20.0}]})
+    await env.server.apply([schedule(cid, 8.0)])
+    await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
+    flagged = next(e for e in env.of(ObedienceChanged) if not e.obeys)
+    assert flagged.draw_a == pytest.approx(20.0) and "composite schedule" in flagged.detail
