@@ -416,6 +416,10 @@ class SimulatedCharger:
         else:
             self.store.install(evse, profile)
             record["result"] = "Accepted"
+            # A charger enforces an accepted limit at once (its PWM signal), not at the next tick
+            # of this simulation: else a decrease accepted before an increase could still be drawn
+            # after the increase, which no charger does.
+            self._advance(self.clock())
         self.profile_log.append(record)
         if record["result"] == "Rejected":
             self.rejected_calls += 1
