@@ -508,12 +508,20 @@ class Controller:
 
     def _ahead(self, now: datetime) -> tuple[datetime, FloatArray, dict[str, FloatArray]]:
         """What every schedule of this decision shares: slot start, the capacity ratio of each slot
-        ahead to now (lowest phase), and the plan's rows aligned to those slots."""
+        ahead to now (lowest phase), and the plan's rows aligned to those slots.
+
+        The ratio is taken on the capacity *less the reserved loads* (offline, disobedient
+        chargers), which do not shrink with it: the limits handed out share ``cap_now - reserved``,
+        so scaled by this ratio they fit ``cap_ahead - reserved`` in every slot.
+        """
         horizon = self.settings.plan_horizon_h * 3600 // SLOT_S
         start = slot_floor(now)
         cap_now, _ = self.capacity_now(now)
         ahead = self.capacity_ahead(start, horizon)
-        ratio = np.clip(np.min(ahead / np.maximum(cap_now, 1e-9)[None, :], axis=1), 0.0, 1.0)
+        reserve, mask = self._reserved_a(now)
+        load = reserve @ mask if len(reserve) else np.zeros(3)
+        net_now = np.maximum(cap_now - load, 1e-9)
+        ratio = np.clip(np.min((ahead - load[None, :]) / net_now[None, :], axis=1), 0.0, 1.0)
         rows: dict[str, FloatArray] = {}
         if self.plan is not None:
             offset = int((start - self.plan.start).total_seconds() // self.plan.slot_s)
