@@ -107,13 +107,18 @@ class MeterSample:
 
 @dataclass(frozen=True, slots=True)
 class ProfileResult:
-    """Outcome of pushing a limit to a charger (accepted, rejected, error, timeout)."""
+    """Outcome of pushing a limit to a charger (accepted, rejected, error, timeout).
+
+    ``idle`` marks the idle default of a TxProfile-strategy charger (a profile of its own): it is
+    not what a car in a session draws by, so it does not change the limit the charger holds.
+    """
 
     charger_id: str
     at: datetime
     limit_a: float
     result: str
     detail: str = ""
+    idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)

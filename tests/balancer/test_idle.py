@@ -3,6 +3,7 @@ their failsafe, and the sum of every limit stays within every node and phase, no
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer.control import SLOT_S, Controller, slot_floor
-from balancer.events import ChargerOnline, ChargerSchedule, NeedsUpdated, SessionStarted
+from balancer.events import ChargerOnline, ChargerSchedule, NeedsUpdated, ProfileResult, SessionStarted
 from balancer.model import Charger, Circuit, ControlSettings, Site
 from balancer.topology import phase_mask
 from tests.balancer.strategies import sites
@@ -181,3 +182,19 @@ def test_cars_and_idle_limits_fit_every_node_now_and_ahead(
             idle_a = schedules[cid].limit_a
             assert idle_a <= ctrl.failsafe_a[i] + TOL
             assert idle_a == 0.0 or idle_a >= topo.min_current_a[i] - TOL
+
+
+def test_idle_default_results_do_not_change_the_held_limit_and_a_new_session_holds_the_idle_limit() -> None:
+    ctrl = controller(replace(make_site(), fallback_kw=40.0), 40.0)  # every charger has a failsafe
+    online(ctrl, ["CP0", "CP1", "CP2", "CP3"], sessions=["CP2"])
+    ctrl.handle(NeedsUpdated("CP2", T0, max_current_a=16.0))
+    schedules = {s.charger_id: s for s in ctrl.decide(T0)}
+    ctrl.handle(ProfileResult("CP2", T0, 16.0, "Accepted"))
+    ctrl.handle(ProfileResult("CP2", T0, 0.0, "Accepted", idle=True))  # the idle default zeroed
+    assert ctrl.states["CP2"].held_a == 16.0
+    idle_a = schedules["CP3"].limit_a
+    assert idle_a > 0
+    # A car plugs into CP3: until its TxProfile is held it may draw the idle limit, and an
+    # offline charger in a session is reserved at what it holds.
+    ctrl.handle(SessionStarted("CP3", T0, transaction_id="tx-new"))
+    assert ctrl.states["CP3"].held_a == idle_a
