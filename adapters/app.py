@@ -445,6 +445,7 @@ class Service:
             "capacity_a": [round(x, 2) for x in status.capacity_a],
             "capacity_source": status.capacity_source,
             "allocated_a": [round(x, 2) for x in status.allocated_a],
+            "idle_allocated_a": [round(x, 2) for x in status.idle_allocated_a],
             "measured_a": [round(x, 2) for x in status.measured_a],
             "grid_operator_online": self.fp.is_online(site_id),
             "allocation_status": status.allocation_status,

@@ -11,7 +11,12 @@ Safety bookkeeping (DESIGN 4):
   reserved at every node above it until it reconnects or its schedule ends;
 - a charger flagged as not obeying is reserved at what it really draws;
 - every charger's failsafe (TxDefaultProfile) is its share of ``fallback_kw`` found by the
-  allocator itself, so all failsafes together respect ``fallback_kw``, the connection and fuses.
+  allocator itself, so all failsafes together respect ``fallback_kw``, the connection and fuses;
+- a connected charger without a transaction ("idle") may still see a car plug in, which then draws
+  at once whatever default the charger holds, before any TxProfile arrives. So idle chargers get an
+  *idle limit*: a share of what the chargers in a transaction leave over, never more than their
+  failsafe. The sum of the limits of chargers in a transaction and the idle limits stays within
+  every node and phase, now and in every slot ahead (``_idle_limits``, ``_schedule``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from balancer.allocate import Allocation, AllocationRequest, allocate
+from balancer.allocate import Allocation, AllocationRequest, allocate, node_load_a
 from balancer.events import (
     ChargerOffline,
     ChargerOnline,
@@ -83,6 +88,7 @@ class ChargerState:
     held_a: float = 0.0
     held_until: datetime | None = None
     limit_a: float = 0.0
+    idle_limit_a: float = 0.0
     limit_changed_at: datetime | None = None
     obeys: bool = True
     draw_a: float | None = None
@@ -147,6 +153,8 @@ class SiteStatus:
     allocation_status: str
     plan_status: str
     chargers: tuple[dict[str, Any], ...]
+    idle_allocated_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Per-phase sum of the idle limits [A]: what cars plugging into idle chargers may draw."""
 
 
 class Controller:
@@ -280,6 +288,8 @@ class Controller:
             else state.energy_wh
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
+        # Until its TxProfile is held the car draws by the idle default: that is what it holds.
+        state.held_a = state.idle_limit_a
         if state.status in ("unknown", "Available", "Preparing"):
             state.status = "Charging"
         self._replan_due = True
@@ -337,7 +347,7 @@ class Controller:
     def _profile_result(self, state: ChargerState, event: ProfileResult) -> None:
         state.last_push = {"at": event.at.isoformat(), "limit_a": event.limit_a,
                            "result": event.result, "detail": event.detail}
-        if event.result == "Accepted":
+        if event.result == "Accepted" and not event.idle:
             # What the charger may draw from now on is the accepted limit.
             state.held_a = event.limit_a
 
@@ -387,6 +397,41 @@ class Controller:
     # ----------------------------------------------------------------- allocation
     def _wants_current(self, state: ChargerState) -> bool:
         return state.connected and state.transaction_id is not None and state.obeys
+
+    @staticmethod
+    def _is_idle(state: ChargerState) -> bool:
+        """Connected, following its profiles, and no transaction: a car may plug in any moment."""
+        return state.connected and state.transaction_id is None and state.obeys
+
+    def _idle_limits(self, capacity: FloatArray, active_a: FloatArray,
+                     active_mask: npt.NDArray[np.bool_]) -> FloatArray:
+        """Idle limit per charger [A], shape (n_chargers,); 0 for chargers that are not idle.
+
+        An idle charger holds its idle limit as its default profile, so a car that plugs in draws
+        at most that until the balancer's TxProfile arrives (and for ever if the balancer is gone).
+        It is what is *left over* at every node and phase once the chargers in a transaction have
+        their limits, so an idle charger never takes anything from a charging car (work-conserving
+        for real cars is unchanged). At most the charger's failsafe: that is what a car may draw
+        when the balancer is gone and what an offline charger is reserved at. The full phase mask
+        of the charger is loaded, since nothing is known about the next car; 0 or at least the
+        charger's minimum, as for every limit.
+
+        capacity : (n_nodes, 3) [A] node capacity now, less reserved loads (``_node_capacity``)
+        active_a, active_mask : (n,) [A] and (n, 3) bool, the limits of the first allocation
+        """
+        topo = self.topology
+        n = topo.n_chargers
+        idle = np.array([self._is_idle(self.states[cid]) for cid in topo.charger_ids], dtype=bool)
+        if n == 0 or not idle.any():
+            return np.zeros(n)
+        left = np.maximum(capacity - node_load_a(topo, active_a, active_mask), 0.0)
+        request = AllocationRequest(
+            topology=topo, capacity_a=left, phase_mask=topo.charger_phase_mask,
+            min_a=topo.min_current_a, max_a=np.where(idle, self.failsafe_a, 0.0),
+            # No rotation: an idle limit that moves every period only costs pushes.
+            can_pause=topo.can_pause | ~idle,
+        )
+        return np.asarray(allocate(request).limit_a, dtype=np.float64)
 
     def _reserved_a(self, now: datetime) -> tuple[FloatArray, FloatArray]:
         """Per-charger current that is not ours to move (offline, disobedient) and its phase mask."""
@@ -488,6 +533,7 @@ class Controller:
         )
         allocation = allocate(request)
         self.last_allocation = allocation
+        idle_limit = self._idle_limits(capacity, allocation.limit_a, mask)
         schedules: list[ChargerSchedule] = []
         shared = self._ahead(now)
         for i, cid in enumerate(topo.charger_ids):
@@ -500,7 +546,11 @@ class Controller:
             if limit != state.limit_a:
                 state.limit_changed_at = now
             state.limit_a = limit
-            schedule = self._schedule(i, cid, now, limit, shared)
+            state.idle_limit_a = float(idle_limit[i])
+            if self._is_idle(state):
+                schedule = self._schedule(i, cid, now, state.idle_limit_a, shared, idle=True)
+            else:
+                schedule = self._schedule(i, cid, now, limit, shared)
             state.held_until = schedule.periods[-1][0] if len(schedule.periods) > 1 else None
             schedules.append(schedule)
             self.last_schedules[cid] = schedule
@@ -508,12 +558,20 @@ class Controller:
 
     def _ahead(self, now: datetime) -> tuple[datetime, FloatArray, dict[str, FloatArray]]:
         """What every schedule of this decision shares: slot start, the capacity ratio of each slot
-        ahead to now (lowest phase), and the plan's rows aligned to those slots."""
+        ahead to now (lowest phase), and the plan's rows aligned to those slots.
+
+        The ratio is taken on the capacity *less the reserved loads* (offline, disobedient
+        chargers), which do not shrink with it: the limits handed out share ``cap_now - reserved``,
+        so scaled by this ratio they fit ``cap_ahead - reserved`` in every slot.
+        """
         horizon = self.settings.plan_horizon_h * 3600 // SLOT_S
         start = slot_floor(now)
         cap_now, _ = self.capacity_now(now)
         ahead = self.capacity_ahead(start, horizon)
-        ratio = np.clip(np.min(ahead / np.maximum(cap_now, 1e-9)[None, :], axis=1), 0.0, 1.0)
+        reserve, mask = self._reserved_a(now)
+        load = reserve @ mask if len(reserve) else np.zeros(3)
+        net_now = np.maximum(cap_now - load, 1e-9)
+        ratio = np.clip(np.min((ahead - load[None, :]) / net_now[None, :], axis=1), 0.0, 1.0)
         rows: dict[str, FloatArray] = {}
         if self.plan is not None:
             offset = int((start - self.plan.start).total_seconds() // self.plan.slot_s)
@@ -526,20 +584,29 @@ class Controller:
         return start, ratio, rows
 
     def _schedule(self, i: int, cid: str, now: datetime, limit_a: float,
-                  shared: tuple[datetime, FloatArray, dict[str, FloatArray]]) -> ChargerSchedule:
+                  shared: tuple[datetime, FloatArray, dict[str, FloatArray]], *,
+                  idle: bool = False) -> ChargerSchedule:
         """The limit now, then the planned limits of the slots ahead, then the failsafe.
 
         Ahead, a charger never goes above today's limit scaled by how much the capacity shrinks:
         summed over chargers that stays within every future slot's capacity even when plans are
-        stale or the balancer vanishes. The plan may only lower it further.
+        stale or the balancer vanishes. The plan may only lower it further. An idle charger's
+        schedule (``idle``) follows the same rule with its idle limit (no plan row: no session),
+        and always ends in the failsafe at the horizon like the others, even at 0 A now.
+
+        ``idle_periods`` is the stack-1 default an idle-limit profile should hold: the schedule
+        itself for an idle charger; for a charger in a transaction 0 A until the horizon, then the
+        failsafe, so that an idle limit from before the session never applies to the next car
+        (the adapter pushes it once the session's TxProfile is held).
         """
         state = self.states[cid]
         charger = self.site.chargers[i]  # the topology keeps the site's order
+        start, ratio, rows = shared
+        end = start + timedelta(seconds=len(ratio) * SLOT_S)
         periods: list[tuple[datetime, float]] = [(now, limit_a)]
-        if state.transaction_id is not None and limit_a > 0:
-            start, ratio, rows = shared
+        if idle or (state.transaction_id is not None and limit_a > 0):
             values = limit_a * ratio
-            row = rows.get(cid)
+            row = None if idle else rows.get(cid)
             if row is not None:
                 values = np.minimum(values, row)
             step = charger.granularity_a
@@ -548,12 +615,14 @@ class Controller:
             values[0] = limit_a
             changes = np.flatnonzero(values[1:] != values[:-1]) + 1
             periods.extend((start + timedelta(seconds=int(k) * SLOT_S), float(values[k])) for k in changes)
-            end = start + timedelta(seconds=len(values) * SLOT_S)
             periods.append((end, float(self.failsafe_a[i])))
+        failsafe = float(self.failsafe_a[i])
+        idle_periods = tuple(periods) if idle else ((now, 0.0), (end, failsafe))
         return ChargerSchedule(
             charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),
-            failsafe_a=float(self.failsafe_a[i]), transaction_id=state.transaction_id,
+            failsafe_a=failsafe, transaction_id=state.transaction_id,
             phases=charger.phases if state.car_phases is None else min(state.car_phases, charger.phases),
+            idle_periods=idle_periods,
         )
 
     # ----------------------------------------------------------------- reporting
@@ -561,6 +630,7 @@ class Controller:
         topo = self.topology
         cap_now, source = self.capacity_now(now)
         allocated = np.zeros(3)
+        idle_allocated = np.zeros(3)
         measured = np.zeros(3)
         chargers: list[dict[str, Any]] = []
         for i, cid in enumerate(topo.charger_ids):
@@ -572,12 +642,15 @@ class Controller:
             allocated += mask * (state.limit_a if state.connected else
                                  max(state.held_a, state.limit_a))
             measured += np.asarray(state.measured_a)
+            idle_limit = state.idle_limit_a if self._is_idle(state) else 0.0
+            idle_allocated += topo.charger_phase_mask[i] * idle_limit
             chargers.append({
                 "id": cid,
                 "connected": state.connected,
                 "protocol": state.protocol,
                 "limit_a": round(state.limit_a, 3),
                 "failsafe_a": round(float(self.failsafe_a[i]), 3),
+                "idle_limit_a": round(idle_limit, 3),
                 "measured_a": [round(x, 2) for x in state.measured_a],
                 "state": _state_name(state),
                 "transaction_id": state.transaction_id,
@@ -600,6 +673,7 @@ class Controller:
             allocation_status=self.last_allocation.status if self.last_allocation else "none",
             plan_status=self.plan_status,
             chargers=tuple(chargers),
+            idle_allocated_a=(float(idle_allocated[0]), float(idle_allocated[1]), float(idle_allocated[2])),
         )
 
     def snapshot(self) -> dict[str, Any]:

@@ -107,13 +107,18 @@ class MeterSample:
 
 @dataclass(frozen=True, slots=True)
 class ProfileResult:
-    """Outcome of pushing a limit to a charger (accepted, rejected, error, timeout)."""
+    """Outcome of pushing a limit to a charger (accepted, rejected, error, timeout).
+
+    ``idle`` marks the idle default of a TxProfile-strategy charger (a profile of its own): it is
+    not what a car in a session draws by, so it does not change the limit the charger holds.
+    """
 
     charger_id: str
     at: datetime
     limit_a: float
     result: str
     detail: str = ""
+    idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,13 @@ class ChargerSchedule:
     ``at``; ``limit_a`` equals the first period's limit. ``transaction_id`` is None when no
     transaction runs (the adapter then updates only the failsafe/default profile).
     ``failsafe_a`` is the TxDefaultProfile limit this charger must hold (DESIGN 4).
+
+    For an idle charger (connected, no transaction) ``limit_a`` and ``periods`` are its *idle
+    limit*: what a car that plugs in may draw before the balancer's TxProfile arrives; the adapter
+    holds it as the charger's stack-1 default. ``idle_periods`` is what that default should hold:
+    the same periods for an idle charger, 0 A until the horizon (then the failsafe) for a charger
+    in a transaction, so a stale idle limit never applies to the next car. Empty: no idle profile
+    is managed (schedules built by hand).
     """
 
     charger_id: str
@@ -165,3 +177,4 @@ class ChargerSchedule:
     failsafe_a: float
     transaction_id: str | None = None
     phases: int = 3
+    idle_periods: tuple[tuple[datetime, float], ...] = ()

@@ -16,10 +16,17 @@ from typing import Any
 
 from balancer.events import ChargerSchedule
 
-__all__ = ["Capabilities", "build_periods", "charging_profile", "iso"]
+__all__ = ["DYNAMIC_PROFILE_ID", "FAILSAFE_PROFILE_ID", "IDLE_PROFILE_ID", "Capabilities", "build_periods",
+           "charging_profile", "iso"]
 
 FAILSAFE_PROFILE_ID = 1
+"""TxDefaultProfile, stack level 0: what the charger may draw if the balancer is gone."""
 DYNAMIC_PROFILE_ID = 2
+"""The balancer's limit: TxProfile, or TxDefault / ChargePointMax at stack 1 (profile_strategy)."""
+IDLE_PROFILE_ID = 3
+"""TxDefaultProfile, stack level 1, for TxProfile-strategy chargers: the idle limit, what a car
+plugging in may draw before its TxProfile arrives. Its own id, so the TxProfile (same id would
+replace it) leaves it alone; a refused TxProfile falls back onto this profile."""
 
 
 @dataclass

@@ -7,6 +7,19 @@ with exponential backoff; a charger that rejects TxProfile gets the schedule as 
 TxDefaultProfile on its EVSE instead. Every push and its result is reported (``ProfileResult``).
 After an accepted push the composite schedule is read back, and measured currents are compared
 with the limit: a charger that does not follow is flagged (``ObedienceChanged``).
+
+Idle chargers (no transaction) hold the controller's *idle limit* as a stack-1 default, above the
+stack-0 failsafe: what a car plugging in may draw until its TxProfile arrives. With
+``profile_strategy`` TxDefaultProfile or ChargePointMax the one stack-1 profile (TxDefault or Max,
+``DYNAMIC_PROFILE_ID``) carries the idle limit between sessions and the session's limit during
+one, so what it holds is always what the controller counts for it. With TxProfile the idle limit
+is a TxDefault of its own (``IDLE_PROFILE_ID``), which a session's TxProfile does not replace; it
+would linger under the TxProfile and apply again, stale, to the next car once the session ends.
+So once the session's TxProfile is held, the idle default is pushed down to 0 A until the horizon
+(then the failsafe, like every schedule): a car arriving after the session draws nothing until
+the balancer gives it a limit, and nothing beyond what was counted if the balancer is gone. The
+idle default is only changed when the controller and the charger agree on the transaction (both
+none, or the same one); in between (a session just started or ended) it stays as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from ocpp.v201 import call as call201
 from adapters.ocpp.profiles import (
     DYNAMIC_PROFILE_ID,
     FAILSAFE_PROFILE_ID,
+    IDLE_PROFILE_ID,
     Capabilities,
     charging_profile,
 )
@@ -56,6 +70,9 @@ class Pusher:
         self.held_a: float | None = None
         self.held_periods: tuple[tuple[Any, float], ...] = ()
         self.held_tx: str | None = None
+        self.idle_a: float | None = None
+        self.idle_periods: tuple[tuple[Any, float], ...] = ()
+        self._idle_refused: tuple[str | None, tuple[tuple[Any, float], ...]] | None = None
         self.failsafe_a: float | None = None
         self.caps = Capabilities()
         self.lock = asyncio.Lock()
@@ -81,6 +98,8 @@ class Pusher:
         # After a reconnect nothing is known about what the charger holds: re-read and re-push.
         self.held_a = None
         self.held_periods = ()
+        self.idle_a = None
+        self.idle_periods = ()
         self.failsafe_a = None
 
     def on_disconnect(self) -> None:
@@ -91,6 +110,11 @@ class Pusher:
 
     def on_session_changed(self) -> None:
         self.held_tx = None
+        if self._separate_idle():
+            # The TxProfile belongs to the transaction: at its start none is held yet, at its end
+            # the charger drops it. What the charger may draw now is its idle default.
+            self.held_a = None
+            self.held_periods = ()
         if self.desired is not None:
             self._spawn(self.push())
 
@@ -100,23 +124,73 @@ class Pusher:
             await self.push()
 
     # ----------------------------------------------------------------- decisions in
+    def _separate_idle(self) -> bool:
+        """True when the idle limit is a profile of its own (``IDLE_PROFILE_ID``): TxProfile
+        strategy on a charger that takes TxProfiles. Else one stack-1 profile carries both."""
+        return self.link.charger.profile_strategy == "TxProfile" and not self.tx_profile_refused
+
+    def _allowed_a(self) -> float | None:
+        """What the charger may draw now by the profiles it holds [A] (None: not known)."""
+        if not self._separate_idle():
+            return self.held_a
+        tx = self.link.transaction_id
+        if tx is not None and self.held_tx == tx:
+            return self.held_a
+        return self.idle_a  # no TxProfile (yet): the car draws by the idle default
+
+    def _idle_zero_due(self, schedule: ChargerSchedule) -> bool:
+        """True when the session's TxProfile is held and the idle default still has to go to 0 A
+        (or follow a new horizon): ``schedule.idle_periods`` for a charger in a transaction."""
+        tx = self.link.transaction_id
+        want = schedule.idle_periods
+        if not self._separate_idle() or tx is None or schedule.transaction_id != tx or not want:
+            return False
+        if self.held_tx != tx:
+            return False
+        if self.idle_a is not None and abs(self.idle_a - want[0][1]) < 1e-9 \
+                and tuple(want[1:]) == tuple(self.idle_periods[1:]):
+            return False
+        return self._idle_refused != (tx, tuple(want[1:]))  # a refused one is not sent again
+
+    def _holds(self, schedule: ChargerSchedule, tx: str | None) -> bool:
+        """True when the stack-1 profile the charger holds is exactly this schedule."""
+        return self.held_a is not None and self.held_tx == tx and abs(self.held_a - schedule.limit_a) < 1e-9 \
+            and tuple(self.held_periods[1:]) == tuple(schedule.periods[1:])
+
     def offer(self, schedule: ChargerSchedule) -> str:
-        """Take a new decision; says whether it is a "decrease", an "increase" or "none" to send."""
+        """Take a new decision; says whether it is a "decrease", an "increase" or "none" to send.
+
+        Compared with what the charger may draw now (``_allowed_a``): for an idle charger its idle
+        default, during a session its TxProfile, or the idle default until that TxProfile is held.
+        So a lower idle limit is a decrease, sent and accepted before any increase, and a session's
+        first TxProfile above the idle limit waits for the decreases like any increase.
+        """
         self.desired = schedule
         self.version += 1
         if not self.link.connected:
             return "none"
         if self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > 1e-9:
             return "decrease"
-        if self.link.transaction_id is None:
-            return "none"
+        tx = self.link.transaction_id
+        separate = self._separate_idle()
+        if separate and tx is None and schedule.transaction_id is not None:
+            return "none"  # the session just ended here; the controller has not seen it yet
         limit = schedule.limit_a
-        if self.held_a is None or limit < self.held_a - 1e-9 or self.held_tx != self.link.transaction_id:
+        current = self._allowed_a()
+        if current is None or limit < current - 1e-9:
             return "decrease"
-        if limit > self.held_a + self.link.server.config.ocpp.deadband_a:
+        if self._idle_zero_due(schedule):
+            return "decrease"
+        if separate and tx is None:
+            held_periods = self.idle_periods
+        elif self.held_tx != tx:
+            return "increase" if limit > current + 1e-9 else "decrease"
+        else:
+            held_periods = self.held_periods
+        if limit > current + self.link.server.config.ocpp.deadband_a:
             return "increase"
-        if tuple(schedule.periods[1:]) != tuple(self.held_periods[1:]):
-            return "increase" if limit >= self.held_a else "decrease"
+        if tuple(schedule.periods[1:]) != tuple(held_periods[1:]):
+            return "increase" if limit >= current else "decrease"
         return "none"
 
     # ----------------------------------------------------------------- pushing
@@ -143,7 +217,6 @@ class Pusher:
             schedule = self.desired
             if schedule is None or not self.link.connected:
                 return False
-            version = self.version
             charger = self.link.charger
             volts = self.link.server.voltage.get(charger.id, 230.0)
             version_name = self.link.protocol or "ocpp1.6"
@@ -157,40 +230,85 @@ class Pusher:
                 if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
                     self.failsafe_a = schedule.failsafe_a
             tx = self.link.transaction_id
-            if tx is None:
-                return self.failsafe_a is not None
-            strategy = charger.profile_strategy
-            if strategy == "TxProfile" and not self.tx_profile_refused:
-                purpose, evse, stack, tx_arg = "TxProfile", charger.evse_id, 1, tx
-            elif strategy == "ChargePointMax":
-                purpose = "ChargePointMaxProfile" if version_name == "ocpp1.6" else "ChargingStationMaxProfile"
-                evse, stack, tx_arg = 0, 1, None
-            else:
-                purpose, evse, stack, tx_arg = "TxDefaultProfile", charger.evse_id, 1, None
-            profile = charging_profile(schedule, self.caps, purpose=purpose, stack_level=stack,
-                                       profile_id=DYNAMIC_PROFILE_ID, voltage_v=volts,
-                                       integer_amps=charger.integer_amps, version=version_name,
-                                       transaction_id=tx_arg)
-            ok = await self._send(profile, evse, schedule.limit_a, purpose)
-            if not ok and purpose == "TxProfile":
-                # Some chargers refuse TxProfile: carry the schedule as a TxDefaultProfile instead.
-                self.tx_profile_refused = True
-                profile = charging_profile(schedule, self.caps, purpose="TxDefaultProfile", stack_level=1,
-                                           profile_id=DYNAMIC_PROFILE_ID, voltage_v=volts,
-                                           integer_amps=charger.integer_amps, version=version_name)
-                ok = await self._send(profile, charger.evse_id, schedule.limit_a, "TxDefaultProfile")
-            if ok:
-                self.held_a = schedule.limit_a
-                self.held_periods = tuple(schedule.periods)
-                self.held_tx = tx
-                self.last_change = time.monotonic()
-                self.over_samples = 0
-                self._spawn(self._read_back(schedule.limit_a, evse if evse else charger.evse_id))
-            elif self.version != version:
-                return False
+            if self._separate_idle() and tx is None:
+                if schedule.transaction_id is not None:
+                    return self.failsafe_a is not None  # see offer(): wait for the controller
+                return await self._push_idle(schedule, schedule.periods)
+            ok = True
+            if not self._holds(schedule, tx):
+                ok = await self._push_limit(schedule, tx)
+                if not ok:
+                    return False
+            if self._idle_zero_due(schedule):
+                # Whether it lands does not change what the car may draw now (its TxProfile).
+                await self._push_idle(schedule, schedule.idle_periods)
             return ok
 
-    async def _send(self, profile: dict[str, Any], evse: int, limit_a: float, purpose: str) -> bool:
+    def _limit_profile(self, tx: str | None) -> tuple[str, int, str | None, int]:
+        """(purpose, evse, transaction id, profile id) of the stack-1 profile carrying the limit."""
+        charger = self.link.charger
+        if charger.profile_strategy == "ChargePointMax":
+            purpose = "ChargePointMaxProfile" if (self.link.protocol or "ocpp1.6") == "ocpp1.6" \
+                else "ChargingStationMaxProfile"
+            return purpose, 0, None, DYNAMIC_PROFILE_ID
+        if charger.profile_strategy == "TxProfile":
+            if tx is not None and not self.tx_profile_refused:
+                return "TxProfile", charger.evse_id, tx, DYNAMIC_PROFILE_ID
+            # A charger that refuses TxProfile carries the limit in its idle default (same purpose,
+            # stack level and EVSE: one profile, so the same id that replaces it everywhere).
+            return "TxDefaultProfile", charger.evse_id, None, IDLE_PROFILE_ID
+        return "TxDefaultProfile", charger.evse_id, None, DYNAMIC_PROFILE_ID
+
+    async def _push_limit(self, schedule: ChargerSchedule, tx: str | None) -> bool:
+        charger = self.link.charger
+        volts = self.link.server.voltage.get(charger.id, 230.0)
+        version_name = self.link.protocol or "ocpp1.6"
+        purpose, evse, tx_arg, profile_id = self._limit_profile(tx)
+        profile = charging_profile(schedule, self.caps, purpose=purpose, stack_level=1,
+                                   profile_id=profile_id, voltage_v=volts,
+                                   integer_amps=charger.integer_amps, version=version_name,
+                                   transaction_id=tx_arg)
+        ok = await self._send(profile, evse, schedule.limit_a, purpose)
+        if not ok and purpose == "TxProfile":
+            # Some chargers refuse TxProfile: carry the schedule as a TxDefaultProfile instead.
+            self.tx_profile_refused = True
+            purpose, evse, tx_arg, profile_id = self._limit_profile(tx)
+            profile = charging_profile(schedule, self.caps, purpose=purpose, stack_level=1,
+                                       profile_id=profile_id, voltage_v=volts,
+                                       integer_amps=charger.integer_amps, version=version_name)
+            ok = await self._send(profile, evse, schedule.limit_a, purpose)
+        if ok:
+            self.held_a = schedule.limit_a
+            self.held_periods = tuple(schedule.periods)
+            self.held_tx = tx
+            self.last_change = time.monotonic()
+            self.over_samples = 0
+            self._spawn(self._read_back(schedule.limit_a, evse if evse else charger.evse_id))
+        return ok
+
+    async def _push_idle(self, schedule: ChargerSchedule, periods: tuple[tuple[Any, float], ...]) -> bool:
+        """The idle default (TxProfile strategy): TxDefaultProfile, stack 1, ``IDLE_PROFILE_ID``."""
+        charger = self.link.charger
+        if self.idle_a is not None and abs(self.idle_a - periods[0][1]) < 1e-9 \
+                and tuple(periods[1:]) == tuple(self.idle_periods[1:]):
+            return True
+        idle = ChargerSchedule(charger.id, schedule.at, periods[0][1], tuple(periods), schedule.failsafe_a,
+                               phases=schedule.phases)
+        volts = self.link.server.voltage.get(charger.id, 230.0)
+        profile = charging_profile(idle, self.caps, purpose="TxDefaultProfile", stack_level=1,
+                                   profile_id=IDLE_PROFILE_ID, voltage_v=volts,
+                                   integer_amps=charger.integer_amps, version=self.link.protocol or "ocpp1.6")
+        tx = self.link.transaction_id
+        ok = await self._send(profile, charger.evse_id, idle.limit_a, "idle TxDefaultProfile", idle=True)
+        if ok:
+            self.idle_a = idle.limit_a
+            self.idle_periods = idle.periods
+        elif tx is not None:
+            self._idle_refused = (tx, tuple(periods[1:]))
+        return ok
+
+    async def _send(self, profile: dict[str, Any], evse: int, limit_a: float, purpose: str, *,
+                    idle: bool = False) -> bool:
         detail = ""
         for attempt in range(RETRIES):
             result = "Error"
@@ -208,7 +326,7 @@ class Pusher:
             self.history.append(record)
             self.last_push = record
             self.link.emit(ProfileResult(self.link.charger_id, self.link.now(), limit_a, result,
-                                         f"{purpose}: {detail}" if detail else purpose))
+                                         f"{purpose}: {detail}" if detail else purpose, idle=idle))
             if result == "Accepted":
                 return True
             self.link.server.counters["push_failures"] += 1
@@ -324,7 +442,8 @@ class Pusher:
 
     def status(self) -> dict[str, Any]:
         return {"limit_a": self.held_a, "obeys": self.obeys, "capabilities": self.caps.as_dict(),
-                "last_push": self.last_push, "failsafe_a": self.failsafe_a}
+                "last_push": self.last_push, "failsafe_a": self.failsafe_a,
+                "idle_limit_a": self.idle_a}
 
 
 def _int(value: Any, default: int) -> int:

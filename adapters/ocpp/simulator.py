@@ -178,6 +178,7 @@ class SimulatedCharger:
         self.session_wh = 0.0
         self.draw_a = 0.0
         self.transaction_id: str | None = None
+        self._starting = False
         self.done = False
         self.connected = asyncio.Event()
         self.boots = 0
@@ -322,8 +323,16 @@ class SimulatedCharger:
         if self.protocol == "ocpp1.6":
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Preparing"))
             await self._cp.call(call16.Authorize(id_tag=f"TAG-{self.charger_id}"))
-            response = await self._cp.call(call16.StartTransaction(
-                connector_id=1, id_tag=f"TAG-{self.charger_id}", meter_start=int(self.energy_wh), timestamp=_iso(now)))
+            # A real charger reads the StartTransaction.conf (and its id) before the next frame; here
+            # the reader may hand a SetChargingProfile for the new transaction to us before this
+            # coroutine resumes, so a start in flight counts as a transaction for TxProfiles.
+            self._starting = True
+            try:
+                response = await self._cp.call(call16.StartTransaction(
+                    connector_id=1, id_tag=f"TAG-{self.charger_id}", meter_start=int(self.energy_wh),
+                    timestamp=_iso(now)))
+            finally:
+                self._starting = False
             self.transaction_id = str(response.transaction_id)
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
         else:
@@ -409,7 +418,7 @@ class SimulatedCharger:
         purpose = profile["charging_profile_purpose"]
         bad_shape = starts[0] != 0 or starts != sorted(set(starts))
         refused = (self.misbehaviour.rejects_tx_profile and purpose == "TxProfile") or (
-            purpose == "TxProfile" and self.transaction_id is None) or (
+            purpose == "TxProfile" and self.transaction_id is None and not self._starting) or (
             self.misbehaviour.rejects_zero_amps and limits[0] == 0)
         if bad_shape or refused:
             record["result"] = "Rejected"

@@ -166,3 +166,28 @@ def test_plan_request_and_schedule_follow_the_plan_dip() -> None:
         total_in_dip += value
     assert total_in_dip <= 10.0 + 1e-9
     assert in_dip is not None
+
+
+def test_schedule_ahead_leaves_room_for_reserved_offline_chargers() -> None:
+    # An offline charger's failsafe stays reserved while the capacity ahead halves: the limits
+    # ahead must fit the smaller capacity *less* that reserve, not just scale with the capacity.
+    ctrl = Controller(make_site(n=4, grid_limit_a=40.0), ControlSettings(plan_horizon_h=24))
+    capacity = np.full((96, 3), 40.0)
+    capacity[4:] = 20.0
+    ctrl.set_capacity(slot_floor(T0), capacity, ["forecast"] * 96)
+    connect_all(ctrl, ["CP2", "CP3"])
+    ctrl.handle(ChargerOnline("CP0", T0, "ocpp1.6"))
+    ctrl.handle(ChargerOffline("CP0", T0))
+    reserve, mask = ctrl._reserved_a(T0)  # CP0 and CP1 (never seen) at their failsafe
+    reserved = float((reserve @ mask).max())
+    assert reserved > 0
+    schedules = {s.charger_id: s for s in ctrl.decide(T0)}
+    later = slot_floor(T0) + timedelta(hours=1)
+    total = 0.0
+    for s in schedules.values():
+        value = s.periods[0][1]
+        for t, lim in s.periods:
+            if t <= later:
+                value = lim
+        total += value
+    assert total + reserved <= 20.0 + 1e-9
