@@ -53,6 +53,9 @@ FloatArray = npt.NDArray[np.float64]
 
 SLOT_S = 900
 MEASUREMENT_FRESH_S = 120.0
+INCREASE_LAG = timedelta(seconds=60)
+"""How long after a slot boundary a rise in a schedule ahead starts (see ``Controller._schedule``)."""
+ZERO = timedelta(0)
 """A meter sample older than this (in the controller's clock) no longer caps a car's allowance."""
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
@@ -177,6 +180,7 @@ class Controller:
         self.last_allocation: Allocation | None = None
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self._last_at: datetime | None = None
+        self._slot_times_cache: tuple[datetime, list[datetime]] | None = None
 
     # ----------------------------------------------------------------- configuration
     def _failsafe_limits(self) -> FloatArray:
@@ -583,6 +587,14 @@ class Controller:
                 rows[cid] = row
         return start, ratio, rows
 
+    def _slot_times(self, start: datetime, n: int) -> list[datetime]:
+        """Start of each of ``n`` slots from ``start``, computed once per slot for every charger."""
+        cached = self._slot_times_cache
+        if cached is None or cached[0] != start or len(cached[1]) < n:
+            cached = (start, [start + timedelta(seconds=k * SLOT_S) for k in range(n)])
+            self._slot_times_cache = cached
+        return cached[1]
+
     def _schedule(self, i: int, cid: str, now: datetime, limit_a: float,
                   shared: tuple[datetime, FloatArray, dict[str, FloatArray]], *,
                   idle: bool = False) -> ChargerSchedule:
@@ -614,10 +626,17 @@ class Controller:
             values = np.where(values >= charger.min_current_a, values, 0.0)
             values[0] = limit_a
             changes = np.flatnonzero(values[1:] != values[:-1]) + 1
-            periods.extend((start + timedelta(seconds=int(k) * SLOT_S), float(values[k])) for k in changes)
-            periods.append((end, float(self.failsafe_a[i])))
+            # A rise starts INCREASE_LAG_S after the slot boundary, a fall on it: chargers' clocks
+            # differ by a few seconds, and one charger rising before another falls would overload
+            # the site for that moment (decreases before increases, within the schedules too).
+            times = self._slot_times(start, len(values))
+            rises = values[changes] > values[changes - 1]
+            periods.extend((times[k] + (INCREASE_LAG if up else ZERO), float(values[k]))
+                           for k, up in zip(changes.tolist(), rises.tolist(), strict=True))
+            failsafe_now = float(self.failsafe_a[i])
+            periods.append((end + (INCREASE_LAG if failsafe_now > values[-1] else ZERO), failsafe_now))
         failsafe = float(self.failsafe_a[i])
-        idle_periods = tuple(periods) if idle else ((now, 0.0), (end, failsafe))
+        idle_periods = tuple(periods) if idle else ((now, 0.0), (end + INCREASE_LAG, failsafe))
         return ChargerSchedule(
             charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),
             failsafe_a=failsafe, transaction_id=state.transaction_id,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from balancer.control import Controller, slot_floor
+from balancer.control import INCREASE_LAG, Controller, slot_floor
 from balancer.events import (
     ChargerOffline,
     ChargerOnline,
@@ -191,3 +191,20 @@ def test_schedule_ahead_leaves_room_for_reserved_offline_chargers() -> None:
                 value = lim
         total += value
     assert total + reserved <= 20.0 + 1e-9
+
+
+def test_schedules_ahead_fall_on_the_slot_boundary_and_rise_a_minute_later() -> None:
+    # Chargers' clocks differ by seconds: a rise at the same instant as another charger's fall
+    # could come first, so rises ahead start INCREASE_LAG after the boundary.
+    ctrl = Controller(make_site(n=4))
+    capacity = np.full((96, 3), 40.0)
+    capacity[4:8] = 20.0  # a dip from the fifth slot to the eighth
+    ctrl.set_capacity(slot_floor(T0), capacity, ["forecast"] * 96)
+    connect_all(ctrl, ["CP2", "CP3"])
+    schedule = next(s for s in ctrl.decide(T0) if s.charger_id == "CP2")
+    start = slot_floor(T0)
+    times = [t for t, _ in schedule.periods]
+    values = [v for _, v in schedule.periods]
+    assert times[1] == start + timedelta(seconds=4 * 900) and values[1] < values[0]
+    assert times[2] == start + timedelta(seconds=8 * 900) + INCREASE_LAG and values[2] == values[0]
+    assert timedelta(seconds=30) <= INCREASE_LAG  # more than chargers' clocks usually differ
