@@ -22,7 +22,7 @@ from typing import Any
 from adapters.app import Service
 from adapters.clock import AcceleratedClock
 from adapters.config_file import load_config
-from adapters.ocpp.simulator import Fleet
+from adapters.ocpp.simulator import Fleet, Misbehaviour
 from adapters.oscp.endpoint import BASE_PATH
 from adapters.oscp.simulator import GridOperatorSimulator, day_profile_blocks
 from balancer.config import parse_config
@@ -111,6 +111,10 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
         await cp.start()
         fleet = Fleet.evening_depot(f"ws://127.0.0.1:{service.ocpp.port}/ocpp", n_chargers, start=start,
                                     clock=clock, meter_interval_s=300.0, tick_s=0.05)
+        if len(fleet.chargers) > 5:
+            # One charger refuses TxProfile, as some real ones do: the balancer falls back to a
+            # TxDefaultProfile for it, and the refusal shows on the dashboard's push-failure panel.
+            fleet.chargers[5].misbehaviour = Misbehaviour(rejects_tx_profile=True)
         stop = asyncio.Event()
         operator = asyncio.create_task(_grid_operator(cp, clock, start, stop))
         await fleet.start()

@@ -575,11 +575,7 @@ class Fleet:
     def evening_depot(cls, url: str, n: int, *, start: datetime, clock: Callable[[], datetime],
                       prefix: str = "CP", seed: int = 1, meter_interval_s: float = 300.0, tick_s: float = 0.1,
                       protocol: str = "mixed", password: str | None = None) -> Fleet:
-        """Cars arriving 16-20 h and leaving 5-8 h next morning, mixed 1- and 3-phase, some ISO 15118.
-
-        The sixth charger refuses TxProfile, as some real ones do: the balancer falls back to a
-        TxDefaultProfile for it, and the refusal shows on the dashboard's push-failure panel.
-        """
+        """Cars arriving 16-20 h and leaving 5-8 h next morning, mixed 1- and 3-phase, some ISO 15118."""
         rng = random.Random(seed)
         day = start.replace(hour=0, minute=0, second=0, microsecond=0)
         chargers = []
@@ -593,8 +589,7 @@ class Fleet:
                          iso15118=proto == "ocpp2.0.1" and i % 3 == 0)
             chargers.append(SimulatedCharger(f"{prefix}{i + 1:03d}", url, protocol=proto, car=car, clock=clock,
                                              meter_interval_s=meter_interval_s, tick_s=tick_s, password=password,
-                                             seed=seed + i,
-                                             misbehaviour=Misbehaviour(rejects_tx_profile=i == 5)))
+                                             seed=seed + i))
         return cls(chargers)
 
     async def start(self) -> None:
