@@ -528,7 +528,12 @@ class Controller:
                 index = {cid: j for j, cid in enumerate(self.plan.charger_ids)}
                 for i, cid in enumerate(topo.charger_ids):
                     j = index.get(cid)
-                    if j is not None and max_a[i] > 0:
+                    # Only known needs are steered by the plan: the allocator serves planned cars
+                    # first, and a car with unknown needs is planned as wanting its maximum all
+                    # day, so where a phase is short the LP would give every ampere to 3-phase
+                    # cars of unknown need (three times the "energy") and starve the others.
+                    # Cars of unknown need share, fairly, what the planned cars leave.
+                    if j is not None and max_a[i] > 0 and self.states[cid].remaining_wh() is not None:
                         target[i] = self.plan.limit_a[j, k]
         request = AllocationRequest(
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,

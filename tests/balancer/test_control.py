@@ -208,3 +208,19 @@ def test_schedules_ahead_fall_on_the_slot_boundary_and_rise_a_minute_later() -> 
     assert times[1] == start + timedelta(seconds=4 * 900) and values[1] < values[0]
     assert times[2] == start + timedelta(seconds=8 * 900) + INCREASE_LAG and values[2] == values[0]
     assert timedelta(seconds=30) <= INCREASE_LAG  # more than chargers' clocks usually differ
+
+
+def test_cars_of_unknown_need_are_not_starved_by_the_plan() -> None:
+    # Both needs unknown, so both are planned as wanting their maximum all day; on a short L1 the
+    # LP gives it all to the 3-phase car (three times the "energy"). The single-phase car still
+    # gets its share: the plan steers only known needs.
+    ctrl = Controller(make_site(n=4))
+    full_capacity(ctrl, 32.0)  # less the failsafes reserved for the two offline chargers
+    connect_all(ctrl, ["CP2", "CP3"])
+    ctrl.handle(NeedsUpdated("CP3", T0, phases=1))
+    request = ctrl.plan_request(T0)
+    outcome = plan(request.topology, request.capacity_a, list(request.sessions), request.start)
+    ctrl.accept_plan(outcome)
+    assert ctrl.plan is not None and ctrl.plan.limit_a[ctrl.topology.index("CP3"), 0] == 0.0
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    assert limits["CP3"] >= 6.0 and limits["CP2"] + limits["CP3"] <= 32.0 + 1e-9
