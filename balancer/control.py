@@ -52,11 +52,12 @@ __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
 FloatArray = npt.NDArray[np.float64]
 
 SLOT_S = 900
+Ahead = tuple[list[datetime], FloatArray, dict[str, FloatArray]]
+"""What every schedule of one decision shares (``Controller._ahead``)."""
 MEASUREMENT_FRESH_S = 120.0
+"""A meter sample older than this (in the controller's clock) no longer caps a car's allowance."""
 INCREASE_LAG = timedelta(seconds=60)
 """How long after a slot boundary a rise in a schedule ahead starts (see ``Controller._schedule``)."""
-ZERO = timedelta(0)
-"""A meter sample older than this (in the controller's clock) no longer caps a car's allowance."""
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
 
@@ -180,7 +181,6 @@ class Controller:
         self.last_allocation: Allocation | None = None
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self._last_at: datetime | None = None
-        self._slot_times_cache: tuple[datetime, list[datetime]] | None = None
 
     # ----------------------------------------------------------------- configuration
     def _failsafe_limits(self) -> FloatArray:
@@ -454,10 +454,14 @@ class Controller:
                 reserve[i] = max(state.draw_a or 0.0, max(state.measured_a))
         return reserve, topo.charger_phase_mask.astype(np.float64)
 
+    def _reserved_load_a(self, now: datetime) -> FloatArray:
+        """Per-phase sum of the reserved loads at the connection, (3,) [A]."""
+        reserve, mask = self._reserved_a(now)
+        return np.asarray(reserve @ mask, dtype=np.float64) if len(reserve) else np.zeros(3)
+
     def _minus_reserved(self, capacity: FloatArray, now: datetime) -> FloatArray:
         """Connection capacity per slot (n, 3) less the reserved loads on it [A]."""
-        reserve, mask = self._reserved_a(now)
-        load = reserve @ mask if len(reserve) else np.zeros(3)
+        load = self._reserved_load_a(now)
         return np.asarray(np.maximum(0.0, capacity - load[None, :]), dtype=np.float64)
 
     def _node_capacity(self, now: datetime) -> tuple[FloatArray, FloatArray, str]:
@@ -565,9 +569,9 @@ class Controller:
             self.last_schedules[cid] = schedule
         return schedules
 
-    def _ahead(self, now: datetime) -> tuple[datetime, FloatArray, dict[str, FloatArray]]:
-        """What every schedule of this decision shares: slot start, the capacity ratio of each slot
-        ahead to now (lowest phase), and the plan's rows aligned to those slots.
+    def _ahead(self, now: datetime) -> Ahead:
+        """What every schedule of this decision shares: the start of each slot ahead, the capacity
+        ratio of each slot ahead to now (lowest phase), and the plan's rows aligned to those slots.
 
         The ratio is taken on the capacity *less the reserved loads* (offline, disobedient
         chargers), which do not shrink with it: the limits handed out share ``cap_now - reserved``,
@@ -577,8 +581,7 @@ class Controller:
         start = slot_floor(now)
         cap_now, _ = self.capacity_now(now)
         ahead = self.capacity_ahead(start, horizon)
-        reserve, mask = self._reserved_a(now)
-        load = reserve @ mask if len(reserve) else np.zeros(3)
+        load = self._reserved_load_a(now)
         net_now = np.maximum(cap_now - load, 1e-9)
         ratio = np.clip(np.min((ahead - load[None, :]) / net_now[None, :], axis=1), 0.0, 1.0)
         rows: dict[str, FloatArray] = {}
@@ -590,19 +593,11 @@ class Controller:
                 row = np.zeros(horizon)
                 row[valid] = self.plan.limit_a[j, index[valid]]
                 rows[cid] = row
-        return start, ratio, rows
-
-    def _slot_times(self, start: datetime, n: int) -> list[datetime]:
-        """Start of each of ``n`` slots from ``start``, computed once per slot for every charger."""
-        cached = self._slot_times_cache
-        if cached is None or cached[0] != start or len(cached[1]) < n:
-            cached = (start, [start + timedelta(seconds=k * SLOT_S) for k in range(n)])
-            self._slot_times_cache = cached
-        return cached[1]
+        times = [start + timedelta(seconds=k * SLOT_S) for k in range(horizon + 1)]
+        return times, ratio, rows
 
     def _schedule(self, i: int, cid: str, now: datetime, limit_a: float,
-                  shared: tuple[datetime, FloatArray, dict[str, FloatArray]], *,
-                  idle: bool = False) -> ChargerSchedule:
+                  shared: Ahead, *, idle: bool = False) -> ChargerSchedule:
         """The limit now, then the planned limits of the slots ahead, then the failsafe.
 
         Ahead, a charger never goes above today's limit scaled by how much the capacity shrinks:
@@ -618,8 +613,9 @@ class Controller:
         """
         state = self.states[cid]
         charger = self.site.chargers[i]  # the topology keeps the site's order
-        start, ratio, rows = shared
-        end = start + timedelta(seconds=len(ratio) * SLOT_S)
+        times, ratio, rows = shared
+        end = times[len(ratio)]
+        failsafe = float(self.failsafe_a[i])
         periods: list[tuple[datetime, float]] = [(now, limit_a)]
         if idle or (state.transaction_id is not None and limit_a > 0):
             values = limit_a * ratio
@@ -631,16 +627,13 @@ class Controller:
             values = np.where(values >= charger.min_current_a, values, 0.0)
             values[0] = limit_a
             changes = np.flatnonzero(values[1:] != values[:-1]) + 1
-            # A rise starts INCREASE_LAG_S after the slot boundary, a fall on it: chargers' clocks
+            # A rise starts INCREASE_LAG after the slot boundary, a fall on it: chargers' clocks
             # differ by a few seconds, and one charger rising before another falls would overload
             # the site for that moment (decreases before increases, within the schedules too).
-            times = self._slot_times(start, len(values))
             rises = values[changes] > values[changes - 1]
-            periods.extend((times[k] + (INCREASE_LAG if up else ZERO), float(values[k]))
+            periods.extend((times[k] + INCREASE_LAG if up else times[k], float(values[k]))
                            for k, up in zip(changes.tolist(), rises.tolist(), strict=True))
-            failsafe_now = float(self.failsafe_a[i])
-            periods.append((end + (INCREASE_LAG if failsafe_now > values[-1] else ZERO), failsafe_now))
-        failsafe = float(self.failsafe_a[i])
+            periods.append((end + INCREASE_LAG if failsafe > values[-1] else end, failsafe))
         idle_periods = tuple(periods) if idle else ((now, 0.0), (end + INCREASE_LAG, failsafe))
         return ChargerSchedule(
             charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),
