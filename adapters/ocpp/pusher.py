@@ -147,10 +147,14 @@ class Pusher:
             return False
         if self.held_tx != tx:
             return False
-        if self.idle_a is not None and abs(self.idle_a - want[0][1]) < 1e-9 \
-                and tuple(want[1:]) == tuple(self.idle_periods[1:]):
+        if self._holds_idle(want):
             return False
         return self._idle_refused != (tx, tuple(want[1:]))  # a refused one is not sent again
+
+    def _holds_idle(self, periods: tuple[tuple[Any, float], ...]) -> bool:
+        """True when the idle default the charger holds is exactly these periods."""
+        return self.idle_a is not None and abs(self.idle_a - periods[0][1]) < 1e-9 \
+            and tuple(periods[1:]) == tuple(self.idle_periods[1:])
 
     def _holds(self, schedule: ChargerSchedule, tx: str | None) -> bool:
         """True when the stack-1 profile the charger holds is exactly this schedule."""
@@ -263,20 +267,18 @@ class Pusher:
         charger = self.link.charger
         volts = self.link.server.voltage.get(charger.id, 230.0)
         version_name = self.link.protocol or "ocpp1.6"
-        purpose, evse, tx_arg, profile_id = self._limit_profile(tx)
-        profile = charging_profile(schedule, self.caps, purpose=purpose, stack_level=1,
-                                   profile_id=profile_id, voltage_v=volts,
-                                   integer_amps=charger.integer_amps, version=version_name,
-                                   transaction_id=tx_arg)
-        ok = await self._send(profile, evse, schedule.limit_a, purpose)
-        if not ok and purpose == "TxProfile":
-            # Some chargers refuse TxProfile: carry the schedule as a TxDefaultProfile instead.
-            self.tx_profile_refused = True
+        while True:
             purpose, evse, tx_arg, profile_id = self._limit_profile(tx)
             profile = charging_profile(schedule, self.caps, purpose=purpose, stack_level=1,
                                        profile_id=profile_id, voltage_v=volts,
-                                       integer_amps=charger.integer_amps, version=version_name)
+                                       integer_amps=charger.integer_amps, version=version_name,
+                                       transaction_id=tx_arg)
             ok = await self._send(profile, evse, schedule.limit_a, purpose)
+            if ok or purpose != "TxProfile":
+                break
+            # Some chargers refuse TxProfile: carry the schedule as a TxDefaultProfile instead
+            # (``_limit_profile`` picks it once this is set, so the loop runs at most twice).
+            self.tx_profile_refused = True
         if ok:
             self.held_a = schedule.limit_a
             self.held_periods = tuple(schedule.periods)
@@ -289,8 +291,7 @@ class Pusher:
     async def _push_idle(self, schedule: ChargerSchedule, periods: tuple[tuple[Any, float], ...]) -> bool:
         """The idle default (TxProfile strategy): TxDefaultProfile, stack 1, ``IDLE_PROFILE_ID``."""
         charger = self.link.charger
-        if self.idle_a is not None and abs(self.idle_a - periods[0][1]) < 1e-9 \
-                and tuple(periods[1:]) == tuple(self.idle_periods[1:]):
+        if self._holds_idle(periods):
             return True
         idle = ChargerSchedule(charger.id, schedule.at, periods[0][1], tuple(periods), schedule.failsafe_a,
                                phases=schedule.phases)
@@ -393,14 +394,12 @@ class Pusher:
             if cp is None or not self.link.connected:
                 return
             try:
-                if self.link.protocol == "ocpp1.6":
-                    request = {"connectorId": evse, "duration": 900, "chargingRateUnit": "A"}
-                    response = await call_trusted(cp, "GetCompositeSchedule", request)
-                    schedule = response.get("charging_schedule")
-                else:
-                    request = {"evseId": evse, "duration": 900, "chargingRateUnit": "A"}
-                    response = await call_trusted(cp, "GetCompositeSchedule", request)
-                    schedule = response.get("schedule")
+                # 1.6 names the connector and answers "chargingSchedule"; 2.0.1 the EVSE, "schedule".
+                where, answer = ("connectorId", "charging_schedule") if self.link.protocol == "ocpp1.6" \
+                    else ("evseId", "schedule")
+                response = await call_trusted(cp, "GetCompositeSchedule",
+                                              {where: evse, "duration": 900, "chargingRateUnit": "A"})
+                schedule = response.get(answer)
                 if response.get("status") != "Accepted" or not isinstance(schedule, dict):
                     return
                 periods = schedule.get("charging_schedule_period")
