@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,3 +69,14 @@ def schedule(charger_id: str, limit_a: float, *, failsafe_a: float = 6.0, ahead:
     now = datetime.now(UTC)
     periods = [(now, limit_a)] + [(now + timedelta(seconds=s), v) for s, v in (ahead or [])]
     return ChargerSchedule(charger_id, now, limit_a, tuple(periods), failsafe_a, transaction_id=transaction_id)
+
+
+@contextlib.asynccontextmanager
+async def running_env(config: Config) -> AsyncIterator[Env]:
+    """An Env started on ``config`` and stopped (chargers first) on the way out."""
+    env = Env(config)
+    await env.start()
+    try:
+        yield env
+    finally:
+        await env.stop()

@@ -11,17 +11,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.adapters.ocpp_env import Env, ocpp_config, wait_for
+from tests.adapters.ocpp_env import Env, ocpp_config, running_env, wait_for
 
 CHARGERS = [{"id": "CP1", "max_current_a": 32, "password": "a-long-enough-secret"}, {"id": "CP2", "max_current_a": 32}]
 
 
 @pytest.fixture
 async def env():  # type: ignore[no-untyped-def]
-    e = Env(ocpp_config(CHARGERS, max_message_bytes=2000, rate_limit_per_s=5))
-    await e.start()
-    yield e
-    await e.stop()
+    async with running_env(ocpp_config(CHARGERS, max_message_bytes=2000, rate_limit_per_s=5)) as e:
+        yield e
 
 
 async def handshake(url: str, protocols: tuple[str, ...] = ("ocpp1.6",), auth: aiohttp.BasicAuth | None = None) -> int:

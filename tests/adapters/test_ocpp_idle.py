@@ -10,7 +10,7 @@ import pytest
 
 from adapters.ocpp.simulator import SimCar, SimulatedCharger
 from balancer.events import ChargerSchedule, ProfileResult, SessionStarted
-from tests.adapters.ocpp_env import Env, ocpp_config, wait_for
+from tests.adapters.ocpp_env import Env, ocpp_config, running_env, wait_for
 
 CHARGERS = [{"id": "A16", "max_current_a": 32}, {"id": "B201", "max_current_a": 32},
             {"id": "E16", "max_current_a": 32, "profile_strategy": "TxDefaultProfile"},
@@ -19,10 +19,8 @@ CHARGERS = [{"id": "A16", "max_current_a": 32}, {"id": "B201", "max_current_a": 
 
 @pytest.fixture
 async def env():  # type: ignore[no-untyped-def]
-    e = Env(ocpp_config(CHARGERS))
-    await e.start()
-    yield e
-    await e.stop()
+    async with running_env(ocpp_config(CHARGERS)) as e:
+        yield e
 
 
 def late_car(env: Env, charger_id: str, protocol: str, arrive_s: float | None) -> SimulatedCharger:

@@ -14,7 +14,7 @@ from balancer.events import (
     ProfileResult,
     SessionStarted,
 )
-from tests.adapters.ocpp_env import Env, ocpp_config, schedule, wait_for
+from tests.adapters.ocpp_env import Env, ocpp_config, running_env, schedule, wait_for
 
 CHARGERS = [{"id": "A16", "max_current_a": 32}, {"id": "B201", "max_current_a": 32},
             {"id": "C16", "max_current_a": 32, "integer_amps": True}, {"id": "D201", "max_current_a": 32}]
@@ -22,10 +22,8 @@ CHARGERS = [{"id": "A16", "max_current_a": 32}, {"id": "B201", "max_current_a": 
 
 @pytest.fixture
 async def env():  # type: ignore[no-untyped-def]
-    e = Env(ocpp_config(CHARGERS))
-    await e.start()
-    yield e
-    await e.stop()
+    async with running_env(ocpp_config(CHARGERS)) as e:
+        yield e
 
 
 @pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])

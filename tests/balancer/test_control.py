@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -11,6 +12,7 @@ from balancer.control import INCREASE_LAG, Controller, slot_floor
 from balancer.events import (
     ChargerOffline,
     ChargerOnline,
+    ChargerSchedule,
     MeterSample,
     NeedsUpdated,
     ObedienceChanged,
@@ -43,6 +45,18 @@ def per_phase_sum(ctrl: Controller, limits: dict[str, float]) -> np.ndarray:
     total = np.zeros(3)
     for i, cid in enumerate(ctrl.topology.charger_ids):
         total += ctrl.topology.charger_phase_mask[i] * limits.get(cid, 0.0)
+    return total
+
+
+def held_sum_at(schedules: Iterable[ChargerSchedule], at: datetime) -> float:
+    """Sum over the schedules of the limit each holds at ``at`` [A]."""
+    total = 0.0
+    for s in schedules:
+        value = s.periods[0][1]
+        for t, lim in s.periods:
+            if t <= at:
+                value = lim
+        total += value
     return total
 
 
@@ -157,14 +171,7 @@ def test_plan_request_and_schedule_follow_the_plan_dip() -> None:
         in_dip = [lim for (t, lim) in s.periods
                   if dip_start <= t < dip_start + timedelta(hours=1)]
         assert s.periods[0][0] == T0
-    total_in_dip = 0.0
-    for s in schedules.values():
-        value = s.periods[0][1]
-        for t, lim in s.periods:
-            if t <= dip_start:
-                value = lim
-        total_in_dip += value
-    assert total_in_dip <= 10.0 + 1e-9
+    assert held_sum_at(schedules.values(), dip_start) <= 10.0 + 1e-9
     assert in_dip is not None
 
 
@@ -183,14 +190,7 @@ def test_schedule_ahead_leaves_room_for_reserved_offline_chargers() -> None:
     assert reserved > 0
     schedules = {s.charger_id: s for s in ctrl.decide(T0)}
     later = slot_floor(T0) + timedelta(hours=1)
-    total = 0.0
-    for s in schedules.values():
-        value = s.periods[0][1]
-        for t, lim in s.periods:
-            if t <= later:
-                value = lim
-        total += value
-    assert total + reserved <= 20.0 + 1e-9
+    assert held_sum_at(schedules.values(), later) + reserved <= 20.0 + 1e-9
 
 
 def test_schedules_ahead_fall_on_the_slot_boundary_and_rise_a_minute_later() -> None:
