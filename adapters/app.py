@@ -47,7 +47,7 @@ def _solve(request: PlanRequest) -> SolveOutcome:
     """Run the LP for a request; any failure comes back as data, never as an exception."""
     try:
         return plan(request.topology, request.capacity_a, list(request.sessions), request.start,
-                    budget_s=request.budget_s)
+                    budget_s=request.budget_s, fine_slots=request.fine_slots)
     except Exception as exc:  # the planner must never leave chargers without limits
         log.exception("planner failed")
         return SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))
@@ -472,6 +472,8 @@ class Service:
                 row = result.limit_a[j, max(offset, 0):]
                 body["chargers"][cid] = {"limit_a": np.round(row, 2).tolist()}
             body["plan_start"] = result.start.isoformat()
+            hourly = result.hourly_from_slot
+            body["hourly_from_slot"] = None if hourly is None else max(hourly - offset, 0)
         return body
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,

@@ -84,6 +84,9 @@ def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutc
              f"{outcome.status} in {outcome.seconds:.2f} s"]
     if outcome.message:
         lines.append(f"  {outcome.message}")
+    if outcome.plan is not None and outcome.plan.hourly_from_slot is not None:
+        at = start + timedelta(minutes=15 * outcome.plan.hourly_from_slot)
+        lines.append(f"  currents decided per hour from {at:%H:%M} on (large plan, see plan_fine_h)")
     plan_ = outcome.plan
     ids = [s.charger_id for s in sessions]
     shown = ids[:8]
@@ -154,7 +157,8 @@ def run_plan(args: Any) -> int:
     book.accept(forecast, start)
     capacity, _ = book.capacity_slots(site, start, N_SLOTS)
     silence_highs_banner()
-    outcome = plan(Topology.from_site(site), capacity, sessions, start, budget_s=config.control.planner_budget_s)
+    outcome = plan(Topology.from_site(site), capacity, sessions, start, budget_s=config.control.planner_budget_s,
+                   fine_slots=int(config.control.plan_fine_h * 4))
     if args.json:
         limits = outcome.plan.limit_a if outcome.plan is not None else np.zeros((len(site.chargers), N_SLOTS))
         ids = outcome.plan.charger_ids if outcome.plan is not None else tuple(c.id for c in site.chargers)
@@ -165,7 +169,8 @@ def run_plan(args: Any) -> int:
             "sessions": [{"charger_id": s.charger_id, "requested_wh": s.energy_wh,
                           "planned_wh": round(outcome.plan.planned_wh.get(s.charger_id, 0.0), 1)
                           if outcome.plan else 0.0} for s in sessions],
-            "solver": {"name": outcome.solver, "status": outcome.status, "seconds": round(outcome.seconds, 4)},
+            "solver": {"name": outcome.solver, "status": outcome.status, "seconds": round(outcome.seconds, 4),
+                       "hourly_from_slot": outcome.plan.hourly_from_slot if outcome.plan else None},
         }
         print(json.dumps(body))
     else:

@@ -141,6 +141,7 @@ class PlanRequest:
     sessions: tuple[PlanSession, ...]
     start: datetime
     budget_s: float
+    fine_slots: int
 
 
 @dataclass(frozen=True)
@@ -390,7 +391,8 @@ class Controller:
         capacity = self.capacity_ahead(start, horizon)
         capacity = self._minus_reserved(capacity, now)
         return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
-                           budget_s=self.settings.planner_budget_s)
+                           budget_s=self.settings.planner_budget_s,
+                           fine_slots=int(self.settings.plan_fine_h * 3600 // SLOT_S))
 
     def accept_plan(self, outcome: SolveOutcome) -> None:
         """Keep a plan from the planner; any status other than optimal leaves the allocator alone."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -11,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
+from balancer import plan as plan_module
 from balancer.allocate import node_load_a
 from balancer.model import Charger, Circuit, Site
-from balancer.plan import PlanSession, build_model, meet_minimums, plan
+from balancer.plan import PlanSession, build_model, meet_minimums, plan, slot_blocks
 from balancer.topology import Topology, phase_mask
 from tests.balancer.strategies import sites
 
@@ -104,8 +106,12 @@ def test_no_sessions_and_bad_solver_are_data_not_exceptions() -> None:
 @pytest.mark.parametrize(("capacity_a", "lp_x", "expected"), [
     # The 3 A below the minimum move to the earliest slot with room.
     ([32, 32, 32, 32], [10, 3, 0, 0], [13, 0, 0, 0]),
-    # No headroom in slot 0, and 3 A alone would be below the minimum in an empty slot: lost.
-    ([10, 32, 32, 32], [10, 3, 0, 0], [10, 0, 0, 0]),
+    # No headroom in slot 0: slot 1 opens at the minimum, the 3 A beyond what was lost come off slot 0.
+    ([10, 32, 32, 32], [10, 3, 0, 0], [7, 6, 0, 0]),
+    # Same, but slot 0 is at its minimum already and cannot give the 3 A: lost.
+    ([6, 32, 32, 32], [6, 3, 0, 0], [6, 0, 0, 0]),
+    # A sliver in a full slot (the usual case under a binding capacity) reopens a free later slot.
+    ([32, 2, 0, 32], [32, 2, 0, 0], [28, 0, 0, 6]),
     # 8 A lost in total: too much for slot 0 (at its maximum), enough to open the emptied slot 1.
     ([32, 32, 32, 32], [32, 4, 4, 0], [32, 8, 0, 0]),
 ])
@@ -211,9 +217,10 @@ def independent_max_energy(topo: Topology, capacity: np.ndarray, sessions: list[
     return float(-res.fun)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sites(max_chargers=5, max_circuits=3), st.data())
 def test_plan_invariants_and_optimum_against_linprog(site: Site, data: st.DataObject) -> None:
+    """Every rule holds at both resolutions; per-slot plans also reach the optimum."""
     topo = Topology.from_site(site)
     n_slots = 16
     capacity = np.array(data.draw(st.lists(st.floats(0.0, site.grid_limit_a), min_size=n_slots,
@@ -224,14 +231,19 @@ def test_plan_invariants_and_optimum_against_linprog(site: Site, data: st.DataOb
         d = data.draw(st.integers(a + 1, n_slots))
         sessions.append(PlanSession(cid, START + timedelta(minutes=15 * a), START + timedelta(minutes=15 * d),
                                     data.draw(st.floats(100.0, 40000.0))))
-    out = plan(topo, capacity, sessions, START, budget_s=10)
+    hourly = data.draw(st.booleans())
+    fine_slots = data.draw(st.integers(0, n_slots - 1))
+    # Hourly decisions past fine_slots, forced on a model this small by lowering the size threshold.
+    with mock.patch.object(plan_module, "HOURLY_ABOVE_PAIRS", 0 if hourly else plan_module.HOURLY_ABOVE_PAIRS):
+        out = plan(topo, capacity, sessions, START, budget_s=10, fine_slots=fine_slots)
     assert out.status == "optimal", out.message
+    assert out.plan.hourly_from_slot == (fine_slots if hourly else None)
     check_plan(topo, capacity, sessions, out.plan)
     best = independent_max_energy(topo, capacity, sessions)
     got = sum(out.plan.planned_wh.values())
-    # Minimum currents and rounding down may cost energy, never add it.
+    # Minimum currents, rounding down and hourly decisions may cost energy, never add it.
     assert got <= best + 1e-3
-    if all(topo.min_current_a[topo.index(s.charger_id)] == 0 for s in sessions):
+    if not hourly and all(topo.min_current_a[topo.index(s.charger_id)] == 0 for s in sessions):
         # Without minimum currents only rounding down to the charger's step (0.1 A, or 1 A for
         # integer-amp chargers) per session and slot may be lost.
         rounding_wh = sum(topo.granularity_a[topo.index(s.charger_id)] * 3 * 230 * SLOT_H
@@ -251,3 +263,33 @@ def test_more_capacity_never_lowers_total() -> None:
     rounding_wh = 2 * 40 * 0.1 * 3 * 230 * SLOT_H
     for low, high in itertools.pairwise(totals):
         assert high >= low - rounding_wh
+
+
+def test_slot_blocks_are_clock_hours_after_the_fine_slots() -> None:
+    at_1215 = START + timedelta(minutes=15)
+    # Two slots of their own (12:15, 12:30), 12:45 alone in its hour, then 13:00-13:45, 14:00-...
+    assert slot_blocks(at_1215, 10, 900, 2).tolist() == [0, 1, 2, 3, 3, 3, 3, 4, 4, 4]
+    assert slot_blocks(at_1215, 10, 900, None).tolist() == list(range(10))
+    assert slot_blocks(at_1215, 10, 900, 10).tolist() == list(range(10))
+
+
+def test_large_model_holds_each_hour_within_its_lowest_slot() -> None:
+    # Capacity changes every 15 minutes; past slot 8 the plan holds one current per hour, within
+    # the lowest slot of each hour, and plans (almost) what the per-slot plan does.
+    topo = two_chargers(grid=64, row=48)
+    capacity = np.full((96, 3), 48.0)
+    capacity[8:40:2] = 30.0
+    sessions = [PlanSession("C0", START, START + timedelta(hours=10), 45000.0),
+                PlanSession("C1", START + timedelta(hours=1), START + timedelta(hours=12), 60000.0)]
+    per_slot = plan(topo, capacity, sessions, START, fine_slots=8)
+    assert per_slot.plan.hourly_from_slot is None  # a model this small is planned per slot
+    with mock.patch.object(plan_module, "HOURLY_ABOVE_PAIRS", 0):
+        hourly = plan(topo, capacity, sessions, START, fine_slots=8)
+    assert hourly.status == "optimal" and hourly.plan.hourly_from_slot == 8
+    check_plan(topo, capacity, sessions, hourly.plan)
+    hours = hourly.plan.limit_a[:, 8:44].reshape(2, 9, 4)
+    assert np.all(hours == hours[:, :, :1])
+    assert np.all(hours.sum(axis=0) <= 30.0 + 1e-9)
+    got = sum(hourly.plan.planned_wh.values())
+    assert got <= sum(per_slot.plan.planned_wh.values()) + 1e-6
+    assert got >= 0.95 * sum(s.energy_wh for s in sessions)
