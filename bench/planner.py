@@ -2,7 +2,9 @@
 
 Run: .venv/bin/python bench/planner.py [--big-routes]   (prints JSON)
 The pulp routes build the model variable by variable; at 1,000 sessions they take minutes, so they
-run only at 100 sessions unless --big-routes is given.
+run only at 100 sessions unless --big-routes is given. Every route runs as the service calls it
+(hourly decisions past 6 h in a large model); ``highs-simplex-per-slot`` is the default route with
+15-minute decisions throughout, for comparison.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.highs_quiet import silence_highs_banner
-from balancer.plan import PlanSession, build_model, plan
+from balancer.plan import FINE_SLOTS, PlanSession, build_model, plan
 from balancer.topology import Topology
 from bench.common import machine, tree_site
 
@@ -45,16 +47,23 @@ def main() -> None:
         capacity[20:32] *= 0.4  # a peak-hours dip
         ss = sessions(topo, n)
         started = time.perf_counter()
-        model = build_model(topo, capacity, ss, START)
+        model = build_model(topo, capacity, ss, START, fine_slots=FINE_SLOTS)
         build_s = time.perf_counter() - started
+        per_slot = build_model(topo, capacity, ss, START)
         row = {"sessions": n, "slots": 96, "variables": int(model.a.shape[1]), "rows": int(model.a.shape[0]),
-               "nonzeros": int(model.a.nnz), "matrix_build_s": round(build_s, 4), "routes": {}}
-        routes = ["highs-simplex", "highs-ipm"] + (["pulp-highs", "pulp-cbc"] if n == 100 or big else [])
+               "nonzeros": int(model.a.nnz), "matrix_build_s": round(build_s, 4),
+               "per_slot_model": {"variables": int(per_slot.a.shape[1]), "rows": int(per_slot.a.shape[0]),
+                                  "nonzeros": int(per_slot.a.nnz)}, "routes": {}}
+        routes = ["highs-simplex", "highs-simplex-per-slot", "highs-ipm"]
+        routes += ["pulp-highs", "pulp-cbc"] if n == 100 or big else []
         for route in routes:
-            outcome = plan(topo, capacity, ss, START, solver=route, budget_s=120.0)
+            solver = route.removesuffix("-per-slot")
+            fine = None if route.endswith("-per-slot") else FINE_SLOTS
+            outcome = plan(topo, capacity, ss, START, solver=solver, budget_s=120.0, fine_slots=fine)
             row["routes"][route] = {"status": outcome.status, "build_plus_solve_s": round(outcome.seconds, 3),
                                     "planned_kwh": round(sum(outcome.plan.planned_wh.values()) / 1000, 1)
-                                    if outcome.plan else None}
+                                    if outcome.plan else None,
+                                    "hourly_from_slot": outcome.plan.hourly_from_slot if outcome.plan else None}
         row["requested_kwh"] = round(sum(s.energy_wh for s in ss) / 1000, 1)
         results.append(row)
     print(json.dumps({"benchmark": "planner", "machine": machine(), "results": results}, indent=1))
