@@ -123,7 +123,8 @@ class LpModel:
     ``col_lo <= v <= col_hi``. Columns: the ``x[s, b]`` pairs (``col_session``, ``col_slot``: the
     decision block, which is the slot itself unless the model is large), then the node flows
     ``y``, then the fairness segments ``g``. ``slot_block`` (n_slots,) maps slots to blocks; the
-    ``fine_*`` arrays list every (session, slot) pair with the column that sets its current.
+    ``fine_*`` arrays list every (session, slot) pair with the column that sets its current;
+    ``hourly_from_slot`` is the first slot decided per hour (None: none is).
 
     ``load`` (n_cap, n_x) and ``cap_a`` (n_cap,) [A] restate the node rows without flows: row ``k``
     of ``load @ x`` is the current on one node, phase and slot, at most ``cap_a[k]``. The
@@ -148,6 +149,7 @@ class LpModel:
     fine_col: IntArray
     fine_slot: IntArray
     fine_wh_per_a: FloatArray
+    hourly_from_slot: int | None
 
     @property
     def n_x(self) -> int:
@@ -210,7 +212,8 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     present = (arr["coverage"] > 0) & (arr["max_a"][:, None] > 0) & (arr["energy"][:, None] > 0)
     fine_s, fine_t = np.nonzero(present)
     large = len(fine_s) > HOURLY_ABOVE_PAIRS
-    slot_block = slot_blocks(start, n_slots, slot_s, fine_slots if large else None)
+    hourly_from = fine_slots if large and fine_slots is not None and fine_slots < n_slots else None
+    slot_block = slot_blocks(start, n_slots, slot_s, hourly_from)
     first_slot = np.flatnonzero(np.diff(slot_block, prepend=-1))  # each block's first slot
     n_blocks = len(first_slot)
     # A block's current holds in each of its slots the car is present in: the block's energy per
@@ -299,7 +302,8 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
                    min_a=np.asarray(arr["min_a"][s_idx], dtype=np.float64),
                    need_wh=need, weight=np.asarray(arr["weight"], dtype=np.float64), slot_block=slot_block,
                    fine_col=fine_col, fine_slot=fine_t.astype(np.int64),
-                   fine_wh_per_a=np.asarray(arr["wh_per_a"][fine_s, fine_t], dtype=np.float64))
+                   fine_wh_per_a=np.asarray(arr["wh_per_a"][fine_s, fine_t], dtype=np.float64),
+                   hourly_from_slot=hourly_from)
 
 
 def _solve_highs(model: LpModel, cost: FloatArray, col_hi: FloatArray, row_lo: FloatArray,
@@ -461,9 +465,8 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     rounded = limit[charger_of_session[session], model.fine_slot]
     np.add.at(delivered, session, np.minimum(rounded, fine_x) * model.fine_wh_per_a)
     planned = {s.charger_id: float(min(delivered[k], s.energy_wh)) for k, s in enumerate(sessions)}
-    hourly_from = fine_slots if int(model.slot_block[-1]) + 1 < n_slots else None
-    return SolveOutcome("optimal", Plan(start, slot_s, topology.charger_ids, limit, planned, hourly_from), used,
-                        seconds)
+    result = Plan(start, slot_s, topology.charger_ids, limit, planned, model.hourly_from_slot)
+    return SolveOutcome("optimal", result, used, seconds)
 
 
 def slot_times(start: datetime, n_slots: int, slot_s: int = 900) -> list[datetime]:
