@@ -32,13 +32,14 @@ interior point with crossover), ``pulp-highs`` and ``pulp-cbc`` (the same LP
 built with pulp, the readable reference and the CBC fallback, see ``balancer.plan_pulp``).
 Every failure comes back as a ``SolveOutcome`` status, never an exception.
 
-Resolution: a large model (more than ``HOURLY_ABOVE_PAIRS`` session-slot pairs, about 350 cars
-over 24 h) decides each car's current per 15-minute slot for the first ``fine_slots`` slots only
-and per clock hour after them, as model-predictive controllers do ("move blocking"): the plan
-still has a limit for every 15-minute slot, and an hourly current is held within the lowest
-capacity of its four slots. Replanning every slot refines the far hours as they come near. It
-cuts the 1,000-car LP about 5x; on the benchmark the LP's energy is the same and the plan's 0.04 %
-lower after rounding (bench/README.md). Smaller models are planned per slot throughout.
+Resolution: a large model (more than ``HOURLY_ABOVE_PAIRS`` session-slot pairs: about 200 cars
+present all day, more with shorter stays) decides each car's current per 15-minute slot for the
+first ``fine_slots`` slots only and per clock hour after them, as model-predictive controllers do
+("move blocking"): the plan still has a limit for every 15-minute slot, and an hourly current is
+held within the lowest capacity of its four slots. Replanning every slot refines the far hours as
+they come near. It cuts the 1,000-car LP about 5x; on the benchmark the LP's energy is the same
+and the plan's 0.04 % lower after rounding (bench/README.md). Smaller models are planned per slot
+throughout.
 """
 
 from __future__ import annotations
