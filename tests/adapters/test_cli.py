@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -60,12 +61,32 @@ def test_plan_json_on_every_example(name: str, group: str, tmp_path: Path) -> No
     assert set(body) == {"site", "start", "slot_minutes", "capacity_a", "chargers", "sessions", "solver"}
     assert body["site"] == group and body["slot_minutes"] == 15 and len(body["capacity_a"]) == 96
     assert body["solver"]["status"] in ("optimal", "no_sessions")
+    assert body["solver"]["hourly_from_slot"] is None  # small plans are decided per slot
     if name == "depot-40.yaml":
         assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
         planned = sum(s["planned_wh"] for s in body["sessions"])
         assert planned > 0.9 * sum(s["requested_wh"] for s in body["sessions"])
         for limits in body["chargers"].values():
             assert all(v == 0 or v >= 6 for v in limits["limit_a"])
+
+
+def test_plan_of_a_large_site_decides_per_hour_after_six_hours(tmp_path: Path) -> None:
+    # 300 cars for 20 h (24,000 car-slot pairs): hourly decisions from slot 24 (plan_fine_h: 6).
+    config = CONFIGS / "carpark-300.yaml"
+    ids = [c["id"] for c in yaml.safe_load(config.read_text())["sites"][0]["chargers"]]
+    assert len(ids) == 300
+    sessions = [{"charger_id": cid, "arrival": "2026-03-02T12:00:00Z", "departure": "2026-03-03T08:00:00Z",
+                 "energy_wh": 20000 + 100 * k} for k, cid in enumerate(ids)]
+    (tmp_path / "s.json").write_text(json.dumps(sessions))
+    done = balancer("plan", "--config", str(config), "--forecast", str(forecast_for("carpark", tmp_path)),
+                    "--sessions", str(tmp_path / "s.json"), "--start", "2026-03-02T12:00:00Z", "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["solver"]["status"] == "optimal" and body["solver"]["hourly_from_slot"] == 24
+    for limits in body["chargers"].values():
+        hours = [limits["limit_a"][k:k + 4] for k in range(24, 80, 4)]  # 18:00 to 08:00, on the hour
+        assert all(len(set(hour)) == 1 for hour in hours)
+    assert 0 < sum(s["planned_wh"] for s in body["sessions"]) <= sum(s["requested_wh"] for s in body["sessions"])
 
 
 def test_plan_table_and_bad_files(tmp_path: Path) -> None:
