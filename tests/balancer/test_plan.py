@@ -44,7 +44,7 @@ def check_plan(topo: Topology, capacity: np.ndarray, sessions: list[PlanSession]
     for s in sessions:
         i = topo.index(s.charger_id)
         t = np.arange(n_slots)
-        slot_start = np.array([START + timedelta(minutes=15 * int(k)) for k in t])
+        slot_start = np.array([outcome_plan.start + timedelta(minutes=15 * int(k)) for k in t])
         outside = (slot_start + timedelta(minutes=15) <= s.arrival) | (slot_start >= s.departure)
         assert np.all(limit[i, outside] == 0), s
         delivered = outcome_plan.planned_wh[s.charger_id]
