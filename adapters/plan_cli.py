@@ -158,7 +158,7 @@ def run_plan(args: Any) -> int:
     capacity, _ = book.capacity_slots(site, start, N_SLOTS)
     silence_highs_banner()
     outcome = plan(Topology.from_site(site), capacity, sessions, start, budget_s=config.control.planner_budget_s,
-                   fine_slots=int(config.control.plan_fine_h * 4))
+                   fine_slots=config.control.plan_fine_slots)
     if args.json:
         limits = outcome.plan.limit_a if outcome.plan is not None else np.zeros((len(site.chargers), N_SLOTS))
         ids = outcome.plan.charger_ids if outcome.plan is not None else tuple(c.id for c in site.chargers)

@@ -392,7 +392,7 @@ class Controller:
         capacity = self._minus_reserved(capacity, now)
         return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
                            budget_s=self.settings.planner_budget_s,
-                           fine_slots=int(self.settings.plan_fine_h * 3600 // SLOT_S))
+                           fine_slots=self.settings.plan_fine_slots)
 
     def accept_plan(self, outcome: SolveOutcome) -> None:
         """Keep a plan from the planner; any status other than optimal leaves the allocator alone."""

@@ -234,6 +234,11 @@ class ControlSettings:
     plan_horizon_h: int = 24
     plan_fine_h: float = 6.0
 
+    @property
+    def plan_fine_slots(self) -> int:
+        """``plan_fine_h`` in 15-minute slots: how many the planner decides one by one (if large)."""
+        return int(self.plan_fine_h * 4)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
