@@ -215,7 +215,7 @@ _CONTROL = {
     "interval_s": _Field("number", default=5.0, positive=True),
     "planner_budget_s": _Field("number", default=2.0, positive=True),
     "plan_horizon_h": _Field("int", default=24, positive=True),
-    "plan_fine_h": _Field("number", default=6.0, positive=True),
+    "plan_fine_h": _Field("number", default=2.0, positive=True),
 }
 _TOP = {
     "sites": _Field("any", required=True),

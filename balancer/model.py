@@ -232,7 +232,7 @@ class ControlSettings:
     interval_s: float = 5.0
     planner_budget_s: float = 2.0
     plan_horizon_h: int = 24
-    plan_fine_h: float = 6.0
+    plan_fine_h: float = 2.0
 
     @property
     def plan_fine_slots(self) -> int:
