@@ -33,7 +33,7 @@ interior point with crossover), ``pulp-highs`` and ``pulp-cbc`` (the same LP
 built with pulp, the readable reference and the CBC fallback, see ``balancer.plan_pulp``).
 Every failure comes back as a ``SolveOutcome`` status, never an exception.
 
-Resolution: a large model (more than ``HOURLY_ABOVE_PAIRS`` session-slot pairs: about 200 cars
+Resolution: a large model (more than ``HOURLY_ABOVE_PAIRS`` session-slot pairs: about 100 cars
 present all day, more with shorter stays) decides each car's current per 15-minute slot for the
 first ``fine_slots`` slots (2 h) only and per clock hour after them, as model-predictive
 controllers do ("move blocking"): the plan still has a limit for every 15-minute slot, and an
@@ -69,7 +69,7 @@ FAIR_STEP = 1e-2
 """Extra weight per segment: small enough that total energy always wins, big enough to spread."""
 EARLY_BONUS = 1e-3
 """Weight of energy delivered in the first slot versus the last: the last tie-breaker."""
-HOURLY_ABOVE_PAIRS = 20_000
+HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
 """Default number of leading slots decided one by one in a large model (2 h of 15 minutes)."""
