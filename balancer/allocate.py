@@ -16,6 +16,8 @@ Three vectorised stages, each bounded:
    chargers rise at a rate proportional to their weight; a node that fills freezes the chargers
    below it on that phase, a charger that reaches its bound stops.
 3. **Rounding down** to each charger's granularity (0.1 A, or 1 A for integer-amp chargers).
+4. **Handing out what rounding left**: one more step for chargers that rounding cut, in the
+   admission order, admitted like minimums wherever every node above still has room for it.
 
 Stages 1 and 2 run twice. First for the planner's choices (chargers with a target of at least
 their minimum, and chargers that cannot pause), filled up to their target: the plan decided who
@@ -212,6 +214,33 @@ def _fill(topo: Topology, capacity: FloatArray, mask: BoolArray, x: FloatArray, 
     return x
 
 
+def _hand_out_rounding(topo: Topology, capacity: FloatArray, mask: BoolArray, limit: FloatArray,
+                       order: npt.NDArray[np.int64], cut: FloatArray, hi: FloatArray,
+                       granularity: FloatArray) -> FloatArray:
+    """Stage 4: what rounding down left unused goes back, one step per charger that rounding cut,
+    in the admission order (priority, plan, urgency, rotating ties), wherever every node above
+    still has room for it.
+
+    Rounding 1 A chargers down leaves up to 1 A each unused (30 integer-amp chargers: up to 30 A
+    of a 160 A site). The steps are admitted like minimums (``_admit``), so nothing can overfill.
+    capacity : (3, n_nodes) [A]; order : admission order; cut : (n,) [A] what rounding took
+    """
+    candidate = (limit > 0) & (cut > EPS_A) & (limit + granularity <= hi + EPS_A)
+    order = order[candidate[order]]
+    if not len(order):
+        return limit
+    room = np.maximum(capacity - topo.tree_sum(limit * mask), 0.0)
+    step = granularity * mask
+    # The connection has room for a few steps at most: keep the candidates its prefix takes (one
+    # cumsum), so that the admission below, which checks every node, works on those few.
+    order = order[~np.any(np.cumsum(np.take(step, order, axis=1), axis=1) > room[:, :1] + EPS_A, axis=0)]
+    if not len(order):
+        return limit
+    given = _admit(topo, room, step, order, topo.tree_sum(np.take(step, order, axis=1), order))
+    # A whole number of steps times the step, the same float as rounding down writes elsewhere.
+    return np.where(given, (np.round(limit / granularity) + 1) * granularity, limit)
+
+
 def _stable_order(keys: tuple[npt.NDArray[Any], ...]) -> npt.NDArray[np.int64]:
     """``np.lexsort(keys)`` (the last key most significant, equals in index order), from one sort.
 
@@ -316,6 +345,7 @@ def allocate(req: AllocationRequest) -> Allocation:
     x = _fill(topo, capacity_t, mask, x, np.where(admitted, hi, 0.0), weight, admitted)
     limit = np.floor(x / granularity + 1e-9) * granularity
     limit = np.where(admitted & (limit >= lo - 1e-9), limit, 0.0)
+    limit = _hand_out_rounding(topo, capacity_t, mask, limit, order_all, x - limit, hi, granularity)
 
     # Belt and braces: pause everything below a node that is somehow over its capacity.
     load = node_load_a(topo, limit, mask_rows)

@@ -75,10 +75,24 @@ def test_circuit_bottleneck_frees_capacity_for_others() -> None:
     np.testing.assert_allclose(run(topo), [10, 10, 32])
 
 
-def test_integer_amps_round_down() -> None:
+def test_integer_amps_round_down_and_the_rest_is_handed_out() -> None:
+    # 40 A / 3 = 13.33 A: whole amperes round down to 13 A, and the 1 A that leaves goes to the
+    # first in the admission order.
     topo = site_of(*(Charger(id=f"C{i}", max_current_a=32, integer_amps=True) for i in range(3)), grid=40)
     limits = run(topo)
-    assert list(limits) == [13.0, 13.0, 13.0]
+    assert list(limits) == [14.0, 13.0, 13.0]
+
+
+def test_rounding_leftovers_stay_within_every_fuse() -> None:
+    # Two integer-amp chargers on a 15 A row, one outside it, 31 A at the connection: the fill
+    # gives 7.5 / 7.5 / 16; rounding cuts the row pair to 7 + 7, and only 1 A of the row's 15 goes
+    # back (the row has 1 A left, the connection 1 A).
+    row = Circuit(id="row", max_current_a=15)
+    topo = site_of(Charger(id="A", max_current_a=16, circuit="row", integer_amps=True),
+                   Charger(id="B", max_current_a=16, circuit="row", integer_amps=True),
+                   Charger(id="C", max_current_a=16, integer_amps=True), grid=31, circuits=(row,))
+    limits = run(topo)
+    assert sorted(limits[:2].tolist()) == [7.0, 8.0] and limits[2] == 16.0
 
 
 def test_target_is_filled_first_then_the_rest() -> None:
