@@ -1,6 +1,6 @@
 """The real-time allocator: split the capacity of the moment across chargers, in numpy.
 
-Three vectorised stages, each bounded:
+Four vectorised stages, each bounded:
 
 1. **Admission of minimum currents.** Cars stop below about 6 A, so a charger gets 0 or at least
    its minimum. Candidates are ordered (cannot-pause first, then priority, then chargers with a
