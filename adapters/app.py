@@ -464,7 +464,8 @@ class Service:
         capacity = controller.capacity_ahead(start, n_slots)
         body: dict[str, Any] = {"site": site_id, "start": start.isoformat(), "slot_minutes": 15,
                                 "status": controller.plan_status, "message": controller.plan_message,
-                                "capacity_a": np.round(capacity, 2).tolist(), "chargers": {}}
+                                "capacity_a": np.round(capacity, 2).tolist(), "chargers": {},
+                                "hourly_from_slot": None}
         result = controller.plan
         if result is not None:
             offset = int((start - result.start).total_seconds() // result.slot_s)

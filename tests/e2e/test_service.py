@@ -147,6 +147,7 @@ async def test_admin_api_auth_needs_and_bad_input(service: ServiceProcess) -> No
     assert service.request("GET", "/api/v1/sites/nope", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 404
     plan = service.get("/api/v1/sites/depot/plan", TOKEN)
     assert len(plan["capacity_a"]) == 96 and plan["slot_minutes"] == 15
+    assert plan["hourly_from_slot"] is None  # a small site is planned per slot
     metrics = service.get("/metrics", TOKEN)
     assert "balancer_capacity_amperes" in metrics
     auth = {"Authorization": f"Bearer {TOKEN}"}
