@@ -232,8 +232,10 @@ def _hand_out_rounding(topo: Topology, capacity: FloatArray, mask: BoolArray, li
     room = np.maximum(capacity - topo.tree_sum(limit * mask), 0.0)
     step = granularity * mask
     # The connection has room for a few steps at most: keep the candidates its prefix takes (one
-    # cumsum), so that the admission below, which checks every node, works on those few.
-    order = order[~np.any(np.cumsum(np.take(step, order, axis=1), axis=1) > room[:, :1] + EPS_A, axis=0)]
+    # cumsum; only the phases a candidate loads can refuse it), so that the admission below, which
+    # checks every node, works on those few.
+    steps = np.take(step, order, axis=1)
+    order = order[~np.any((np.cumsum(steps, axis=1) > room[:, :1] + EPS_A) & (steps > 0), axis=0)]
     if not len(order):
         return limit
     given = _admit(topo, room, step, order, topo.tree_sum(np.take(step, order, axis=1), order))

@@ -83,6 +83,15 @@ def test_integer_amps_round_down_and_the_rest_is_handed_out() -> None:
     assert list(limits) == [14.0, 13.0, 13.0]
 
 
+def test_rounding_leftovers_go_to_each_phase_on_its_own() -> None:
+    # Two whole-ampere single-phase chargers on L1 and two on L2, 13 A per phase: 6.5 A each,
+    # rounded to 6; each phase's 1 A goes to its first charger. (The L1 charger that is refused
+    # must not hold back the L2 one.)
+    topo = site_of(*(Charger(id=f"C{i}", max_current_a=16, phases=1, phase=("L1", "L1", "L2", "L2")[i],
+                             integer_amps=True) for i in range(4)), grid=13)
+    assert list(run(topo)) == [7.0, 6.0, 7.0, 6.0]
+
+
 def test_rounding_leftovers_stay_within_every_fuse() -> None:
     # Two integer-amp chargers on a 15 A row, one outside it, 31 A at the connection: the fill
     # gives 7.5 / 7.5 / 16; rounding cuts the row pair to 7 + 7, and only 1 A of the row's 15 goes
