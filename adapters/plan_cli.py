@@ -16,7 +16,7 @@ from balancer.control import slot_floor
 from balancer.errors import InvalidInput, Problem
 from balancer.model import Site
 from balancer.plan import PlanSession, SolveOutcome, plan
-from balancer.topology import Topology
+from balancer.topology import Topology, phase_mask
 from forecast.blocks import parse_datetime, parse_update_forecast
 from forecast.book import ForecastBook
 
@@ -78,6 +78,19 @@ def load_sessions(data: Any, site: Site) -> list[PlanSession]:
     return out
 
 
+def _phase_loads(site: Site, outcome: SolveOutcome, sessions: list[PlanSession]) -> np.ndarray:
+    """(3, n_chargers, n_slots) [A]: what each charger's planned limit draws on each grid phase
+    (a single-phase car on a three-phase charger on the one phase it loads)."""
+    topo = Topology.from_site(site)
+    limits = outcome.plan.limit_a if outcome.plan is not None else np.zeros((topo.n_chargers, N_SLOTS))
+    car_phases = np.full(topo.n_chargers, 3)
+    for s in sessions:
+        if s.phases is not None:
+            car_phases[topo.index(s.charger_id)] = s.phases
+    mask = phase_mask(topo, car_phases)
+    return np.asarray(mask.T[:, :, None] * limits[None, :, :], dtype=np.float64)
+
+
 def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutcome,
            sessions: list[PlanSession]) -> str:
     lines = [f"site {site.id}: plan from {start:%Y-%m-%d %H:%M} UTC, 96 x 15 min, solver {outcome.solver} "
@@ -90,14 +103,16 @@ def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutc
     plan_ = outcome.plan
     ids = [s.charger_id for s in sessions]
     shown = ids[:8]
-    lines.append("slot   capacity L1/L2/L3 [A]  sum of limits [A]  " + " ".join(f"{c:>7s}" for c in shown))
+    load = _phase_loads(site, outcome, sessions).sum(axis=1)  # (3, n_slots) at the connection
+    lines.append("slot   capacity L1/L2/L3 [A]  planned L1/L2/L3 [A]  " + " ".join(f"{c:>7s}" for c in shown))
     for k in range(0, N_SLOTS, 4):
         t = start + timedelta(minutes=15 * k)
         row = plan_.limit_a[:, k] if plan_ is not None else np.zeros(len(site.chargers))
         index = {c: i for i, c in enumerate(plan_.charger_ids)} if plan_ is not None else {}
         cells = " ".join(f"{row[index[c]]:7.1f}" if c in index else "      -" for c in shown)
         cap = capacity[k]
-        lines.append(f"{t:%H:%M}  {cap[0]:6.1f}/{cap[1]:6.1f}/{cap[2]:6.1f}  {row.sum():17.1f}  {cells}")
+        lines.append(f"{t:%H:%M}  {cap[0]:6.1f}/{cap[1]:6.1f}/{cap[2]:6.1f}  "
+                     f"{load[0, k]:6.1f}/{load[1, k]:6.1f}/{load[2, k]:6.1f}  {cells}")
     if len(ids) > len(shown):
         lines.append(f"({len(ids) - len(shown)} more sessions not shown; use --json)")
     lines.append("")
@@ -108,22 +123,31 @@ def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutc
     return "\n".join(lines)
 
 
-def _plot(path: str, site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutcome) -> None:
+def _plot(path: str, site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutcome,
+          sessions: list[PlanSession]) -> None:
+    """One panel per grid phase: each charger's planned current on that phase, stacked under the
+    phase's capacity (a single stack over all phases would add single-phase chargers of different
+    phases together and look three times over the capacity on a mixed site)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     times = [start + timedelta(minutes=15 * k) for k in range(N_SLOTS)]
-    fig, ax = plt.subplots(figsize=(12, 5))
-    if outcome.plan is not None:
-        rows = outcome.plan.limit_a
-        used = [i for i in range(rows.shape[0]) if rows[i].any()]
-        ax.stackplot(times, rows[used], labels=[outcome.plan.charger_ids[i] for i in used][:12], step="post")
-    ax.step(times, capacity.min(axis=1), where="post", color="black", linewidth=2, label="capacity (lowest phase)")
-    ax.set_ylabel("per-phase current [A]")
-    ax.set_title(f"{site.id}: planned allocation per charger under the capacity")
-    ax.legend(loc="upper right", fontsize=7, ncol=2)
+    loads = _phase_loads(site, outcome, sessions)
+    used = np.flatnonzero(loads.any(axis=(0, 2)))  # the same chargers, in the same colours, in every panel
+    ids = [site.chargers[i].id for i in used]
+    fig, axes = plt.subplots(3, 1, figsize=(12, 9), sharex=True, sharey=True)
+    for p, ax in enumerate(axes):
+        if len(used):
+            ax.stackplot(times, loads[p, used], labels=ids if p == 0 else [""] * len(ids), step="post")
+        ax.step(times, capacity[:, p], where="post", color="black", linewidth=2,
+                label="capacity" if p == 0 else None)
+        ax.set_ylabel(f"L{p + 1} current [A]")
+    axes[0].set_title(f"{site.id}: planned current per charger on each phase, under its capacity")
+    handles, labels = axes[0].get_legend_handles_labels()
+    keep = [k for k, label in enumerate(labels) if label == "capacity"] + list(range(min(12, len(ids))))
+    axes[0].legend([handles[k] for k in keep], [labels[k] for k in keep], loc="upper right", fontsize=7, ncol=2)
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -176,5 +200,5 @@ def run_plan(args: Any) -> int:
     else:
         print(_table(site, start, capacity, outcome, sessions))
     if args.plot:
-        _plot(args.plot, site, start, capacity, outcome)
+        _plot(args.plot, site, start, capacity, outcome, sessions)
     return 0 if outcome.plan is not None else 1
