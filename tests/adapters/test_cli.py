@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +96,9 @@ def test_plan_table_and_bad_files(tmp_path: Path) -> None:
     done = balancer("plan", "--config", str(CONFIGS / "depot-40.yaml"), "--forecast", str(forecast),
                     "--sessions", str(CONFIGS / "examples" / "sessions-depot.json"), "--start", "2026-03-02T12:00:00Z")
     assert done.returncode == 0 and "session    requested kWh" in done.stdout
-    rows = [line.split() for line in done.stdout.splitlines() if line[:2].isdigit() and line[2] == ":"]
+    rows = [re.findall(r"\d+\.\d", line) for line in done.stdout.splitlines() if re.match(r"\d\d:\d\d ", line)]
     assert len(rows) == 24
-    loads = [[np.array(cell.split("/"), dtype=float) for cell in row[1:3]] for row in rows]
+    loads = [(np.array(row[0:3], dtype=float), np.array(row[3:6], dtype=float)) for row in rows]
     assert all(np.all(planned <= capacity + 0.05) for capacity, planned in loads)  # per phase
     assert max(planned.max() for _, planned in loads) > 0
     bad_forecast = tmp_path / "f.json"
