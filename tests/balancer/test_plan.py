@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -217,6 +218,29 @@ def independent_max_energy(topo: Topology, capacity: np.ndarray, sessions: list[
     return float(-res.fun)
 
 
+def draw_sessions(data: st.DataObject, topo: Topology, n_slots: int) -> list[PlanSession]:
+    """One to four sessions on distinct chargers, arriving in slots 0-10 and leaving by n_slots."""
+    sessions = []
+    for cid in data.draw(st.lists(st.sampled_from(topo.charger_ids), unique=True, min_size=1, max_size=4)):
+        first = data.draw(st.integers(0, 10))
+        last = data.draw(st.integers(first + 1, n_slots))
+        sessions.append(PlanSession(cid, START + timedelta(minutes=15 * first), START + timedelta(minutes=15 * last),
+                                    data.draw(st.floats(100.0, 40000.0))))
+    return sessions
+
+
+def rounding_wh(topo: Topology, sessions: list[PlanSession]) -> float:
+    """What rounding down to each charger's step (0.1 A, or 1 A for integer-amp chargers) may cost
+    per session and slot, at most: without minimum currents that is all a plan may lose."""
+    return sum(topo.granularity_a[topo.index(s.charger_id)] * 3 * 230 * SLOT_H
+               * (s.departure - s.arrival).total_seconds() / 900 for s in sessions)
+
+
+def hourly_decisions(on: bool) -> Any:
+    """Force hourly decisions past fine_slots on a model this small (size threshold 0), or not."""
+    return mock.patch.object(plan_module, "HOURLY_ABOVE_PAIRS", 0 if on else plan_module.HOURLY_ABOVE_PAIRS)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sites(max_chargers=5, max_circuits=3), st.data())
 def test_plan_invariants_and_optimum_against_linprog(site: Site, data: st.DataObject) -> None:
@@ -225,16 +249,10 @@ def test_plan_invariants_and_optimum_against_linprog(site: Site, data: st.DataOb
     n_slots = 16
     capacity = np.array(data.draw(st.lists(st.floats(0.0, site.grid_limit_a), min_size=n_slots,
                                            max_size=n_slots)))[:, None].repeat(3, axis=1)
-    sessions = []
-    for cid in data.draw(st.lists(st.sampled_from(topo.charger_ids), unique=True, min_size=1, max_size=4)):
-        a = data.draw(st.integers(0, 10))
-        d = data.draw(st.integers(a + 1, n_slots))
-        sessions.append(PlanSession(cid, START + timedelta(minutes=15 * a), START + timedelta(minutes=15 * d),
-                                    data.draw(st.floats(100.0, 40000.0))))
+    sessions = draw_sessions(data, topo, n_slots)
     hourly = data.draw(st.booleans())
     fine_slots = data.draw(st.integers(0, n_slots - 1))
-    # Hourly decisions past fine_slots, forced on a model this small by lowering the size threshold.
-    with mock.patch.object(plan_module, "HOURLY_ABOVE_PAIRS", 0 if hourly else plan_module.HOURLY_ABOVE_PAIRS):
+    with hourly_decisions(hourly):
         out = plan(topo, capacity, sessions, START, budget_s=10, fine_slots=fine_slots)
     assert out.status == "optimal", out.message
     assert out.plan.hourly_from_slot == (fine_slots if hourly else None)
@@ -244,11 +262,7 @@ def test_plan_invariants_and_optimum_against_linprog(site: Site, data: st.DataOb
     # Minimum currents, rounding down and hourly decisions may cost energy, never add it.
     assert got <= best + 1e-3
     if not hourly and all(topo.min_current_a[topo.index(s.charger_id)] == 0 for s in sessions):
-        # Without minimum currents only rounding down to the charger's step (0.1 A, or 1 A for
-        # integer-amp chargers) per session and slot may be lost.
-        rounding_wh = sum(topo.granularity_a[topo.index(s.charger_id)] * 3 * 230 * SLOT_H
-                          * (s.departure - s.arrival).total_seconds() / 900 for s in sessions)
-        assert got >= best - rounding_wh - 1e-6, (got, best, capacity[:, 0].tolist())
+        assert got >= best - rounding_wh(topo, sessions) - 1e-6, (got, best, capacity[:, 0].tolist())
 
 
 def test_more_capacity_never_lowers_total() -> None:
@@ -283,7 +297,7 @@ def test_large_model_holds_each_hour_within_its_lowest_slot() -> None:
                 PlanSession("C1", START + timedelta(hours=1), START + timedelta(hours=12), 60000.0)]
     per_slot = plan(topo, capacity, sessions, START, fine_slots=8)
     assert per_slot.plan.hourly_from_slot is None  # a model this small is planned per slot
-    with mock.patch.object(plan_module, "HOURLY_ABOVE_PAIRS", 0):
+    with hourly_decisions(True):
         hourly = plan(topo, capacity, sessions, START, fine_slots=8)
     assert hourly.status == "optimal" and hourly.plan.hourly_from_slot == 8
     assert hourly.plan.limit_a[0, 0] == 32.0  # earlier delivery still counts within the fine slots
@@ -308,16 +322,11 @@ def test_more_capacity_never_lowers_what_the_lp_plans(site: Site, a: float, b: f
     topo = Topology.from_site(site)
     n_slots = 16
     shape = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=n_slots, max_size=n_slots)))
-    sessions = []
-    for cid in data.draw(st.lists(st.sampled_from(topo.charger_ids), unique=True, min_size=1, max_size=4)):
-        start = data.draw(st.integers(0, 10))
-        end = data.draw(st.integers(start + 1, n_slots))
-        sessions.append(PlanSession(cid, START + timedelta(minutes=15 * start), START + timedelta(minutes=15 * end),
-                                    data.draw(st.floats(100.0, 40000.0))))
+    sessions = draw_sessions(data, topo, n_slots)
     hourly = data.draw(st.booleans())
     low, high = sorted((a, b))
     lp_wh, plan_wh = [], []
-    with mock.patch.object(plan_module, "HOURLY_ABOVE_PAIRS", 0 if hourly else plan_module.HOURLY_ABOVE_PAIRS):
+    with hourly_decisions(hourly):
         for scale in (low, high):
             capacity = (shape * site.grid_limit_a * scale)[:, None].repeat(3, axis=1)
             model = build_model(topo, capacity, sessions, START, fine_slots=4)
@@ -330,6 +339,4 @@ def test_more_capacity_never_lowers_what_the_lp_plans(site: Site, a: float, b: f
     assert lp_wh[1] >= lp_wh[0] - 1e-3 * max(1.0, lp_wh[0])
     chargers = [topo.index(s.charger_id) for s in sessions]
     if np.all(topo.min_current_a[chargers] == 0) and len(set(topo.priority[chargers])) == 1:
-        rounding_wh = sum(topo.granularity_a[topo.index(s.charger_id)] * 3 * 230 * SLOT_H
-                          * (s.departure - s.arrival).total_seconds() / 900 for s in sessions)
-        assert plan_wh[1] >= plan_wh[0] - rounding_wh - 1e-3
+        assert plan_wh[1] >= plan_wh[0] - rounding_wh(topo, sessions) - 1e-3
