@@ -462,14 +462,15 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     limit = np.zeros((topology.n_chargers, n_slots))
     charger_of_session = np.array([topology.index(s.charger_id) for s in sessions], dtype=np.int64)
     session = model.col_session[model.fine_col]
+    cell = (charger_of_session[session], model.fine_slot)  # (charger, slot) of every fine pair
     fine_x = x[model.fine_col]
-    np.add.at(limit, (charger_of_session[session], model.fine_slot), fine_x)
+    np.add.at(limit, cell, fine_x)
     gran = topology.granularity_a[:, None]
     limit = np.floor(limit / gran + 1e-9) * gran
     mins = topology.min_current_a[:, None]
     limit = np.where(limit >= mins - 1e-9, limit, 0.0)
     delivered = np.zeros(len(sessions))
-    rounded = limit[charger_of_session[session], model.fine_slot]
+    rounded = limit[cell]
     np.add.at(delivered, session, np.minimum(rounded, fine_x) * model.fine_wh_per_a)
     planned = {s.charger_id: float(min(delivered[k], s.energy_wh)) for k, s in enumerate(sessions)}
     result = Plan(start, slot_s, topology.charger_ids, limit, planned, model.hourly_from_slot)
