@@ -198,21 +198,22 @@ class Pusher:
         return "none"
 
     # ----------------------------------------------------------------- pushing
-    async def _call(self, payload: Any) -> Any:
+    def _connected_cp(self) -> Any:
+        """The charger's ``ocpp`` object, or ConnectionError when it is not connected."""
         cp = self.link.cp
         if cp is None or not self.link.connected:
             raise ConnectionError("charger not connected")
-        return await cp.call(payload, suppress=False)
+        return cp
+
+    async def _call(self, payload: Any) -> Any:
+        return await self._connected_cp().call(payload, suppress=False)
 
     async def _set_profile(self, profile: dict[str, Any], evse: int) -> str:
         """SetChargingProfile with a profile we built ourselves (profiles.py): it skips the ocpp
         package's schema check and serialising (``trusted_call``), most of the CPU of a 1,000-charger
         fan-out. The simulator, which validates everything it receives, tests these profiles."""
-        cp = self.link.cp
-        if cp is None or not self.link.connected:
-            raise ConnectionError("charger not connected")
         payload = set_profile_payload(self.link.protocol or "ocpp1.6", evse, profile)
-        response = await call_trusted(cp, "SetChargingProfile", payload)
+        response = await call_trusted(self._connected_cp(), "SetChargingProfile", payload)
         return str(response.get("status", "Error"))
 
     async def push(self) -> bool:
