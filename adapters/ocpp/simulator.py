@@ -4,8 +4,8 @@ Each simulated charger holds the charging profiles it receives, evaluates its co
 at (possibly accelerated) simulated time like a real charger, draws min(limit, car max) with a
 taper above 80 % state of charge, and sends MeterValues that match what it draws. Switchable
 misbehaviours show how a CSMS copes: rejecting 0 A, ignoring profiles, rejecting TxProfile,
-dropping the connection, answering late. Used by the tests, the benchmarks, ``balancer demo``
-and ``balancer simulate``.
+rejecting every profile, never answering the CSMS's calls, dropping the connection, answering
+late. Used by the tests, the benchmarks, ``balancer demo`` and ``balancer simulate``.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class Misbehaviour:
     rejects_zero_amps: bool = False
     ignores_profiles: bool = False
     rejects_tx_profile: bool = False
+    rejects_profiles: bool = False
+    """Every SetChargingProfile is answered Rejected (and the car draws what it likes)."""
+    silent: bool = False
+    """Calls from the CSMS are never answered (the charger still sends its own messages)."""
     drop_every_s: float = 0.0
     answer_delay_s: float = 0.0
 
@@ -417,7 +421,8 @@ class SimulatedCharger:
                   "limits": limits, "starts": starts, "unit": schedule["charging_rate_unit"]}
         purpose = profile["charging_profile_purpose"]
         bad_shape = starts[0] != 0 or starts != sorted(set(starts))
-        refused = (self.misbehaviour.rejects_tx_profile and purpose == "TxProfile") or (
+        refused = self.misbehaviour.rejects_profiles or (
+            self.misbehaviour.rejects_tx_profile and purpose == "TxProfile") or (
             purpose == "TxProfile" and self.transaction_id is None and not self._starting) or (
             self.misbehaviour.rejects_zero_amps and limits[0] == 0)
         if bad_shape or refused:
@@ -449,10 +454,19 @@ class SimulatedCharger:
                 "MeterValuesSampledData": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"}
 
 
+def _dropped(sim: SimulatedCharger, raw_msg: str) -> bool:
+    """True for a CALL from the CSMS that a ``silent`` charger swallows without an answer."""
+    return sim.misbehaviour.silent and raw_msg.lstrip().startswith("[2")
+
+
 class _Client16(Cp16):  # type: ignore[misc]
     def __init__(self, charger_id: str, connection: Any, sim: SimulatedCharger) -> None:
         super().__init__(charger_id, connection, response_timeout=30)
         self.sim = sim
+
+    async def route_message(self, raw_msg: str) -> None:
+        if not _dropped(self.sim, raw_msg):
+            await super().route_message(raw_msg)
 
     @on(Action16.set_charging_profile)
     async def set_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
@@ -506,6 +520,10 @@ class _Client201(Cp201):  # type: ignore[misc]
     def __init__(self, charger_id: str, connection: Any, sim: SimulatedCharger) -> None:
         super().__init__(charger_id, connection, response_timeout=30)
         self.sim = sim
+
+    async def route_message(self, raw_msg: str) -> None:
+        if not _dropped(self.sim, raw_msg):
+            await super().route_message(raw_msg)
 
     @on(Action201.set_charging_profile)
     async def set_profile(self, evse_id: int, charging_profile: dict[str, Any], **kw: Any) -> Any:
