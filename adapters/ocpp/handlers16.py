@@ -62,7 +62,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
         existing = self.link.transaction_id
         tx = int(existing) if existing is not None and existing.isdigit() else next(_TX_IDS)
         if status == AuthorizationStatus.accepted:
-            self.link.transaction_id = str(tx)
+            self.link.transaction_started(str(tx))
             self.link.emit(SessionStarted(self.link.charger_id, self.link.now(), transaction_id=str(tx),
                                           meter_start_wh=float(meter_start), id_tag=id_tag))
         return call_result.StartTransaction(transaction_id=tx, id_tag_info={"status": status})
@@ -75,8 +75,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
     def on_stop(self, meter_stop: int, timestamp: str, transaction_id: int, **kw: Any) -> Any:
         self.link.emit(SessionStopped(self.link.charger_id, self.link.now(), transaction_id=str(transaction_id),
                                       meter_stop_wh=float(meter_stop), reason=kw.get("reason")))
-        if self.link.transaction_id == str(transaction_id):
-            self.link.transaction_id = None
+        self.link.transaction_ended(str(transaction_id))
         return call_result.StopTransaction(id_tag_info={"status": AuthorizationStatus.accepted})
 
     @after(Action.stop_transaction)
@@ -85,6 +84,12 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
 
     @on(Action.meter_values)
     def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **kw: Any) -> Any:
+        tx = kw.get("transaction_id")
+        if tx is not None and connector_id > 0 and self.link.transaction_started(str(tx)):
+            # A transaction this server has not seen start: it ran before a restart of the
+            # balancer or across a reconnect. From now on its TxProfile goes to this id.
+            self.link.emit(SessionStarted(self.link.charger_id, self.link.now(), transaction_id=str(tx)))
+            self.link.session_changed()
         for entry in meter_value:
             sample = parse_sampled_values(entry.get("sampled_value", []))
             self.link.emit(MeterSample(self.link.charger_id, self.link.now(), **sample))

@@ -67,15 +67,18 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
             self.link.emit(MeterSample(self.link.charger_id, now, **sample))
         state = transaction_info.get("charging_state")
         if event_type == "Started" or (event_type == "Updated" and self.link.transaction_id != tx):
-            self.link.transaction_id = tx
-            self.link.emit(SessionStarted(self.link.charger_id, now, transaction_id=tx))
+            news = self.link.transaction_started(tx)
+            if news or event_type == "Started":
+                self.link.emit(SessionStarted(self.link.charger_id, now, transaction_id=tx))
+            if news and event_type == "Updated":
+                # A transaction this server has not seen start (before a restart of the balancer).
+                self.link.session_changed()
         if state:
             self.link.emit(ChargerStatus(self.link.charger_id, now, state))
         if event_type == "Ended":
             self.link.emit(SessionStopped(self.link.charger_id, now, transaction_id=tx,
                                           reason=transaction_info.get("stopped_reason")))
-            if self.link.transaction_id == tx:
-                self.link.transaction_id = None
+            self.link.transaction_ended(tx)
         if "id_token" in kw:
             return call_result.TransactionEvent(id_token_info={"status": self.link.authorize_status()})
         return call_result.TransactionEvent()

@@ -42,7 +42,7 @@ from adapters.ocpp.profiles import (
     charging_profile,
 )
 from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
-from balancer.events import ChargerSchedule, MeterSample, ObedienceChanged, ProfileResult
+from balancer.events import ChargerOnline, ChargerSchedule, MeterSample, ObedienceChanged, ProfileResult
 
 if TYPE_CHECKING:
     from adapters.ocpp.server import ChargerLink
@@ -81,7 +81,12 @@ class Pusher:
         self.last_change = time.monotonic()
         self.last_push: dict[str, Any] | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
-        self.tx_profile_refused = False
+        self._tx_refused: str | None = None
+        """The transaction whose TxProfile the charger answered Rejected (see ``_push_limit``)."""
+        self.ready = False
+        """Booted and its capabilities read on this connection: only then do profiles go out."""
+        self.registered = False
+        """The charger booted, or showed it is registered already, on this connection."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------------- lifecycle hooks
@@ -94,36 +99,83 @@ class Pusher:
         for task in list(self._tasks):
             task.cancel()
 
-    def on_connect(self) -> None:
-        # After a reconnect nothing is known about what the charger holds: re-read and re-push.
+    def _forget_held(self) -> None:
+        """Nothing is known about what the charger holds: the next decision re-pushes it all."""
         self.held_a = None
         self.held_periods = ()
+        self.held_tx = None
         self.idle_a = None
         self.idle_periods = ()
         self.failsafe_a = None
 
+    def on_connect(self) -> None:
+        # After a reconnect nothing is known about what the charger holds: the first decision
+        # after the capabilities are read re-pushes the failsafe and the limit (as decreases).
+        # A TxProfile refusal is forgotten too: the charger may have been updated meanwhile.
+        self._forget_held()
+        self.ready = False
+        self.registered = False
+        self._tx_refused = None
+
     def on_disconnect(self) -> None:
         self.cancel()
+        self.ready = False
 
     def on_boot(self) -> None:
+        """The BootNotification is answered: read the capabilities, then hand it to the controller.
+
+        A BootNotification on a connection that was already running is a reboot: the charger may
+        have dropped its TxProfile, so what it holds is re-read as after a reconnect."""
+        if self.registered:
+            self.cancel()
+            self._forget_held()
+            self.ready = False
+        self.registered = True
         self._spawn(self._after_boot())
 
+    def on_heard(self) -> None:
+        """The charger sent a request other than BootNotification before booting on this
+        connection: it reconnected without rebooting and is registered already."""
+        if not self.registered:
+            self.registered = True
+            self._spawn(self._after_boot())
+
     def on_session_changed(self) -> None:
+        """A transaction started or ended. The event itself wakes the controller, whose next
+        decision goes out through the fan-out (``OcppServer.apply``) like any other."""
         self.held_tx = None
         if self._separate_idle():
             # The TxProfile belongs to the transaction: at its start none is held yet, at its end
             # the charger drops it. What the charger may draw now is its idle default.
             self.held_a = None
             self.held_periods = ()
-        if self.desired is not None:
-            self._spawn(self.push())
 
     async def _after_boot(self) -> None:
+        """No profile goes out before this: a charger that accepts only W gets W profiles from
+        the first one on. ``ChargerOnline`` then tells the controller the charger is under control
+        (until then it is reserved like an offline charger); its next decision re-pushes."""
         await self._read_capabilities()
-        if self.desired is not None:
-            await self.push()
+        if not self.link.connected:
+            return
+        self.ready = True
+        self.link.emit(ChargerOnline(self.link.charger_id, self.link.now(), self.link.protocol or "ocpp1.6"))
 
     # ----------------------------------------------------------------- decisions in
+    @property
+    def tx_profile_refused(self) -> bool:
+        """True while the charger's transaction is the one whose TxProfile it rejected."""
+        return self._tx_refused is not None and self._tx_refused == self._link_tx()
+
+    def _link_tx(self) -> str | None:
+        """The charger's transaction: what it told this server; before it told anything (after a
+        restart of the balancer), the transaction the controller restored, which the newest
+        decision carries. A 1.6 charger says nothing of a running transaction until its next
+        meter values, and its limit must not wait for them."""
+        tx = self.link.transaction_id
+        if tx is None and not self.link.tx_known and self.desired is not None:
+            return self.desired.transaction_id
+        return tx
+
     def _separate_idle(self) -> bool:
         """True when the idle limit is a profile of its own (``IDLE_PROFILE_ID``): TxProfile
         strategy on a charger that takes TxProfiles. Else one stack-1 profile carries both."""
@@ -133,7 +185,7 @@ class Pusher:
         """What the charger may draw now by the profiles it holds [A] (None: not known)."""
         if not self._separate_idle():
             return self.held_a
-        tx = self.link.transaction_id
+        tx = self._link_tx()
         if tx is not None and self.held_tx == tx:
             return self.held_a
         return self.idle_a  # no TxProfile (yet): the car draws by the idle default
@@ -141,7 +193,7 @@ class Pusher:
     def _idle_zero_due(self, schedule: ChargerSchedule) -> bool:
         """True when the session's TxProfile is held and the idle default still has to go to 0 A
         (or follow a new horizon): ``schedule.idle_periods`` for a charger in a transaction."""
-        tx = self.link.transaction_id
+        tx = self._link_tx()
         want = schedule.idle_periods
         if not self._separate_idle() or tx is None or schedule.transaction_id != tx or not want:
             return False
@@ -171,11 +223,11 @@ class Pusher:
         """
         self.desired = schedule
         self.version += 1
-        if not self.link.connected:
+        if not self.link.connected or not self.ready:
             return "none"
         if self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > 1e-9:
             return "decrease"
-        tx = self.link.transaction_id
+        tx = self._link_tx()
         separate = self._separate_idle()
         if separate and tx is None and schedule.transaction_id is not None:
             return "none"  # the session just ended here; the controller has not seen it yet
@@ -220,7 +272,7 @@ class Pusher:
         """Send the newest decision; True when the charger holds it (or nothing needed sending)."""
         async with self.lock:
             schedule = self.desired
-            if schedule is None or not self.link.connected:
+            if schedule is None or not self.link.connected or not self.ready:
                 return False
             charger = self.link.charger
             volts = self.link.server.voltage.get(charger.id, 230.0)
@@ -234,7 +286,7 @@ class Pusher:
                                            integer_amps=charger.integer_amps, version=version_name)
                 if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
                     self.failsafe_a = schedule.failsafe_a
-            tx = self.link.transaction_id
+            tx = self._link_tx()
             if self._separate_idle() and tx is None:
                 if schedule.transaction_id is not None:
                     return self.failsafe_a is not None  # see offer(): wait for the controller
@@ -275,11 +327,17 @@ class Pusher:
                                        integer_amps=charger.integer_amps, version=version_name,
                                        transaction_id=tx_arg)
             ok = await self._send(profile, evse, schedule.limit_a, purpose)
-            if ok or purpose != "TxProfile":
+            if ok or purpose != "TxProfile" or (self.last_push or {}).get("result") != "Rejected":
                 break
-            # Some chargers refuse TxProfile: carry the schedule as a TxDefaultProfile instead
-            # (``_limit_profile`` picks it once this is set, so the loop runs at most twice).
-            self.tx_profile_refused = True
+            # Some chargers refuse TxProfile: carry this transaction's schedule as a
+            # TxDefaultProfile instead (``_limit_profile`` picks it once this is set, so the loop
+            # runs at most twice). Only a Rejected answer says so, never a timeout or a CALLERROR;
+            # the next transaction, or a reconnect, tries the TxProfile again.
+            self._tx_refused = tx
+        if ok and profile_id == IDLE_PROFILE_ID:
+            # The fallback replaced the idle default: it holds this limit until the next push.
+            self.idle_a = schedule.limit_a
+            self.idle_periods = tuple(schedule.periods)
         if ok:
             self.held_a = schedule.limit_a
             self.held_periods = tuple(schedule.periods)
@@ -300,7 +358,7 @@ class Pusher:
         profile = charging_profile(idle, self.caps, purpose="TxDefaultProfile", stack_level=1,
                                    profile_id=IDLE_PROFILE_ID, voltage_v=volts,
                                    integer_amps=charger.integer_amps, version=self.link.protocol or "ocpp1.6")
-        tx = self.link.transaction_id
+        tx = self._link_tx()
         ok = await self._send(profile, charger.evse_id, idle.limit_a, "idle TxDefaultProfile", idle=True)
         if ok:
             self.idle_a = idle.limit_a

@@ -31,7 +31,7 @@ from adapters.clock import utc_now
 from adapters.ocpp.handlers16 import ChargePoint16
 from adapters.ocpp.handlers201 import ChargePoint201
 from adapters.ocpp.pusher import Pusher
-from balancer.events import ChargerOffline, ChargerOnline, ChargerSchedule, Event, MeterSample
+from balancer.events import ChargerOffline, ChargerSchedule, Event, MeterSample
 from balancer.model import Charger, Config
 
 __all__ = ["ChargerLink", "OcppServer"]
@@ -42,6 +42,17 @@ PROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
 KNOWN_ACTIONS = {"ocpp1.6": {a.value for a in Action16}, "ocpp2.0.1": {a.value for a in Action201}}
 READ_BACKS_AT_ONCE = 20
 """Composite-schedule read-backs in flight at once across the server (see ``Pusher._read_back``)."""
+
+
+def _is_request(raw: str, action: str) -> bool | None:
+    """For a CALL frame, whether it is ``action``; None when the frame is no CALL."""
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(frame, list) or len(frame) < 3 or frame[0] != 2:
+        return None
+    return bool(frame[2] == action)
 
 
 class FrameGuard:
@@ -125,6 +136,12 @@ class ChargerLink:
         self.cp: Any = None
         self.connected = False
         self.transaction_id: str | None = None
+        self.tx_known = False
+        """True once the charger has told this server about its transaction (a start, a stop, a
+        transaction id in its meter values or events). Until then, after a restart, the
+        controller's restored session is the best knowledge (``Pusher.offer``)."""
+        self.ended_tx: str | None = None
+        """The last transaction this charger stopped: late meter values for it start nothing."""
         self.pusher = Pusher(self)
         self.status = "unknown"
 
@@ -154,6 +171,20 @@ class ChargerLink:
 
     def session_changed(self) -> None:
         self.pusher.on_session_changed()
+
+    def transaction_started(self, tx: str) -> bool:
+        """The charger says transaction ``tx`` runs; True when that is news to this link."""
+        self.tx_known = True
+        if self.transaction_id == tx or tx == self.ended_tx:
+            return False
+        self.transaction_id = tx
+        return True
+
+    def transaction_ended(self, tx: str) -> None:
+        self.tx_known = True
+        self.ended_tx = tx
+        if self.transaction_id == tx:
+            self.transaction_id = None
 
 
 class OcppServer:
@@ -267,7 +298,8 @@ class OcppServer:
         cp = cls(charger_id, guard, link, response_timeout=ocpp.response_timeout_s)
         link.cp = cp
         link.connected = True
-        link.emit(ChargerOnline(charger_id, self.now(), link.protocol))
+        # ChargerOnline comes from the pusher once the charger has booted (or shown it is
+        # registered already) and its capabilities are read: no profile before (Pusher.on_boot).
         link.pusher.on_connect()
         try:
             while True:
@@ -276,6 +308,8 @@ class OcppServer:
                     await cp.route_message(raw)
                 except Exception as exc:  # nothing a charger sends may end the loop
                     log.warning("charger %s: message failed: %r", charger_id, exc)
+                if not link.pusher.registered and _is_request(raw, "BootNotification") is False:
+                    link.pusher.on_heard()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

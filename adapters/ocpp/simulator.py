@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import ocpp.messages
+from ocpp.exceptions import InternalError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
@@ -73,6 +74,12 @@ class Misbehaviour:
     """Calls from the CSMS are never answered (the charger still sends its own messages)."""
     drop_every_s: float = 0.0
     answer_delay_s: float = 0.0
+    boot_delay_s: float = 0.0
+    """Seconds between connecting and sending BootNotification (CSMS calls are answered meanwhile)."""
+    tx_profile_errors: int = 0
+    """The first this many TxProfiles are answered with a CALLERROR (InternalError): transient trouble."""
+    watts_only: bool = False
+    """Takes only W-unit schedules (reported as such by GetConfiguration/GetVariables); A is Rejected."""
 
 
 class _WsConnection:
@@ -186,7 +193,10 @@ class SimulatedCharger:
         self.done = False
         self.connected = asyncio.Event()
         self.boots = 0
+        self.booted_at: datetime | None = None
+        """When the last BootNotification was answered."""
         self.rejected_calls = 0
+        self._tx_errors_sent = 0
         self._cp: Any = None
         self._seq = itertools.count(1)
         self._last_meter: datetime | None = None
@@ -252,13 +262,18 @@ class SimulatedCharger:
 
     async def _boot(self) -> None:
         self.boots += 1
+        self.booted_at = None
+        if self.misbehaviour.boot_delay_s:
+            await asyncio.sleep(self.misbehaviour.boot_delay_s)
         if self.protocol == "ocpp1.6":
             await self._cp.call(call16.BootNotification(charge_point_vendor="ev-balancer", charge_point_model="sim"))
+            self.booted_at = self.clock()
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError",
                                                           status="Charging" if self.transaction_id else "Available"))
         else:
             await self._cp.call(call201.BootNotification(
                 charging_station={"vendor_name": "ev-balancer", "model": "sim"}, reason="PowerUp"))
+            self.booted_at = self.clock()
             await self._cp.call(call201.StatusNotification(
                 timestamp=_iso(self.clock()), connector_status="Occupied" if self.transaction_id else "Available",
                 evse_id=1, connector_id=1))
@@ -418,9 +433,14 @@ class SimulatedCharger:
         starts = [p["start_period"] for p in periods]
         limits = [float(p["limit"]) for p in periods]
         record = {"at": self.clock(), "purpose": profile["charging_profile_purpose"], "evse": evse,
-                  "limits": limits, "starts": starts, "unit": schedule["charging_rate_unit"]}
+                  "limits": limits, "starts": starts, "unit": schedule["charging_rate_unit"],
+                  "booted": self.booted_at is not None}
         purpose = profile["charging_profile_purpose"]
-        bad_shape = starts[0] != 0 or starts != sorted(set(starts))
+        if purpose == "TxProfile" and self._tx_errors_sent < self.misbehaviour.tx_profile_errors:
+            self._tx_errors_sent += 1
+            raise InternalError(description="transient trouble (simulated)")
+        bad_shape = starts[0] != 0 or starts != sorted(set(starts)) or (
+            self.misbehaviour.watts_only and schedule["charging_rate_unit"] != "W")
         refused = self.misbehaviour.rejects_profiles or (
             self.misbehaviour.rejects_tx_profile and purpose == "TxProfile") or (
             purpose == "TxProfile" and self.transaction_id is None and not self._starting) or (
@@ -449,7 +469,8 @@ class SimulatedCharger:
 
     def config_values(self) -> dict[str, str]:
         return {"ChargeProfileMaxStackLevel": "8", "ChargingScheduleMaxPeriods": "24",
-                "ChargingScheduleAllowedChargingRateUnit": "Current,Power", "MaxChargingProfilesInstalled": "10",
+                "ChargingScheduleAllowedChargingRateUnit": "Power" if self.misbehaviour.watts_only else "Current,Power",
+                "MaxChargingProfilesInstalled": "10",
                 "MeterValueSampleInterval": str(int(self.meter_interval_s)),
                 "MeterValuesSampledData": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"}
 
@@ -547,7 +568,8 @@ class _Client201(Cp201):  # type: ignore[misc]
 
     @on(Action201.get_variables)
     async def get_variables(self, get_variable_data: list[dict[str, Any]], **kw: Any) -> Any:
-        values = {"PeriodsPerSchedule": "24", "RateUnit": "A,W", "ProfileStackLevel": "8",
+        values = {"PeriodsPerSchedule": "24", "RateUnit": "W" if self.sim.misbehaviour.watts_only else "A,W",
+                  "ProfileStackLevel": "8",
                   "TxUpdatedInterval": str(int(self.sim.meter_interval_s)),
                   "TxUpdatedMeasurands": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"}
         out = []

@@ -55,6 +55,11 @@ class Env:
         sim.start()
         return sim
 
+    async def online(self, *charger_ids: str) -> None:
+        """Until the chargers are under control (booted, capabilities read): what the controller
+        waits for too (``ChargerOnline``); before it, the server sends them no profile."""
+        await wait_for(lambda: all(self.server.links[cid].pusher.ready for cid in charger_ids))
+
     def of(self, kind: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 

@@ -65,7 +65,7 @@ def first_limit(profile: dict[str, Any]) -> float:
 async def test_idle_charger_holds_its_idle_limit_and_a_new_car_draws_no_more(env: Env, protocol: str) -> None:
     cid = "A16" if protocol == "ocpp1.6" else "B201"
     sim = late_car(env, cid, protocol, arrive_s=2.0)
-    await sim.connected.wait()
+    await env.online(cid)
     await env.server.apply([idle_schedule(cid, 8.0)])
     idle = installed(sim, "TxDefaultProfile", 1)
     assert idle is not None and first_limit(idle) == 8.0
@@ -94,7 +94,7 @@ async def test_idle_charger_holds_its_idle_limit_and_a_new_car_draws_no_more(env
 async def test_tx_default_and_max_strategies_carry_the_idle_limit_in_their_profile(
         env: Env, cid: str, protocol: str, purpose: str) -> None:
     sim = late_car(env, cid, protocol, arrive_s=None)
-    await sim.connected.wait()
+    await env.online(cid)
     await env.server.apply([idle_schedule(cid, 7.0)])
     profile = installed(sim, purpose, 1)
     assert profile is not None and first_limit(profile) == 7.0
@@ -103,10 +103,9 @@ async def test_tx_default_and_max_strategies_carry_the_idle_limit_in_their_profi
 
 
 async def test_lower_idle_limit_is_accepted_before_an_increase_is_sent(env: Env) -> None:
-    a = late_car(env, "A16", "ocpp1.6", arrive_s=None)
-    b = late_car(env, "E16", "ocpp1.6", arrive_s=None)
-    await a.connected.wait()
-    await b.connected.wait()
+    late_car(env, "A16", "ocpp1.6", arrive_s=None)
+    late_car(env, "E16", "ocpp1.6", arrive_s=None)
+    await env.online("A16", "E16")
     await env.server.apply([idle_schedule("A16", 9.0), idle_schedule("E16", 6.0)])
     env.events.clear()
     await env.server.apply([idle_schedule("A16", 6.0), idle_schedule("E16", 9.0)])

@@ -31,6 +31,7 @@ async def test_session_profile_and_obedience(env: Env, protocol: str) -> None:
     cid = "A16" if protocol == "ocpp1.6" else "B201"
     sim = env.charger(cid, protocol)
     await wait_for(lambda: any(isinstance(e, SessionStarted) for e in env.events))
+    await env.online(cid)
     online = env.of(ChargerOnline)
     assert online and online[0].protocol == protocol
     await env.server.apply([schedule(cid, 10.0, failsafe_a=8.0, ahead=[(3600, 6.0)])])
@@ -54,6 +55,7 @@ async def test_decreases_are_accepted_before_increases_are_sent(env: Env) -> Non
     a = env.charger("A16", "ocpp1.6")
     b = env.charger("B201", "ocpp2.0.1")
     await wait_for(lambda: len(env.of(SessionStarted)) == 2)
+    await env.online("A16", "B201")
     await env.server.apply([schedule("A16", 20.0), schedule("B201", 10.0)])
     await wait_for(lambda: a.draw_a == 20.0 and b.draw_a == 10.0)
     env.events.clear()
@@ -66,6 +68,7 @@ async def test_decreases_are_accepted_before_increases_are_sent(env: Env) -> Non
 async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env) -> None:
     env.charger("A16", "ocpp1.6")
     await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
     await env.server.apply([schedule("A16", 16.0)])
     n = len(env.of(ProfileResult))
     await env.server.apply([schedule("A16", 16.5)])  # within the 1 A deadband: nothing sent
@@ -77,6 +80,7 @@ async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env) -> 
 async def test_integer_amps_and_tx_profile_refused_falls_back_to_tx_default(env: Env) -> None:
     sim = env.charger("C16", "ocpp1.6", misbehaviour=Misbehaviour(rejects_tx_profile=True))
     await wait_for(lambda: env.of(SessionStarted))
+    await env.online("C16")
     await env.server.apply([schedule("C16", 12.7)])
     await wait_for(lambda: sim.draw_a == 12.0)
     accepted = [r for r in sim.profile_log if r["result"] == "Accepted"]
@@ -90,6 +94,7 @@ async def test_disobedient_charger_is_flagged(env: Env, monkeypatch: pytest.Monk
     monkeypatch.setattr(pusher, "OBEY_GRACE_S", 0.0)
     env.charger("D201", "ocpp2.0.1", misbehaviour=Misbehaviour(ignores_profiles=True))
     await wait_for(lambda: env.of(SessionStarted))
+    await env.online("D201")
     await env.server.apply([schedule("D201", 8.0)])
     await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
     flagged = next(e for e in env.of(ObedienceChanged) if not e.obeys)
@@ -100,11 +105,16 @@ async def test_disobedient_charger_is_flagged(env: Env, monkeypatch: pytest.Monk
 async def test_reconnect_keeps_the_transaction_and_repushes(env: Env) -> None:
     sim = env.charger("A16", "ocpp1.6", misbehaviour=Misbehaviour(drop_every_s=1.0))
     await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
     await env.server.apply([schedule("A16", 14.0)])
     await wait_for(lambda: env.of(ChargerOffline), timeout=5)
     await wait_for(lambda: len(env.of(ChargerOnline)) >= 2, timeout=10)
     assert len(env.of(SessionStarted)) == 1  # the same transaction goes on
-    await wait_for(lambda: sim.boots >= 2 and env.server.charger_status("A16")["limit_a"] == 14.0, timeout=10)
+    assert env.server.charger_status("A16")["limit_a"] is None  # what it holds is not known now
+    # Back under control, the controller's next decision re-pushes the failsafe and the limit.
+    await env.server.apply([schedule("A16", 14.0)])
+    assert sim.boots >= 2 and env.server.charger_status("A16")["limit_a"] == 14.0
+    assert [r["purpose"] for r in sim.profile_log[-2:]] == ["TxDefaultProfile", "TxProfile"]
 
 
 @pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
@@ -116,6 +126,7 @@ async def test_composite_read_back_flags_a_charger_holding_more(env: Env, protoc
     cid = "A16" if protocol == "ocpp1.6" else "B201"
     sim = env.charger(cid, protocol)
     await wait_for(lambda: env.of(SessionStarted))
+    await env.online(cid)
     # The charger accepts the profile but its composite schedule says 20 A: it does not hold 8 A.
     monkeypatch.setattr(sim, "composite", lambda duration: {
         "start_schedule": "2026-03-02T12:00:00Z", "duration": duration, "charging_rate_unit": "A",
