@@ -7,8 +7,9 @@ service runs the planner off the event loop and hands the outcome back (``accept
 there is no usable plan, the allocator alone decides and ``plan_status`` says why.
 
 Safety bookkeeping (DESIGN 4):
-- a charger that is offline keeps what it may still draw (its last limit, or its failsafe)
-  reserved at every node above it until it reconnects or its schedule ends;
+- a charger that is offline keeps what it may still draw (its last held limit: in a transaction
+  its TxProfile, else its idle limit; its failsafe once that schedule ends or when nothing is
+  known) reserved at every node above it until it reconnects;
 - a charger flagged as not obeying is reserved at what it really draws;
 - every charger's failsafe (TxDefaultProfile) is its share of ``fallback_kw`` found by the
   allocator itself, so all failsafes together respect ``fallback_kw``, the connection and fuses;
@@ -90,6 +91,12 @@ class ChargerState:
     power_w: float | None = None
     soc_pct: float | None = None
     held_a: float = 0.0
+    """The limit of the last accepted stack-1 profile (TxProfile, or TxDefault / Max) [A]."""
+    held_idle_a: float | None = None
+    """The last accepted idle default of its own (TxProfile strategy) [A]; None: none known."""
+    held_known: bool = False
+    """True once a limit was accepted: until then an offline charger without a transaction is
+    reserved at its failsafe (``_offline_reserve_a``)."""
     held_until: datetime | None = None
     limit_a: float = 0.0
     idle_limit_a: float = 0.0
@@ -352,9 +359,13 @@ class Controller:
     def _profile_result(self, state: ChargerState, event: ProfileResult) -> None:
         state.last_push = {"at": event.at.isoformat(), "limit_a": event.limit_a,
                            "result": event.result, "detail": event.detail}
-        if event.result == "Accepted" and not event.idle:
-            # What the charger may draw from now on is the accepted limit.
+        if event.result != "Accepted" or event.detail.startswith("failsafe"):
+            return  # the stack-0 failsafe says nothing of the stack-1 profile above it
+        if event.idle:
+            state.held_idle_a = event.limit_a
+        else:
             state.held_a = event.limit_a
+        state.held_known = True
 
     # ----------------------------------------------------------------- planning
     @property
@@ -446,15 +457,28 @@ class Controller:
         for i, cid in enumerate(topo.charger_ids):
             state = self.states[cid]
             if not state.connected:
-                # It may still draw: its TxProfile while the schedule runs, else its failsafe.
-                still_valid = state.held_until is None or now < state.held_until
-                if state.transaction_id is not None and still_valid:
-                    reserve[i] = max(state.held_a, state.limit_a)
-                else:
-                    reserve[i] = max(self.failsafe_a[i], 0.0)
+                reserve[i] = self._offline_reserve_a(i, state, now)
             elif not state.obeys:
                 reserve[i] = max(state.draw_a or 0.0, max(state.measured_a))
         return reserve, topo.charger_phase_mask.astype(np.float64)
+
+    def _offline_reserve_a(self, i: int, state: ChargerState, now: datetime) -> float:
+        """What an offline charger may still draw [A] while the schedule it holds runs: in a
+        transaction its TxProfile, or the limit last sent if higher (it may have landed unseen),
+        or its idle default (no TxProfile held yet); without one what it held after the session
+        (a TxProfile-strategy charger drops its TxProfile and falls to its idle default, the
+        others keep their stack-1 profile). Its failsafe once that schedule ends, or when nothing
+        is known."""
+        failsafe = max(float(self.failsafe_a[i]), 0.0)
+        if state.held_until is not None and now >= state.held_until:
+            return failsafe
+        if state.transaction_id is not None:
+            return max(state.held_a, state.limit_a, state.held_idle_a or 0.0)
+        if not state.held_known:
+            return failsafe
+        if self.site.chargers[i].profile_strategy == "TxProfile":
+            return failsafe if state.held_idle_a is None else state.held_idle_a
+        return state.held_a
 
     def _reserved_load_a(self, now: datetime) -> FloatArray:
         """Per-phase sum of the reserved loads at the connection, (3,) [A]."""
@@ -658,8 +682,7 @@ class Controller:
             if state.car_phases == 1:
                 mask = np.zeros(3, dtype=bool)
                 mask[topo.single_phase_grid[i]] = True
-            allocated += mask * (state.limit_a if state.connected else
-                                 max(state.held_a, state.limit_a))
+            allocated += mask * (state.limit_a if state.connected else self._offline_reserve_a(i, state, now))
             measured += np.asarray(state.measured_a)
             idle_limit = state.idle_limit_a if self._is_idle(state) else 0.0
             idle_allocated += topo.charger_phase_mask[i] * idle_limit

@@ -326,7 +326,8 @@ class Pusher:
                                        profile_id=profile_id, voltage_v=volts,
                                        integer_amps=charger.integer_amps, version=version_name,
                                        transaction_id=tx_arg)
-            ok = await self._send(profile, evse, schedule.limit_a, purpose)
+            # A fallback replaces the idle default (``IDLE_PROFILE_ID``): reported as such.
+            ok = await self._send(profile, evse, schedule.limit_a, purpose, idle=profile_id == IDLE_PROFILE_ID)
             if ok or purpose != "TxProfile" or (self.last_push or {}).get("result") != "Rejected":
                 break
             # Some chargers refuse TxProfile: carry this transaction's schedule as a

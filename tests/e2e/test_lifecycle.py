@@ -66,3 +66,34 @@ async def test_after_a_restart_running_transactions_get_the_next_decrease(tmp_pa
             await c.stop()
         await grid.stop()
         service.stop()
+
+
+async def test_offline_charger_after_its_session_is_reserved_at_what_it_held(tmp_path: Path) -> None:
+    """Issue 11 item 5: a charger that stopped its session and then went offline is reserved
+    (and reported in ``allocated_a``) at the idle limit it held, not its old session limit."""
+    service = ServiceProcess(tmp_path, config(["CP1", "CP2"])).start()
+    grid = GridOperatorSimulator(fp_url=f"{service.url}/oscp/fp/2.0", fp_token="oscp-token")
+    await grid.start()
+    now = datetime.now(UTC)
+    short = SimulatedCharger("CP1", service.ocpp_url, protocol="ocpp1.6", meter_interval_s=0.5, tick_s=0.05,
+                             car=SimCar(arrival=now, departure=now + timedelta(seconds=6), energy_wh=60000))
+    long = charger("CP2", service.ocpp_url, "ocpp2.0.1", meter_interval_s=0.5)
+    for c in (short, long):
+        c.start()
+    try:
+        assert await grid.send_forecast("depot", blocks(20.7)) == 204  # 30 A per phase
+        await until(lambda: short.transaction_id is not None and (short.limit_now(datetime.now(UTC)) or 0) >= 10)
+        await until(lambda: short.done and short.limit_now(datetime.now(UTC)) == 0.0)  # its idle limit: none left
+        await short.stop()
+        await until(lambda: not next(c for c in service.get("/api/v1/sites/depot", TOKEN)["chargers"]
+                                     if c["id"] == "CP1")["connected"])
+        await asyncio.sleep(1.5)
+        site = service.get("/api/v1/sites/depot", TOKEN)
+        limits = {c["id"]: c["limit_a"] for c in site["chargers"]}
+        assert site["allocated_a"][0] == pytest.approx(limits["CP2"], abs=0.01)  # CP1 holds 0 A
+        assert site["allocated_a"][0] <= 30.0 + 1e-6
+    finally:
+        for c in (short, long):
+            await c.stop()
+        await grid.stop()
+        service.stop()
