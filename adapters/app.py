@@ -437,7 +437,10 @@ class Service:
             chargers.append({**c, "protocol": live.get("protocol") or c["protocol"],
                              "connected": bool(live.get("connected", c["connected"])),
                              "obeys": live.get("obeys", c["obeys"]),
-                             "capabilities": live.get("capabilities")})
+                             "capabilities": live.get("capabilities"),
+                             # What its composite schedule allowed at the last read-back: all its
+                             # profiles combined, what it really may draw (None: not read yet).
+                             "composite_a": live.get("composite_a")})
         return {
             "id": site_id,
             "at": status.at.isoformat(),

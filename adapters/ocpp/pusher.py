@@ -74,6 +74,9 @@ class Pusher:
         self.idle_periods: tuple[tuple[Any, float], ...] = ()
         self._idle_refused: tuple[str | None, tuple[tuple[Any, float], ...]] | None = None
         self.failsafe_a: float | None = None
+        self.composite_a: float | None = None
+        """What the charger's composite schedule allowed at the last read-back [A]: what it
+        really may draw, all its profiles combined (None: not read since it connected)."""
         self.caps = Capabilities()
         self.lock = asyncio.Lock()
         self.obeys = True
@@ -107,6 +110,7 @@ class Pusher:
         self.idle_a = None
         self.idle_periods = ()
         self.failsafe_a = None
+        self.composite_a = None
 
     def on_connect(self) -> None:
         # After a reconnect nothing is known about what the charger holds: the first decision
@@ -281,7 +285,7 @@ class Pusher:
                 failsafe = ChargerSchedule(charger.id, schedule.at, schedule.failsafe_a,
                                            ((schedule.at, schedule.failsafe_a),), schedule.failsafe_a,
                                            phases=schedule.phases)
-                profile = charging_profile(failsafe, self.caps, purpose="TxDefaultProfile", stack_level=0,
+                profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
                                            profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
                                            integer_amps=charger.integer_amps, version=version_name)
                 if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
@@ -301,13 +305,23 @@ class Pusher:
                 await self._push_idle(schedule, schedule.idle_periods)
             return ok
 
+    def _max_purpose(self) -> str:
+        return "ChargePointMaxProfile" if (self.link.protocol or "ocpp1.6") == "ocpp1.6" \
+            else "ChargingStationMaxProfile"
+
+    def _failsafe_purpose(self) -> str:
+        """The failsafe's purpose (stack 0, EVSE 0). A charger draws the minimum of its station
+        maximum and its Tx/TxDefault profile (PROTOCOLS.md B.3, B.4): with the limit in a
+        stack-1 station maximum, a TxDefault failsafe would cap it at the failsafe. So there the
+        failsafe is a station maximum too, which the stack-1 one overrides (higher stack wins
+        within a purpose) and which applies alone once that one's schedule is gone."""
+        return self._max_purpose() if self.link.charger.profile_strategy == "ChargePointMax" else "TxDefaultProfile"
+
     def _limit_profile(self, tx: str | None) -> tuple[str, int, str | None, int]:
         """(purpose, evse, transaction id, profile id) of the stack-1 profile carrying the limit."""
         charger = self.link.charger
         if charger.profile_strategy == "ChargePointMax":
-            purpose = "ChargePointMaxProfile" if (self.link.protocol or "ocpp1.6") == "ocpp1.6" \
-                else "ChargingStationMaxProfile"
-            return purpose, 0, None, DYNAMIC_PROFILE_ID
+            return self._max_purpose(), 0, None, DYNAMIC_PROFILE_ID
         if charger.profile_strategy == "TxProfile":
             if tx is not None and not self.tx_profile_refused:
                 return "TxProfile", charger.evse_id, tx, DYNAMIC_PROFILE_ID
@@ -472,6 +486,7 @@ class Pusher:
             except Exception as exc:
                 log.debug("charger %s: composite schedule not read: %r", self.link.charger_id, exc)
                 return
+        self.composite_a = first
         # A newer push may have raised the limit meanwhile: compare with the higher of the two.
         held = max(limit_a, self.held_a or 0.0)
         self._set_obeys(first <= held + 0.1, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
@@ -501,7 +516,7 @@ class Pusher:
 
     def status(self) -> dict[str, Any]:
         return {"limit_a": self.held_a, "obeys": self.obeys, "capabilities": self.caps.as_dict(),
-                "last_push": self.last_push, "failsafe_a": self.failsafe_a,
+                "last_push": self.last_push, "failsafe_a": self.failsafe_a, "composite_a": self.composite_a,
                 "idle_limit_a": self.idle_a}
 
 

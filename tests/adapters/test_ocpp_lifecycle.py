@@ -67,3 +67,28 @@ async def test_a_rejected_tx_profile_is_tried_again_after_a_reconnect(env: Env) 
     assert [(r["purpose"], r["result"]) for r in sim.profile_log[n:]] == [
         ("TxDefaultProfile", "Accepted"), ("TxProfile", "Rejected"), ("TxDefaultProfile", "Accepted")]
     assert sim.limit_now(sim.clock()) == pytest.approx(11.0)
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+async def test_charge_point_max_is_not_capped_by_the_failsafe(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 4: a charger draws min(station maximum, Tx/TxDefault). With the limit in a
+    stack-1 maximum, the failsafe must not be a TxDefault below it; the status reports what the
+    charger's composite schedule allows."""
+    import adapters.ocpp.pusher as pusher
+
+    monkeypatch.setattr(pusher, "READ_BACK_DELAY_S", 0.0)
+    cid = "M16" if protocol == "ocpp1.6" else "M201"
+    config = ocpp_config([{"id": cid, "max_current_a": 32, "profile_strategy": "ChargePointMax"}])
+    async with running_env(config) as env:
+        sim = env.charger(cid, protocol)
+        await wait_for(lambda: env.of(SessionStarted))
+        await env.online(cid)
+        await env.server.apply([schedule(cid, 14.5, failsafe_a=6.4)])
+        await wait_for(lambda: sim.draw_a > 0)
+        assert sim.limit_now(sim.clock()) == pytest.approx(14.5)
+        assert sim.draw_a == pytest.approx(14.5)
+        await wait_for(lambda: env.server.charger_status(cid)["composite_a"] is not None)
+        assert env.server.charger_status(cid)["composite_a"] == pytest.approx(14.5)
+        # The balancer gone, the station maximum at stack 0 (the failsafe) is what remains.
+        sim.store.clear(profile_id=2)
+        assert sim.limit_now(sim.clock()) == pytest.approx(6.4)
