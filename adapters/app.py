@@ -31,7 +31,7 @@ from adapters.metrics import charger_point, event_point, plan_points, site_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
-from adapters.store import StateStore
+from adapters.store import StateStore, private_dir
 from balancer.control import Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
 from balancer.events import Event, MeterSample, NeedsUpdated, ProfileResult
@@ -63,7 +63,7 @@ class Service:
         self.now = now
         self.interval_s = control_interval_s or config.control.interval_s
         self.state_dir = Path(config.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.store = StateStore(self.state_dir / "state.sqlite")
         self.controllers: dict[str, Controller] = {}
         for site in config.sites:
