@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from influxdb_client import Point, WritePrecision
+from influxdb_client.domain.write_precision import WritePrecision
 
+from adapters.metrics import Point
 from adapters.store import FILE_MODE, private_dir
 from balancer.model import InfluxSettings
 
@@ -34,7 +35,7 @@ BATCH = 5000
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path``, readable by the owner only (spilled points carry site and charger ids)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
         f.write(text)
 
 
@@ -119,7 +120,9 @@ class InfluxSink:
     async def flush(self) -> bool:
         """Replay spilled files first (in order), then the queue. False when the server refused."""
         for path in self._spill_files():
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+            # One point per "\n"-separated line; splitlines() would also cut at a CR in a tag value.
+            with open(path, encoding="utf-8", newline="") as f:
+                lines = [line for line in f.read().split("\n") if line]
             for i in range(0, len(lines), BATCH):
                 if not await self._send(lines[i:i + BATCH]):
                     # Keep what is left of this file for the next try.
