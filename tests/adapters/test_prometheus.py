@@ -59,7 +59,7 @@ def test_any_label_value_and_number_round_trips(values: list[str], number: float
 
 
 def test_service_metrics_with_odd_site_and_charger_ids(tmp_path: Path) -> None:
-    site_id, charger_ids = 'dep"ot, one\\', ['CP "1"', "CP,2", "CP\\3", "CP 4"]
+    site_id, charger_ids = 'dep"ot, o\\ne', ['CP "1"', "CP,2", "CP\\3", "CP 4"]
     config = parse_config({"sites": [{"id": site_id, "grid_limit_a": 100, "fallback_kw": 10,
                                       "chargers": [{"id": c, "max_current_a": 32} for c in charger_ids]}],
                            "state_dir": str(tmp_path)})
