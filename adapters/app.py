@@ -31,7 +31,8 @@ from adapters.metrics import charger_point, event_point, plan_points, site_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
-from adapters.store import StateStore
+from adapters.prometheus import service_metrics_text
+from adapters.store import StateStore, private_dir
 from balancer.control import Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
 from balancer.events import Event, MeterSample, NeedsUpdated, ProfileResult
@@ -63,7 +64,7 @@ class Service:
         self.now = now
         self.interval_s = control_interval_s or config.control.interval_s
         self.state_dir = Path(config.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.store = StateStore(self.state_dir / "state.sqlite")
         self.controllers: dict[str, Controller] = {}
         for site in config.sites:
@@ -497,46 +498,7 @@ class Service:
                 "sites": len(self.controllers)}
 
     def metrics_text(self) -> str:
-        lines: list[str] = []
-
-        def gauge(name: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} gauge")
-            for labels, value in samples:
-                label = ",".join(f'{k}="{v}"' for k, v in labels.items())
-                lines.append(f"{name}{{{label}}} {value}" if label else f"{name} {value}")
-
-        now = self.now()
-        cap, alloc, meas, online, connected, limits, obeys = [], [], [], [], [], [], []
-        for site_id, controller in self.controllers.items():
-            status = controller.status(now)
-            for k, phase in enumerate(("L1", "L2", "L3")):
-                cap.append(({"site": site_id, "phase": phase, "source": status.capacity_source},
-                            status.capacity_a[k]))
-                alloc.append(({"site": site_id, "phase": phase}, status.allocated_a[k]))
-                meas.append(({"site": site_id, "phase": phase}, status.measured_a[k]))
-            online.append(({"site": site_id}, 1.0 if self.fp.is_online(site_id) else 0.0))
-            for c in status.chargers:
-                connected.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["connected"] else 0.0))
-                limits.append(({"site": site_id, "charger": c["id"]}, c["limit_a"]))
-                obeys.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["obeys"] else 0.0))
-        gauge("balancer_capacity_amperes", "Capacity in force per phase", cap)
-        gauge("balancer_allocated_amperes", "Sum of charger limits per phase", alloc)
-        gauge("balancer_measured_amperes", "Sum of measured charger currents per phase", meas)
-        gauge("balancer_grid_operator_online", "1 when the grid operator is online", online)
-        gauge("balancer_charger_connected", "1 when the charger is connected", connected)
-        gauge("balancer_charger_limit_amperes", "Current limit per charger", limits)
-        gauge("balancer_charger_obeys", "0 when a charger does not follow its profile", obeys)
-        for name, value in self.counters.items():
-            lines.append(f"# TYPE balancer_{name}_total counter")
-            lines.append(f"balancer_{name}_total {value}")
-        lines.append("# TYPE balancer_control_step_seconds gauge")
-        lines.append(f"balancer_control_step_seconds {self.last_step_s:.6f}")
-        if self.influx is not None:
-            for name, value in self.influx.stats().items():
-                lines.append(f"# TYPE balancer_influx_{name} gauge")
-                lines.append(f"balancer_influx_{name} {value}")
-        return "\n".join(lines) + "\n"
+        return service_metrics_text(self, self.now())
 
 
 async def _serve(config: Config, config_path: Path) -> int:

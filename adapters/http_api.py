@@ -6,15 +6,15 @@ configured only the read-only GETs are served, and only when the listener is on 
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
 from aiohttp import web
+
+from adapters.http_body import BadBody, loads, token_matches
 
 __all__ = ["AdminBackend", "add_admin_routes"]
 
@@ -63,7 +63,7 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
                 if not header:
                     return _error(401, "missing Authorization: Bearer <admin_token>")
                 scheme, _, token = header.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), admin_token):
+                if scheme.lower() != "bearer" or not token_matches(token.strip(), admin_token):
                     return _error(403, "wrong admin token")
             elif write:
                 return _error(403, "admin API writes need http.admin_token in the config")
@@ -97,10 +97,10 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
     async def needs(request: web.Request) -> web.Response:
         charger_id = request.match_info["charger_id"]
         try:
-            data = json.loads(await request.text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            log.warning("needs: invalid JSON for %s: %s", charger_id, exc)
-            return _error(400, f"body is not valid JSON: {exc}")
+            data = loads(await request.read())  # over the app's client_max_size: 413
+        except BadBody as exc:
+            log.warning("needs: bad body for %s: %s", charger_id, exc.message)
+            return _error(exc.status, exc.message, exc.field)
         parsed = _parse_needs(data)
         if isinstance(parsed, web.Response):
             return parsed

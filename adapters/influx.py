@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from influxdb_client import Point, WritePrecision
+from influxdb_client.domain.write_precision import WritePrecision
 
+from adapters.metrics import Point
+from adapters.store import FILE_MODE, private_dir
 from balancer.model import InfluxSettings
 
 __all__ = ["InfluxSink"]
@@ -27,6 +30,13 @@ __all__ = ["InfluxSink"]
 log = logging.getLogger(__name__)
 
 BATCH = 5000
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by the owner only (spilled points carry site and charger ids)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
 
 
 class InfluxSink:
@@ -65,13 +75,13 @@ class InfluxSink:
     def _spill(self, n: int) -> None:
         lines = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
         try:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.spill_dir)
             existing = self._spill_files()
             if existing:
                 self._spill_seq = max(self._spill_seq, int(existing[-1].stem.split("-")[1]))
             self._spill_seq += 1
             path = self.spill_dir / f"spill-{self._spill_seq:09d}.lp"
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            _write_private(path, "\n".join(lines) + "\n")
             self.counters["spilled_points"] += len(lines)
         except OSError as exc:
             self.counters["dropped_points"] += len(lines)
@@ -110,11 +120,13 @@ class InfluxSink:
     async def flush(self) -> bool:
         """Replay spilled files first (in order), then the queue. False when the server refused."""
         for path in self._spill_files():
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+            # One point per "\n"-separated line; splitlines() would also cut at a CR in a tag value.
+            with open(path, encoding="utf-8", newline="") as f:
+                lines = [line for line in f.read().split("\n") if line]
             for i in range(0, len(lines), BATCH):
                 if not await self._send(lines[i:i + BATCH]):
                     # Keep what is left of this file for the next try.
-                    path.write_text("\n".join(lines[i:]) + "\n", encoding="utf-8")
+                    _write_private(path, "\n".join(lines[i:]) + "\n")
                     return False
             path.unlink()
         while self.queue:

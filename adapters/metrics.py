@@ -1,23 +1,91 @@
-"""The metric schema written to InfluxDB: measurements ``site``, ``charger``, ``plan``, ``event``.
+r"""The metric schema written to InfluxDB: measurements ``site``, ``charger``, ``plan``, ``event``.
 
 InfluxQL-friendly (one dashboard serves InfluxDB 1.x, 2.x through DBRP, and 3.x): tags are the
 site, charger, protocol and event kind; per-phase values are fields ``*_l1/_l2/_l3``.
+
+Points are written as line protocol by ``Point`` here, escaped as InfluxDB reads it (checked
+against InfluxDB 1.6.7): in tag keys and values only comma, equals sign and space are escaped; a
+backslash stays literal, tab and CR are carried as they are. influxdb-client's Point wrote tab,
+CR and LF as the two characters ``\t``/``\r``/``\n`` (stored literally) and added a space after a
+trailing backslash (``CP\`` stored as ``CP ``). What line protocol cannot carry in a tag value, a
+line feed and a backslash before an escaped character or at the end, becomes U+FFFD (check-config
+refuses such ids, so only other text can get there).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from influxdb_client import Point, WritePrecision
 
 from balancer.plan import Plan
 
-__all__ = ["SOURCE_CODES", "charger_point", "event_point", "plan_points", "site_point"]
+__all__ = ["SOURCE_CODES", "Point", "charger_point", "escape_tag", "event_point", "plan_points", "site_point"]
 
 SOURCE_CODES = {"forecast": 0, "fallback_forecast": 1, "fallback_config": 2}
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNCARRIED = re.compile(r"\\(?=[,= ]|$)|\n")
+
+
+def escape_tag(text: str) -> str:
+    """A tag key or value for line protocol (also a measurement name: commas and spaces escaped)."""
+    carried = _UNCARRIED.sub("\ufffd", text)
+    return carried.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _field_value(value: float | int | str | bool) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else None  # line protocol has no NaN or infinity
+    # One point per line: a line feed in text (a charger's error message) becomes a space.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+class Point:
+    """One line of line protocol: a measurement, tags, fields and a time in milliseconds."""
+
+    __slots__ = ("_at", "_fields", "_measurement", "_tags")
+
+    def __init__(self, measurement: str) -> None:
+        self._measurement = measurement
+        self._tags: dict[str, str] = {}
+        self._fields: dict[str, float | int | str | bool] = {}
+        self._at: datetime | None = None
+
+    def tag(self, key: str, value: str) -> Point:
+        self._tags[key] = value
+        return self
+
+    def field(self, key: str, value: float | int | str | bool) -> Point:
+        self._fields[key] = value
+        return self
+
+    def time(self, at: datetime) -> Point:
+        self._at = at
+        return self
+
+    def to_line_protocol(self) -> str:
+        """The line, or "" when no field has a value line protocol can carry."""
+        fields = []
+        for key, value in sorted(self._fields.items()):
+            text = _field_value(value)
+            if text is not None:
+                fields.append(f"{escape_tag(key)}={text}")
+        if not fields:
+            return ""
+        tags = "".join(f",{escape_tag(k)}={escape_tag(v)}" for k, v in sorted(self._tags.items()) if k and v)
+        line = f"{escape_tag(self._measurement)}{tags} {','.join(fields)}"
+        if self._at is not None:
+            line += f" {(self._at - _EPOCH) // timedelta(milliseconds=1)}"
+        return line
 
 
 def _phases(point: Point, name: str, values: Sequence[float | None]) -> Point:
@@ -31,7 +99,7 @@ def site_point(site_id: str, at: datetime, *, capacity_a: Sequence[float], capac
                allocated_a: Sequence[float], measured_a: Sequence[float], grid_online: bool,
                energy_requested_wh: float, energy_delivered_wh: float, chargers_connected: int,
                voltage_v: float = 230.0) -> Point:
-    point = Point("site").tag("site", site_id).time(at, WritePrecision.MS)
+    point = Point("site").tag("site", site_id).time(at)
     point = _phases(point, "capacity_a", capacity_a)
     point = _phases(point, "allocated_a", allocated_a)
     point = _phases(point, "measured_a", measured_a)
@@ -49,7 +117,7 @@ def charger_point(site_id: str, charger_id: str, at: datetime, *, protocol: str,
                   measured_a: Sequence[float], power_w: float | None, energy_wh: float | None,
                   soc_pct: float | None, state: str, connected: bool, obeys: bool) -> Point:
     point = (Point("charger").tag("site", site_id).tag("charger", charger_id).tag("protocol", protocol or "none")
-             .time(at, WritePrecision.MS).field("limit_a", float(limit_a)).field("state", state)
+             .time(at).field("limit_a", float(limit_a)).field("state", state)
              .field("connected", int(connected)).field("obeys", int(obeys)))
     point = _phases(point, "measured_a", measured_a)
     for name, value in (("power_w", power_w), ("energy_wh", energy_wh), ("soc_pct", soc_pct)):
@@ -65,14 +133,14 @@ def plan_points(site_id: str, plan: Plan, capacity_a: Any) -> list[Point]:
     points = []
     for k in range(min(len(capacity), planned.shape[0])):
         t = plan.start + timedelta(seconds=k * plan.slot_s)
-        points.append(Point("plan").tag("site", site_id).time(t, WritePrecision.MS)
+        points.append(Point("plan").tag("site", site_id).time(t)
                       .field("capacity_a", float(capacity[k].min())).field("planned_a", float(planned[k])))
     return points
 
 
 def event_point(site_id: str, at: datetime, *, kind: str, ok: bool, result: str, charger: str = "",
                 limit_a: float | None = None) -> Point:
-    point = (Point("event").tag("site", site_id).tag("kind", kind).time(at, WritePrecision.MS)
+    point = (Point("event").tag("site", site_id).tag("kind", kind).time(at)
              .field("ok", int(ok)).field("result", result[:200]).field("count", 1))
     if charger:
         point = point.tag("charger", charger)

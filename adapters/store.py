@@ -9,12 +9,26 @@ from the event loop's thread only.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutboxItem", "StateStore"]
+__all__ = ["OutboxItem", "StateStore", "private_dir"]
+
+# The state holds tokens (OSCP registration, our own token): owner only. SQLite gives its -wal
+# and -shm files the database file's mode.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed; ``path`` itself is made owner-only (0700)."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(DIR_MODE)
+    return path
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
@@ -48,7 +62,11 @@ class StateStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if name.exists():
+                name.chmod(FILE_MODE)  # a file from before 0600 was the rule
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, FILE_MODE))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -68,6 +68,18 @@ class _Field:
     positive: bool = False
     non_negative: bool = False
     choices: tuple[str, ...] = ()
+    ident: bool = False  # an id: also a tag in InfluxDB and a label in /metrics
+
+
+def _id_problem(value: str) -> str | None:
+    """Why an id cannot be used, or None. Ids travel in InfluxDB line protocol, /metrics labels, OCPP
+    URLs and log lines: line protocol carries no line feed, and no backslash where it would escape
+    the next character or the separator after the value."""
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return "must not contain control characters"
+    if re.search(r"\\([ ,=]|$)", value):
+        return "must not hold a backslash before a space, comma or equals sign, nor end with one"
+    return None
 
 
 def _check_value(value: Any, spec: _Field, path: str, problems: list[Problem]) -> Any:
@@ -78,6 +90,10 @@ def _check_value(value: Any, spec: _Field, path: str, problems: list[Problem]) -
             value = str(value)
         if not isinstance(value, str):
             problems.append(Problem(path, f"must be a string, got {type(value).__name__}"))
+            return None
+        why = _id_problem(value) if spec.ident else None
+        if why is not None:
+            problems.append(Problem(path, f"{why}, got {value!r}"))
             return None
     elif kind == "bool":
         if not isinstance(value, bool):
@@ -139,8 +155,8 @@ def _complete(got: Mapping[str, Any], fields: Mapping[str, _Field]) -> bool:
 
 
 _SITE = {
-    "id": _Field("str", required=True),
-    "oscp_group_id": _Field("str"),
+    "id": _Field("str", required=True, ident=True),
+    "oscp_group_id": _Field("str", ident=True),
     "voltage_v": _Field("number", default=230.0, positive=True),
     "grid_limit_a": _Field("number", required=True, positive=True),
     "fallback_kw": _Field("number", required=True, non_negative=True),
@@ -150,12 +166,12 @@ _SITE = {
     "chargers": _Field("any", default=[]),
 }
 _CIRCUIT = {
-    "id": _Field("str", required=True),
+    "id": _Field("str", required=True, ident=True),
     "parent": _Field("str", default=CONNECTION),
     "max_current_a": _Field("number", required=True, positive=True),
 }
 _CHARGER = {
-    "id": _Field("str", required=True),
+    "id": _Field("str", required=True, ident=True),
     "circuit": _Field("str", default=CONNECTION),
     "phases": _Field("int", default=3),
     "phase": _Field("enum", default="L1", choices=PHASES),

@@ -7,8 +7,9 @@ rejected body is used. The same parser reads ``balancer plan --forecast FILE``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from balancer.errors import InvalidInput, Problem
@@ -29,6 +30,13 @@ FORECAST_TYPES = ("CONSUMPTION", "GENERATION", "FALLBACK_CONSUMPTION", "FALLBACK
 PHASES = ("UNKNOWN", "ONE", "TWO", "THREE", "ALL")
 UNITS = ("A", "W", "KW", "WH", "KWH")
 MAX_BLOCKS = 10_000
+# Bounds on every number and time a peer sends, so that no later sum, product or date arithmetic
+# overflows: a capacity in any unit up to 1e12, times from 1970 to 2200 (UTC).
+MAX_CAPACITY = 1e12
+MAX_ID_LENGTH = 256
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+DATETIME_RULE = "must be an RFC 3339 date-time with an offset, between 1970 and 2200"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,19 +60,29 @@ class CapacityForecast:
 
 
 def parse_datetime(value: Any) -> datetime | None:
-    """RFC 3339 with an explicit offset, or None when it is not one."""
-    if not isinstance(value, str) or "T" not in value.upper():
+    """RFC 3339 with an explicit offset between ``EARLIEST`` and ``LATEST``, or None when it is not one."""
+    if not isinstance(value, str) or "T" not in value.upper() or len(value) > 64:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None or not EARLIEST <= parsed < LATEST:
+            return None
+    except (ValueError, OverflowError):  # a year-9999 time with a negative offset is past datetime.max in UTC
         return None
-    return parsed if parsed.tzinfo is not None else None
+    return parsed
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and value not in (float("inf"), float("-inf"))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: its repr, cut short (a peer may send megabytes in one field)."""
+    return _clip(repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__)
 
 
 def _block(raw: Any, path: str, problems: list[Problem]) -> ForecastedBlock | None:
@@ -75,25 +93,25 @@ def _block(raw: Any, path: str, problems: list[Problem]) -> ForecastedBlock | No
     allowed = {"capacity", "phase", "unit", "start_time", "end_time"}
     for key in raw:
         if key not in allowed:
-            problems.append(Problem(f"{path}.{key}", "unknown field"))
+            problems.append(Problem(f"{path}.{_clip(key)}", "unknown field"))
     for key in sorted(allowed):
         if key not in raw:
             problems.append(Problem(f"{path}.{key}", "is required"))
     capacity: Any = raw.get("capacity")
     if "capacity" in raw and not _number(capacity):
-        problems.append(Problem(f"{path}.capacity", f"must be a number, got {capacity!r}"))
-    elif _number(capacity) and capacity < 0:
-        problems.append(Problem(f"{path}.capacity", f"must be >= 0, got {capacity!r}"))
+        problems.append(Problem(f"{path}.capacity", f"must be a finite number, got {_show(capacity)}"))
+    elif _number(capacity) and not 0 <= capacity <= MAX_CAPACITY:
+        problems.append(Problem(f"{path}.capacity", f"must be between 0 and {MAX_CAPACITY:g}, got {_show(capacity)}"))
     if "phase" in raw and raw["phase"] not in PHASES:
-        problems.append(Problem(f"{path}.phase", f"must be one of {', '.join(PHASES)}, got {raw['phase']!r}"))
+        problems.append(Problem(f"{path}.phase", f"must be one of {', '.join(PHASES)}, got {_show(raw['phase'])}"))
     if "unit" in raw and raw["unit"] not in UNITS:
-        problems.append(Problem(f"{path}.unit", f"must be one of {', '.join(UNITS)}, got {raw['unit']!r}"))
+        problems.append(Problem(f"{path}.unit", f"must be one of {', '.join(UNITS)}, got {_show(raw['unit'])}"))
     start = parse_datetime(raw.get("start_time"))
     end = parse_datetime(raw.get("end_time"))
     if "start_time" in raw and start is None:
-        problems.append(Problem(f"{path}.start_time", "must be an RFC 3339 date-time with an offset"))
+        problems.append(Problem(f"{path}.start_time", DATETIME_RULE))
     if "end_time" in raw and end is None:
-        problems.append(Problem(f"{path}.end_time", "must be an RFC 3339 date-time with an offset"))
+        problems.append(Problem(f"{path}.end_time", DATETIME_RULE))
     if start is not None and end is not None and end <= start:
         problems.append(Problem(f"{path}.end_time", "must be after start_time"))
     if len(problems) > before or start is None or end is None:
@@ -109,16 +127,16 @@ def parse_update_forecast(body: Any) -> CapacityForecast:
     allowed = {"group_id", "type", "forecasted_blocks"}
     for key in body:
         if key not in allowed:
-            problems.append(Problem(str(key), "unknown field"))
+            problems.append(Problem(_clip(key), "unknown field"))
     for key in ("group_id", "type", "forecasted_blocks"):
         if key not in body:
             problems.append(Problem(key, "is required"))
     group = body.get("group_id")
-    if "group_id" in body and (not isinstance(group, str) or not group):
-        problems.append(Problem("group_id", f"must be a non-empty string, got {group!r}"))
+    if "group_id" in body and (not isinstance(group, str) or not 0 < len(group) <= MAX_ID_LENGTH):
+        problems.append(Problem("group_id", f"must be a string of 1 to {MAX_ID_LENGTH} characters, got {_show(group)}"))
     kind = body.get("type")
     if "type" in body and kind not in FORECAST_TYPES:
-        problems.append(Problem("type", f"must be one of {', '.join(FORECAST_TYPES)}, got {kind!r}"))
+        problems.append(Problem("type", f"must be one of {', '.join(FORECAST_TYPES)}, got {_show(kind)}"))
     raw_blocks = body.get("forecasted_blocks")
     blocks: list[ForecastedBlock] = []
     if "forecasted_blocks" in body:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from adapters.clock import utc_now
+from adapters.oscp.provider import heartbeat_interval_s
 from adapters.store import StateStore
 from balancer.model import Config
 
@@ -116,10 +117,14 @@ class OscpClient:
                                                       "forecasted_blocks": blocks})
 
     def _heartbeat_interval(self) -> float:
-        behaviour = self.store.get_json("oscp:required_behaviour") or {}
-        value = behaviour.get("heartbeat_interval") if isinstance(behaviour, dict) else None
-        return float(value) if isinstance(value, (int, float)) and value >= 1 else \
-            float(self.config.oscp.heartbeat_interval_s)
+        behaviour = self.store.get_json("oscp:required_behaviour")
+        interval = heartbeat_interval_s(behaviour)
+        if interval is None:
+            if isinstance(behaviour, dict) and "heartbeat_interval" in behaviour:
+                log.warning("stored heartbeat_interval %r is out of range; sending every %s s",
+                            behaviour["heartbeat_interval"], self.config.oscp.heartbeat_interval_s)
+            return float(self.config.oscp.heartbeat_interval_s)
+        return interval
 
     # ----------------------------------------------------------------- loops
     async def _heartbeat_loop(self) -> None:

@@ -1,34 +1,41 @@
 """The OSCP 2.0 Flexibility Provider endpoint (DESIGN 3.4) on the service's aiohttp server.
 
 ``POST /oscp/fp/2.0/{message}``; ``Authorization: Token <oscp.token>`` (401 missing, 403 wrong).
-204 when accepted; 400 with ``{"message", "field"}`` for a bad body; 404 for an unknown group;
-413 for an oversize body. A rejected message stores nothing; its raw body is logged and counted.
+204 when accepted; 400 with ``{"message", "field"}`` for a bad body (numbers and times out of
+range, ``NaN``/``Infinity``, nesting deeper than 32 levels included); 404 for an unknown group;
+413 for a body over ``http.max_body_bytes``; 501 for a ``register`` offering no version 2.0 (as
+SolarNetwork answers, PROTOCOLS.md A.4). A rejected message stores nothing; its raw body is logged
+with token values redacted, and counted. Bodies are parsed and validated in a worker thread, so
+a large forecast does not hold up the event loop.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
 import jsonschema
 from aiohttp import web
 
-from adapters.oscp.provider import FlexibilityProvider
+from adapters.http_body import BadBody, loads, read_body, redact, token_matches
+from adapters.oscp.provider import MAX_HEARTBEAT_INTERVAL_S, FlexibilityProvider
 from balancer.errors import InvalidInput
-from forecast.blocks import parse_datetime, parse_update_forecast
+from forecast.blocks import DATETIME_RULE, parse_datetime, parse_update_forecast
 
 __all__ = ["BASE_PATH", "add_oscp_routes"]
 
 log = logging.getLogger(__name__)
 
 BASE_PATH = "/oscp/fp/2.0"
-MAX_BODY_BYTES = 1_048_576
+_FORECAST = "update_group_capacity_forecast"
 
 _SCHEMAS: dict[str, Any] = json.loads(resources.files("adapters.oscp").joinpath("schemas.json").read_text())
+_SCHEMAS["definitions"]["required_behaviour"]["properties"]["heartbeat_interval"]["maximum"] = MAX_HEARTBEAT_INTERVAL_S
 
 
 def _validator(name: str) -> jsonschema.Draft7Validator:
@@ -57,48 +64,81 @@ def _path_of(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         extra = error.message.split("'")[1] if "'" in error.message else ""
         parts.append(f".{extra}" if parts else extra)
-    return "".join(parts)
+    return "".join(parts)[:200]
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, never echoing a token and never longer than 300 characters."""
+    if error.absolute_path and str(error.absolute_path[-1]).endswith("token"):
+        return f"does not satisfy {error.validator}: {error.validator_value!r}"
+    message = str(error.message)
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
+def _check(name: str, raw: bytes) -> Any:
+    """Parse and validate one message body; ``BadBody`` names the field. Pure: runs in a worker thread.
+
+    Returns the ``CapacityForecast`` of a forecast, ``(body, offline_mode_at)`` of a heartbeat,
+    else the body.
+    """
+    body = loads(raw)
+    if name == _FORECAST:
+        try:
+            return parse_update_forecast(body)
+        except InvalidInput as exc:
+            message = "; ".join(str(p) for p in exc.problems[:10])
+            raise BadBody(400, message[:1000], exc.problems[0].path or None) from None
+    errors = sorted(_VALIDATORS[name].iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        raise BadBody(400, _schema_message(errors[0]), _path_of(errors[0]) or None)
+    if name == "heartbeat":
+        at = parse_datetime(body["offline_mode_at"])
+        if at is None:
+            raise BadBody(400, DATETIME_RULE, "offline_mode_at")
+        return body, at
+    return body
 
 
 Handler = Callable[[web.Request, Any], Awaitable[web.Response]]
 
 
 def add_oscp_routes(app: web.Application, fp: FlexibilityProvider) -> None:
-    """Register the OSCP routes on ``app``."""
+    """Register the OSCP routes on ``app``.
+
+    Bodies are checked in one worker thread: the checks are pure Python and hold the GIL, so
+    more threads would only take turns with the event loop (twenty 800-block forecasts at once:
+    the loop's worst stall was 0.4 s with the default pool, 0.1-0.15 s with one thread; see
+    bench/README.md). Accepted forecasts are then merged one at a time on the loop.
+    """
+    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oscp-check")
+    accepting = asyncio.Lock()
+
+    async def shutdown(app: web.Application) -> None:
+        checker.shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(shutdown)
 
     def endpoint(name: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def wrapped(request: web.Request) -> web.Response:
-            token = fp.config.oscp.token
             header = request.headers.get("Authorization", "")
             if not header:
                 return _error(401, "missing Authorization: Token <token>", "Authorization")
             scheme, _, given = header.partition(" ")
-            if not token or scheme.lower() != "token" or not hmac.compare_digest(given.strip(), token):
+            if scheme.lower() != "token" or not token_matches(given.strip(), fp.config.oscp.token):
                 return _error(403, "wrong token", "Authorization")
-            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-                return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            raw = b""
             try:
-                raw = await request.content.read(MAX_BODY_BYTES + 1)
-            except Exception as exc:  # a broken upload is the peer's problem, never a 500
-                return _error(400, f"cannot read body: {exc!r}")
-            if len(raw) > MAX_BODY_BYTES:
-                return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-            try:
-                body = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                return _reject(name, raw, 400, f"body is not valid JSON: {exc}")
-            validator = _VALIDATORS.get(name)
-            if validator is not None:
-                errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
-                if errors:
-                    return _reject(name, raw, 400, errors[0].message, _path_of(errors[0]))
-            return await handler(request, body)
+                raw = await read_body(request, fp.config.http.max_body_bytes)
+                checked = await asyncio.get_running_loop().run_in_executor(checker, _check, name, raw)
+            except BadBody as exc:
+                return _reject(name, raw, exc.status, exc.message, exc.field)
+            return await handler(request, checked)
 
         return wrapped
 
     def _reject(name: str, raw: bytes, status: int, message: str, field: str | None = None) -> web.Response:
         fp.counters["rejected"] += 1
-        log.warning("OSCP %s rejected (%s): %s; raw body: %r", name, field or "-", message, raw[:2000])
+        log.warning("OSCP %s rejected (%s): %s; raw body: %r", name, field or "-", message, redact(raw))
         return _error(status, message, field)
 
     async def register(request: web.Request, body: Any) -> web.Response:
@@ -114,25 +154,17 @@ def add_oscp_routes(app: web.Application, fp: FlexibilityProvider) -> None:
     async def handshake_ack(request: web.Request, body: Any) -> web.Response:
         return web.Response(status=204)
 
-    async def heartbeat(request: web.Request, body: Any) -> web.Response:
-        at = parse_datetime(body["offline_mode_at"])
-        if at is None:
-            return _reject("heartbeat", json.dumps(body).encode(), 400,
-                           "must be an RFC 3339 date-time with an offset", "offline_mode_at")
-        fp.heartbeat(at)
+    async def heartbeat(request: web.Request, checked: Any) -> web.Response:
+        fp.heartbeat(checked[1])
         return web.Response(status=204)
 
-    async def forecast(request: web.Request, body: Any) -> web.Response:
-        try:
-            parsed = parse_update_forecast(body)
-        except InvalidInput as exc:
-            first = exc.problems[0]
-            return _reject("update_group_capacity_forecast", json.dumps(body).encode()[:2000], 400,
-                           "; ".join(str(p) for p in exc.problems[:10]), first.path)
+    async def forecast(request: web.Request, parsed: Any) -> web.Response:
         site_id = fp.site_id_of_group(parsed.group_id)
         if site_id is None:
             return _error(404, f"unknown group_id {parsed.group_id!r}", "group_id")
-        fp.accept_forecast(site_id, parsed)
+        async with accepting:  # one merge per loop iteration: the others wait their turn
+            fp.accept_forecast(site_id, parsed)
+            await asyncio.sleep(0)
         return web.Response(status=204)
 
     routes: dict[str, tuple[str, Handler]] = {

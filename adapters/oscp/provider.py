@@ -16,9 +16,24 @@ from balancer.model import Config
 from forecast.blocks import CapacityForecast
 from forecast.book import ForecastBook
 
-__all__ = ["FlexibilityProvider"]
+__all__ = ["MAX_HEARTBEAT_INTERVAL_S", "FlexibilityProvider", "heartbeat_interval_s"]
 
 log = logging.getLogger(__name__)
+
+# The longest heartbeat interval a grid operator may ask for (a day); the endpoint refuses more.
+MAX_HEARTBEAT_INTERVAL_S = 86_400
+
+
+def heartbeat_interval_s(required_behaviour: Any) -> float | None:
+    """The heartbeat interval a stored ``required_behaviour`` asks for, or None.
+
+    Values stored before the endpoint bounded them (``Infinity``, ``1e308``) read as None, so the
+    caller's default applies: heartbeats never stop and no date arithmetic overflows.
+    """
+    value = required_behaviour.get("heartbeat_interval") if isinstance(required_behaviour, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_HEARTBEAT_INTERVAL_S:
+        return None
+    return float(value)
 
 
 class FlexibilityProvider:

@@ -1,0 +1,126 @@
+"""``GET /metrics``: the service's state in the Prometheus text exposition format (0.0.4).
+
+Label values are escaped as the format requires (backslash, double quote and line feed), so a
+site or charger id with quotes, commas or spaces stays one sample; metric names made from
+counter names are reduced to the characters a name may hold; NaN and infinities are spelled
+``NaN``/``+Inf``/``-Inf``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from balancer.control import Controller
+
+__all__ = ["Family", "MetricsSource", "escape_label_value", "format_value", "render", "service_metrics_text"]
+
+Labels = Mapping[str, str]
+_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def metric_name(name: str) -> str:
+    """``name`` with every character a metric name may not hold replaced by ``_``."""
+    cleaned = _NAME_INVALID.sub("_", name)
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"_{cleaned}"
+
+
+def format_value(value: float) -> str:
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+@dataclass
+class Family:
+    """One metric: its name, type, help text and samples (labels, value)."""
+
+    name: str
+    type: str
+    help: str = ""
+    samples: list[tuple[Labels, float]] = field(default_factory=list)
+
+
+def render(families: Sequence[Family]) -> str:
+    lines: list[str] = []
+    for family in families:
+        if family.help:
+            lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
+        lines.append(f"# TYPE {family.name} {family.type}")
+        for labels, value in family.samples:
+            label = ",".join(f'{metric_name(k)}="{escape_label_value(str(v))}"' for k, v in labels.items())
+            lines.append(f"{family.name}{{{label}}} {format_value(value)}" if label
+                         else f"{family.name} {format_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class _OnlineSource(Protocol):
+    def is_online(self, site_id: str) -> bool: ...
+
+
+class MetricsSource(Protocol):
+    """What the service offers ``/metrics``."""
+
+    @property
+    def controllers(self) -> Mapping[str, Controller]: ...
+    @property
+    def fp(self) -> _OnlineSource: ...
+    @property
+    def counters(self) -> Mapping[str, float]: ...
+    @property
+    def last_step_s(self) -> float: ...
+    @property
+    def influx(self) -> Any: ...
+
+
+def service_families(service: MetricsSource, now: datetime) -> list[Family]:
+    def gauge(name: str, help_text: str) -> Family:
+        return Family(name, "gauge", help_text)
+
+    cap = gauge("balancer_capacity_amperes", "Capacity in force per phase")
+    alloc = gauge("balancer_allocated_amperes", "Sum of charger limits per phase")
+    meas = gauge("balancer_measured_amperes", "Sum of measured charger currents per phase")
+    online = gauge("balancer_grid_operator_online", "1 when the grid operator is online")
+    connected = gauge("balancer_charger_connected", "1 when the charger is connected")
+    limits = gauge("balancer_charger_limit_amperes", "Current limit per charger")
+    obeys = gauge("balancer_charger_obeys", "0 when a charger does not follow its profile")
+    for site_id, controller in service.controllers.items():
+        status = controller.status(now)
+        for k, phase in enumerate(("L1", "L2", "L3")):
+            cap.samples.append(({"site": site_id, "phase": phase, "source": status.capacity_source},
+                                status.capacity_a[k]))
+            alloc.samples.append(({"site": site_id, "phase": phase}, status.allocated_a[k]))
+            meas.samples.append(({"site": site_id, "phase": phase}, status.measured_a[k]))
+        online.samples.append(({"site": site_id}, 1.0 if service.fp.is_online(site_id) else 0.0))
+        for c in status.chargers:
+            connected.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["connected"] else 0.0))
+            limits.samples.append(({"site": site_id, "charger": c["id"]}, c["limit_a"]))
+            obeys.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["obeys"] else 0.0))
+    families = [cap, alloc, meas, online, connected, limits, obeys]
+    for name, value in service.counters.items():
+        families.append(Family(metric_name(f"balancer_{name}_total"), "counter", samples=[({}, value)]))
+    families.append(Family("balancer_control_step_seconds", "gauge", samples=[({}, service.last_step_s)]))
+    if service.influx is not None:
+        for name, value in service.influx.stats().items():
+            families.append(Family(metric_name(f"balancer_influx_{name}"), "gauge", samples=[({}, value)]))
+    return families
+
+
+def service_metrics_text(service: MetricsSource, now: datetime) -> str:
+    """The whole ``/metrics`` page."""
+    return render(service_families(service, now))
