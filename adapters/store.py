@@ -4,17 +4,29 @@ A small key-value table of JSON documents (forecasts and link state per site, co
 with sessions and the limits chargers hold, OSCP registration) and an outbox of messages to the
 grid operator that must not be lost. SQLite in WAL mode; calls are short and synchronous, made
 from the event loop's thread only.
+
+Writes never raise: memory is what the service runs on, the file follows it. A write that fails
+(disk full, I/O error, a read-only file system) stays pending in memory, the store reports the
+fault (``fault``, ``failures``, a rate-limited log line) and every later write or ``flush()``
+tries again with everything pending, so control never waits for the disk or stops on it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 __all__ = ["OutboxItem", "StateStore"]
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 60.0
+"""While writes keep failing, one log line per this many seconds (with the count since)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
@@ -33,60 +45,165 @@ CREATE TABLE IF NOT EXISTS outbox (
 class OutboxItem:
     """One message waiting to be delivered: ``POST {base_url}/{path}`` with ``body``."""
 
-    __slots__ = ("attempts", "body", "headers", "id", "path")
+    __slots__ = ("attempts", "body", "created", "headers", "id", "next_try", "path")
 
-    def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int) -> None:
+    def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int,
+                 next_try: float = 0.0, created: float = 0.0) -> None:
         self.id = id
         self.path = path
         self.body = body
         self.headers = headers
         self.attempts = attempts
+        self.next_try = next_try
+        self.created = created
 
 
 class StateStore:
-    """JSON key-value state and the outbox, in one SQLite file."""
+    """JSON key-value state and the outbox, in one SQLite file (see the module docstring).
 
-    def __init__(self, path: Path | str) -> None:
+    ``saved_at`` is the wall-clock time [s since the epoch] when the file last held everything
+    written to the store; ``fault`` is the last write error while one is pending, else None.
+    """
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self.clock = clock
+        self._kv_pending: dict[str, str] = {}
+        self._kv_written: dict[str, str] = {}
+        self._outbox: dict[int, OutboxItem] = {}  # in id order: ids only grow
+        self._outbox_pending: set[int] = set()
+        for row in self._db.execute(
+                "SELECT id, path, body, headers, attempts, next_try, created FROM outbox ORDER BY id"):
+            self._outbox[row[0]] = OutboxItem(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4],
+                                              row[5], row[6])
+        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        self._next_id = int(max([0, *self._outbox, *(seq or ())])) + 1
+        self.saved_at = self.clock()
+        self.fault: str | None = None
+        self.fault_since: float | None = None
+        self.failures = 0
+        self._fault_failures = 0
+        self._logged_at = 0.0
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
+    # ----------------------------------------------------------------- key-value
     def get_json(self, key: str) -> Any:
-        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        text = self._kv_pending.get(key)
+        if text is None:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            text = None if row is None else row[0]
+        return None if text is None else json.loads(text)
 
-    def put_json(self, key: str, value: Any) -> None:
-        self._db.execute(
-            "INSERT INTO kv (key, value, updated) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-            (key, json.dumps(value, separators=(",", ":")), time.time()),
-        )
+    def put_json(self, key: str, value: Any, *, flush: bool = True) -> None:
+        """Set ``key``; written now with ``flush`` (else by the next flush). Unchanged values cost no write."""
+        text = json.dumps(value, separators=(",", ":"))
+        if self._kv_written.get(key) == text:
+            self._kv_pending.pop(key, None)
+        else:
+            self._kv_pending[key] = text
+        if flush:
+            self.flush()
 
+    # ----------------------------------------------------------------- outbox
     def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-        cur = self._db.execute(
-            "INSERT INTO outbox (path, body, headers, next_try, created) VALUES (?, ?, ?, ?, ?)",
-            (path, json.dumps(body), json.dumps(headers), 0.0, time.time()),
-        )
-        return int(cur.lastrowid or 0)
+        item_id = self._next_id
+        self._next_id += 1
+        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, 0.0, self.clock())
+        self._outbox_pending.add(item_id)
+        self.flush()
+        return item_id
 
     def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
-        rows = self._db.execute(
-            "SELECT id, path, body, headers, attempts FROM outbox WHERE next_try <= ? ORDER BY id LIMIT ?",
-            (now, limit),
-        ).fetchall()
-        return [OutboxItem(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows]
+        due = []
+        for item in self._outbox.values():
+            if item.next_try <= now:
+                due.append(item)
+                if len(due) == limit:
+                    break
+        return due
 
     def delivered(self, item_id: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        if self._outbox.pop(item_id, None) is not None:
+            self._outbox_pending.add(item_id)
+            self.flush()
 
     def retry_later(self, item_id: int, next_try: float) -> None:
-        self._db.execute("UPDATE outbox SET attempts = attempts + 1, next_try = ? WHERE id = ?", (next_try, item_id))
+        item = self._outbox.get(item_id)
+        if item is not None:
+            item.attempts += 1
+            item.next_try = next_try
+            self._outbox_pending.add(item_id)
+            self.flush()
 
     def outbox_size(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return len(self._outbox)
+
+    # ----------------------------------------------------------------- writing
+    @property
+    def pending(self) -> int:
+        """Keys and outbox rows changed in memory and not yet in the file."""
+        return len(self._kv_pending) + len(self._outbox_pending)
+
+    def flush(self) -> bool:
+        """Write everything pending in one transaction; False (and the fault kept) when that fails."""
+        if not self._kv_pending and not self._outbox_pending:
+            self.saved_at = self.clock()
+            return True
+        now = self.clock()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO kv (key, value, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                [(key, text, now) for key, text in self._kv_pending.items()])
+            for item_id in sorted(self._outbox_pending):
+                item = self._outbox.get(item_id)
+                if item is None:
+                    self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+                else:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO outbox (id, path, body, headers, attempts, next_try, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (item.id, item.path, json.dumps(item.body), json.dumps(item.headers), item.attempts,
+                         item.next_try, item.created))
+            self._db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.debug("rollback after a failed write failed too", exc_info=True)
+            self._failed(exc, now)
+            return False
+        self._kv_written.update(self._kv_pending)
+        self._kv_pending.clear()
+        self._outbox_pending.clear()
+        self.saved_at = now
+        if self.fault is not None:
+            log.warning("state written to %s again after %.0f s and %d failed writes", self.path,
+                        now - (self.fault_since or now), self._fault_failures)
+            self.fault = None
+            self.fault_since = None
+        return True
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        first = self.fault is None
+        if first:
+            self.fault_since = now
+            self._fault_failures = 0
+        self.failures += 1
+        self._fault_failures += 1
+        self.fault = f"{type(exc).__name__}: {exc}"
+        if first or now - self._logged_at >= LOG_EVERY_S:
+            log.error("state not written to %s (%s): %d failed writes in %.0f s, %d changes kept in memory"
+                      " and retried", self.path, self.fault, self._fault_failures, now - (self.fault_since or now),
+                      self.pending)
+            self._logged_at = now
