@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from adapters.metrics import charger_point, event_point, plan_points, site_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
+from adapters.planner_worker import planner_executor
 from adapters.store import StateStore
 from balancer.control import Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
@@ -98,8 +97,7 @@ class Service:
         self._stopping = asyncio.Event()
         # The LP runs in its own process: HiGHS would otherwise hold the event loop's GIL for
         # seconds on a large site, and every charger would wait for it.
-        self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=silence_highs_banner)
+        self._executor = planner_executor()
         self._planning: dict[str, asyncio.Future[SolveOutcome]] = {}
         self._push_tasks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -283,8 +281,7 @@ class Service:
                 outcome = fut.result()
             except Exception as exc:  # the worker process died: the allocator decides alone
                 outcome = SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))
-                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                     initializer=silence_highs_banner)
+                self._executor = planner_executor()
             self.counters["plans"] += 1
             if outcome.status not in ("optimal", "no_sessions"):
                 self.counters["plan_failures"] += 1
