@@ -5,14 +5,16 @@ with sessions and the limits chargers hold, OSCP registration) and an outbox of 
 grid operator that must not be lost. SQLite in WAL mode; calls are short and synchronous, made
 from the event loop's thread only.
 
-Writes never raise: memory is what the service runs on, the file follows it. A write that fails
-(disk full, I/O error, a read-only file system) stays pending in memory, the store reports the
-fault (``fault``, ``failures``, a rate-limited log line) and every later write or ``flush()``
-tries again with everything pending, so control never waits for the disk or stops on it.
+Writes never raise: memory is what the service runs on (everything is read at start), the file
+follows it. A write that fails (disk full, I/O error, a read-only file system) stays pending in
+memory, the store reports the fault (``fault``, ``failures``, a rate-limited log line) and every
+later write or ``flush()`` tries again with everything pending, so control never waits for the
+disk or stops on it. A start on a full disk reads the file without writing and runs the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -68,47 +70,83 @@ class StateStore:
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
         self.clock = clock
-        self._kv_pending: dict[str, str] = {}
-        self._kv_written: dict[str, str] = {}
-        self._outbox: dict[int, OutboxItem] = {}  # in id order: ids only grow
-        self._outbox_pending: set[int] = set()
-        for row in self._db.execute(
-                "SELECT id, path, body, headers, attempts, next_try, created FROM outbox ORDER BY id"):
-            self._outbox[row[0]] = OutboxItem(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4],
-                                              row[5], row[6])
-        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        self._next_id = int(max([0, *self._outbox, *(seq or ())])) + 1
         self.saved_at = self.clock()
         self.fault: str | None = None
         self.fault_since: float | None = None
         self.failures = 0
         self._fault_failures = 0
         self._logged_at = 0.0
+        self._kv: dict[str, str] = {}  # every key, as JSON text: reads never touch the file
+        self._kv_pending: set[str] = set()
+        self._outbox: dict[int, OutboxItem] = {}  # in id order: ids only grow
+        self._outbox_pending: set[int] = set()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = self._connect()
+            self._load(self._db)
+        except (sqlite3.Error, OSError) as exc:
+            # A full or read-only file system: start from what can be read, write when it can.
+            self._db = None
+            self._load_read_only()
+            self._failed(exc, self.clock())
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        self._kv = dict(db.execute("SELECT key, value FROM kv").fetchall())
+        self._outbox = {}
+        for row in db.execute("SELECT id, path, body, headers, attempts, next_try, created FROM outbox ORDER BY id"):
+            self._outbox[row[0]] = OutboxItem(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4],
+                                              row[5], row[6])
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        self._next_id = int(max([0, *self._outbox, *(seq or ())])) + 1
+
+    def _load_read_only(self) -> None:
+        """Read the file without writing to its directory (WAL mode would create ``-shm`` there).
+
+        ``immutable`` ignores a ``-wal`` file, so it is used only when there is none with content
+        (a clean close leaves none); a file that exists and cannot be read stops the start.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._next_id = 1  # a first start: nothing to read
+            return
+        wal = self.path.with_name(self.path.name + "-wal")
+        modes = ["mode=ro"] if wal.exists() and wal.stat().st_size > 0 else ["mode=ro", "immutable=1"]
+        for k, mode in enumerate(modes):
+            try:
+                with contextlib.closing(sqlite3.connect(f"{self.path.as_uri()}?{mode}", uri=True)) as db:
+                    self._load(db)
+                return
+            except sqlite3.Error:
+                if k == len(modes) - 1:
+                    raise
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     # ----------------------------------------------------------------- key-value
     def get_json(self, key: str) -> Any:
-        text = self._kv_pending.get(key)
-        if text is None:
-            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-            text = None if row is None else row[0]
+        text = self._kv.get(key)
         return None if text is None else json.loads(text)
 
     def put_json(self, key: str, value: Any, *, flush: bool = True) -> None:
         """Set ``key``; written now with ``flush`` (else by the next flush). Unchanged values cost no write."""
         text = json.dumps(value, separators=(",", ":"))
-        if self._kv_written.get(key) == text:
-            self._kv_pending.pop(key, None)
-        else:
-            self._kv_pending[key] = text
+        if self._kv.get(key) != text:
+            self._kv[key] = text
+            self._kv_pending.add(key)
         if flush:
             self.flush()
 
@@ -154,36 +192,21 @@ class StateStore:
 
     def flush(self) -> bool:
         """Write everything pending in one transaction; False (and the fault kept) when that fails."""
-        if not self._kv_pending and not self._outbox_pending:
-            self.saved_at = self.clock()
-            return True
         now = self.clock()
+        db = self._db
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO kv (key, value, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                [(key, text, now) for key, text in self._kv_pending.items()])
-            for item_id in sorted(self._outbox_pending):
-                item = self._outbox.get(item_id)
-                if item is None:
-                    self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-                else:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO outbox (id, path, body, headers, attempts, next_try, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (item.id, item.path, json.dumps(item.body), json.dumps(item.headers), item.attempts,
-                         item.next_try, item.created))
-            self._db.execute("COMMIT")
+            if db is None:
+                db = self._db = self._connect()
+            if self._kv_pending or self._outbox_pending:
+                self._write(db, now)
         except (sqlite3.Error, OSError) as exc:
-            if self._db.in_transaction:
+            if db is not None and db.in_transaction:
                 try:
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                 except sqlite3.Error:
                     log.debug("rollback after a failed write failed too", exc_info=True)
             self._failed(exc, now)
             return False
-        self._kv_written.update(self._kv_pending)
         self._kv_pending.clear()
         self._outbox_pending.clear()
         self.saved_at = now
@@ -193,6 +216,24 @@ class StateStore:
             self.fault = None
             self.fault_since = None
         return True
+
+    def _write(self, db: sqlite3.Connection, now: float) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "INSERT INTO kv (key, value, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+            [(key, self._kv[key], now) for key in self._kv_pending])
+        for item_id in sorted(self._outbox_pending):
+            item = self._outbox.get(item_id)
+            if item is None:
+                db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO outbox (id, path, body, headers, attempts, next_try, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (item.id, item.path, json.dumps(item.body), json.dumps(item.headers), item.attempts,
+                     item.next_try, item.created))
+        db.execute("COMMIT")
 
     def _failed(self, exc: BaseException, now: float) -> None:
         first = self.fault is None
