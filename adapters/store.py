@@ -4,14 +4,23 @@ A small key-value table of JSON documents (forecasts and link state per site, co
 with sessions and the limits chargers hold, OSCP registration) and an outbox of messages to the
 grid operator that must not be lost. SQLite in WAL mode; calls are short and synchronous, made
 from the event loop's thread only.
+
+Writes never raise: memory is what the service runs on (everything is read at start), the file
+follows it. A write that fails (disk full, I/O error, a read-only file system) stays pending in
+memory, the store reports the fault (``fault``, ``failures``, a rate-limited log line) and every
+later write or ``flush()`` tries again with everything pending, so control never waits for the
+disk or stops on it. A start on a full disk reads the file without writing and runs the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,11 @@ def private_dir(path: Path) -> Path:
         path.chmod(DIR_MODE)
     return path
 
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 60.0
+"""While writes keep failing, one log line per this many seconds (with the count since)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -47,64 +61,208 @@ CREATE TABLE IF NOT EXISTS outbox (
 class OutboxItem:
     """One message waiting to be delivered: ``POST {base_url}/{path}`` with ``body``."""
 
-    __slots__ = ("attempts", "body", "headers", "id", "path")
+    __slots__ = ("attempts", "body", "created", "headers", "id", "next_try", "path")
 
-    def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int) -> None:
+    def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int,
+                 next_try: float = 0.0, created: float = 0.0) -> None:
         self.id = id
         self.path = path
         self.body = body
         self.headers = headers
         self.attempts = attempts
+        self.next_try = next_try
+        self.created = created
 
 
 class StateStore:
-    """JSON key-value state and the outbox, in one SQLite file."""
+    """JSON key-value state and the outbox, in one SQLite file (see the module docstring).
 
-    def __init__(self, path: Path | str) -> None:
+    ``saved_at`` is the wall-clock time [s since the epoch] when the file last held everything
+    written to the store; ``fault`` is the last write error while one is pending, else None.
+    """
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         private_dir(self.path.parent)
         for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
             if name.exists():
                 name.chmod(FILE_MODE)  # a file from before 0600 was the rule
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, FILE_MODE))
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.clock = clock
+        self.saved_at = self.clock()
+        self.fault: str | None = None
+        self.fault_since: float | None = None
+        self.failures = 0
+        self._fault_failures = 0
+        self._logged_at = 0.0
+        self._kv: dict[str, str] = {}  # every key, as JSON text: reads never touch the file
+        self._kv_pending: set[str] = set()
+        self._outbox: dict[int, OutboxItem] = {}  # in id order: ids only grow
+        self._outbox_pending: set[int] = set()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = self._connect()
+            self._load(self._db)
+        except (sqlite3.Error, OSError) as exc:
+            # A full or read-only file system: start from what can be read, write when it can.
+            self._db = None
+            self._load_read_only()
+            self._failed(exc, self.clock())
+
+    def _connect(self) -> sqlite3.Connection:
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, FILE_MODE))  # owner only from the start
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        self._kv = dict(db.execute("SELECT key, value FROM kv").fetchall())
+        self._outbox = {}
+        for row in db.execute("SELECT id, path, body, headers, attempts, next_try, created FROM outbox ORDER BY id"):
+            self._outbox[row[0]] = OutboxItem(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4],
+                                              row[5], row[6])
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        self._next_id = int(max([0, *self._outbox, *(seq or ())])) + 1
+
+    def _load_read_only(self) -> None:
+        """Read the file without writing to its directory (WAL mode would create ``-shm`` there).
+
+        ``immutable`` ignores a ``-wal`` file, so it is used only when there is none with content
+        (a clean close leaves none); a file that exists and cannot be read stops the start.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._next_id = 1  # a first start: nothing to read
+            return
+        wal = self.path.with_name(self.path.name + "-wal")
+        modes = ["mode=ro"] if wal.exists() and wal.stat().st_size > 0 else ["mode=ro", "immutable=1"]
+        for k, mode in enumerate(modes):
+            try:
+                with contextlib.closing(sqlite3.connect(f"{self.path.as_uri()}?{mode}", uri=True)) as db:
+                    self._load(db)
+                return
+            except sqlite3.Error:
+                if k == len(modes) - 1:
+                    raise
 
     def close(self) -> None:
-        self._db.close()
+        self.flush()
+        if self._db is not None:
+            self._db.close()
 
+    # ----------------------------------------------------------------- key-value
     def get_json(self, key: str) -> Any:
-        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        text = self._kv.get(key)
+        return None if text is None else json.loads(text)
 
-    def put_json(self, key: str, value: Any) -> None:
-        self._db.execute(
-            "INSERT INTO kv (key, value, updated) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-            (key, json.dumps(value, separators=(",", ":")), time.time()),
-        )
+    def put_json(self, key: str, value: Any, *, flush: bool = True) -> None:
+        """Set ``key``; written now with ``flush`` (else by the next flush). Unchanged values cost no write."""
+        text = json.dumps(value, separators=(",", ":"))
+        if self._kv.get(key) != text:
+            self._kv[key] = text
+            self._kv_pending.add(key)
+        if flush:
+            self.flush()
 
+    # ----------------------------------------------------------------- outbox
     def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-        cur = self._db.execute(
-            "INSERT INTO outbox (path, body, headers, next_try, created) VALUES (?, ?, ?, ?, ?)",
-            (path, json.dumps(body), json.dumps(headers), 0.0, time.time()),
-        )
-        return int(cur.lastrowid or 0)
+        item_id = self._next_id
+        self._next_id += 1
+        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, 0.0, self.clock())
+        self._outbox_pending.add(item_id)
+        self.flush()
+        return item_id
 
     def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
-        rows = self._db.execute(
-            "SELECT id, path, body, headers, attempts FROM outbox WHERE next_try <= ? ORDER BY id LIMIT ?",
-            (now, limit),
-        ).fetchall()
-        return [OutboxItem(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows]
+        due = []
+        for item in self._outbox.values():
+            if item.next_try <= now:
+                due.append(item)
+                if len(due) == limit:
+                    break
+        return due
 
     def delivered(self, item_id: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        if self._outbox.pop(item_id, None) is not None:
+            self._outbox_pending.add(item_id)
+            self.flush()
 
     def retry_later(self, item_id: int, next_try: float) -> None:
-        self._db.execute("UPDATE outbox SET attempts = attempts + 1, next_try = ? WHERE id = ?", (next_try, item_id))
+        item = self._outbox.get(item_id)
+        if item is not None:
+            item.attempts += 1
+            item.next_try = next_try
+            self._outbox_pending.add(item_id)
+            self.flush()
 
     def outbox_size(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return len(self._outbox)
+
+    # ----------------------------------------------------------------- writing
+    @property
+    def pending(self) -> int:
+        """Keys and outbox rows changed in memory and not yet in the file."""
+        return len(self._kv_pending) + len(self._outbox_pending)
+
+    def flush(self) -> bool:
+        """Write everything pending in one transaction; False (and the fault kept) when that fails."""
+        now = self.clock()
+        db = self._db
+        try:
+            if db is None:
+                db = self._db = self._connect()
+            if self._kv_pending or self._outbox_pending:
+                self._write(db, now)
+        except (sqlite3.Error, OSError) as exc:
+            if db is not None and db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.debug("rollback after a failed write failed too", exc_info=True)
+            self._failed(exc, now)
+            return False
+        self._kv_pending.clear()
+        self._outbox_pending.clear()
+        self.saved_at = now
+        if self.fault is not None:
+            log.warning("state written to %s again after %.0f s and %d failed writes", self.path,
+                        now - (self.fault_since or now), self._fault_failures)
+            self.fault = None
+            self.fault_since = None
+        return True
+
+    def _write(self, db: sqlite3.Connection, now: float) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "INSERT INTO kv (key, value, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+            [(key, self._kv[key], now) for key in self._kv_pending])
+        for item_id in sorted(self._outbox_pending):
+            item = self._outbox.get(item_id)
+            if item is None:
+                db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO outbox (id, path, body, headers, attempts, next_try, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (item.id, item.path, json.dumps(item.body), json.dumps(item.headers), item.attempts,
+                     item.next_try, item.created))
+        db.execute("COMMIT")
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        first = self.fault is None
+        if first:
+            self.fault_since = now
+            self._fault_failures = 0
+        self.failures += 1
+        self._fault_failures += 1
+        self.fault = f"{type(exc).__name__}: {exc}"
+        if first or now - self._logged_at >= LOG_EVERY_S:
+            log.error("state not written to %s (%s): %d failed writes in %.0f s, %d changes kept in memory"
+                      " and retried", self.path, self.fault, self._fault_failures, now - (self.fault_since or now),
+                      self.pending)
+            self._logged_at = now
