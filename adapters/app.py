@@ -527,6 +527,9 @@ class Service:
         for name, value in self.counters.items():
             lines.append(f"# TYPE balancer_{name}_total counter")
             lines.append(f"balancer_{name}_total {value}")
+        for name, value in self.ocpp.counters.items():  # bad frames, rate-limited calls, implausible readings
+            lines.append(f"# TYPE balancer_ocpp_{name}_total counter")
+            lines.append(f"balancer_ocpp_{name}_total {value}")
         lines.append("# TYPE balancer_control_step_seconds gauge")
         lines.append(f"balancer_control_step_seconds {self.last_step_s:.6f}")
         if self.influx is not None:

@@ -30,7 +30,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
     """The CSMS side of one 1.6J connection."""
 
     def __init__(self, charger_id: str, connection: Any, link: ChargerLink, response_timeout: float) -> None:
-        super().__init__(charger_id, connection, response_timeout=response_timeout)
+        super().__init__(charger_id, connection, response_timeout=response_timeout, logger=link.ocpp_logger)
         self.link = link
 
     @on(Action.boot_notification)
