@@ -15,8 +15,7 @@ from ocpp.v16.enums import (
     RegistrationStatus,
 )
 
-from adapters.ocpp.meter import parse_sampled_values
-from balancer.events import ChargerStatus, MeterSample, SessionStarted, SessionStopped
+from balancer.events import ChargerStatus, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:
     from adapters.ocpp.server import ChargerLink
@@ -86,8 +85,9 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
     @on(Action.meter_values)
     def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **kw: Any) -> Any:
         for entry in meter_value:
-            sample = parse_sampled_values(entry.get("sampled_value", []))
-            self.link.emit(MeterSample(self.link.charger_id, self.link.now(), **sample))
+            sample = self.link.meter.sample(entry)
+            if sample is not None:
+                self.link.emit(sample)
         return call_result.MeterValues()
 
     @on(Action.data_transfer)

@@ -32,6 +32,7 @@ from adapters.ocpp.frames import MAX_DEPTH, bad_date_times, frame_id, too_deep, 
 from adapters.ocpp.handlers16 import ChargePoint16
 from adapters.ocpp.handlers201 import ChargePoint201
 from adapters.ocpp.loglimit import LimitedLogger, LogLimiter
+from adapters.ocpp.meter import MeterReader
 from adapters.ocpp.pusher import Pusher
 from balancer.events import ChargerOffline, ChargerOnline, ChargerSchedule, Event, MeterSample
 from balancer.model import Charger, Config
@@ -146,6 +147,7 @@ class ChargerLink:
         self.connected = False
         self.transaction_id: str | None = None
         self.pusher = Pusher(self)
+        self.meter = MeterReader(self)
         self.status = "unknown"
 
     @property
