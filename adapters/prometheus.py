@@ -86,6 +86,8 @@ class MetricsSource(Protocol):
     def last_step_s(self) -> float: ...
     @property
     def influx(self) -> Any: ...
+    @property
+    def ocpp(self) -> Any: ...
 
 
 def service_families(service: MetricsSource, now: datetime) -> list[Family]:
@@ -114,6 +116,8 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
     families = [cap, alloc, meas, online, connected, limits, obeys]
     for name, value in service.counters.items():
         families.append(Family(metric_name(f"balancer_{name}_total"), "counter", samples=[({}, value)]))
+    for name, value in service.ocpp.counters.items():  # bad frames, rate-limited calls, implausible readings
+        families.append(Family(metric_name(f"balancer_ocpp_{name}_total"), "counter", samples=[({}, value)]))
     families.append(Family("balancer_control_step_seconds", "gauge", samples=[({}, service.last_step_s)]))
     if service.influx is not None:
         for name, value in service.influx.stats().items():

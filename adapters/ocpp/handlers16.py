@@ -15,8 +15,7 @@ from ocpp.v16.enums import (
     RegistrationStatus,
 )
 
-from adapters.ocpp.meter import parse_sampled_values
-from balancer.events import ChargerStatus, MeterSample, SessionStarted, SessionStopped
+from balancer.events import ChargerStatus, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:
     from adapters.ocpp.server import ChargerLink
@@ -30,7 +29,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
     """The CSMS side of one 1.6J connection."""
 
     def __init__(self, charger_id: str, connection: Any, link: ChargerLink, response_timeout: float) -> None:
-        super().__init__(charger_id, connection, response_timeout=response_timeout)
+        super().__init__(charger_id, connection, response_timeout=response_timeout, logger=link.ocpp_logger)
         self.link = link
 
     @on(Action.boot_notification)
@@ -91,8 +90,9 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
             self.link.emit(SessionStarted(self.link.charger_id, self.link.now(), transaction_id=str(tx)))
             self.link.session_changed()
         for entry in meter_value:
-            sample = parse_sampled_values(entry.get("sampled_value", []))
-            self.link.emit(MeterSample(self.link.charger_id, self.link.now(), **sample))
+            sample = self.link.meter.sample(entry)
+            if sample is not None:
+                self.link.emit(sample)
         return call_result.MeterValues()
 
     @on(Action.data_transfer)

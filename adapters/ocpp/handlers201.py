@@ -9,8 +9,7 @@ from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint, call_result
 from ocpp.v201.enums import Action
 
-from adapters.ocpp.meter import parse_sampled_values
-from balancer.events import ChargerStatus, MeterSample, NeedsUpdated, SessionStarted, SessionStopped
+from balancer.events import ChargerStatus, NeedsUpdated, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:
     from adapters.ocpp.server import ChargerLink
@@ -32,7 +31,7 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
     """The CSMS side of one 2.0.1 connection."""
 
     def __init__(self, charger_id: str, connection: Any, link: ChargerLink, response_timeout: float) -> None:
-        super().__init__(charger_id, connection, response_timeout=response_timeout)
+        super().__init__(charger_id, connection, response_timeout=response_timeout, logger=link.ocpp_logger)
         self.link = link
 
     @on(Action.boot_notification)
@@ -63,8 +62,9 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
         tx = str(transaction_info.get("transaction_id"))
         now = self.link.now()
         for entry in kw.get("meter_value") or []:
-            sample = parse_sampled_values(entry.get("sampled_value", []))
-            self.link.emit(MeterSample(self.link.charger_id, now, **sample))
+            sample = self.link.meter.sample(entry)
+            if sample is not None:
+                self.link.emit(sample)
         state = transaction_info.get("charging_state")
         if event_type == "Started" or (event_type == "Updated" and self.link.transaction_id != tx):
             news = self.link.transaction_started(tx)
@@ -91,8 +91,9 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
     @on(Action.meter_values)
     def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]], **kw: Any) -> Any:
         for entry in meter_value:
-            sample = parse_sampled_values(entry.get("sampled_value", []))
-            self.link.emit(MeterSample(self.link.charger_id, self.link.now(), **sample))
+            sample = self.link.meter.sample(entry)
+            if sample is not None:
+                self.link.emit(sample)
         return call_result.MeterValues()
 
     @on(Action.notify_ev_charging_needs)

@@ -28,8 +28,11 @@ from ocpp.v16.enums import Action as Action16
 from ocpp.v201.enums import Action as Action201
 
 from adapters.clock import utc_now
+from adapters.ocpp.frames import MAX_DEPTH, bad_date_times, frame_id, too_deep, translate_error
 from adapters.ocpp.handlers16 import ChargePoint16
 from adapters.ocpp.handlers201 import ChargePoint201
+from adapters.ocpp.loglimit import LimitedLogger, LogLimiter
+from adapters.ocpp.meter import MeterReader
 from adapters.ocpp.pusher import Pusher
 from balancer.events import ChargerOffline, ChargerSchedule, Event, MeterSample
 from balancer.model import Charger, Config
@@ -56,7 +59,12 @@ def _is_request(raw: str, action: str) -> bool | None:
 
 
 class FrameGuard:
-    """The ``recv``/``send`` object the ``ocpp`` package reads from, with the guards in front."""
+    """The ``recv``/``send`` object the ``ocpp`` package reads from, with the guards in front.
+
+    Inbound: size, depth, rate and shape limits, date-time formats; every refusal is a CALLERROR
+    with the frame's own id whenever it can be read. Outbound: CALLERRORs the package writes are
+    put in this connection's dialect (``frames.DIALECT``).
+    """
 
     def __init__(self, ws: web.WebSocketResponse, link: ChargerLink, max_bytes: int, rate_per_s: float) -> None:
         self.ws = ws
@@ -67,6 +75,9 @@ class FrameGuard:
         self.stamp = time.monotonic()
 
     async def send(self, message: str) -> None:
+        if message.startswith("[4"):  # the package refusing a CALL (schema, missing handler)
+            self.link.server.counters["bad_frames"] += 1
+            message = translate_error(self.link.protocol, message)
         await self.ws.send_str(message)
 
     def _error_frame(self, unique_id: str, code: str, text: str) -> str:
@@ -76,6 +87,7 @@ class FrameGuard:
         while True:
             msg = await self.ws.receive()
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                self.link.server.log_limiter.flush(log, self.link.charger_id)
                 raise ConnectionResetError("websocket closed")
             if msg.type == WSMsgType.BINARY:
                 data = msg.data.decode("utf-8", errors="replace")
@@ -88,23 +100,28 @@ class FrameGuard:
                 return str(data)
             unique_id, code, text = problem
             self.link.server.counters["bad_frames"] += 1
-            log.warning("charger %s: bad frame (%s): %r", self.link.charger_id, text, data[:500])
-            if unique_id is not None:
-                await self.send(self._error_frame(unique_id, code, text))
+            self.link.server.log_limiter.log(log, logging.WARNING, self.link.charger_id, f"frame:{code}",
+                                             "charger %s: bad frame (%s): %r", self.link.charger_id, text,
+                                             data[:500])
+            await self.ws.send_str(self._error_frame(unique_id, code, text))
 
-    def _check(self, data: str) -> tuple[str | None, str, str] | None:
+    def _check(self, data: str) -> tuple[str, str, str] | None:
         """None when the frame may go to the ``ocpp`` package; else (id to answer, code, text)."""
         v16 = self.link.protocol == "ocpp1.6"
         format_code = "FormationViolation" if v16 else "FormatViolation"
         now = time.monotonic()
         self.tokens = min(self.rate * 2, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if len(data.encode("utf-8")) > self.max_bytes:
-            return "-1", format_code, f"frame larger than {self.max_bytes} bytes"
+        if len(data) > self.max_bytes or len(data.encode("utf-8")) > self.max_bytes:
+            return frame_id(data), format_code, f"frame larger than {self.max_bytes} bytes"
         try:
             frame = json.loads(data)
         except json.JSONDecodeError:
             return "-1", format_code if v16 else "RpcFrameworkError", "invalid JSON"
+        except RecursionError:
+            frame = None
+        if frame is None or too_deep(data, frame):
+            return frame_id(data), format_code, f"frame nested deeper than {MAX_DEPTH} levels"
         if not isinstance(frame, list) or len(frame) < 3 or not isinstance(frame[1], str):
             unique = frame[1] if isinstance(frame, list) and len(frame) > 1 and isinstance(frame[1], str) else "-1"
             return unique, format_code, "a frame is [type, id, ...]"
@@ -118,10 +135,14 @@ class FrameGuard:
             self.tokens -= 1.0
             if len(frame) != 4 or not isinstance(frame[2], str) or not isinstance(frame[3], dict):
                 return frame[1], format_code, "a CALL is [2, id, action, {payload}]"
-            if frame[2] not in KNOWN_ACTIONS[self.link.protocol or "ocpp1.6"]:
+            protocol = self.link.protocol or "ocpp1.6"
+            if frame[2] not in KNOWN_ACTIONS[protocol]:
                 # The ocpp package says NotSupported here; the spec's word for an unknown action is
                 # NotImplemented (NotSupported is for a known action the receiver does not do).
                 return frame[1], "NotImplemented", f"unknown action {frame[2][:50]!r}"
+            bad = bad_date_times(protocol, frame[2], frame[3])
+            if bad:
+                return frame[1], format_code, f"not an RFC 3339 date-time: {'; '.join(bad)}"
         return None
 
 
@@ -143,7 +164,13 @@ class ChargerLink:
         self.ended_tx: str | None = None
         """The last transaction this charger stopped: late meter values for it start nothing."""
         self.pusher = Pusher(self)
+        self.meter = MeterReader(self)
         self.status = "unknown"
+
+    @property
+    def ocpp_logger(self) -> LimitedLogger:
+        """The logger for this charger's ``ocpp`` ChargePoint: its error lines rate-limited."""
+        return LimitedLogger(logging.getLogger("ocpp"), self.server.log_limiter, self.charger_id)
 
     @property
     def heartbeat_s(self) -> int:
@@ -202,7 +229,9 @@ class OcppServer:
         self._port = 0
         self._sockets: set[web.WebSocketResponse] = set()
         self.counters: dict[str, int] = {"bad_frames": 0, "rate_limited": 0, "refused": 0, "connections": 0,
-                                         "pushes": 0, "push_failures": 0}
+                                         "pushes": 0, "push_failures": 0, "implausible_meter_values": 0}
+        self.log_limiter = LogLimiter()
+        """Thins the per-charger warnings (bad frames, implausible readings) to a few per minute."""
         self._fanouts = 0
         self.quiet = asyncio.Event()
         """Set while no fan-out of new limits is under way: read-backs wait for it."""
@@ -307,7 +336,8 @@ class OcppServer:
                 try:
                     await cp.route_message(raw)
                 except Exception as exc:  # nothing a charger sends may end the loop
-                    log.warning("charger %s: message failed: %r", charger_id, exc)
+                    self.log_limiter.log(log, logging.WARNING, charger_id, "failed", "charger %s: message failed: %r",
+                                         charger_id, exc)
                 if not link.pusher.registered and _is_request(raw, "BootNotification") is False:
                     link.pusher.on_heard()
         except (ConnectionResetError, asyncio.CancelledError):

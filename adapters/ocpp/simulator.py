@@ -2,7 +2,18 @@
 
 Each simulated charger holds the charging profiles it receives, evaluates its composite schedule
 at (possibly accelerated) simulated time like a real charger, draws min(limit, car max) with a
-taper above 80 % state of charge, and sends MeterValues that match what it draws. Switchable
+taper above 80 % state of charge, and sends MeterValues that match what it draws.
+
+Towards the CSMS it behaves as the specs ask: Heartbeats at the interval of the BootNotification
+answer (or of HeartbeatInterval once set); TriggerMessage answered Accepted and the requested
+message sent after the answer (BootNotification, Heartbeat, StatusNotification, MeterValues,
+FirmwareStatusNotification, 1.6 DiagnosticsStatusNotification, 2.0.1 LogStatusNotification and
+TransactionEvent; others NotImplemented); GetCompositeSchedule in the unit asked for (W in total
+over the car's phases); DataTransfer UnknownVendorId (no vendor extensions); 2.0.1
+GetChargingProfiles Accepted and a ReportChargingProfiles per EVSE, or NoProfiles; Get/SetVariables
+and 1.6 Get/ChangeConfiguration against a small device model (unknown component, variable or key,
+read-only values refused). A 2.0.1 session: StatusNotification Occupied, then TransactionEvent
+Started with seqNo 0, Updated 1, 2, ..., Ended, then StatusNotification Available. Switchable
 misbehaviours show how a CSMS copes: rejecting 0 A, ignoring profiles, rejecting TxProfile,
 rejecting every profile, never answering the CSMS's calls, dropping the connection, answering
 late. Used by the tests, the benchmarks, ``balancer demo`` and ``balancer simulate``.
@@ -23,7 +34,7 @@ from typing import Any
 import aiohttp
 import ocpp.messages
 from ocpp.exceptions import InternalError
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
@@ -39,6 +50,10 @@ __all__ = ["Fleet", "Misbehaviour", "SimCar", "SimulatedCharger"]
 
 log = logging.getLogger(__name__)
 VOLTAGE_V = 230.0
+MEASURANDS = "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"
+WRITABLE = frozenset({"HeartbeatInterval", "MeterValueSampleInterval", "MeterValuesSampledData", "TxUpdatedInterval",
+                      "TxUpdatedMeasurands"})
+"""Configuration keys (1.6) and variables (2.0.1) a CSMS may change; the others are read-only."""
 
 
 def _iso(t: datetime) -> str:
@@ -198,9 +213,19 @@ class SimulatedCharger:
         self.rejected_calls = 0
         self._tx_errors_sent = 0
         self._cp: Any = None
-        self._seq = itertools.count(1)
+        self._tx_numbers = itertools.count(1)
+        self._tx_seq = itertools.count(0)
+        """seqNo of the 2.0.1 TransactionEvents of the transaction in progress: 0 for its Started event."""
+        self.heartbeat_s = 0
+        """The interval the CSMS's BootNotification answer asked for [s]; 0: no heartbeats."""
+        self.heartbeats = 0
+        self.triggered: list[str] = []
+        """Messages sent because a TriggerMessage asked for them, in order."""
+        self.variables: dict[tuple[str, str], str] = {}
+        """Device-model / configuration values the CSMS wrote (component or "" for 1.6, name)."""
         self._last_meter: datetime | None = None
         self._last_tick: datetime | None = None
+        self._last_heartbeat = 0.0
         self._rng = random.Random(seed)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -260,23 +285,71 @@ class SimulatedCharger:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
 
-    async def _boot(self) -> None:
+    async def _boot(self, reason: str = "PowerUp") -> None:
         self.boots += 1
         self.booted_at = None
         if self.misbehaviour.boot_delay_s:
             await asyncio.sleep(self.misbehaviour.boot_delay_s)
         if self.protocol == "ocpp1.6":
-            await self._cp.call(call16.BootNotification(charge_point_vendor="ev-balancer", charge_point_model="sim"))
-            self.booted_at = self.clock()
+            response = await self._cp.call(call16.BootNotification(charge_point_vendor="ev-balancer",
+                                                                   charge_point_model="sim"))
+        else:
+            response = await self._cp.call(call201.BootNotification(
+                charging_station={"vendor_name": "ev-balancer", "model": "sim"}, reason=reason))
+        self.booted_at = self.clock()
+        self.heartbeat_s = int(getattr(response, "interval", 0) or 0)
+        self._last_heartbeat = asyncio.get_running_loop().time()
+        await self._send_status()
+
+    async def _send_status(self) -> None:
+        if self.protocol == "ocpp1.6":
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError",
                                                           status="Charging" if self.transaction_id else "Available"))
         else:
-            await self._cp.call(call201.BootNotification(
-                charging_station={"vendor_name": "ev-balancer", "model": "sim"}, reason="PowerUp"))
-            self.booted_at = self.clock()
             await self._cp.call(call201.StatusNotification(
                 timestamp=_iso(self.clock()), connector_status="Occupied" if self.transaction_id else "Available",
                 evse_id=1, connector_id=1))
+
+    async def _heartbeat(self) -> None:
+        self._last_heartbeat = asyncio.get_running_loop().time()
+        self.heartbeats += 1
+        await self._cp.call(call16.Heartbeat() if self.protocol == "ocpp1.6" else call201.Heartbeat())
+
+    def trigger_status(self, requested: str) -> str:
+        """The answer to a TriggerMessage for ``requested``; when Accepted, the message follows the answer."""
+        if requested == "TransactionEvent" and self.protocol != "ocpp1.6":
+            return "Accepted" if self.transaction_id is not None else "Rejected"
+        common = {"BootNotification", "Heartbeat", "StatusNotification", "MeterValues", "FirmwareStatusNotification"}
+        extra = {"DiagnosticsStatusNotification"} if self.protocol == "ocpp1.6" else {"LogStatusNotification"}
+        return "Accepted" if requested in common | extra else "NotImplemented"
+
+    async def send_triggered(self, requested: str) -> None:
+        """Send the message a TriggerMessage asked for (the answer Accepted has gone out)."""
+        self.triggered.append(requested)
+        v16 = self.protocol == "ocpp1.6"
+        now = self.clock()
+        if requested == "BootNotification":
+            await self._boot(reason="Triggered")
+        elif requested == "Heartbeat":
+            await self._heartbeat()
+        elif requested == "StatusNotification":
+            await self._send_status()
+        elif requested == "MeterValues":
+            if v16:
+                await self._cp.call(call16.MeterValues(
+                    connector_id=1, transaction_id=int(self.transaction_id) if self.transaction_id else None,
+                    meter_value=[self._meter_value(now)]))
+            else:
+                await self._cp.call(call201.MeterValues(evse_id=1, meter_value=[self._meter_value(now)]))
+        elif requested == "TransactionEvent":
+            await self._send_meter(now, trigger_reason="Trigger")
+        elif requested == "FirmwareStatusNotification":
+            await self._cp.call(call16.FirmwareStatusNotification(status="Idle") if v16
+                                else call201.FirmwareStatusNotification(status="Idle"))
+        elif requested == "DiagnosticsStatusNotification":
+            await self._cp.call(call16.DiagnosticsStatusNotification(status="Idle"))
+        elif requested == "LogStatusNotification":
+            await self._cp.call(call201.LogStatusNotification(status="Idle"))
 
     async def _simulate(self, ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task[None]) -> None:
         connected_at = asyncio.get_running_loop().time()
@@ -288,6 +361,8 @@ class SimulatedCharger:
                 self._last_meter = now
                 if self.transaction_id is not None:
                     await self._send_meter(now)
+            if self.heartbeat_s and asyncio.get_running_loop().time() - self._last_heartbeat >= self.heartbeat_s:
+                await self._heartbeat()
             drop = self.misbehaviour.drop_every_s
             if drop and asyncio.get_running_loop().time() - connected_at >= drop:
                 await ws.close()
@@ -355,9 +430,13 @@ class SimulatedCharger:
             self.transaction_id = str(response.transaction_id)
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
         else:
-            self.transaction_id = f"{self.charger_id}-{next(self._seq)}-{int(now.timestamp())}"
+            # Plugging in occupies the connector before the transaction starts (E02: cable first).
+            await self._cp.call(call201.StatusNotification(timestamp=_iso(now), connector_status="Occupied",
+                                                           evse_id=1, connector_id=1))
+            self.transaction_id = f"{self.charger_id}-{next(self._tx_numbers)}-{int(now.timestamp())}"
+            self._tx_seq = itertools.count(0)
             await self._cp.call(call201.TransactionEvent(
-                event_type="Started", timestamp=_iso(now), trigger_reason="CablePluggedIn", seq_no=next(self._seq),
+                event_type="Started", timestamp=_iso(now), trigger_reason="CablePluggedIn", seq_no=next(self._tx_seq),
                 transaction_info={"transaction_id": self.transaction_id, "charging_state": "EVConnected"},
                 id_token={"id_token": f"TAG-{self.charger_id}", "type": "ISO14443"}, evse={"id": 1, "connector_id": 1},
                 meter_value=[self._meter_value(now)]))
@@ -382,9 +461,11 @@ class SimulatedCharger:
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Available"))
         else:
             await self._cp.call(call201.TransactionEvent(
-                event_type="Ended", timestamp=_iso(now), trigger_reason="EVCommunicationLost", seq_no=next(self._seq),
-                transaction_info={"transaction_id": tx, "stopped_reason": reason},
+                event_type="Ended", timestamp=_iso(now), trigger_reason="EVCommunicationLost",
+                seq_no=next(self._tx_seq), transaction_info={"transaction_id": tx, "stopped_reason": reason},
                 meter_value=[self._meter_value(now)]))
+            await self._cp.call(call201.StatusNotification(timestamp=_iso(now), connector_status="Available",
+                                                           evse_id=1, connector_id=1))
 
     def _sampled(self) -> list[dict[str, Any]]:
         car = self.car
@@ -409,13 +490,13 @@ class SimulatedCharger:
                 v["unit_of_measure"] = {"unit": v.pop("unit")}
         return {"timestamp": _iso(now), "sampled_value": values}
 
-    async def _send_meter(self, now: datetime) -> None:
+    async def _send_meter(self, now: datetime, trigger_reason: str = "MeterValuePeriodic") -> None:
         if self.protocol == "ocpp1.6":
             await self._cp.call(call16.MeterValues(connector_id=1, transaction_id=int(self.transaction_id or 0),
                                                    meter_value=[self._meter_value(now)]))
         else:
             await self._cp.call(call201.TransactionEvent(
-                event_type="Updated", timestamp=_iso(now), trigger_reason="MeterValuePeriodic", seq_no=next(self._seq),
+                event_type="Updated", timestamp=_iso(now), trigger_reason=trigger_reason, seq_no=next(self._tx_seq),
                 transaction_info={"transaction_id": self.transaction_id,
                                   "charging_state": "Charging" if self.draw_a > 0 else "SuspendedEVSE"},
                 meter_value=[self._meter_value(now)]))
@@ -460,6 +541,7 @@ class SimulatedCharger:
         return str(record["result"])
 
     def composite(self, duration: int) -> dict[str, Any] | None:
+        """The composite schedule now [A per phase]."""
         now = self.clock()
         limit = self.limit_now(now)
         if limit is None:
@@ -467,12 +549,93 @@ class SimulatedCharger:
         return {"start_schedule": _iso(now), "duration": duration, "charging_rate_unit": "A",
                 "charging_schedule_period": [{"start_period": 0, "limit": round(limit, 1)}]}
 
+    def in_unit(self, schedule: dict[str, Any], unit: str | None) -> dict[str, Any]:
+        """``schedule`` (in A per phase) in the unit a GetCompositeSchedule asked for (W: in total)."""
+        if unit != "W" or schedule["charging_rate_unit"] == "W":
+            return schedule
+        phases = min(self.car.phases, 3) if self.car else 3
+        periods = [{**p, "limit": round(p["limit"] * VOLTAGE_V * phases, 1)}
+                   for p in schedule["charging_schedule_period"]]
+        return {**schedule, "charging_rate_unit": "W", "charging_schedule_period": periods}
+
     def config_values(self) -> dict[str, str]:
-        return {"ChargeProfileMaxStackLevel": "8", "ChargingScheduleMaxPeriods": "24",
-                "ChargingScheduleAllowedChargingRateUnit": "Power" if self.misbehaviour.watts_only else "Current,Power",
-                "MaxChargingProfilesInstalled": "10",
-                "MeterValueSampleInterval": str(int(self.meter_interval_s)),
-                "MeterValuesSampledData": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"}
+        """1.6 configuration keys and their values (``WRITABLE_16`` may be changed)."""
+        units = "Power" if self.misbehaviour.watts_only else "Current,Power"
+        values = {"ChargeProfileMaxStackLevel": "8", "ChargingScheduleMaxPeriods": "24",
+                  "ChargingScheduleAllowedChargingRateUnit": units,
+                  "MaxChargingProfilesInstalled": "10",
+                  "HeartbeatInterval": str(self.heartbeat_s),
+                  "MeterValueSampleInterval": str(int(self.meter_interval_s)), "MeterValuesSampledData": MEASURANDS}
+        values.update({name: v for (component, name), v in self.variables.items() if not component})
+        return values
+
+    def device_model(self) -> dict[tuple[str, str], str]:
+        """2.0.1 (component, variable) -> value (``WRITABLE_201`` may be set)."""
+        values = {("SmartChargingCtrlr", "Enabled"): "true", ("SmartChargingCtrlr", "PeriodsPerSchedule"): "24",
+                  ("SmartChargingCtrlr", "RateUnit"): "W" if self.misbehaviour.watts_only else "A,W",
+                  ("SmartChargingCtrlr", "ProfileStackLevel"): "8",
+                  ("SmartChargingCtrlr", "Entries"): "10",
+                  ("OCPPCommCtrlr", "HeartbeatInterval"): str(self.heartbeat_s),
+                  ("SampledDataCtrlr", "TxUpdatedInterval"): str(int(self.meter_interval_s)),
+                  ("SampledDataCtrlr", "TxUpdatedMeasurands"): MEASURANDS}
+        values.update({key: v for key, v in self.variables.items() if key[0]})
+        return values
+
+    def write(self, component: str, name: str, value: str) -> str:
+        """Set a configuration key (component "" on 1.6) or variable; the status of the spec's answer."""
+        if component:
+            model = self.device_model()
+            if (component, name) not in model:
+                return "UnknownComponent" if all(c != component for c, _ in model) else "UnknownVariable"
+        elif name not in self.config_values():
+            return "NotSupported"
+        if name not in WRITABLE:
+            return "Rejected"
+        if name in ("HeartbeatInterval", "TxUpdatedInterval", "MeterValueSampleInterval"):
+            try:
+                seconds = int(value)
+            except ValueError:
+                return "Rejected"
+            if seconds < 0:
+                return "Rejected"
+            if name == "HeartbeatInterval":
+                self.heartbeat_s = seconds
+            else:
+                self.meter_interval_s = float(seconds)
+            return "Accepted"
+        self.variables[(component, name)] = value
+        return "Accepted"
+
+    def read(self, component: str, name: str) -> tuple[str, str | None]:
+        """(attribute status, value) of a 2.0.1 GetVariables item."""
+        known = self.device_model()
+        if (component, name) in known:
+            return "Accepted", known[(component, name)]
+        if all(c != component for c, _ in known):
+            return "UnknownComponent", None
+        return "UnknownVariable", None
+
+    def profiles_report(self, criterion: dict[str, Any], evse_id: int | None) -> dict[int, list[dict[str, Any]]]:
+        """2.0.1 GetChargingProfiles: the installed profiles matching, per EVSE."""
+        sources = criterion.get("charging_limit_source")
+        if sources and "CSO" not in sources:  # every profile here came from the CSMS
+            return {}
+        ids = criterion.get("charging_profile_id")
+        out: dict[int, list[dict[str, Any]]] = {}
+        for (purpose, stack, evse), profile in sorted(self.store.profiles.items()):
+            if (evse_id is not None and evse != evse_id) or (
+                    criterion.get("charging_profile_purpose") not in (None, purpose)) or (
+                    criterion.get("stack_level") not in (None, stack)) or (ids and profile.get("id") not in ids):
+                continue
+            out.setdefault(evse, []).append(profile)
+        return out
+
+    async def send_profiles_report(self, request_id: int, report: dict[int, list[dict[str, Any]]]) -> None:
+        evses = sorted(report)
+        for k, evse in enumerate(evses):
+            await self._cp.call(call201.ReportChargingProfiles(
+                request_id=request_id, charging_limit_source="CSO", charging_profile=report[evse], evse_id=evse,
+                tbc=k < len(evses) - 1))
 
 
 def _dropped(sim: SimulatedCharger, raw_msg: str) -> bool:
@@ -504,6 +667,7 @@ class _Client16(Cp16):  # type: ignore[misc]
         schedule = self.sim.composite(duration)
         if schedule is None:
             return result16.GetCompositeSchedule(status="Rejected")
+        schedule = self.sim.in_unit(schedule, kw.get("charging_rate_unit"))
         start = schedule.pop("start_schedule")
         return result16.GetCompositeSchedule(status="Accepted", connector_id=connector_id, schedule_start=start,
                                              charging_schedule=schedule)
@@ -513,16 +677,26 @@ class _Client16(Cp16):  # type: ignore[misc]
         values = self.sim.config_values()
         wanted = key or list(values)
         return result16.GetConfiguration(
-            configuration_key=[{"key": k, "readonly": True, "value": values[k]} for k in wanted if k in values],
+            configuration_key=[{"key": k, "readonly": k not in WRITABLE, "value": values[k]}
+                               for k in wanted if k in values],
             unknown_key=[k for k in wanted if k not in values] or None)
 
     @on(Action16.change_configuration)
     async def change_configuration(self, key: str, value: str) -> Any:
-        return result16.ChangeConfiguration(status="Accepted")
+        return result16.ChangeConfiguration(status=self.sim.write("", key, value))
 
     @on(Action16.trigger_message)
     async def trigger(self, requested_message: str, **kw: Any) -> Any:
-        return result16.TriggerMessage(status="Accepted")
+        return result16.TriggerMessage(status=self.sim.trigger_status(requested_message))
+
+    @after(Action16.trigger_message)
+    async def triggered(self, requested_message: str, **kw: Any) -> None:
+        if self.sim.trigger_status(requested_message) == "Accepted":
+            await self.sim.send_triggered(requested_message)
+
+    @on(Action16.data_transfer)
+    async def data_transfer(self, vendor_id: str, **kw: Any) -> Any:
+        return result16.DataTransfer(status="UnknownVendorId")  # no vendor extensions here
 
     @on(Action16.remote_start_transaction)
     async def remote_start(self, id_tag: str, **kw: Any) -> Any:
@@ -562,35 +736,61 @@ class _Client201(Cp201):  # type: ignore[misc]
         schedule = self.sim.composite(duration)
         if schedule is None:
             return result201.GetCompositeSchedule(status="Rejected")
+        schedule = self.sim.in_unit(schedule, kw.get("charging_rate_unit"))
         return result201.GetCompositeSchedule(status="Accepted", schedule={
             "evse_id": evse_id, "duration": duration, "schedule_start": schedule["start_schedule"],
-            "charging_rate_unit": "A", "charging_schedule_period": schedule["charging_schedule_period"]})
+            "charging_rate_unit": schedule["charging_rate_unit"],
+            "charging_schedule_period": schedule["charging_schedule_period"]})
 
     @on(Action201.get_variables)
     async def get_variables(self, get_variable_data: list[dict[str, Any]], **kw: Any) -> Any:
-        values = {"PeriodsPerSchedule": "24", "RateUnit": "W" if self.sim.misbehaviour.watts_only else "A,W",
-                  "ProfileStackLevel": "8",
-                  "TxUpdatedInterval": str(int(self.sim.meter_interval_s)),
-                  "TxUpdatedMeasurands": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"}
         out = []
         for item in get_variable_data:
-            name = item["variable"]["name"]
-            entry = {"component": item["component"], "variable": item["variable"],
-                     "attribute_status": "Accepted" if name in values else "UnknownVariable"}
-            if name in values:
-                entry["attribute_value"] = values[name]
+            entry = {"component": item["component"], "variable": item["variable"]}
+            if item.get("attribute_type", "Actual") != "Actual":
+                entry["attribute_status"] = "NotSupportedAttributeType"
+            else:
+                status, value = self.sim.read(item["component"]["name"], item["variable"]["name"])
+                entry["attribute_status"] = status
+                if value is not None:
+                    entry["attribute_value"] = value
             out.append(entry)
         return result201.GetVariables(get_variable_result=out)
 
     @on(Action201.set_variables)
     async def set_variables(self, set_variable_data: list[dict[str, Any]], **kw: Any) -> Any:
-        return result201.SetVariables(set_variable_result=[
-            {"attribute_status": "Accepted", "component": i["component"], "variable": i["variable"]}
-            for i in set_variable_data])
+        out = []
+        for item in set_variable_data:
+            if item.get("attribute_type", "Actual") != "Actual":
+                status = "NotSupportedAttributeType"
+            else:
+                status = self.sim.write(item["component"]["name"], item["variable"]["name"], item["attribute_value"])
+            out.append({"attribute_status": status, "component": item["component"], "variable": item["variable"]})
+        return result201.SetVariables(set_variable_result=out)
 
     @on(Action201.trigger_message)
     async def trigger(self, requested_message: str, **kw: Any) -> Any:
-        return result201.TriggerMessage(status="Accepted")
+        return result201.TriggerMessage(status=self.sim.trigger_status(requested_message))
+
+    @after(Action201.trigger_message)
+    async def triggered(self, requested_message: str, **kw: Any) -> None:
+        if self.sim.trigger_status(requested_message) == "Accepted":
+            await self.sim.send_triggered(requested_message)
+
+    @on(Action201.data_transfer)
+    async def data_transfer(self, vendor_id: str, **kw: Any) -> Any:
+        return result201.DataTransfer(status="UnknownVendorId")  # no vendor extensions here
+
+    @on(Action201.get_charging_profiles)
+    async def get_charging_profiles(self, request_id: int, charging_profile: dict[str, Any], **kw: Any) -> Any:
+        found = self.sim.profiles_report(charging_profile, kw.get("evse_id"))
+        return result201.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
+
+    @after(Action201.get_charging_profiles)
+    async def report_profiles(self, request_id: int, charging_profile: dict[str, Any], **kw: Any) -> None:
+        found = self.sim.profiles_report(charging_profile, kw.get("evse_id"))
+        if found:
+            await self.sim.send_profiles_report(request_id, found)
 
     @on(Action201.request_start_transaction)
     async def remote_start(self, id_token: dict[str, Any], remote_start_id: int, **kw: Any) -> Any:

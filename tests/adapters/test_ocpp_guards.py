@@ -58,7 +58,7 @@ async def test_malformed_frames_get_callerrors_and_the_connection_stays(env: Env
         await ws.send_str(json.dumps({"not": "an array"}))
         assert json.loads((await ws.receive(timeout=2)).data)[2] == "FormationViolation"
         await ws.send_str(json.dumps([2, "big", "DataTransfer", {"vendorId": "x" * 5000}]))
-        assert json.loads((await ws.receive(timeout=2)).data)[:3] == [4, "-1", "FormationViolation"]
+        assert json.loads((await ws.receive(timeout=2)).data)[:3] == [4, "big", "FormationViolation"]
         await ws.send_str(json.dumps([2, "u1", "NoSuchAction", {}]))
         assert json.loads((await ws.receive(timeout=2)).data)[:3] == [4, "u1", "NotImplemented"]
         await ws.send_str(json.dumps([2, "h1", "Heartbeat", {}]))
