@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from adapters.http_body import BadBody, loads, token_matches
+from adapters.status_page import add_status_page_routes
 
 __all__ = ["AdminBackend", "add_admin_routes"]
 
@@ -53,7 +54,7 @@ def _is_loopback(host: str) -> bool:
 
 def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token: str | None,
                      listen_host: str) -> None:
-    """Register ``/healthz``, ``/metrics`` and ``/api/v1/...`` on ``app``."""
+    """Register ``/healthz``, ``/metrics``, ``/api/v1/...`` and the status page on ``app``."""
     loopback = _is_loopback(listen_host)
 
     def guard(handler: Handler, *, write: bool) -> Handler:
@@ -113,6 +114,7 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
             return _error(409, str(exc), "charger_id")
         return web.json_response({"charger_id": charger_id, "accepted": True}, status=202)
 
+    add_status_page_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", guard(metrics, write=False))
     app.router.add_get("/api/v1/sites", guard(sites, write=False))
