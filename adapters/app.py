@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ import numpy as np
 from aiohttp import web
 
 from adapters.clock import utc_now
-from adapters.config_file import load_config
+from adapters.config_file import load_config, placeholder_secrets
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.logs import setup_logging
@@ -573,5 +574,11 @@ def run_serve(args: Any) -> int:
         print(f"{path}: {len(exc.problems)} problem(s)")
         for problem in exc.problems:
             print(f"  {problem}")
+        return 2
+    placeholders = placeholder_secrets(config)
+    if placeholders:
+        print(f"{path}: refusing to serve with {len(placeholders)} placeholder secret(s)", file=sys.stderr)
+        for problem in placeholders:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     return asyncio.run(_serve(config, path))
