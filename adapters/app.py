@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,9 +25,10 @@ import numpy as np
 from aiohttp import web
 
 from adapters.clock import utc_now
-from adapters.config_file import load_config
+from adapters.config_file import load_config, placeholder_secrets
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
+from adapters.logs import setup_logging
 from adapters.metrics import charger_point, event_point, plan_points, site_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
@@ -128,7 +130,7 @@ class Service:
         app = web.Application(client_max_size=self.config.http.max_body_bytes)
         add_oscp_routes(app, self.fp)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
-                         listen_host=self.config.http.host)
+                         listen_host=self.config.http.host, max_body_bytes=self.config.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
@@ -563,10 +565,8 @@ async def _serve(config: Config, config_path: Path) -> int:
 
 
 def run_serve(args: Any) -> int:
-    """``balancer serve --config PATH``."""
-    logging.basicConfig(level=logging.INFO,
-                        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
-    logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every frame at INFO
+    """``balancer serve --config PATH [--log-format json|text] [--log-level LEVEL]``."""
+    setup_logging(getattr(args, "log_format", "json"), getattr(args, "log_level", "INFO"))
     path = Path(args.config)
     try:
         config = load_config(path)
@@ -574,5 +574,11 @@ def run_serve(args: Any) -> int:
         print(f"{path}: {len(exc.problems)} problem(s)")
         for problem in exc.problems:
             print(f"  {problem}")
+        return 2
+    placeholders = placeholder_secrets(config)
+    if placeholders:
+        print(f"{path}: refusing to serve with {len(placeholders)} placeholder secret(s)", file=sys.stderr)
+        for problem in placeholders:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     return asyncio.run(_serve(config, path))

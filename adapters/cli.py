@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
 
+from adapters.logs import LEVELS
 from balancer.config import summary
 from balancer.errors import InvalidInput
 
@@ -50,44 +53,76 @@ def _simulate(args: argparse.Namespace) -> int:
     return run_simulate(args)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("ev-balancer")
+    except metadata.PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
+
+
+def _sub(sub: Any, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="balancer", description="Smart-charging load balancer for EV sites")
+    parser = argparse.ArgumentParser(prog="balancer", description="Smart-charging load balancer for EV sites",
+                                     epilog="example:\n  balancer serve --config configs/depot-40.yaml",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check-config", help="validate a config file")
-    p.add_argument("path")
+    p = _sub(sub, "check-config", "validate a config file", "balancer check-config configs/depot-40.yaml")
+    p.add_argument("path", help="the YAML config, e.g. configs/depot-40.yaml")
     p.set_defaults(func=_check_config)
 
-    p = sub.add_parser("plan", help="plan 24 h offline from a forecast and sessions")
-    p.add_argument("--config", required=True)
-    p.add_argument("--forecast", required=True, help="OSCP UpdateGroupCapacityForecast JSON body")
-    p.add_argument("--sessions", help="JSON list of sessions")
-    p.add_argument("--site", help="site id (default: the forecast's group, else the first site)")
-    p.add_argument("--start", help="ISO 8601 UTC start (default: now, rounded down to the slot)")
+    p = _sub(sub, "plan", "plan 24 h offline from a forecast and sessions",
+             "balancer plan --config configs/depot-40.yaml --forecast configs/examples/forecast-depot.json "
+             "--sessions configs/examples/sessions-depot.json --start 2026-03-02T00:00:00Z")
+    p.add_argument("--config", required=True, help="the YAML config, e.g. configs/depot-40.yaml")
+    p.add_argument("--forecast", required=True,
+                   help="OSCP UpdateGroupCapacityForecast JSON body, e.g. configs/examples/forecast-depot.json")
+    p.add_argument("--sessions", help="JSON list of sessions, e.g. configs/examples/sessions-depot.json")
+    p.add_argument("--site", help="site id (default: the forecast's group, else the first site), e.g. depot-1")
+    p.add_argument("--start", help="ISO 8601 UTC start (default: now, rounded down to the slot), "
+                                   "e.g. 2026-03-02T00:00:00Z")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--plot", help="write a PNG plot of the plan")
+    p.add_argument("--plot", help="write a PNG plot of the plan, e.g. plan.png")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("serve", help="run the service")
-    p.add_argument("--config", required=True)
+    p = _sub(sub, "serve", "run the service",
+             "ADMIN_TOKEN=... OSCP_TOKEN=... balancer serve --config configs/depot-40.yaml --log-format text")
+    p.add_argument("--config", required=True, help="the YAML config, e.g. configs/depot-40.yaml")
+    p.add_argument("--log-format", choices=("json", "text"), default="json",
+                   help="json: one JSON object per line on stderr (default); text: for a terminal")
+    p.add_argument("--log-level", choices=LEVELS, default="INFO", type=str.upper,
+                   help="least severe level logged (default INFO), e.g. --log-level DEBUG")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("demo", help="run the whole system here with simulated chargers and grid operator")
-    p.add_argument("--chargers", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=60.0, help="wall-clock length of the compressed day")
-    p.add_argument("--plot", default="demo-plot.png")
-    p.add_argument("--config", help="optional config (for InfluxDB settings)")
+    p = _sub(sub, "demo", "run the whole system here with simulated chargers and grid operator",
+             "balancer demo --chargers 20 --seconds 60 --plot demo-plot.png")
+    p.add_argument("--chargers", type=int, default=20, help="number of simulated chargers (default 20), e.g. 50")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="wall-clock length of the compressed day (default 60), e.g. 120")
+    p.add_argument("--plot", default="demo-plot.png", help="where the summary plot goes (default demo-plot.png)")
+    p.add_argument("--config", help="optional config (for InfluxDB settings), e.g. configs/office-4.yaml")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("simulate", help="a fleet of simulated chargers against any CSMS")
-    p.add_argument("--url", required=True, help="ws://HOST:PORT/ocpp (the charger id is appended)")
-    p.add_argument("--chargers", type=int, default=10)
-    p.add_argument("--protocol", choices=("mixed", "ocpp1.6", "ocpp2.0.1"), default="mixed")
-    p.add_argument("--prefix", default="CP", help="charger ids are PREFIX001, PREFIX002, ...")
-    p.add_argument("--password", help="HTTP Basic password (security profile 1)")
-    p.add_argument("--meter-interval", type=float, default=10.0, help="seconds between MeterValues")
+    p = _sub(sub, "simulate", "a fleet of simulated chargers against any CSMS",
+             "balancer simulate --url ws://127.0.0.1:9000/ocpp --chargers 10 --protocol ocpp1.6")
+    p.add_argument("--url", required=True,
+                   help="ws://HOST:PORT/ocpp (the charger id is appended), e.g. ws://127.0.0.1:9000/ocpp")
+    p.add_argument("--chargers", type=int, default=10, help="number of chargers (default 10), e.g. 100")
+    p.add_argument("--protocol", choices=("mixed", "ocpp1.6", "ocpp2.0.1"), default="mixed",
+                   help="OCPP version of every charger, or mixed (default), e.g. ocpp2.0.1")
+    p.add_argument("--prefix", default="CP", help="charger ids are PREFIX001, PREFIX002, ... (default CP)")
+    p.add_argument("--password", help="HTTP Basic password (security profile 1), e.g. \"$CHARGER_PASSWORD\"")
+    p.add_argument("--meter-interval", type=float, default=10.0,
+                   help="seconds between MeterValues (default 10), e.g. 1")
     p.add_argument("--duration", type=float, default=0.0,
-                   help="stop after this many seconds (0: run until Ctrl-C)")
+                   help="stop after this many seconds (0: run until Ctrl-C), e.g. 600")
     p.set_defaults(func=_simulate)
     return parser
 

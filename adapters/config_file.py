@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -11,7 +12,7 @@ from balancer.config import parse_config
 from balancer.errors import InvalidConfig, Problem
 from balancer.model import Config
 
-__all__ = ["load_config"]
+__all__ = ["load_config", "placeholder_secrets"]
 
 
 def load_config(path: str | Path) -> Config:
@@ -27,3 +28,19 @@ def load_config(path: str | Path) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
         raise InvalidConfig([Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from exc
     return parse_config(data, dict(os.environ))
+
+
+_PLACEHOLDER = re.compile(r"change[-_ ]?me|^(\.\.\.|x+|secret|password|token|todo|example)$", re.IGNORECASE)
+
+
+def placeholder_secrets(config: Config) -> list[Problem]:
+    """Secrets still holding an example value (``change-me``, ``...``): ``serve`` refuses to run with them."""
+    secrets = [("http.admin_token", config.http.admin_token), ("oscp.token", config.oscp.token)]
+    if config.oscp.capacity_provider is not None:
+        secrets.append(("oscp.capacity_provider.token", config.oscp.capacity_provider.token))
+    if config.influxdb is not None:
+        secrets += [("influxdb.token", config.influxdb.token), ("influxdb.password", config.influxdb.password)]
+    for i, site in enumerate(config.sites):
+        secrets += [(f"sites[{i}].chargers[{j}].password", c.password) for j, c in enumerate(site.chargers)]
+    return [Problem(path, f"{value!r} is a placeholder: set a real secret (e.g. from ${{VAR}})")
+            for path, value in secrets if value and _PLACEHOLDER.search(value)]

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from adapters.http_body import BadBody, loads, token_matches
+from adapters.http_body import BadBody, error_response, loads, read_body, token_matches
+from adapters.status_page import add_status_page_routes
 
 __all__ = ["AdminBackend", "add_admin_routes"]
 
@@ -36,10 +37,8 @@ class AdminBackend(Protocol):
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return web.json_response(body, status=status)
+    # "error" repeats "message" for clients of the first release; it goes in the next one.
+    return error_response(status, message, field, extra={"error": message})
 
 
 def _is_loopback(host: str) -> bool:
@@ -52,8 +51,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token: str | None,
-                     listen_host: str) -> None:
-    """Register ``/healthz``, ``/metrics`` and ``/api/v1/...`` on ``app``."""
+                     listen_host: str, max_body_bytes: int = 1_048_576) -> None:
+    """Register ``/healthz``, ``/metrics``, ``/api/v1/...`` and the status page on ``app``."""
     loopback = _is_loopback(listen_host)
 
     def guard(handler: Handler, *, write: bool) -> Handler:
@@ -97,7 +96,7 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
     async def needs(request: web.Request) -> web.Response:
         charger_id = request.match_info["charger_id"]
         try:
-            data = loads(await request.read())  # over the app's client_max_size: 413
+            data = loads(await read_body(request, max_body_bytes))
         except BadBody as exc:
             log.warning("needs: bad body for %s: %s", charger_id, exc.message)
             return _error(exc.status, exc.message, exc.field)
@@ -113,6 +112,7 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
             return _error(409, str(exc), "charger_id")
         return web.json_response({"charger_id": charger_id, "accepted": True}, status=202)
 
+    add_status_page_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", guard(metrics, write=False))
     app.router.add_get("/api/v1/sites", guard(sites, write=False))

@@ -17,7 +17,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["MAX_JSON_DEPTH", "BadBody", "loads", "read_body", "redact", "token_matches"]
+__all__ = ["ERROR_CODES", "MAX_JSON_DEPTH", "BadBody", "error_response", "loads", "read_body", "redact",
+           "token_matches"]
 
 MAX_JSON_DEPTH = 32
 # Longer integer literals are read as floats: int() refuses more than 4,300 digits, and a field
@@ -34,6 +35,22 @@ class BadBody(Exception):
         self.status = status
         self.message = message
         self.field = field
+
+
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+               413: "payload_too_large", 501: "not_implemented"}
+
+
+def error_response(status: int, message: str, field: str | None = None, *,
+                   extra: dict[str, Any] | None = None) -> web.Response:
+    """The one error body of the HTTP server: ``{"message", "field", "code"}``, ``field`` only when known.
+
+    ``code`` is a stable word for the status (``ERROR_CODES``) that clients can branch on.
+    """
+    body: dict[str, Any] = {"message": message, "code": ERROR_CODES.get(status, "error"), **(extra or {})}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
 
 
 def token_matches(given: str, expected: str | None) -> bool:

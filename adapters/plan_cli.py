@@ -154,6 +154,23 @@ def _plot(path: str, site: Site, start: datetime, capacity: np.ndarray, outcome:
     plt.close(fig)
 
 
+def _outside_horizon(blocks: Any, sessions: list[PlanSession], start: datetime) -> str | None:
+    """Why planning the 24 h from ``start`` (now) would plan nothing, or None.
+
+    Without ``--start`` the horizon is now; files made for another day would silently plan zeros.
+    """
+    end = start + timedelta(minutes=15 * N_SLOTS)
+    if blocks and not any(b.start < end and b.end > start for b in blocks):
+        first = min(b.start for b in blocks)
+        return (f"every forecast block lies outside the 24 h from now ({start:%Y-%m-%dT%H:%MZ}); "
+                f"plan their day with --start, e.g. --start {first:%Y-%m-%dT%H:%M:%SZ}")
+    if sessions and not any(s.arrival < end and s.departure > start for s in sessions):
+        first = min(s.arrival for s in sessions)
+        return (f"every session lies outside the 24 h from now ({start:%Y-%m-%dT%H:%MZ}); "
+                f"plan their day with --start, e.g. --start {first:%Y-%m-%dT%H:%M:%SZ}")
+    return None
+
+
 def run_plan(args: Any) -> int:
     try:
         config = load_config(args.config)
@@ -172,6 +189,10 @@ def run_plan(args: Any) -> int:
                                    what="arguments")
             start = slot_floor(parsed.astimezone(UTC))
         sessions = load_sessions(_read_json(args.sessions, "sessions"), site) if args.sessions else []
+        if not args.start:
+            outside = _outside_horizon(forecast.blocks, sessions, start)
+            if outside:
+                raise InvalidInput([Problem("--start", outside)], what="arguments")
     except InvalidInput as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         for problem in exc.problems:

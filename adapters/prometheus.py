@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from balancer.control import Controller
 
-__all__ = ["Family", "MetricsSource", "escape_label_value", "format_value", "render", "service_metrics_text"]
+__all__ = ["INFLUX_HELP", "OCPP_HELP", "OSCP_HELP", "SERVICE_HELP", "Family",
+           "MetricsSource", "escape_label_value", "format_value", "render", "service_metrics_text"]
 
 Labels = Mapping[str, str]
 _NAME_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
@@ -69,8 +70,17 @@ def render(families: Sequence[Family]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _OnlineSource(Protocol):
+class _Counted(Protocol):
+    @property
+    def counters(self) -> Mapping[str, float]: ...
+
+
+class _OnlineSource(_Counted, Protocol):
     def is_online(self, site_id: str) -> bool: ...
+
+
+class _Outbox(Protocol):
+    def outbox_size(self) -> int: ...
 
 
 class MetricsSource(Protocol):
@@ -81,13 +91,17 @@ class MetricsSource(Protocol):
     @property
     def fp(self) -> _OnlineSource: ...
     @property
+    def ocpp(self) -> _Counted: ...
+    @property
+    def store(self) -> _Outbox: ...
+    @property
+    def oscp_client(self) -> Any: ...
+    @property
     def counters(self) -> Mapping[str, float]: ...
     @property
     def last_step_s(self) -> float: ...
     @property
     def influx(self) -> Any: ...
-    @property
-    def ocpp(self) -> Any: ...
 
 
 def service_families(service: MetricsSource, now: datetime) -> list[Family]:
@@ -114,15 +128,70 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
             limits.samples.append(({"site": site_id, "charger": c["id"]}, c["limit_a"]))
             obeys.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["obeys"] else 0.0))
     families = [cap, alloc, meas, online, connected, limits, obeys]
-    for name, value in service.counters.items():
-        families.append(Family(metric_name(f"balancer_{name}_total"), "counter", samples=[({}, value)]))
-    for name, value in service.ocpp.counters.items():  # bad frames, rate-limited calls, implausible readings
-        families.append(Family(metric_name(f"balancer_ocpp_{name}_total"), "counter", samples=[({}, value)]))
-    families.append(Family("balancer_control_step_seconds", "gauge", samples=[({}, service.last_step_s)]))
+    families += _counters("balancer_", service.counters, SERVICE_HELP)
+    families += _counters("balancer_ocpp_", service.ocpp.counters, OCPP_HELP)
+    families += _counters("balancer_oscp_", service.fp.counters, OSCP_HELP)
+    families.append(Family("balancer_oscp_outbox_messages", "gauge",
+                           "OSCP messages waiting in the outbox for the capacity provider (0 without one)",
+                           [({}, service.store.outbox_size())]))
+    client = service.oscp_client
+    if client is not None:
+        families.append(Family("balancer_oscp_delivery_failures_total", "counter",
+                               "Failed attempts to deliver an OSCP message to the capacity provider (retried)",
+                               [({}, client.failures)]))
+        families.append(Family("balancer_oscp_sent_total", "counter",
+                               "OSCP messages delivered to the capacity provider, per message",
+                               [({"message": path}, n) for path, n in sorted(client.sent.items())]))
+    families.append(Family("balancer_control_step_seconds", "gauge", "Duration of the last control step",
+                           [({}, service.last_step_s)]))
     if service.influx is not None:
         for name, value in service.influx.stats().items():
-            families.append(Family(metric_name(f"balancer_influx_{name}"), "gauge", samples=[({}, value)]))
+            kind, help_text = INFLUX_HELP.get(name, ("gauge", f"InfluxDB writer: {name}"))
+            families.append(Family(metric_name(f"balancer_influx_{name}"), kind, help_text, [({}, value)]))
     return families
+
+
+def _counters(prefix: str, counters: Mapping[str, float], help_texts: Mapping[str, str]) -> list[Family]:
+    return [Family(metric_name(f"{prefix}{name}_total"), "counter",
+                   help_texts.get(name, f"Count of {name.replace('_', ' ')}"), [({}, value)])
+            for name, value in counters.items()]
+
+
+SERVICE_HELP = {
+    "control_steps": "Control loop steps run",
+    "events": "Events handled (charger messages, forecasts, needs)",
+    "plans": "24 h plans solved",
+    "plan_failures": "Plans that did not solve (the allocator runs on without a plan)",
+    "pushes": "Charging profile results received from chargers",
+    "push_failures": "Charging profiles a charger did not accept",
+    "config_reloads": "Config reloads applied",
+    "config_rejected": "Config reloads refused (the running config stays)",
+    "state_saves": "State snapshots written",
+    "state_save_failures": "State snapshots that could not be written (retried)",
+    "state_write_failures": "Failed state writes to disk",
+}
+OCPP_HELP = {
+    "bad_frames": "OCPP frames refused by the frame guard (not JSON, bad message type, too large)",
+    "rate_limited": "OCPP messages refused because a charger sent too many",
+    "refused": "OCPP websocket handshakes refused (unknown charger id, wrong or missing password)",
+    "connections": "OCPP websocket connections accepted",
+    "pushes": "SetChargingProfile calls sent",
+    "push_failures": "SetChargingProfile calls rejected, failed or unanswered",
+    "implausible_meter_values": "Meter readings ignored as outside what the charger can draw or report",
+}
+OSCP_HELP = {
+    "forecasts": "OSCP capacity forecasts accepted",
+    "heartbeats": "OSCP heartbeats received from the grid operator",
+    "rejected": "OSCP messages rejected after the token check (bad body, too large, unknown group)",
+}
+INFLUX_HELP = {
+    "written_points": ("counter", "Points written to InfluxDB"),
+    "failed_writes": ("counter", "InfluxDB write attempts that failed (points kept and retried)"),
+    "dropped_points": ("counter", "Points dropped: the memory buffer was full and spilling to disk failed"),
+    "spilled_points": ("counter", "Points spilled to state_dir during an InfluxDB outage"),
+    "buffered": ("gauge", "Points waiting in memory to be written"),
+    "spill_files": ("gauge", "Spill files waiting to be replayed"),
+}
 
 
 def service_metrics_text(service: MetricsSource, now: datetime) -> str:

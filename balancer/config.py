@@ -7,6 +7,7 @@ It is pure: the environment used for ``${VAR}`` substitution is passed in.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -136,7 +137,9 @@ def _read_mapping(
     out: dict[str, Any] = {}
     for key in data:
         if key not in fields:
-            problems.append(Problem(_join(path, str(key)), "unknown key"))
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(Problem(_join(path, str(key)), f"unknown key{hint}"))
     for key, spec in fields.items():
         if key not in data or data[key] is None:
             if spec.required:
@@ -310,26 +313,30 @@ def _circuit_ceiling(circuit_id: str, by_id: Mapping[str, Circuit], grid_limit_a
 
 def _check_charger(got: dict[str, Any], p: str, by_id: Mapping[str, Circuit], grid_limit_a: float | None,
                    problems: list[Problem]) -> bool:
-    """Meaning checks of one charger whose fields are well-typed; True when it is usable."""
+    """Meaning checks of one charger, each run when the fields it needs are well-typed; True when usable.
+
+    A field that failed its type check is None here: the checks that do not need it still run, so
+    one run reports everything wrong with the entry.
+    """
     before = len(problems)
     label = f"{p} ({got['id']})"
-    if got["phases"] not in (1, 3):
-        problems.append(Problem(f"{p}.phases", f"must be 1 or 3, got {got['phases']}"))
-    if got["min_current_a"] > got["max_current_a"]:
+    phases, circuit = got["phases"], got["circuit"]
+    low, high = got["min_current_a"], got["max_current_a"]
+    if phases is not None and phases not in (1, 3):
+        problems.append(Problem(f"{p}.phases", f"must be 1 or 3, got {phases}"))
+    if low is not None and high is not None and low > high:
         problems.append(Problem(
-            f"{p}.min_current_a",
-            f"{label}: min_current_a={got['min_current_a']:g} exceeds max_current_a={got['max_current_a']:g}",
-        ))
-    if got["circuit"] != CONNECTION and got["circuit"] not in by_id:
-        problems.append(Problem(f"{p}.circuit", f"unknown circuit {got['circuit']!r}"))
-    elif grid_limit_a is not None:
-        ceiling = _circuit_ceiling(got["circuit"], by_id, grid_limit_a)
-        where = f"circuit {got['circuit']}" if got["circuit"] else "the connection (grid_limit_a)"
+            f"{p}.min_current_a", f"{label}: min_current_a={low:g} exceeds max_current_a={high:g}"))
+    if circuit is not None and circuit != CONNECTION and circuit not in by_id:
+        problems.append(Problem(f"{p}.circuit", f"unknown circuit {circuit!r}"))
+    elif circuit is not None and grid_limit_a is not None:
+        ceiling = _circuit_ceiling(circuit, by_id, grid_limit_a)
+        where = f"circuit {circuit}" if circuit else "the connection (grid_limit_a)"
         for key in ("max_current_a", "min_current_a"):
-            if got[key] > ceiling:
+            if got[key] is not None and got[key] > ceiling:
                 problems.append(Problem(
                     f"{p}.{key}", f"{label}: {key}={got[key]:g} exceeds {where} limit {ceiling:g} A"))
-    if got["integer_amps"] and not float(got["min_current_a"]).is_integer():
+    if got["integer_amps"] and low is not None and not float(low).is_integer():
         problems.append(Problem(f"{p}.min_current_a", "must be a whole number of amperes with integer_amps"))
     return len(problems) == before
 
@@ -350,7 +357,8 @@ def _parse_chargers(
             continue
         if got["id"] is not None:
             id_paths.append((f"{p}.id", got["id"]))
-        if _complete(got, _CHARGER) and _check_charger(got, p, by_id, grid_limit_a, problems):
+        usable = _check_charger(got, p, by_id, grid_limit_a, problems)
+        if usable and _complete(got, _CHARGER):
             chargers.append(Charger(**got))
     _duplicates(id_paths, "charger", problems)
     return chargers
@@ -406,6 +414,9 @@ def _parse_sites(raw_sites: Any, problems: list[Problem]) -> list[Site]:
 
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate ``data`` (the YAML document) and build a ``Config``; raises ``InvalidConfig``."""
+    if data is None:
+        raise InvalidConfig([Problem("", "the config is empty: it needs at least a 'sites' list "
+                                         "(see configs/README.md)")])
     problems: list[Problem] = []
     data = substitute_env(data, env or {}, problems)
     top = _read_mapping(data, _TOP, "", problems)

@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 from aiohttp import web
 
-from adapters.http_body import BadBody, loads, read_body, redact, token_matches
+from adapters.http_body import BadBody, error_response, loads, read_body, redact, token_matches
 from adapters.oscp.provider import MAX_HEARTBEAT_INTERVAL_S, FlexibilityProvider
 from balancer.errors import InvalidInput
 from forecast.blocks import DATETIME_RULE, parse_datetime, parse_update_forecast
@@ -48,10 +48,7 @@ _VALIDATORS = {name: _validator(name) for name in ("register", "handshake", "han
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"message": message}
-    if field is not None:
-        body["field"] = field
-    return web.json_response(body, status=status)
+    return error_response(status, message, field)
 
 
 def _path_of(error: jsonschema.ValidationError) -> str:

@@ -86,3 +86,39 @@ async def test_bad_needs_bodies_are_400(api: tuple[str, Backend], raw: bytes, fi
         else:
             assert answer["field"].startswith(field)
     assert backend.needs == []
+
+
+async def test_admin_and_oscp_errors_share_one_body(api: tuple[str, Backend]) -> None:
+    """{"message", "field", "code"} everywhere; the admin API keeps "error" for one release."""
+    url, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url + "/api/v1/sites/nowhere", headers={"Authorization": "Bearer adm-token"}) as r:
+            assert r.status == 404
+            assert await r.json() == {"message": "unknown site 'nowhere'", "error": "unknown site 'nowhere'",
+                                      "field": "site_id", "code": "not_found"}
+        async with s.get(url + "/api/v1/sites") as r:
+            body = await r.json()
+            assert r.status == 401 and body["code"] == "unauthorized" and body["message"] == body["error"]
+        async with s.post(url + "/api/v1/sessions/CP1/needs", json={"phases": 4},
+                          headers={"Authorization": "Bearer adm-token"}) as r:
+            assert r.status == 400
+            assert (await r.json())["code"] == "bad_request"
+
+
+async def test_needs_body_over_the_limit_is_413_json() -> None:
+    """The admin API applies ``max_body_bytes`` itself, with the same JSON error body."""
+    app = web.Application()
+    add_admin_routes(app, Backend(), admin_token="adm-token", listen_host="127.0.0.1", max_body_bytes=64)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{port}/api/v1/sessions/CP1/needs", data=b'{"energy_wh": ' + b" " * 100 + b"1}",
+                headers={"Authorization": "Bearer adm-token"}) as r:
+            assert r.status == 413
+            assert (await r.json())["code"] == "payload_too_large"
+    finally:
+        await runner.cleanup()

@@ -129,3 +129,49 @@ def test_simulate_against_the_service(tmp_path: Path) -> None:
         assert "TxProfile" in done.stdout or "TxDefaultProfile" in done.stdout
     finally:
         service.stop()
+
+
+def test_plan_without_start_on_another_days_files_says_so() -> None:
+    """The example files are dated 2026-03-02: without --start they would plan zeros from now."""
+    files = ("--config", str(CONFIGS / "depot-40.yaml"), "--forecast", str(CONFIGS / "examples" / "forecast-depot.json"),
+             "--sessions", str(CONFIGS / "examples" / "sessions-depot.json"))
+    done = balancer("plan", *files)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--start: every forecast block lies outside the 24 h from now" in done.stderr
+    assert "--start 2026-03-02T12:00:00Z" in done.stderr
+
+
+def test_readme_plan_example_runs_as_printed() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^(balancer plan --config configs/\S+ .*)$", readme, re.M)
+    assert command, "README has a runnable `balancer plan` example"
+    done = balancer(*command.group(1).split()[1:])
+    assert done.returncode == 0, done.stderr
+    assert "session    requested kWh" in done.stdout
+
+
+def test_version_and_help_with_examples() -> None:
+    done = balancer("--version")
+    assert done.returncode == 0 and re.fullmatch(r"balancer \d+\.\d+\.\d+\S*\n", done.stdout)
+    for command in ("check-config", "plan", "serve", "demo", "simulate"):
+        text = balancer(command, "--help").stdout
+        assert "example:\n  balancer " in text or "balancer serve --config" in text, command
+        options = re.findall(r"^  (--[a-z-]+)([^\n]*)\n((?:\s{10,}\S[^\n]*\n)*)", text, re.M)
+        for option, rest, more in options:
+            help_text = rest + more
+            assert option in ("--help", "--json") or "e.g." in help_text or "default" in help_text, (command, option)
+
+
+def test_serve_refuses_placeholder_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "sites": [{"id": "s", "grid_limit_a": 100, "fallback_kw": 10,
+                   "chargers": [{"id": "A", "max_current_a": 32, "password": "..."}]}],
+        "http": {"admin_token": "change-me"}, "oscp": {"token": "a-real-token-3f9c"},
+        "state_dir": str(tmp_path / "state")}))
+    assert balancer("check-config", str(config)).returncode == 0  # a valid file, only not to be served
+    done = balancer("serve", "--config", str(config), timeout=60)
+    assert done.returncode == 2
+    assert "http.admin_token: 'change-me' is a placeholder" in done.stderr
+    assert "sites[0].chargers[0].password: '...' is a placeholder" in done.stderr
+    assert "oscp.token" not in done.stderr

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from adapters.influx import InfluxSink
 from adapters.metrics import charger_point, event_point, plan_points, site_point
@@ -48,3 +49,11 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
         assert not empty, empty
     finally:
         server.stop()
+
+
+def test_datasource_sends_the_token_header() -> None:
+    """Grafana sends httpHeaderValue1 only under the name in jsonData.httpHeaderName1."""
+    path = Path(__file__).resolve().parents[2] / "configs" / "grafana" / "datasources" / "influxdb.yaml"
+    source = yaml.safe_load(path.read_text())["datasources"][0]
+    assert source["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert source["secureJsonData"]["httpHeaderValue1"] == "Token ${INFLUX_TOKEN}"

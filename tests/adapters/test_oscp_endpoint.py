@@ -109,6 +109,7 @@ async def test_bad_input_answers_4xx_and_changes_nothing(endpoint: Endpoint, nam
     if field is not None:
         assert answer["field"] == field
     assert "message" in answer
+    assert answer["code"] == {400: "bad_request", 404: "not_found", 413: "payload_too_large"}[status]
     assert endpoint.fp.books["depot-1"].to_json() == before
     assert endpoint.changes == []
 

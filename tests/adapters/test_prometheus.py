@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -75,3 +76,56 @@ def test_service_metrics_with_odd_site_and_charger_ids(tmp_path: Path) -> None:
     assert limits == dict.fromkeys(charger_ids, site_id)
     assert {labels["site"] for name, labels, _ in samples if name == "balancer_capacity_amperes"} == {site_id}
     assert ("balancer_odd_name_total_total", {}, 3.0) in samples
+
+
+async def test_adapter_counters_are_exported_with_help(tmp_path: Path) -> None:
+    """OCPP bad frames / refused / connections, OSCP rejected, outbox and InfluxDB writer on /metrics."""
+    import aiohttp
+
+    from tests.servers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: deliveries and writes fail
+    config = parse_config({
+        "sites": [{"id": "s1", "grid_limit_a": 100, "fallback_kw": 10, "chargers": [{"id": "CP1", "max_current_a": 32}]}],
+        "ocpp": {"host": "127.0.0.1", "port": 0}, "http": {"host": "127.0.0.1", "port": 0},
+        "oscp": {"token": "oscp-token", "capacity_provider": {"base_url": dead, "token": "cp-token"}},
+        "influxdb": {"url": dead, "token": "t", "org": "o", "flush_interval_s": 0.05},
+        "state_dir": str(tmp_path)})
+    service = Service(config, control_interval_s=0.1)
+    await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            ws_url = f"ws://127.0.0.1:{service.ocpp.port}/ocpp"
+            async with http.get(f"{ws_url}/nobody", headers={"Upgrade": "websocket"}) as response:
+                assert response.status == 404
+            async with http.ws_connect(f"{ws_url}/CP1", protocols=("ocpp1.6",)) as ws:
+                await ws.send_str("not json")
+                await ws.receive(timeout=5)
+            base = f"http://127.0.0.1:{service.http_port}/oscp/fp/2.0"
+            async with http.post(f"{base}/heartbeat", data=b"{", headers={"Authorization": "Token oscp-token"}) as r:
+                assert r.status == 400
+
+        def value(name: str) -> float:
+            return next(v for n, labels, v in parse(service.metrics_text()) if n == name)
+
+        async def until(predicate) -> None:  # type: ignore[no-untyped-def]
+            for _ in range(200):
+                if predicate():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(service.metrics_text())
+
+        await until(lambda: value("balancer_oscp_delivery_failures_total") >= 1
+                    and value("balancer_influx_failed_writes") >= 1)
+        assert value("balancer_ocpp_bad_frames_total") == 1
+        assert value("balancer_ocpp_refused_total") == 1
+        assert value("balancer_ocpp_connections_total") == 1
+        assert value("balancer_oscp_rejected_total") == 1
+        assert value("balancer_oscp_outbox_messages") >= 1  # the heartbeat that could not be delivered
+        text = service.metrics_text()
+        typed = re.findall(r"^# TYPE (\S+) ", text, re.M)
+        helped = set(re.findall(r"^# HELP (\S+) ", text, re.M))
+        assert typed and set(typed) <= helped, set(typed) - helped
+        assert "# TYPE balancer_influx_failed_writes counter" in text
+    finally:
+        await service.stop()

@@ -111,3 +111,32 @@ def test_chargers_not_a_list_is_reported_not_raised() -> None:
 def test_fuzz_only_invalid_config_escapes(data: Any) -> None:
     with contextlib.suppress(InvalidConfig):
         parse_config(data, {})
+
+
+def test_unknown_keys_get_a_did_you_mean() -> None:
+    data = copy.deepcopy(BASE)
+    data["sites"][0]["voltage"] = 400
+    data["sites"][0]["chargers"][0]["min_current"] = 8
+    data["sites"][0]["chargers"][1]["colour"] = "red"
+    found = problems(data)
+    assert "sites[0].voltage: unknown key; did you mean 'voltage_v'?" in found
+    assert "sites[0].chargers[0].min_current: unknown key; did you mean 'min_current_a'?" in found
+    assert "sites[0].chargers[1].colour: unknown key" in found
+
+
+def test_meaning_checks_run_when_another_field_of_the_entry_fails() -> None:
+    data = copy.deepcopy(BASE)
+    # max_current_a fails its type check; phases and circuit are still checked.
+    data["sites"][0]["chargers"][0].update(phases=2, circuit="nowhere", max_current_a="lots", min_current_a=70)
+    found = problems(data)
+    assert any(p.startswith("sites[0].chargers[0].max_current_a:") for p in found)
+    assert "sites[0].chargers[0].phases: must be 1 or 3, got 2" in found
+    assert "sites[0].chargers[0].circuit: unknown circuit 'nowhere'" in found
+    data = copy.deepcopy(BASE)
+    data["sites"][0]["chargers"][1].update(max_current_a=-1, min_current_a=80)  # 80 A on a 63 A feeder
+    found = problems(data)
+    assert any(p.startswith("sites[0].chargers[1].min_current_a:") and "exceeds circuit f limit 63" in p for p in found)
+
+
+def test_empty_file_says_so() -> None:
+    assert problems(None) == ["the config is empty: it needs at least a 'sites' list (see configs/README.md)"]
