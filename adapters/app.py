@@ -38,7 +38,15 @@ from adapters.prometheus import service_metrics_text
 from adapters.store import StateStore, private_dir
 from balancer.control import SLOT_S, Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
-from balancer.events import Event, MeterSample, NeedsUpdated, ProfileResult, SessionStarted, SessionStopped
+from balancer.events import (
+    Event,
+    LimitConfirmed,
+    MeterSample,
+    NeedsUpdated,
+    ProfileResult,
+    SessionStarted,
+    SessionStopped,
+)
 from balancer.grid_reports import adjust_blocks, compliance_problem, known_needs_wh
 from balancer.model import Config
 from balancer.plan import SolveOutcome, plan
@@ -191,9 +199,10 @@ class Service:
             return  # a push result changes no decision by itself
         if isinstance(event, (SessionStarted, SessionStopped)):
             self._persist_soon.set()  # a session must survive a crash right after it starts or stops
-        if isinstance(event, MeterSample):
+        if isinstance(event, (MeterSample, LimitConfirmed)):
             # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
             # next interval step uses them; waking on each would re-decide the site back to back.
+            # A confirmed limit is what the decision that sent it counted on already.
             return
         self._wake.set()
 

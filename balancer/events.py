@@ -17,6 +17,7 @@ __all__ = [
     "ChargerSchedule",
     "ChargerStatus",
     "Event",
+    "LimitConfirmed",
     "MeterSample",
     "NeedsUpdated",
     "ObedienceChanged",
@@ -122,6 +123,19 @@ class ProfileResult:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitConfirmed:
+    """A charger accepted a stack-1 profile: it holds ``periods`` ((start, limit [A]) pairs, the
+    last limit for ever after) from ``at`` on. ``purpose`` names the profile (TxProfile, TxDefault,
+    Max, the idle default); a decrease step of a fan-out is confirmed like the decision itself."""
+
+    charger_id: str
+    at: datetime
+    limit_a: float
+    periods: tuple[tuple[datetime, float], ...]
+    purpose: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ObedienceChanged:
     """The adapter found that a charger does (not) follow its profile; ``draw_a`` is what it really draws."""
 
@@ -148,6 +162,7 @@ Event = (
     | NeedsUpdated
     | MeterSample
     | ProfileResult
+    | LimitConfirmed
     | ObedienceChanged
     | Tick
 )

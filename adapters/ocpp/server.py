@@ -28,6 +28,7 @@ from ocpp.v16.enums import Action as Action16
 from ocpp.v201.enums import Action as Action201
 
 from adapters.clock import utc_now
+from adapters.ocpp.fanout import fan_out
 from adapters.ocpp.frames import MAX_DEPTH, bad_date_times, frame_id, too_deep, translate_error
 from adapters.ocpp.handlers16 import ChargePoint16
 from adapters.ocpp.handlers201 import ChargePoint201
@@ -224,6 +225,8 @@ class OcppServer:
         self.now = now
         self.links: dict[str, ChargerLink] = {}
         self.voltage: dict[str, float] = {}
+        self.site_of: dict[str, str] = {}
+        self._site_locks: dict[str, asyncio.Lock] = {}
         self._update_links(config)
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -243,6 +246,7 @@ class OcppServer:
         for site in config.sites:
             for charger in site.chargers:
                 self.voltage[charger.id] = site.voltage_v
+                self.site_of[charger.id] = site.id
                 if charger.id in self.links:
                     self.links[charger.id].charger = charger
                 else:
@@ -351,30 +355,21 @@ class OcppServer:
         return ws
 
     async def apply(self, schedules: Sequence[ChargerSchedule]) -> None:
-        """Push decisions: every decrease sent and accepted before any increase is sent."""
-        decreases, increases = [], []
+        """Push decisions: every decrease, now and in the slots ahead, sent and accepted before any
+        increase is sent (``fanout``); the fan-outs of one site one after the other."""
+        items = []
         for schedule in schedules:
             link = self.links.get(schedule.charger_id)
-            if link is None:
-                continue
-            kind = link.pusher.offer(schedule)
-            if kind == "decrease":
-                decreases.append(link)
-            elif kind == "increase":
-                increases.append(link)
-        if not decreases and not increases:
+            if link is not None and link.pusher.offer(schedule) != "none":
+                items.append((link, schedule))
+        if not items:
             return
         self._fanouts += 1
         self.quiet.clear()
         try:
-            if decreases:
-                results = await asyncio.gather(*(link.pusher.push() for link in decreases))
-                if not all(results):
-                    # A decrease that did not land: hold the increases back; the next decision brings
-                    # them again (and the controller reserves what the charger may still draw).
-                    return
-            if increases:
-                await asyncio.gather(*(link.pusher.push() for link in increases))
+            site = self.site_of.get(items[0][0].charger_id, "")
+            async with self._site_locks.setdefault(site, asyncio.Lock()):
+                await fan_out(items)
         finally:
             self._fanouts -= 1
             if self._fanouts == 0:

@@ -45,6 +45,9 @@ async def test_transient_errors_do_not_switch_the_profile_kind(env: Env, protoco
     await env.online(cid)
     await env.server.apply([schedule(cid, 12.0)])
     assert [e.result for e in env.of(ProfileResult) if e.detail.startswith("TxProfile")] == ["CallError"] * 3
+    # Its decrease did not land: flagged, its draw reserved, retried in the background until it
+    # takes a limit again (no higher than the draw reserved for it).
+    await wait_for(lambda: not env.server.links[cid].pusher.refusing)
     await env.server.apply([schedule(cid, 12.0)])
     await wait_for(lambda: sim.draw_a == pytest.approx(12.0))
     assert [(r["purpose"], r["result"]) for r in sim.profile_log if r["limits"] == [12.0]] == [

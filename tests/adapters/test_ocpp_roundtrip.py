@@ -65,7 +65,9 @@ async def test_decreases_are_accepted_before_increases_are_sent(env: Env) -> Non
     assert pushes[0].at <= pushes[1].at
 
 
-async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env) -> None:
+async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapters.ocpp.pusher as pusher
+
     env.charger("A16", "ocpp1.6")
     await wait_for(lambda: env.of(SessionStarted))
     await env.online("A16")
@@ -73,8 +75,18 @@ async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env) -> 
     n = len(env.of(ProfileResult))
     await env.server.apply([schedule("A16", 16.5)])  # within the 1 A deadband: nothing sent
     assert len(env.of(ProfileResult)) == n
-    await env.server.apply([schedule("A16", 15.9)])  # a decrease always goes out
+    await env.server.apply([schedule("A16", 16.2)])  # undoes an unsent increase: nothing either
+    assert len(env.of(ProfileResult)) == n
+    # Slots ahead count too: a small rise an hour ahead waits; a small fall there goes out.
+    await env.server.apply([schedule("A16", 16.0, ahead=[(3600, 16.8)])])
+    assert len(env.of(ProfileResult)) == n
+    await env.server.apply([schedule("A16", 16.0, ahead=[(3600, 15.8)])])
     assert len(env.of(ProfileResult)) == n + 1
+    await env.server.apply([schedule("A16", 15.9)])  # a decrease always goes out
+    assert len(env.of(ProfileResult)) == n + 2
+    monkeypatch.setattr(pusher, "SMALL_INCREASE_AFTER_S", 0.0)  # small increases: once due, sent
+    await env.server.apply([schedule("A16", 16.5)])
+    assert len(env.of(ProfileResult)) == n + 3 and env.server.charger_status("A16")["limit_a"] == 16.5
 
 
 async def test_integer_amps_and_tx_profile_refused_falls_back_to_tx_default(env: Env) -> None:
