@@ -199,6 +199,10 @@ class SimulatedCharger:
         self.misbehaviour = misbehaviour or Misbehaviour()
         self.store = ProfileStore()
         self.profile_log: list[dict[str, Any]] = []
+        self.hold_log: list[tuple[datetime, int, dict[str, Any] | None]] = []
+        """What it holds, as it changes: (time, connector/EVSE, the accepted profile), and
+        (time, 0, None) when a session's end drops its TxProfiles. Replayed in order by
+        ``adapters.ocpp.held_ledger`` to sum what a fleet holds at every instant and slot."""
         self.draw_log: list[tuple[datetime, float]] = []
         self.energy_wh = 0.0
         self.session_wh = 0.0
@@ -455,6 +459,7 @@ class SimulatedCharger:
         self.done = True
         self.draw_a = 0.0
         self.store.drop_tx()
+        self.hold_log.append((self.clock(), 0, None))
         if self.protocol == "ocpp1.6":
             await self._cp.call(call16.StopTransaction(meter_stop=int(self.energy_wh), timestamp=_iso(now),
                                                        transaction_id=int(tx or 0), reason=reason))
@@ -530,6 +535,7 @@ class SimulatedCharger:
             record["result"] = "Rejected"
         else:
             self.store.install(evse, profile)
+            self.hold_log.append((self.clock(), evse, profile))
             record["result"] = "Accepted"
             # A charger enforces an accepted limit at once (its PWM signal), not at the next tick
             # of this simulation: else a decrease accepted before an increase could still be drawn
