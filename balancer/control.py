@@ -682,7 +682,9 @@ class Controller:
             if state.car_phases == 1:
                 mask = np.zeros(3, dtype=bool)
                 mask[topo.single_phase_grid[i]] = True
-            allocated += mask * (state.limit_a if state.connected else self._offline_reserve_a(i, state, now))
+            # What is counted for it: a charger that does not obey (or refuses its limits) at its real draw.
+            counted = state.limit_a if state.obeys else max(state.draw_a or 0.0, max(state.measured_a))
+            allocated += mask * (counted if state.connected else self._offline_reserve_a(i, state, now))
             measured += np.asarray(state.measured_a)
             idle_limit = state.idle_limit_a if self._is_idle(state) else 0.0
             idle_allocated += topo.charger_phase_mask[i] * idle_limit

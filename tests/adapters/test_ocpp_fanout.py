@@ -84,9 +84,7 @@ async def test_a_refusing_charger_is_reserved_and_stalls_no_one(kind: str) -> No
         sims = [_charger(site, i, arrival_s=-1.0, misbehaviour=Misbehaviour(**{kind: True}) if i == 0
                          else Misbehaviour(answer_delay_s=0.3)) for i in range(6)]
         bad, others = sims[0], sims[1:]
-        link = site.server.links["CP0"]
-        await wait_for(lambda: link.pusher.refusing, timeout=30)
-        assert site.controller.states["CP0"].obeys is False
+        await wait_for(lambda: site.controller.states["CP0"].obeys is False, timeout=30)
         assert site.server.charger_status("CP0")["obeys"] is False
         flagged = [e for e in site.events if isinstance(e, ObedienceChanged) and not e.obeys]
         assert flagged and flagged[-1].draw_a is not None
@@ -101,6 +99,6 @@ async def test_a_refusing_charger_is_reserved_and_stalls_no_one(kind: str) -> No
         site.set_capacity(150.0)
         await wait_for(lambda: all((s.limit_now(datetime.now(UTC)) or 0.0) >= 20.0 for s in others), timeout=10)
         assert bad.draw_a + sum(s.limit_now(datetime.now(UTC)) or 0.0 for s in others) <= 150.0 + 1e-6
-        assert link.pusher.refusing  # still refusing, still reserved, and no one waited for it
+        assert site.server.charger_status("CP0")["refuses_profiles"]  # still: reserved, no one waits for it
     finally:
         await site.stop()

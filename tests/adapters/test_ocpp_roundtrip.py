@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from adapters.ocpp.simulator import Misbehaviour
@@ -147,3 +149,29 @@ async def test_composite_read_back_flags_a_charger_holding_more(env: Env, protoc
     await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
     flagged = next(e for e in env.of(ObedienceChanged) if not e.obeys)
     assert flagged.draw_a == pytest.approx(20.0) and "composite schedule" in flagged.detail
+
+
+async def test_trust_comes_back_only_after_following_for_a_while(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19 item 7: the composite read-back never clears the flag (it said 'holds 7 A' while the
+    car drew 32 A); only TRUST_SAMPLES readings in a row within the limit over TRUST_AFTER_S do."""
+    import adapters.ocpp.pusher as pusher
+
+    monkeypatch.setattr(pusher, "OBEY_GRACE_S", 0.0)
+    monkeypatch.setattr(pusher, "READ_BACK_DELAY_S", 0.0)
+    monkeypatch.setattr(pusher, "TRUST_AFTER_S", 2.0)
+    sim = env.charger("D201", "ocpp2.0.1", misbehaviour=Misbehaviour(ignores_profiles=True))
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("D201")
+    await env.server.apply([schedule("D201", 8.0)])
+    await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
+    await env.server.apply([schedule("D201", 7.0)])  # its composite reads back 7 A: no news of its draw
+    await wait_for(lambda: env.server.charger_status("D201")["composite_a"] == pytest.approx(7.0))
+    await asyncio.sleep(0.5)
+    assert [e.obeys for e in env.of(ObedienceChanged)] == [False]
+    sim.misbehaviour.ignores_profiles = False  # it follows from now on
+    await wait_for(lambda: sim.draw_a == pytest.approx(7.0))
+    followed = asyncio.get_running_loop().time()
+    await wait_for(lambda: env.server.charger_status("D201")["obeys"], timeout=10)
+    assert asyncio.get_running_loop().time() - followed >= 1.9
+    trusted = env.of(ObedienceChanged)[-1]
+    assert trusted.obeys and "followed its limit" in trusted.detail
