@@ -1,12 +1,17 @@
 """Getting a safe limit into one charger: capabilities, failsafe, profiles, retries, obedience.
 
 One ``Pusher`` per charger. At most one call is in flight per charger; the newest decision wins
-(an older one still waiting is dropped). A decrease is always pushed; an increase only past the
-deadband or when the schedule ahead changes shape. Rejected, CALLERROR and timeouts are retried
-with exponential backoff; a charger that rejects TxProfile gets the schedule as a
-TxDefaultProfile on its EVSE instead. Every push and its result is reported (``ProfileResult``).
-After an accepted push the composite schedule is read back, and measured currents are compared
-with the limit: a charger that does not follow is flagged (``ObedienceChanged``).
+(an older one still waiting is dropped). ``plan`` compares a decision with what the charger holds,
+now and in every slot ahead (``steps``): a decrease anywhere is pushed in the fan-out's first
+phase as min(held, new), an increase in its second (``fanout``); an increase within the deadband
+at most every ``SMALL_INCREASE_AFTER_S``. Rejected, CALLERROR and timeouts are retried with
+exponential backoff; a charger that rejects TxProfile gets the schedule as a TxDefaultProfile on
+its EVSE instead; one that refuses its decrease altogether, or does not answer it, is flagged,
+reserved at its real draw and retried in the background (``refused``). Every push and its result
+is reported (``ProfileResult``, and ``LimitConfirmed`` when accepted). After an accepted push the
+composite schedule is read back, and measured currents are compared with the limit: a charger
+that does not follow is flagged (``ObedienceChanged``) and trusted again only after following it
+for a while (``observe``).
 
 Idle chargers (no transaction) hold the controller's *idle limit* as a stack-1 default, above the
 stack-0 failsafe: what a car plugging in may draw until its TxProfile arrives. With

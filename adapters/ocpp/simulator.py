@@ -16,7 +16,9 @@ read-only values refused). A 2.0.1 session: StatusNotification Occupied, then Tr
 Started with seqNo 0, Updated 1, 2, ..., Ended, then StatusNotification Available. Switchable
 misbehaviours show how a CSMS copes: rejecting 0 A, ignoring profiles, rejecting TxProfile,
 rejecting every profile, never answering the CSMS's calls, dropping the connection, answering
-late. Used by the tests, the benchmarks, ``balancer demo`` and ``balancer simulate``.
+late. Every accepted profile is logged with its arrival time (``hold_log``), so a test can replay
+what a fleet held at every instant (``adapters.ocpp.held_ledger``). Used by the tests, the
+benchmarks, ``balancer demo`` and ``balancer simulate``.
 """
 
 from __future__ import annotations
