@@ -126,6 +126,9 @@ class Pusher:
         self.reserved_a = 0.0
         """The draw reported for it when it was found refusing (what the controller reserves)."""
         self._limit_sent_at = -math.inf
+        self._floor: tuple[tuple[Any, float], ...] | None = None
+        """Pointwise minimum of the decisions since its limit last changed: how far a small
+        increase goes."""
         """When its stack-1 limit last changed (monotonic): small increases wait for
         ``SMALL_INCREASE_AFTER_S`` after it."""
         self._try_timeout: float | None = None
@@ -305,9 +308,11 @@ class Pusher:
             else:
                 drop, rise = drop_a(allowed, schedule.periods), raise_a(allowed, schedule.periods)
                 decrease = drop > EPS_A or (not same and rise <= EPS_A)
-                if rise > EPS_A and (not same or rise > self.link.server.config.ocpp.deadband_a
-                                     or self._small_increase_due()):
+                if rise > EPS_A and (not same or rise > self.link.server.config.ocpp.deadband_a):
                     increase = True
+                elif rise > EPS_A and self._small_increase_due() and self._floor is not None \
+                        and raise_a(allowed, pointwise_min(self._floor, schedule.periods)) > EPS_A:
+                    increase = True  # a small one, of what every decision since the last change kept
         if self._idle_zero_due(schedule):
             increase = True
         return decrease, increase
@@ -317,6 +322,8 @@ class Pusher:
         "none" (see ``plan``)."""
         self.desired = schedule
         self.version += 1
+        self._floor = tuple(schedule.periods) if self._floor is None else \
+            pointwise_min(self._floor, schedule.periods)
         decrease, increase = self.plan(schedule)
         return {(True, True): "both", (True, False): "decrease", (False, True): "increase"}.get(
             (decrease, increase), "none")
@@ -380,11 +387,25 @@ class Pusher:
             return self.failsafe_a is not None  # see _limit_target: wait for the controller
         idle, tx, allowed, same = target
         send: ChargerSchedule | None = schedule
-        if phase == 1 and allowed is not None and raise_a(allowed, schedule.periods) > EPS_A:
-            step = pointwise_min(allowed, schedule.periods)
-            send = None if same and drop_a(allowed, schedule.periods) <= EPS_A else \
-                dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
+        if allowed is not None and phase in (1, 2):
+            rise, drop = raise_a(allowed, schedule.periods), drop_a(allowed, schedule.periods)
+            if phase == 1:
+                if drop <= EPS_A and (same or rise > EPS_A):
+                    send = None  # nothing to lower: whatever rises waits for the second phase
+                elif rise > EPS_A:
+                    step = pointwise_min(allowed, schedule.periods)
+                    send = dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
+            elif same and rise <= EPS_A:
+                send = None if drop <= EPS_A else schedule
+            elif same and rise <= self.link.server.config.ocpp.deadband_a:
+                # A small increase: only as far as every decision since the last change went
+                # (limits that jitter by tenths of an ampere settle instead of following each one).
+                low = pointwise_min(self._floor or schedule.periods, schedule.periods)
+                send = dataclasses.replace(schedule, limit_a=low[0][1], periods=low) \
+                    if self._small_increase_due() and raise_a(allowed, low) > EPS_A else None
         if send is None:
+            if phase != 1 and not idle and self._idle_zero_due(schedule):
+                await self._push_idle(schedule, schedule.idle_periods)
             return True
         if idle:
             return await self._push_idle(send, send.periods)
@@ -502,6 +523,7 @@ class Pusher:
             self.last_change = time.monotonic()
             self.over_samples = 0
             self._limit_sent_at = time.monotonic()
+            self._floor = None
             self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), schedule.limit_a,
                                           tuple(schedule.periods), purpose))
             self._spawn(self._read_back(schedule.limit_a, evse if evse else charger.evse_id))
@@ -524,6 +546,7 @@ class Pusher:
             self.idle_a = idle.limit_a
             self.idle_periods = idle.periods
             self._limit_sent_at = time.monotonic()
+            self._floor = None
             self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), idle.limit_a, tuple(idle.periods),
                                           "idle TxDefaultProfile"))
         elif tx is not None:

@@ -89,6 +89,14 @@ async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env, mon
     monkeypatch.setattr(pusher, "SMALL_INCREASE_AFTER_S", 0.0)  # small increases: once due, sent
     await env.server.apply([schedule("A16", 16.5)])
     assert len(env.of(ProfileResult)) == n + 3 and env.server.charger_status("A16")["limit_a"] == 16.5
+    # A small increase goes as far as every decision since the last change did, not to the newest.
+    monkeypatch.setattr(pusher, "SMALL_INCREASE_AFTER_S", 0.5)
+    for limit in (16.9, 16.7):
+        await env.server.apply([schedule("A16", limit)])
+    assert len(env.of(ProfileResult)) == n + 3
+    await asyncio.sleep(0.6)
+    await env.server.apply([schedule("A16", 17.0)])
+    assert len(env.of(ProfileResult)) == n + 4 and env.server.charger_status("A16")["limit_a"] == 16.7
 
 
 async def test_integer_amps_and_tx_profile_refused_falls_back_to_tx_default(env: Env) -> None:
