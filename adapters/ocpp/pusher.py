@@ -129,7 +129,7 @@ class Pusher:
         self._floor: tuple[tuple[Any, float], ...] | None = None
         """Pointwise minimum of the decisions since its limit last changed: how far a small
         increase goes."""
-        """When its stack-1 limit last changed (monotonic): small increases wait for
+        """When its stack-1 limit last changed (service clock [s]): small increases wait for
         ``SMALL_INCREASE_AFTER_S`` after it."""
         self._try_timeout: float | None = None
         self._retry: asyncio.Task[None] | None = None
@@ -282,8 +282,12 @@ class Pusher:
             return False, tx, None, False
         return False, tx, self.held_periods, self.held_tx == tx
 
+    def _clock_s(self) -> float:
+        """The service's clock [s]: the policy timers run on it (``balancer demo`` accelerates it)."""
+        return self.link.now().timestamp()
+
     def _small_increase_due(self) -> bool:
-        return time.monotonic() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S
+        return self._clock_s() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S
 
     def plan(self, schedule: ChargerSchedule) -> tuple[bool, bool]:
         """(decrease, increase): whether this decision lowers what the charger may draw now or in
@@ -522,7 +526,7 @@ class Pusher:
             self.held_tx = tx
             self.last_change = time.monotonic()
             self.over_samples = 0
-            self._limit_sent_at = time.monotonic()
+            self._limit_sent_at = self._clock_s()
             self._floor = None
             self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), schedule.limit_a,
                                           tuple(schedule.periods), purpose))
@@ -545,7 +549,7 @@ class Pusher:
         if ok:
             self.idle_a = idle.limit_a
             self.idle_periods = idle.periods
-            self._limit_sent_at = time.monotonic()
+            self._limit_sent_at = self._clock_s()
             self._floor = None
             self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), idle.limit_a, tuple(idle.periods),
                                           "idle TxDefaultProfile"))
@@ -684,7 +688,7 @@ class Pusher:
                                             f"refuses its limits: its draw of {drawn:.1f} A is reserved"))
         if self.held_a is None or time.monotonic() - self.last_change < OBEY_GRACE_S:
             return
-        now = time.monotonic()
+        now = self._clock_s()
         if drawn > self.held_a + max(OBEY_TOLERANCE_A, 0.1 * self.held_a):
             self._follow_n = 0
             self.over_samples += 1
