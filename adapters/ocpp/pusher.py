@@ -48,7 +48,7 @@ from adapters.ocpp.profiles import (
     Capabilities,
     charging_profile,
 )
-from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a
+from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, value_at
 from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
 from balancer.events import (
     ChargerOnline,
@@ -107,7 +107,8 @@ class Pusher:
         self.lock = asyncio.Lock()
         self.obeys = True
         self.over_samples = 0
-        self.last_change = time.monotonic()
+        self.last_change = -math.inf
+        """When its limit last changed (service clock [s]): readings wait ``OBEY_GRACE_S`` after it."""
         self.last_push: dict[str, Any] | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
         self._tx_refused: str | None = None
@@ -524,7 +525,7 @@ class Pusher:
             self.held_a = schedule.limit_a
             self.held_periods = tuple(schedule.periods)
             self.held_tx = tx
-            self.last_change = time.monotonic()
+            self.last_change = self._clock_s()
             self.over_samples = 0
             self._limit_sent_at = self._clock_s()
             self._floor = None
@@ -664,7 +665,9 @@ class Pusher:
                 return
         self.composite_a = first
         # A newer push may have raised the limit meanwhile: compare with the higher of the two.
-        held = max(limit_a, self.held_a or 0.0)
+        # So may the schedule have moved on to a later, higher period since (the read-back waits).
+        ahead = value_at(self.held_periods, self.link.now()) if self.held_periods else 0.0
+        held = max(limit_a, self.held_a or 0.0, ahead)
         if first > held + 0.1:
             # Only ever flags: trust comes back from what it draws (``observe``), not from a schedule.
             self._follow_n = 0
@@ -686,7 +689,7 @@ class Pusher:
             self.reserved_a = drawn
             self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), False, drawn,
                                             f"refuses its limits: its draw of {drawn:.1f} A is reserved"))
-        if self.held_a is None or time.monotonic() - self.last_change < OBEY_GRACE_S:
+        if self.held_a is None or self._clock_s() - self.last_change < OBEY_GRACE_S:
             return
         now = self._clock_s()
         if drawn > self.held_a + max(OBEY_TOLERANCE_A, 0.1 * self.held_a):
