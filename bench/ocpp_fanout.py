@@ -38,6 +38,7 @@ def ocpp_server(conn: Any, n: int) -> None:
     _raise_nofile()
     from adapters.ocpp.server import OcppServer
     from balancer.config import parse_config
+    from balancer.control import slot_floor
     from balancer.events import ChargerSchedule
 
     config = parse_config({"sites": [{"id": "s", "grid_limit_a": 100000, "fallback_kw": 1000, "chargers": [
@@ -58,7 +59,11 @@ def ocpp_server(conn: Any, n: int) -> None:
                 continue
             limit = float(command)
             now = datetime.now(UTC)
-            schedules = [ChargerSchedule(cid, now, limit, ((now, limit), (now + timedelta(hours=1), limit / 2)),
+            # The slot an hour ahead starts on a slot boundary, as the controller's do: a decision
+            # that lowers both is then a pure decrease (with "now + 1 h" the minutes between the old
+            # and the new decision's hour would be an increase, and go in a second phase).
+            ahead = slot_floor(now) + timedelta(hours=1)
+            schedules = [ChargerSchedule(cid, now, limit, ((now, limit), (ahead, limit / 2)),
                                          6.0, transaction_id=link.transaction_id)
                          for cid, link in server.links.items()]
             ready = sum(1 for link in server.links.values() if link.pusher.ready and link.transaction_id)
