@@ -137,6 +137,8 @@ class Pusher:
         self._follow_n = 0
         self._follow_since = 0.0
         self.call_started = 0.0
+        self._tx_moved = False
+        """Its last limit push stopped because its transaction changed meanwhile (no refusal)."""
         """When its call in flight was sent (monotonic): the fan-out waits that long at most."""
 
     # ----------------------------------------------------------------- lifecycle hooks
@@ -369,6 +371,7 @@ class Pusher:
             if schedule is None or not self.link.connected or not self.ready:
                 return False
             self._try_timeout = RETRY_TRY_S if background else None
+            self._tx_moved = False
             try:
                 return await self._push(schedule, phase)
             finally:
@@ -439,7 +442,8 @@ class Pusher:
         its real draw (flag it as not obeying; its measured current, or its maximum while none is
         known), retry it in the background, and let no fan-out wait for it again until it accepts.
         A charger that went offline meanwhile is the offline reserve's business instead."""
-        if not self.link.connected or (self.last_push or {}).get("result") == "Offline":
+        moved, self._tx_moved = self._tx_moved, False
+        if moved or not self.link.connected or (self.last_push or {}).get("result") == "Offline":
             return
         self.refusing = True
         self._follow_n = 0
@@ -517,6 +521,13 @@ class Pusher:
             # runs at most twice). Only a Rejected answer says so, never a timeout or a CALLERROR;
             # the next transaction, or a reconnect, tries the TxProfile again.
             self._tx_refused = tx
+            if not self.tx_profile_refused:
+                # The charger's transaction changed while the call was out (it ended, or another
+                # began): ``_limit_profile`` would pick the TxProfile again, and a charger without
+                # that transaction rejects it again, round after round. The next decision brings
+                # the profile for the transaction it has now.
+                self._tx_moved = True
+                break
         if ok and profile_id == IDLE_PROFILE_ID:
             # The fallback replaced the idle default: it holds this limit until the next push.
             self.idle_a = schedule.limit_a
