@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 PHASE1_WAIT_S = 2.0
 """How long the decreases of a fan-out are waited for before a charger counts as refusing [s]."""
-PHASE1_WAIT_PER_CHARGER_S = 0.002
-"""Added per charger in the first phase: 1,000 chargers' answers take about a second of CPU."""
+PHASE1_WAIT_PER_CHARGER_S = 0.004
+"""Added per charger in the first phase: 1,000 chargers' answers take about a second of CPU, more
+on a busy machine; a charger counted as refusing by mistake is reserved at its draw for a minute."""
 POLL_S = 0.05
 
 
@@ -69,15 +70,20 @@ async def fan_out(items: Sequence[tuple[ChargerLink, ChargerSchedule]]) -> bool:
         wait_s = PHASE1_WAIT_S + PHASE1_WAIT_PER_CHARGER_S * len(tasks)
         failed: list[tuple[ChargerLink, str]] = []
         pending: set[asyncio.Task[bool]] = set(tasks)
+        timeout = wait_s
         while pending:
-            done, pending = await asyncio.wait(pending, timeout=POLL_S)
+            done, pending = await asyncio.wait(pending, timeout=timeout)
             failed += [(tasks[t], str((tasks[t].pusher.last_push or {}).get("result", "not sent")))
                        for t in done if not _ok(t)]
+            if not pending:
+                break
             now = time.monotonic()
             late = [t for t in pending if now - tasks[t].pusher.call_started > wait_s]
             if late:  # the increases stay back anyway: no need to wait for the others
                 failed += [(tasks[t], "no answer in time") for t in late]
                 break
+            # Calls sent later (a retry, a call that waited for the charger's previous one).
+            timeout = max(POLL_S, min(wait_s - (now - tasks[t].pusher.call_started) for t in pending))
         if failed:
             for link, why in failed:
                 link.pusher.refused(why)
