@@ -1,0 +1,113 @@
+"""Limits that carry their reason (DESIGN 3.6): the allocator's reason arrays as ``Limit`` values.
+
+The allocator (``balancer.allocate``) finds, vectorised, a code and the binding node and phase for
+every charger; here one charger's entry becomes a ``Limit`` with names and a sentence for people.
+The controller adds the reasons only it knows (``Controller._limits``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from balancer.allocate import Allocation
+from balancer.model import PHASES, Limit, LimitCode
+from balancer.topology import Topology
+
+if TYPE_CHECKING:
+    from balancer.control import Controller
+
+__all__ = ["allocation_limit", "charger_limits", "node_name", "reason_text"]
+
+
+def node_name(topology: Topology, node: int) -> str | None:
+    """The id of node ``node`` as the API names it: the site id for the connection, None for -1."""
+    if node < 0:
+        return None
+    return topology.node_ids[node] or topology.site.id
+
+
+def allocation_limit(topology: Topology, allocation: Allocation, i: int, *, capacity_a: float | None = None,
+                     min_a: float | None = None) -> Limit:
+    """Charger ``i``'s limit in ``allocation`` with its reason; ``capacity_a`` (the binding node's
+    capacity on the binding phase) and ``min_a`` (the minimum it needed) only refine the words."""
+    code = allocation.code(i)
+    node = node_name(topology, int(allocation.reason_node[i]))
+    p = int(allocation.reason_phase[i])
+    phase = PHASES[p] if p >= 0 else None
+    value = float(allocation.limit_a[i])
+    detail = reason_text(code, node=node, phase=phase, value_a=value, charger_max_a=float(topology.max_current_a[i]),
+                         capacity_a=capacity_a, min_a=min_a, connection=int(allocation.reason_node[i]) == 0)
+    return Limit(value, code, node, phase, detail)
+
+
+def reason_text(code: LimitCode, *, node: str | None = None, phase: str | None = None, value_a: float = 0.0,
+                charger_max_a: float | None = None, capacity_a: float | None = None, min_a: float | None = None,
+                connection: bool = False) -> str:
+    """A short sentence saying why a limit has its value (``limit_reason.detail``)."""
+    where = f"{'the connection' if connection else node} on {phase}" if node else "a node"
+    of = f" ({capacity_a:.1f} A)" if capacity_a is not None else ""
+    if code is LimitCode.CAPACITY:
+        return f"capacity of {where}{of} used up: {value_a:g} A is its share"
+    if code is LimitCode.CHARGER_MAX:
+        return f"at the charger's maximum{f' of {charger_max_a:g} A' if charger_max_a is not None else ''}"
+    if code is LimitCode.CAR_MAX:
+        return f"at the car's (or cable's) maximum of {value_a:g} A"
+    if code is LimitCode.PLAN:
+        return f"paused: the plan holds it back this slot and the room at {where} went to planned cars"
+    if code is LimitCode.PRIORITY:
+        return f"paused: chargers of higher priority take the room at {where}"
+    if code is LimitCode.PAUSED_MIN_NOT_ADMITTED:
+        need = f" {min_a:g} A" if min_a is not None else ""
+        return f"paused: its minimum{need} does not fit at {where}{of}; turns rotate among equals"
+    if code is LimitCode.NOT_DRAWING:
+        return "the car draws less than offered"
+    if code is LimitCode.RESERVED_DISOBEYING:
+        return "does not follow its profiles: what it really draws is reserved"
+    if code is LimitCode.FAILSAFE:
+        return "offline or never connected: holds its failsafe, reserved until it reports"
+    if code is LimitCode.EXTERNAL_CAP:
+        return f"capped at {value_a:g} A by another party"
+    return code.value
+
+
+def charger_limits(controller: Controller, now: datetime, *, words: bool = True) -> dict[str, Limit]:
+    """Every charger's limit with its reason: the allocator's, and what only the controller knows
+    (offline: ``failsafe``; not following profiles: ``reserved_disobeying``; connected without a
+    car, or a car taking less than offered: ``not_drawing``). ``words=False`` leaves ``detail``
+    empty (cheaper, for noticing changes)."""
+    topo = controller.topology
+    alloc = controller.last_allocation
+    aligned = alloc is not None and controller.allocated_ids is topo.charger_ids
+    out: dict[str, Limit] = {}
+    for i, cid in enumerate(topo.charger_ids):
+        state = controller.states[cid]
+        limit: Limit
+        if not state.connected:
+            reserve = controller.offline_reserve_a(i, now)
+            limit = Limit(reserve, LimitCode.FAILSAFE, detail=(
+                f"offline or never connected: {reserve:g} A reserved until it reports" if words else ""))
+        elif not state.obeys:
+            draw = max(state.draw_a or 0.0, max(state.measured_a))
+            limit = Limit(state.limit_a, LimitCode.RESERVED_DISOBEYING, detail=(
+                f"does not follow its profiles: what it draws ({draw:.1f} A) is reserved" if words else ""))
+        elif state.transaction_id is None:
+            limit = Limit(state.idle_limit_a, LimitCode.NOT_DRAWING, detail=(
+                f"no car: holds its idle limit of {state.idle_limit_a:g} A, what charging cars leave "
+                f"(at most its failsafe of {float(controller.failsafe_a[i]):g} A)" if words else ""))
+        elif alloc is None or not aligned:
+            limit = Limit(state.limit_a, LimitCode.FAILSAFE,
+                          detail="not decided yet: holds what it was last told" if words else "")
+        elif not words:
+            code, node, p = alloc.code(i), int(alloc.reason_node[i]), int(alloc.reason_phase[i])
+            limit = Limit(float(alloc.limit_a[i]), code, node_name(topo, node), PHASES[p] if p >= 0 else None)
+        else:
+            limit = allocation_limit(topo, alloc, i, min_a=float(topo.min_current_a[i]))
+            if limit.code is LimitCode.NOT_DRAWING:
+                remaining = state.remaining_wh()
+                detail = ("the car needs no more energy: held at its minimum" if remaining is not None
+                          and remaining <= 0 else f"the car draws {max(state.measured_a):.1f} A, less than "
+                          f"offered: it gets that plus {controller.site.headroom_a:g} A headroom")
+                limit = Limit(limit.value_a, limit.code, limit.node, limit.phase, detail)
+        out[cid] = limit
+    return out
