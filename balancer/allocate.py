@@ -92,7 +92,7 @@ class AllocationRequest:
     can_pause : (n,) bool, False for chargers that refuse 0 A: their minimum is reserved first
     now_s, rotation_period_s : [s] time, and how often the tie order among equals rotates
     max_code : (n,) int8, ``code_number`` of what set ``max_a`` (the reason of a charger held at
-        it); default ``charger_max`` where ``max_a`` is the charger's own maximum, else ``car_max``
+        it); default ``charger_max`` where ``max_a`` is at least the charger's own maximum, else ``car_max``
     """
 
     topology: Topology
@@ -394,8 +394,7 @@ def allocate(req: AllocationRequest) -> Allocation:
         load = node_load_a(topo, limit, mask_rows)
 
     paused = wants & (limit <= 0)
-    max_code = (np.where(hi >= np.floor(topo.max_current_a / granularity + 1e-9) * granularity - 1e-9,
-                         _CHARGER_MAX, _CAR_MAX).astype(np.int8)
+    max_code = (np.where(np.asarray(req.max_a) >= topo.max_current_a, np.int8(_CHARGER_MAX), np.int8(_CAR_MAX))
                 if req.max_code is None else np.asarray(req.max_code, dtype=np.int8))
     short = wants & (limit < hi - 1e-9)
     reasons = _reasons(topo, capacity_t - load.T, mask, limit, short, max_code,
@@ -419,26 +418,36 @@ def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArra
     gather over the tree's few levels; each short charger then reads its node's, on the phases it
     loads. Nothing here is per charger in Python.
     """
-    n = topo.n_chargers
-    code = max_code.copy()
-    node = np.full(n, -1, dtype=np.int64)
-    phase = np.full(n, -1, dtype=np.int8)
     if not short.any():
-        return code, node, phase
+        return max_code, np.full(topo.n_chargers, -1, dtype=np.int64), np.full(topo.n_chargers, -1, dtype=np.int8)
     path = topo.node_path  # (levels, n_nodes)
     along = np.take(np.concatenate([room, np.full((3, 1), np.inf)], axis=1), path, axis=1)  # (3, levels, nodes)
     level = along.argmin(axis=1)  # (3, n_nodes)
-    least = np.take_along_axis(along, level[:, None, :], axis=1)[:, 0, :]
+    least = along.min(axis=1)
     tightest = path[level, np.arange(topo.n_nodes)]  # (3, n_nodes) node index
-    who = np.flatnonzero(short)
-    at = topo.charger_node[who]
-    seen = np.where(np.take(mask, who, axis=1), np.take(least, at, axis=1), np.inf)  # (3, k)
-    p = seen.argmin(axis=0)
-    bound = tightest[p, at]
-    node[who], phase[who] = bound, p
-    stopped = limit[who] <= 0
-    why = np.where(stopped, np.where(held_back[who], _PLAN, _PAUSED), _CAPACITY).astype(np.int8)
-    if stopped.any() and np.ptp(topo.priority) > 0:
+    # A charger loads one of seven sets of phases: the tightest (node, phase) per node for each set
+    # is a small table (phase sets as bits: L1 = 1, L2 = 2, L3 = 4), and every charger reads its
+    # entry with one gather.
+    l1, l2, l3 = least
+    best = np.zeros((8, topo.n_nodes), dtype=np.int64)
+    best[2], best[4] = 1, 2
+    best[3] = np.where(l2 < l1, 1, 0)
+    best[5] = np.where(l3 < l1, 2, 0)
+    best[6] = np.where(l3 < l2, 2, 1)
+    best[7] = np.where(l3 < np.minimum(l1, l2), 2, best[3])
+    table_node = np.take_along_axis(tightest, best, axis=0).T.ravel()  # (n_nodes * 8,) by node, then set
+    table_phase = best.astype(np.int8).T.ravel()
+    bits = mask.view(np.uint8)
+    which = (topo.charger_node << 3) + (bits[0] | (bits[1] << 1) | (bits[2] << 2))
+    node = np.take(table_node, which)
+    phase = np.take(table_phase, which)
+    node[~short], phase[~short] = -1, -1
+    stopped = short & (limit <= 0)
+    code = max_code.copy()
+    np.putmask(code, short, _CAPACITY)
+    np.putmask(code, stopped, _PAUSED)
+    np.putmask(code, stopped & held_back, _PLAN)
+    if topo.mixed_priority and stopped.any():
         # Paused while a charger of higher priority runs below the same node: priority.
         running = limit > 0
         top = np.full(topo.n_nodes + 1, -np.inf)
@@ -446,7 +455,5 @@ def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArra
         below = top[: topo.n_nodes].copy()
         for row in path:  # every node's best pushed up to each node above it
             np.maximum.at(top, row, below)
-        outranked = stopped & (topo.priority[who] < top[bound]) & (why == _PAUSED)
-        why = np.where(outranked, _PRIORITY, why).astype(np.int8)
-    code[who] = why
+        np.putmask(code, (code == _PAUSED) & (topo.priority < top[node]), _PRIORITY)
     return code, node, phase

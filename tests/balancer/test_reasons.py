@@ -35,13 +35,12 @@ def check_reasons(req: AllocationRequest) -> None:
     mask = np.asarray(req.phase_mask, dtype=bool)
     wants = (hi > 0) & (hi >= lo) & mask.any(axis=1)
     room = np.maximum(np.asarray(req.capacity_a), 0.0) - node_load_a(topo, out.limit_a, mask)
-    charger_max = np.floor(topo.max_current_a / gran + 1e-9) * gran
     target = np.full(topo.n_chargers, np.nan) if req.target_a is None else np.asarray(req.target_a)
     for i in range(topo.n_chargers):
         code, node, phase = out.code(i), int(out.reason_node[i]), int(out.reason_phase[i])
         name = topo.charger_ids[i]
         if not wants[i] or out.limit_a[i] >= hi[i] - 1e-9:
-            expected = LimitCode.CHARGER_MAX if hi[i] >= charger_max[i] - 1e-9 else LimitCode.CAR_MAX
+            expected = LimitCode.CHARGER_MAX if req.max_a[i] >= topo.max_current_a[i] else LimitCode.CAR_MAX
             assert (code, node, phase) == (expected, -1, -1), (name, code, node, phase)
             continue
         nodes = topo.ancestors[:, i].nonzero()[0]
@@ -56,7 +55,7 @@ def check_reasons(req: AllocationRequest) -> None:
             continue
         assert code in PAUSED_CODES, (name, code)
         assert room[node, phase] < max(lo[i], gran[i]) + rounding + 1e-6, (name, room[node, phase])
-        held_back = np.isfinite(target[i]) and target[i] < lo[i]
+        held_back = np.isfinite(target[i]) and target[i] < max(lo[i], gran[i])  # a 0 A minimum needs a step
         assert (code is LimitCode.PLAN) == held_back, (name, code, target[i])
         if code is LimitCode.PRIORITY:
             running = below & (out.limit_a > 0)

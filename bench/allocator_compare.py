@@ -1,0 +1,96 @@
+"""The allocator of this checkout against the one of another git revision, in the same run.
+
+Loads ``balancer/allocate.py`` as it is at ``--base`` (default ``main``) into a module of its own
+(it shares the rest of ``balancer``), then times both alternately on the cases of
+``bench/allocator.py`` (the benchmark case, and with plan targets and urgencies), so machine noise
+hits both alike. Limits must be equal, charger for charger.
+
+Run: .venv/bin/python bench/allocator_compare.py [--base REV] [--chargers 10000] [--rounds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from balancer import allocate as current  # noqa: E402
+from balancer.topology import Topology  # noqa: E402
+from bench.common import machine, tree_site  # noqa: E402
+
+
+def load_base(rev: str) -> ModuleType:
+    source = subprocess.run(["git", "show", f"{rev}:balancer/allocate.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "allocate_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("allocate_base", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["allocate_base"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def cases(n: int) -> dict[str, dict[str, Any]]:
+    topo = Topology.from_site(tree_site(n))
+    capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1) * 0.6
+    capacity[0] = topo.node_limit_a[0] * 0.35
+    common = {"topology": topo, "capacity_a": capacity, "phase_mask": topo.charger_phase_mask,
+              "min_a": topo.min_current_a, "max_a": topo.max_current_a, "now_s": 1000.0}
+    rng = np.random.default_rng(1)
+    planned = {**common, "urgency": rng.uniform(-36000, 0, n),
+               "target_a": np.where(rng.random(n) < 0.5, topo.max_current_a * 0.5, 0.0)}
+    return {"benchmark_case": common, "with_plan_and_urgency": planned}
+
+
+def timed(module: ModuleType, kwargs: dict[str, Any], repeat: int) -> float:
+    req = module.AllocationRequest(**kwargs)
+    module.allocate(req)
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        module.allocate(req)
+        samples.append(time.perf_counter() - started)
+    return float(np.median(samples))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="main")
+    parser.add_argument("--chargers", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    base = load_base(args.base)
+    results = []
+    for name, kwargs in cases(args.chargers).items():
+        same = np.array_equal(base.allocate(base.AllocationRequest(**kwargs)).limit_a,
+                              current.allocate(current.AllocationRequest(**kwargs)).limit_a)
+        before, after = [], []
+        for _ in range(args.rounds):
+            before.append(timed(base, kwargs, args.repeat))
+            after.append(timed(current, kwargs, args.repeat))
+        b, a = float(np.median(before)), float(np.median(after))
+        results.append({"case": name, "chargers": args.chargers, "base_median_ms": round(b * 1000, 3),
+                        "this_median_ms": round(a * 1000, 3), "ratio": round(a / b, 3),
+                        "base_runs_ms": [round(x * 1000, 2) for x in before],
+                        "this_runs_ms": [round(x * 1000, 2) for x in after], "same_limits": same})
+    print(json.dumps({"benchmark": "allocator_compare", "base": args.base, "machine": machine(),
+                      "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
