@@ -244,6 +244,9 @@ class Service:
         self._refresh_capacity(controller, now)
         self._maybe_replan(site_id, controller, now)
         schedules = controller.decide(now)
+        for cid, old, limit in controller.take_reason_changes(now):
+            log.info("charger %s: limit reason %s -> %s: %s", cid, " ".join(x for x in old if x),
+                     " ".join(x for x in (limit.code, limit.node, limit.phase) if x), limit.detail)
         if schedules:
             task = asyncio.create_task(self.ocpp.apply(schedules))
             self._push_tasks.add(task)
@@ -382,6 +385,7 @@ class Service:
                 site.id, c["id"], now, protocol=c["protocol"] or "", limit_a=c["limit_a"],
                 measured_a=c["measured_a"], power_w=c["power_w"], energy_wh=c["energy_wh"],
                 soc_pct=c["soc_pct"], state=c["state"], connected=c["connected"], obeys=c["obeys"],
+                limit_reason=c["limit_reason"]["code"],
             ))
         self.influx.write(points)
 
