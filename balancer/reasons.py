@@ -7,17 +7,24 @@ The controller adds the reasons only it knows (``Controller._limits``).
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from balancer.allocate import Allocation
+import numpy as np
+import numpy.typing as npt
+
+from balancer.allocate import Allocation, AllocationRequest, allocate
 from balancer.model import PHASES, Limit, LimitCode
-from balancer.topology import Topology
+from balancer.plan import Plan, PlanSession
+from balancer.topology import Topology, phase_mask
 
 if TYPE_CHECKING:
     from balancer.control import Controller
 
-__all__ = ["allocation_limit", "charger_limits", "node_name", "reason_text"]
+__all__ = ["allocation_limit", "charger_limits", "node_name", "reason_text", "session_limits"]
+
+FloatArray = npt.NDArray[np.float64]
 
 
 def node_name(topology: Topology, node: int) -> str | None:
@@ -110,4 +117,44 @@ def charger_limits(controller: Controller, now: datetime, *, words: bool = True)
                           f"offered: it gets that plus {controller.site.headroom_a:g} A headroom")
                 limit = Limit(limit.value_a, limit.code, limit.node, limit.phase, detail)
         out[cid] = limit
+    return out
+
+
+def session_limits(topology: Topology, capacity_a: FloatArray, plan: Plan | None, sessions: Sequence[PlanSession],
+                   start: datetime, slot_s: int = 900) -> dict[str, Limit]:
+    """What the real-time allocator would hand each planned session in its first slot, and why
+    (``balancer plan``'s reason column): the cars present in that slot, the connection's capacity
+    of the slot (``capacity_a`` (n_slots, 3) [A]) and the plan's targets, as the controller asks.
+    A charger with several sessions is described by its first."""
+    out: dict[str, Limit] = {}
+    n_slots = len(capacity_a)
+    if topology.n_chargers == 0 or n_slots == 0:
+        return out
+    first = {s.charger_id: min(n_slots - 1, max(0, int((s.arrival - start).total_seconds() // slot_s)))
+             for s in sorted(sessions, key=lambda s: s.arrival, reverse=True)}
+    plan_row = {cid: j for j, cid in enumerate(plan.charger_ids)} if plan is not None else {}
+    for k in sorted(set(first.values())):
+        at = start + timedelta(seconds=k * slot_s)
+        here = [s for s in sessions if s.arrival <= at + timedelta(seconds=slot_s - 1) and s.departure > at]
+        max_a = np.zeros(topology.n_chargers)
+        car_phases = np.full(topology.n_chargers, 3, dtype=np.int64)
+        target = np.full(topology.n_chargers, np.nan)
+        for s in here:
+            i = topology.index(s.charger_id)
+            charger_max = float(topology.max_current_a[i])
+            max_a[i] = charger_max if s.max_current_a is None else min(charger_max, s.max_current_a)
+            car_phases[i] = s.phases or 3
+            j = plan_row.get(s.charger_id)
+            if plan is not None and j is not None and k < plan.limit_a.shape[1]:
+                target[i] = plan.limit_a[j, k]
+        capacity = np.repeat(topology.node_limit_a[:, None], 3, axis=1).astype(np.float64)
+        capacity[0] = np.minimum(capacity[0], capacity_a[k])
+        allocation = allocate(AllocationRequest(
+            topology=topology, capacity_a=capacity, phase_mask=phase_mask(topology, car_phases),
+            min_a=topology.min_current_a, max_a=max_a, target_a=target, can_pause=topology.can_pause | (max_a <= 0),
+            now_s=at.timestamp(), rotation_period_s=topology.site.rotation_period_s))
+        for cid, slot in first.items():
+            if slot == k:
+                out[cid] = allocation_limit(topology, allocation, topology.index(cid),
+                                            min_a=float(topology.min_current_a[topology.index(cid)]))
     return out
