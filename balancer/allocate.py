@@ -397,7 +397,7 @@ def allocate(req: AllocationRequest) -> Allocation:
     max_code = (np.where(np.asarray(req.max_a) >= topo.max_current_a, np.int8(_CHARGER_MAX), np.int8(_CAR_MAX))
                 if req.max_code is None else np.asarray(req.max_code, dtype=np.int8))
     short = wants & (limit < hi - 1e-9)
-    reasons = _reasons(topo, capacity_t - load.T, mask, limit, short, max_code,
+    reasons = _reasons(topo, capacity_t - load.T, mask, limit, short, paused, max_code,
                        np.isfinite(target) & ~has_target)
     must_run = wants & ~can_pause
     if (must_run & paused).any():
@@ -409,11 +409,12 @@ def allocate(req: AllocationRequest) -> Allocation:
 
 
 def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArray, short: BoolArray,
-             max_code: CodeArray, held_back: BoolArray) -> tuple[CodeArray, IntArray, CodeArray]:
+             stopped: BoolArray, max_code: CodeArray, held_back: BoolArray) -> tuple[CodeArray, IntArray, CodeArray]:
     """Why each charger got its limit: (code, node, phase) arrays (see ``Allocation``).
 
     room : (3, n_nodes) [A] capacity less the final load; short : (n,) chargers below their bound
-    held_back : (n,) the plan gave them a target below their minimum
+    stopped : (n,) the short ones that got nothing; held_back : (n,) the plan gave them a target
+    below their minimum
     The tightest node above every *node* (least room, the connection first among equals) costs a
     gather over the tree's few levels; each short charger then reads its node's, on the phases it
     loads. Nothing here is per charger in Python.
@@ -438,11 +439,12 @@ def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArra
     table_node = np.take_along_axis(tightest, best, axis=0).T.ravel()  # (n_nodes * 8,) by node, then set
     table_phase = best.astype(np.int8).T.ravel()
     bits = mask.view(np.uint8)
-    which = (topo.charger_node << 3) + (bits[0] | (bits[1] << 1) | (bits[2] << 2))
+    which = topo.charger_node_x8 + (bits[0] | (bits[1] << 1) | (bits[2] << 2))
     node = np.take(table_node, which)
     phase = np.take(table_phase, which)
-    node[~short], phase[~short] = -1, -1
-    stopped = short & (limit <= 0)
+    off = ~short
+    np.putmask(node, off, -1)
+    np.putmask(phase, off, -1)
     code = max_code.copy()
     np.putmask(code, short, _CAPACITY)
     np.putmask(code, stopped, _PAUSED)

@@ -1,11 +1,11 @@
 """The allocator of this checkout against the one of another git revision, in the same run.
 
 Loads ``balancer/allocate.py`` as it is at ``--base`` (default ``main``) into a module of its own
-(it shares the rest of ``balancer``), then times both alternately on the cases of
+(it shares the rest of ``balancer``), then times both call by call, alternating, on the cases of
 ``bench/allocator.py`` (the benchmark case, and with plan targets and urgencies), so machine noise
 hits both alike. Limits must be equal, charger for charger.
 
-Run: .venv/bin/python bench/allocator_compare.py [--base REV] [--chargers 10000] [--rounds 8]
+Run: .venv/bin/python bench/allocator_compare.py [--base REV] [--chargers 10000] [--calls 300]
 """
 
 from __future__ import annotations
@@ -56,38 +56,41 @@ def cases(n: int) -> dict[str, dict[str, Any]]:
     return {"benchmark_case": common, "with_plan_and_urgency": planned}
 
 
-def timed(module: ModuleType, kwargs: dict[str, Any], repeat: int) -> float:
-    req = module.AllocationRequest(**kwargs)
-    module.allocate(req)
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        module.allocate(req)
-        samples.append(time.perf_counter() - started)
-    return float(np.median(samples))
+def paired(base: ModuleType, kwargs: dict[str, Any], calls: int) -> tuple[list[float], list[float]]:
+    """``calls`` timings of each allocator, one call of each in turn (the order swapping every
+    pair), so that load from other processes falls on both alike."""
+    reqs = (base.AllocationRequest(**kwargs), current.AllocationRequest(**kwargs))
+    funcs = (base.allocate, current.allocate)
+    for f, r in zip(funcs, reqs, strict=True):
+        f(r)
+    times: tuple[list[float], list[float]] = ([], [])
+    for k in range(calls):
+        for j in ((0, 1) if k % 2 == 0 else (1, 0)):
+            started = time.perf_counter()
+            funcs[j](reqs[j])
+            times[j].append(time.perf_counter() - started)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="main")
     parser.add_argument("--chargers", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     base = load_base(args.base)
     results = []
     for name, kwargs in cases(args.chargers).items():
         same = np.array_equal(base.allocate(base.AllocationRequest(**kwargs)).limit_a,
                               current.allocate(current.AllocationRequest(**kwargs)).limit_a)
-        before, after = [], []
-        for _ in range(args.rounds):
-            before.append(timed(base, kwargs, args.repeat))
-            after.append(timed(current, kwargs, args.repeat))
+        before, after = paired(base, kwargs, args.calls)
         b, a = float(np.median(before)), float(np.median(after))
-        results.append({"case": name, "chargers": args.chargers, "base_median_ms": round(b * 1000, 3),
-                        "this_median_ms": round(a * 1000, 3), "ratio": round(a / b, 3),
-                        "base_runs_ms": [round(x * 1000, 2) for x in before],
-                        "this_runs_ms": [round(x * 1000, 2) for x in after], "same_limits": same})
+        ratios = np.array(after) / np.array(before)
+        results.append({"case": name, "chargers": args.chargers, "calls": args.calls,
+                        "base_median_ms": round(b * 1000, 3), "this_median_ms": round(a * 1000, 3),
+                        "ratio_of_medians": round(a / b, 3), "median_pair_ratio": round(float(np.median(ratios)), 3),
+                        "base_p10_ms": round(float(np.percentile(before, 10)) * 1000, 3),
+                        "this_p10_ms": round(float(np.percentile(after, 10)) * 1000, 3), "same_limits": same})
     print(json.dumps({"benchmark": "allocator_compare", "base": args.base, "machine": machine(),
                       "results": results}, indent=1))
 
