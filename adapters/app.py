@@ -244,9 +244,6 @@ class Service:
         self._refresh_capacity(controller, now)
         self._maybe_replan(site_id, controller, now)
         schedules = controller.decide(now)
-        for cid, old, limit in controller.take_reason_changes(now):
-            log.info("charger %s: limit reason %s -> %s: %s", cid, " ".join(x for x in old if x),
-                     " ".join(x for x in (limit.code, limit.node, limit.phase) if x), limit.detail)
         if schedules:
             task = asyncio.create_task(self.ocpp.apply(schedules))
             self._push_tasks.add(task)
@@ -256,6 +253,9 @@ class Service:
         elif not self._push_tasks:
             self._urgent = False
         status = controller.status(now)
+        for cid, old, limit in controller.take_reason_changes():
+            log.info("charger %s: limit reason %s -> %s: %s", cid, " ".join(x for x in old if x),
+                     " ".join(x for x in (limit.code, limit.node, limit.phase) if x), limit.detail)
         self._report(controller, status, now)
         self._write_metrics(controller, status, now)
 

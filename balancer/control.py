@@ -605,7 +605,6 @@ class Controller:
             state.held_until = schedule.periods[-1][0] if len(schedule.periods) > 1 else None
             schedules.append(schedule)
             self.last_schedules[cid] = schedule
-        self._note_reasons(now)
         return schedules
 
     def _ahead(self, now: datetime) -> Ahead:
@@ -690,27 +689,27 @@ class Controller:
         """What offline charger ``i`` is reserved at now [A] (``_offline_reserve_a``)."""
         return self._offline_reserve_a(i, self.states[self.topology.charger_ids[i]], now)
 
-    def _note_reasons(self, now: datetime) -> None:
-        """Remember whose reason (code, node, phase) changed since the last decision."""
-        for cid, limit in charger_limits(self, now, words=False).items():
+    def _note_reasons(self, limits: dict[str, Limit]) -> None:
+        """Remember whose reason (code, node, phase) changed since the last status."""
+        for cid, limit in limits.items():
             key = (limit.code, limit.node, limit.phase)
             old = self._reason_keys.get(cid)
             if old is not None and old != key:
-                self._reason_changes[cid] = (old, limit)
+                self._reason_changes[cid] = (self._reason_changes.get(cid, (old, limit))[0], limit)
             self._reason_keys[cid] = key
 
-    def take_reason_changes(self, now: datetime) -> list[tuple[str, ReasonKey, Limit]]:
-        """The chargers whose reason changed since the last call: (id, old key, new limit with words)."""
-        if not self._reason_changes:
-            return []
+    def take_reason_changes(self) -> list[tuple[str, ReasonKey, Limit]]:
+        """The chargers whose reason changed between the statuses taken since the last call
+        (``status`` notices): (id, the reason before, the limit now with its reason)."""
         changed, self._reason_changes = self._reason_changes, {}
-        limits = self._limits(now)
-        return [(cid, old, limits[cid]) for cid, (old, _) in changed.items() if cid in limits]
+        return [(cid, old, limit) for cid, (old, limit) in changed.items() if old != (limit.code, limit.node,
+                                                                                        limit.phase)]
 
     def status(self, now: datetime) -> SiteStatus:
         topo = self.topology
         cap_now, source = self.capacity_now(now)
         limits = self._limits(now)
+        self._note_reasons(limits)
         allocated = np.zeros(3)
         idle_allocated = np.zeros(3)
         measured = np.zeros(3)

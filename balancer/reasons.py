@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer.allocate import Allocation, AllocationRequest, allocate
-from balancer.model import PHASES, Limit, LimitCode
+from balancer.model import LIMIT_CODES, PHASES, Limit, LimitCode
 from balancer.plan import Plan, PlanSession
 from balancer.topology import Topology, phase_mask
 
@@ -38,13 +38,17 @@ def allocation_limit(topology: Topology, allocation: Allocation, i: int, *, capa
                      min_a: float | None = None) -> Limit:
     """Charger ``i``'s limit in ``allocation`` with its reason; ``capacity_a`` (the binding node's
     capacity on the binding phase) and ``min_a`` (the minimum it needed) only refine the words."""
-    code = allocation.code(i)
-    node = node_name(topology, int(allocation.reason_node[i]))
-    p = int(allocation.reason_phase[i])
+    return _limit(topology, LIMIT_CODES[int(allocation.reason[i])], int(allocation.reason_node[i]),
+                  int(allocation.reason_phase[i]), float(allocation.limit_a[i]), float(topology.max_current_a[i]),
+                  capacity_a=capacity_a, min_a=min_a)
+
+
+def _limit(topology: Topology, code: LimitCode, k: int, p: int, value: float, charger_max_a: float, *,
+           capacity_a: float | None = None, min_a: float | None = None) -> Limit:
+    node = node_name(topology, k)
     phase = PHASES[p] if p >= 0 else None
-    value = float(allocation.limit_a[i])
-    detail = reason_text(code, node=node, phase=phase, value_a=value, charger_max_a=float(topology.max_current_a[i]),
-                         capacity_a=capacity_a, min_a=min_a, connection=int(allocation.reason_node[i]) == 0)
+    detail = reason_text(code, node=node, phase=phase, value_a=value, charger_max_a=charger_max_a,
+                         capacity_a=capacity_a, min_a=min_a, connection=k == 0)
     return Limit(value, code, node, phase, detail)
 
 
@@ -78,14 +82,16 @@ def reason_text(code: LimitCode, *, node: str | None = None, phase: str | None =
     return code.value
 
 
-def charger_limits(controller: Controller, now: datetime, *, words: bool = True) -> dict[str, Limit]:
+def charger_limits(controller: Controller, now: datetime) -> dict[str, Limit]:
     """Every charger's limit with its reason: the allocator's, and what only the controller knows
     (offline: ``failsafe``; not following profiles: ``reserved_disobeying``; connected without a
-    car, or a car taking less than offered: ``not_drawing``). ``words=False`` leaves ``detail``
-    empty (cheaper, for noticing changes)."""
+    car, or a car taking less than offered: ``not_drawing``)."""
     topo = controller.topology
     alloc = controller.last_allocation
     aligned = alloc is not None and controller.allocated_ids is topo.charger_ids
+    if alloc is not None and aligned:  # Python lists: reading numpy scalars one by one is slow
+        codes, nodes, phases = alloc.reason.tolist(), alloc.reason_node.tolist(), alloc.reason_phase.tolist()
+        values, maxima, minima = alloc.limit_a.tolist(), topo.max_current_a.tolist(), topo.min_current_a.tolist()
     out: dict[str, Limit] = {}
     for i, cid in enumerate(topo.charger_ids):
         state = controller.states[cid]
@@ -93,23 +99,20 @@ def charger_limits(controller: Controller, now: datetime, *, words: bool = True)
         if not state.connected:
             reserve = controller.offline_reserve_a(i, now)
             limit = Limit(reserve, LimitCode.FAILSAFE, detail=(
-                f"offline or never connected: {reserve:g} A reserved until it reports" if words else ""))
+                f"offline or never connected: {reserve:g} A reserved until it reports"))
         elif not state.obeys:
             draw = max(state.draw_a or 0.0, max(state.measured_a))
             limit = Limit(state.limit_a, LimitCode.RESERVED_DISOBEYING, detail=(
-                f"does not follow its profiles: what it draws ({draw:.1f} A) is reserved" if words else ""))
+                f"does not follow its profiles: what it draws ({draw:.1f} A) is reserved"))
         elif state.transaction_id is None:
             limit = Limit(state.idle_limit_a, LimitCode.NOT_DRAWING, detail=(
                 f"no car: holds its idle limit of {state.idle_limit_a:g} A, what charging cars leave "
-                f"(at most its failsafe of {float(controller.failsafe_a[i]):g} A)" if words else ""))
+                f"(at most its failsafe of {float(controller.failsafe_a[i]):g} A)"))
         elif alloc is None or not aligned:
             limit = Limit(state.limit_a, LimitCode.FAILSAFE,
-                          detail="not decided yet: holds what it was last told" if words else "")
-        elif not words:
-            code, node, p = alloc.code(i), int(alloc.reason_node[i]), int(alloc.reason_phase[i])
-            limit = Limit(float(alloc.limit_a[i]), code, node_name(topo, node), PHASES[p] if p >= 0 else None)
+                          detail="not decided yet: holds what it was last told")
         else:
-            limit = allocation_limit(topo, alloc, i, min_a=float(topo.min_current_a[i]))
+            limit = _limit(topo, LIMIT_CODES[codes[i]], nodes[i], phases[i], values[i], maxima[i], min_a=minima[i])
             if limit.code is LimitCode.NOT_DRAWING:
                 remaining = state.remaining_wh()
                 detail = ("the car needs no more energy: held at its minimum" if remaining is not None

@@ -130,11 +130,11 @@ def test_controller_reasons_for_every_state() -> None:
     assert reasons["A"]["code"] == "capacity" and reasons["A"]["node"] == "depot"
     assert reasons["B"]["code"] == "reserved_disobeying" and "12.0 A" in reasons["B"]["detail"]
     assert reasons["C"]["code"] == "not_drawing" and "draws 2.0 A" in reasons["C"]["detail"]
-    changes = {cid: (old[0], new.code) for cid, old, new in ctrl.take_reason_changes(later)}
+    changes = {cid: (old[0], new.code) for cid, old, new in ctrl.take_reason_changes()}
     assert changes["B"] == (LimitCode.CAPACITY, LimitCode.RESERVED_DISOBEYING)
     assert changes["C"] == (LimitCode.CHARGER_MAX, LimitCode.NOT_DRAWING)
     assert "F" not in changes  # still offline
-    assert ctrl.take_reason_changes(later) == []  # taken once
+    assert ctrl.take_reason_changes() == []  # taken once
 
     ctrl.handle(ChargerOffline("D", later))
     reasons = {c["id"]: c["limit_reason"] for c in ctrl.status(later).chargers}
