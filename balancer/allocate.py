@@ -436,15 +436,13 @@ def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArra
     best[5] = np.where(l3 < l1, 2, 0)
     best[6] = np.where(l3 < l2, 2, 1)
     best[7] = np.where(l3 < np.minimum(l1, l2), 2, best[3])
-    table_node = np.take_along_axis(tightest, best, axis=0).T.ravel()  # (n_nodes * 8,) by node, then set
-    table_phase = best.astype(np.int8).T.ravel()
+    table_node = np.take_along_axis(tightest, best, axis=0)
+    table_phase = best.astype(np.int8)
+    table_node[0], table_phase[0] = -1, -1  # the empty set: what chargers at their bound read
     bits = mask.view(np.uint8)
-    which = topo.charger_node_x8 + (bits[0] | (bits[1] << 1) | (bits[2] << 2))
-    node = np.take(table_node, which)
-    phase = np.take(table_phase, which)
-    off = ~short
-    np.putmask(node, off, -1)
-    np.putmask(phase, off, -1)
+    which = topo.charger_node_x8 + (bits[0] | (bits[1] << 1) | (bits[2] << 2)) * short.view(np.uint8)
+    node = np.take(table_node.T.ravel(), which)  # tables by node, then phase set
+    phase = np.take(table_phase.T.ravel(), which)
     code = max_code.copy()
     np.putmask(code, short, _CAPACITY)
     np.putmask(code, stopped, _PAUSED)
