@@ -13,7 +13,8 @@ from balancer.allocate import AllocationRequest, allocate, code_number, node_loa
 from balancer.control import Controller
 from balancer.events import ChargerOffline, ChargerOnline, MeterSample, NeedsUpdated, ObedienceChanged
 from balancer.model import LIMIT_CODES, Charger, Circuit, LimitCode, Site
-from balancer.reasons import node_name
+from balancer.plan import Plan, PlanSession
+from balancer.reasons import node_name, session_limits
 from balancer.topology import Topology
 from tests.balancer.strategies import sites
 from tests.balancer.test_allocate_properties import SETTINGS, request_for
@@ -165,3 +166,27 @@ def test_paused_by_priority_and_by_rotation() -> None:
                                                             (10.0, LimitCode.CAPACITY)]
     assert got["eq1"][2] == got["eq2"][2] == "row"
     assert got["hi"][1] is got["lo"][1] is LimitCode.CAR_MAX  # max_a 0: nothing wanted
+
+
+def test_session_limits_say_why_each_car_gets_what_it_gets_in_its_first_slot() -> None:
+    """``balancer plan``'s reason column: 16 A, the plan gives A and B their targets now and holds C
+    back; D arrives an hour later alone and gets its car's maximum."""
+    site = Site(id="depot", voltage_v=230.0, grid_limit_a=63.0, fallback_kw=10.0,
+                chargers=tuple(Charger(id=c, max_current_a=32.0) for c in "ABCD"))
+    topo = Topology.from_site(site)
+    start = T0
+    later = start + timedelta(hours=1)
+    sessions = [PlanSession("A", start, later, 5000.0), PlanSession("B", start, later, 5000.0),
+                PlanSession("C", start, later + timedelta(hours=5), 5000.0),
+                PlanSession("D", later, later + timedelta(hours=2), 5000.0, max_current_a=20.0)]
+    limits = np.zeros((4, 96))
+    limits[:2, :4] = 10.0
+    plan = Plan(start=start, slot_s=900, charger_ids=topo.charger_ids, limit_a=limits)
+    capacity = np.full((96, 3), 16.0)
+    capacity[4:] = 63.0
+    got = session_limits(topo, capacity, plan, sessions, start)
+    assert [(got[c].value_a, got[c].code, got[c].node, got[c].phase) for c in "ABC"] == [
+        (8.0, LimitCode.CAPACITY, "depot", "L1"), (8.0, LimitCode.CAPACITY, "depot", "L1"),
+        (0.0, LimitCode.PLAN, "depot", "L1")]
+    assert (got["D"].value_a, got["D"].code, got["D"].node) == (20.0, LimitCode.CAR_MAX, None)
+    assert "plan" in got["C"].detail and got["D"].detail
