@@ -63,6 +63,8 @@ def reason_text(code: LimitCode, *, node: str | None = None, phase: str | None =
     if code is LimitCode.CHARGER_MAX:
         return f"at the charger's maximum{f' of {charger_max_a:g} A' if charger_max_a is not None else ''}"
     if code is LimitCode.CAR_MAX:
+        if value_a <= 0:
+            return "paused: the car's (or cable's) maximum is below the charger's minimum current"
         return f"at the car's (or cable's) maximum of {value_a:g} A"
     if code is LimitCode.PLAN:
         return f"paused: the plan holds it back this slot and the room at {where} went to planned cars"
