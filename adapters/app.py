@@ -263,6 +263,9 @@ class Service:
         elif not self._push_tasks:
             self._urgent = False
         status = controller.status(now)
+        for cid, old, limit in controller.take_reason_changes():
+            log.info("charger %s: limit reason %s -> %s: %s", cid, " ".join(x for x in old if x),
+                     " ".join(x for x in (limit.code, limit.node, limit.phase) if x), limit.detail)
         self._report(controller, status, now)
         self._write_metrics(controller, status, now)
 
@@ -374,6 +377,7 @@ class Service:
                 site.id, c["id"], now, protocol=c["protocol"] or "", limit_a=c["limit_a"],
                 measured_a=c["measured_a"], power_w=c["power_w"], energy_wh=c["energy_wh"],
                 soc_pct=c["soc_pct"], state=c["state"], connected=c["connected"], obeys=c["obeys"],
+                limit_reason=c["limit_reason"]["code"],
             ))
         self.influx.write(points)
 

@@ -1,7 +1,8 @@
 r"""The metric schema written to InfluxDB: measurements ``site``, ``charger``, ``plan``, ``event``.
 
 InfluxQL-friendly (one dashboard serves InfluxDB 1.x, 2.x through DBRP, and 3.x): tags are the
-site, charger, protocol and event kind; per-phase values are fields ``*_l1/_l2/_l3``.
+site, charger, protocol, the charger's ``limit_reason`` code and the event kind; per-phase values
+are fields ``*_l1/_l2/_l3``.
 
 Points are written as line protocol by ``Point`` here, escaped as InfluxDB reads it (checked
 against InfluxDB 1.6.7): in tag keys and values only comma, equals sign and space are escaped; a
@@ -115,8 +116,11 @@ def site_point(site_id: str, at: datetime, *, capacity_a: Sequence[float], capac
 
 def charger_point(site_id: str, charger_id: str, at: datetime, *, protocol: str, limit_a: float,
                   measured_a: Sequence[float], power_w: float | None, energy_wh: float | None,
-                  soc_pct: float | None, state: str, connected: bool, obeys: bool) -> Point:
+                  soc_pct: float | None, state: str, connected: bool, obeys: bool, limit_reason: str = "") -> Point:
+    """``limit_reason`` (DESIGN 3.6: ``capacity``, ``charger_max``, ...) is a tag, so panels can
+    group and filter by it; an empty one is left out."""
     point = (Point("charger").tag("site", site_id).tag("charger", charger_id).tag("protocol", protocol or "none")
+             .tag("limit_reason", limit_reason)
              .time(at).field("limit_a", float(limit_a)).field("state", state)
              .field("connected", int(connected)).field("obeys", int(obeys)))
     point = _phases(point, "measured_a", measured_a)

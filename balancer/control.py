@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from balancer.allocate import Allocation, AllocationRequest, allocate, node_load_a
+from balancer.allocate import Allocation, AllocationRequest, allocate, code_number, node_load_a
 from balancer.events import (
     ChargerOffline,
     ChargerOnline,
@@ -44,8 +44,9 @@ from balancer.events import (
     SessionStopped,
     Tick,
 )
-from balancer.model import ControlSettings, LimitSource, Site
+from balancer.model import CapacitySource, ControlSettings, Limit, LimitCode, Site
 from balancer.plan import Plan, PlanSession, SolveOutcome
+from balancer.reasons import charger_limits
 from balancer.topology import Topology, phase_mask
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
@@ -61,6 +62,9 @@ INCREASE_LAG = timedelta(seconds=60)
 """How long after a slot boundary a rise in a schedule ahead starts (see ``Controller._schedule``)."""
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
+_CHARGER_MAX, _CAR_MAX, _NOT_DRAWING = (code_number(c) for c in
+                                        (LimitCode.CHARGER_MAX, LimitCode.CAR_MAX, LimitCode.NOT_DRAWING))
+ReasonKey = tuple[LimitCode, str | None, str | None]
 
 
 def slot_floor(t: datetime, slot_s: int = SLOT_S) -> datetime:
@@ -187,6 +191,10 @@ class Controller:
         self._replan_due = True
         self._last_slot: datetime | None = None
         self.last_allocation: Allocation | None = None
+        self.allocated_ids: tuple[str, ...] = ()
+        """The chargers ``last_allocation`` is for (its arrays follow this topology's order)."""
+        self._reason_keys: dict[str, ReasonKey] = {}
+        self._reason_changes: dict[str, tuple[ReasonKey, Limit]] = {}
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self._last_at: datetime | None = None
 
@@ -249,7 +257,7 @@ class Controller:
             k = int((now - self._cap_start).total_seconds() // SLOT_S)
             if 0 <= k < len(self._cap_a):
                 return self._cap_a[k].copy(), self._cap_sources[k]
-        return np.full(3, self.site.fallback_a), LimitSource.FALLBACK_CONFIG.value
+        return np.full(3, self.site.fallback_a), CapacitySource.FALLBACK_CONFIG.value
 
     def capacity_ahead(self, start: datetime, n_slots: int) -> FloatArray:
         """(n_slots, 3) capacity from ``start`` [A]; slots not known get the fallback_kw share."""
@@ -500,13 +508,16 @@ class Controller:
             capacity -= np.asarray(topo.ancestors @ (reserve[:, None] * mask))
         return np.maximum(capacity, 0.0), cap_now, source
 
-    def _allowance(self, now: datetime) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_]]:
-        """Per-charger min, max [A] and urgency, and the phase mask of the cars."""
+    def _allowance(self, now: datetime) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_],
+                                                 npt.NDArray[np.int8]]:
+        """Per-charger min, max [A] and urgency, the phase mask of the cars, and what set each max
+        (``code_number`` of charger_max, car_max or not_drawing)."""
         topo = self.topology
         n = topo.n_chargers
         min_a = topo.min_current_a.copy()
         max_a = np.zeros(n)
         urgency = np.zeros(n)
+        max_code = np.full(n, _CHARGER_MAX, dtype=np.int8)
         car_phases = np.full(n, 3, dtype=np.int64)
         headroom = self.site.headroom_a
         for i, cid in enumerate(topo.charger_ids):
@@ -516,8 +527,8 @@ class Controller:
             if not self._wants_current(state):
                 continue
             cap = topo.max_current_a[i]
-            if state.car_max_a is not None:
-                cap = min(cap, state.car_max_a)
+            if state.car_max_a is not None and state.car_max_a < cap:
+                cap, max_code[i] = state.car_max_a, _CAR_MAX
             if state.car_min_a is not None:
                 min_a[i] = max(min_a[i], state.car_min_a)
             drawn = max(state.measured_a)
@@ -525,12 +536,13 @@ class Controller:
                 MEASUREMENT_FRESH_S
             settled = state.limit_changed_at is None or state.measured_at is None or \
                 state.measured_at > state.limit_changed_at
-            if fresh and settled and state.limit_a > 0 and drawn < state.limit_a - headroom:
+            taken = max(drawn + headroom, min_a[i])
+            if fresh and settled and state.limit_a > 0 and drawn < state.limit_a - headroom and taken < cap:
                 # The car takes less than it may: free the rest, keep a headroom to ramp back.
-                cap = min(cap, max(drawn + headroom, min_a[i]))
+                cap, max_code[i] = taken, _NOT_DRAWING
             remaining = state.remaining_wh()
-            if remaining is not None and remaining <= 0:
-                cap = min(cap, min_a[i])
+            if remaining is not None and remaining <= 0 and min_a[i] < cap:
+                cap, max_code[i] = min_a[i], _NOT_DRAWING
             max_a[i] = cap if cap >= min_a[i] else 0.0
             if state.departure is not None and remaining is not None and cap > 0:
                 power_w = cap * min(car_phases[i], 3) * self.site.voltage_v
@@ -539,7 +551,7 @@ class Controller:
             else:
                 urgency[i] = -1e9
         mask = phase_mask(topo, car_phases)
-        return min_a, max_a, urgency, mask
+        return min_a, max_a, urgency, mask, max_code
 
     def decide(self, now: datetime) -> list[ChargerSchedule]:
         """Allocate the capacity of the moment and build every charger's schedule."""
@@ -550,7 +562,7 @@ class Controller:
             self._last_slot = slot
             self._replan_due = True
         capacity, _, _ = self._node_capacity(now)
-        min_a, max_a, urgency, mask = self._allowance(now)
+        min_a, max_a, urgency, mask, max_code = self._allowance(now)
         target = np.full(topo.n_chargers, np.nan)
         if self.plan is not None and self.plan.start <= now:
             k = int((now - self.plan.start).total_seconds() // self.plan.slot_s)
@@ -568,10 +580,10 @@ class Controller:
         request = AllocationRequest(
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
             target_a=target, urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
-            now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s,
+            now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
         )
         allocation = allocate(request)
-        self.last_allocation = allocation
+        self.last_allocation, self.allocated_ids = allocation, topo.charger_ids
         idle_limit = self._idle_limits(capacity, allocation.limit_a, mask)
         schedules: list[ChargerSchedule] = []
         shared = self._ahead(now)
@@ -669,9 +681,35 @@ class Controller:
         )
 
     # ----------------------------------------------------------------- reporting
+    def _limits(self, now: datetime) -> dict[str, Limit]:
+        """Every charger's limit with its reason (DESIGN 3.6; ``balancer.reasons``)."""
+        return charger_limits(self, now)
+
+    def offline_reserve_a(self, i: int, now: datetime) -> float:
+        """What offline charger ``i`` is reserved at now [A] (``_offline_reserve_a``)."""
+        return self._offline_reserve_a(i, self.states[self.topology.charger_ids[i]], now)
+
+    def _note_reasons(self, limits: dict[str, Limit]) -> None:
+        """Remember whose reason (code, node, phase) changed since the last status."""
+        for cid, limit in limits.items():
+            key = (limit.code, limit.node, limit.phase)
+            old = self._reason_keys.get(cid)
+            if old is not None and old != key:
+                self._reason_changes[cid] = (self._reason_changes.get(cid, (old, limit))[0], limit)
+            self._reason_keys[cid] = key
+
+    def take_reason_changes(self) -> list[tuple[str, ReasonKey, Limit]]:
+        """The chargers whose reason changed between the statuses taken since the last call
+        (``status`` notices): (id, the reason before, the limit now with its reason)."""
+        changed, self._reason_changes = self._reason_changes, {}
+        return [(cid, old, limit) for cid, (old, limit) in changed.items() if old != (limit.code, limit.node,
+                                                                                        limit.phase)]
+
     def status(self, now: datetime) -> SiteStatus:
         topo = self.topology
         cap_now, source = self.capacity_now(now)
+        limits = self._limits(now)
+        self._note_reasons(limits)
         allocated = np.zeros(3)
         idle_allocated = np.zeros(3)
         measured = np.zeros(3)
@@ -693,6 +731,7 @@ class Controller:
                 "connected": state.connected,
                 "protocol": state.protocol,
                 "limit_a": round(state.limit_a, 3),
+                "limit_reason": limits[cid].to_json(),
                 "failsafe_a": round(float(self.failsafe_a[i]), 3),
                 "idle_limit_a": round(idle_limit, 3),
                 "measured_a": [round(x, 2) for x in state.measured_a],

@@ -13,9 +13,11 @@ from enum import StrEnum
 
 __all__ = [
     "CONNECTION",
+    "LIMIT_CODES",
     "PHASES",
     "ROTATIONS",
     "CapacityProviderSettings",
+    "CapacitySource",
     "Charger",
     "Circuit",
     "Config",
@@ -23,6 +25,7 @@ __all__ = [
     "HttpSettings",
     "InfluxSettings",
     "Limit",
+    "LimitCode",
     "LimitSource",
     "OcppSettings",
     "OscpSettings",
@@ -46,28 +49,65 @@ def floor_to(value: float, step: float) -> float:
     return math.floor(value / step + 1e-9) * step
 
 
-class LimitSource(StrEnum):
-    """Why a limit has the value it has: every limit carries its source."""
+class CapacitySource(StrEnum):
+    """Where the capacity in force comes from (``capacity_source`` in the API, DESIGN 3.5)."""
 
     FORECAST = "forecast"
     FALLBACK_FORECAST = "fallback_forecast"
     FALLBACK_CONFIG = "fallback_config"
-    CONNECTION = "connection"
-    CIRCUIT = "circuit"
-    CHARGER = "charger"
-    CAR = "car"
+
+
+LimitSource = CapacitySource
+"""The former name of ``CapacitySource`` (it only ever named capacity sources in use)."""
+
+
+class LimitCode(StrEnum):
+    """Why a charger's limit has the value it has (``limit_reason.code``, DESIGN 3.6).
+
+    The allocator finds ``CAPACITY`` (a node's capacity on a phase froze it), the bound it was
+    given (``CHARGER_MAX``, ``CAR_MAX``, or what the caller says set it: ``NOT_DRAWING``,
+    ``EXTERNAL_CAP``, ...) and, for a paused charger, ``PLAN`` (the plan held it back),
+    ``PRIORITY`` (higher-priority chargers took the room) or ``PAUSED_MIN_NOT_ADMITTED``. The
+    controller adds what only it knows: ``NOT_DRAWING`` (no car, or the car takes less),
+    ``RESERVED_DISOBEYING`` and ``FAILSAFE`` (offline or never connected).
+    """
+
+    CAPACITY = "capacity"
+    CHARGER_MAX = "charger_max"
+    CAR_MAX = "car_max"
     PLAN = "plan"
+    PAUSED_MIN_NOT_ADMITTED = "paused_min_not_admitted"
+    PRIORITY = "priority"
+    NOT_DRAWING = "not_drawing"
+    RESERVED_DISOBEYING = "reserved_disobeying"
     FAILSAFE = "failsafe"
-    MEASURED = "measured"
+    METER = "meter"
+    DISCHARGE = "discharge"
+    EXTERNAL_CAP = "external_cap"
+
+
+LIMIT_CODES: tuple[LimitCode, ...] = tuple(LimitCode)
+"""The allocator's reason arrays hold small integers: code ``k`` is ``LIMIT_CODES[k]``."""
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """A current limit [A per phase] together with what set it."""
+    """A charger's limit [A per phase] and why it has that value.
+
+    ``node`` names the fuse-tree node that bound it (the site id for the connection) and
+    ``phase`` the grid phase ("L1".."L3"), both only for codes that have one; ``detail`` says it
+    in words for people.
+    """
 
     value_a: float
-    source: LimitSource
+    code: LimitCode
+    node: str | None = None
+    phase: str | None = None
     detail: str = ""
+
+    def to_json(self) -> dict[str, str | None]:
+        """``limit_reason`` as the admin API carries it (the value is the charger's ``limit_a``)."""
+        return {"code": self.code.value, "node": self.node, "phase": self.phase, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
