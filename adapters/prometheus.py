@@ -169,6 +169,8 @@ SERVICE_HELP = {
     "state_saves": "State snapshots written",
     "state_save_failures": "State snapshots that could not be written (retried)",
     "state_write_failures": "Failed state writes to disk",
+    "compliance_errors": ("Times a site could not keep to its capacity "
+                          "(reported to the grid operator at most once per slot)"),
 }
 OCPP_HELP = {
     "bad_frames": "OCPP frames refused by the frame guard (not JSON, bad message type, too large)",
