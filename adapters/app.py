@@ -147,7 +147,8 @@ class Service:
         app = web.Application(client_max_size=self.config.http.max_body_bytes)
         add_oscp_routes(app, self.fp)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
-                         listen_host=self.config.http.host, max_body_bytes=self.config.http.max_body_bytes)
+                         listen_host=self.config.http.host,
+                         max_body_bytes=lambda: self.config.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
