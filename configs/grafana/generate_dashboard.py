@@ -49,10 +49,12 @@ def target(ref: str, query: str, alias: str) -> dict[str, Any]:
 
 
 def timeseries(title: str, targets: list[dict[str, Any]], *, unit: str = "amp", description: str = "",
-               overrides: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+               overrides: list[dict[str, Any]] | None = None, step: bool = False, **extra: Any) -> dict[str, Any]:
+    """A time series panel; ``step``: values hold until the next point (15-min plan slots)."""
+    custom = {"lineWidth": 1, "fillOpacity": 0, "spanNulls": False,
+              "lineInterpolation": "stepAfter" if step else "linear"}
     return {"type": "timeseries", "title": title, "description": description, "datasource": DS, "targets": targets,
-            "fieldConfig": {"defaults": {"unit": unit, "custom": {"lineWidth": 1, "fillOpacity": 0,
-                                                                  "spanNulls": False}},
+            "fieldConfig": {"defaults": {"unit": unit, "custom": custom},
                             "overrides": overrides or []},
             "options": {"legend": {"displayMode": "table", "placement": "right", "showLegend": True},
                         "tooltip": {"mode": "multi", "sort": "desc"}},
@@ -107,7 +109,7 @@ def plan_phase_panel(k: int) -> dict[str, Any]:
                       [target("A", query, "$tag_site $col")],
                       description=f"The latest 24 h plan per site on grid phase {PHASES[k]}: the capacity per 15-min "
                                   "slot (dashed) and the sum of the planned limits of the chargers on this phase.",
-                      overrides=[dashed(".* capacity$")], timeFrom="+24h", interval="15m")
+                      overrides=[dashed(".* capacity$")], timeFrom="+24h", interval="15m", step=True)
 
 
 def annotation(name: str, color: str, kinds: str) -> dict[str, Any]:
