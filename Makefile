@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 .PHONY: setup system-deps demo test lint bench clean
 
 system-deps:
-	@if ! command -v influxd >/dev/null || ! command -v victoria-metrics >/dev/null || ! command -v chromium >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb victoria-metrics chromium >/dev/null; \
+	@if ! command -v influxd >/dev/null || ! command -v victoria-metrics >/dev/null || ! command -v chromium >/dev/null \
+			|| ! command -v promtool >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb victoria-metrics chromium \
+			prometheus >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -29,7 +29,15 @@ from adapters.config_file import load_config, placeholder_secrets
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.logs import setup_logging
-from adapters.metrics import charger_point, event_point, plan_points, site_point
+from adapters.metrics import (
+    charger_point,
+    event_point,
+    obedience_point,
+    plan_points,
+    service_point,
+    site_point,
+    wired_phases,
+)
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
@@ -43,6 +51,7 @@ from balancer.events import (
     LimitConfirmed,
     MeterSample,
     NeedsUpdated,
+    ObedienceChanged,
     ProfileResult,
     SessionStarted,
     SessionStopped,
@@ -121,7 +130,8 @@ class Service:
         self.counters: dict[str, float] = {"control_steps": 0, "events": 0, "plans": 0,
                                            "plan_failures": 0, "pushes": 0, "push_failures": 0,
                                            "config_reloads": 0, "config_rejected": 0,
-                                           "state_saves": 0, "state_save_failures": 0, "state_write_failures": 0}
+                                           "state_saves": 0, "state_save_failures": 0, "state_write_failures": 0,
+                                           "compliance_errors": 0}
         self.last_step_s = 0.0
         self._config_mtime = self._mtime()
         self._started_at = time.monotonic()
@@ -139,7 +149,8 @@ class Service:
         app = web.Application(client_max_size=self.config.http.max_body_bytes)
         add_oscp_routes(app, self.fp)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
-                         listen_host=self.config.http.host, max_body_bytes=self.config.http.max_body_bytes)
+                         listen_host=self.config.http.host,
+                         max_body_bytes=lambda: self.config.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
@@ -197,6 +208,9 @@ class Service:
                 self.influx.write([event_point(site_id, event.at, kind="profile_push", charger=charger_id,
                                                ok=ok, result=event.result, limit_a=event.limit_a)])
             return  # a push result changes no decision by itself
+        if isinstance(event, ObedienceChanged) and self.influx is not None and charger_id is not None:
+            self.influx.write([obedience_point(self._site_of(charger_id), event.at, charger=charger_id,
+                                               obeys=event.obeys, draw_a=event.draw_a, detail=event.detail)])
         if isinstance(event, (SessionStarted, SessionStopped)):
             self._persist_soon.set()  # a session must survive a crash right after it starts or stops
         if isinstance(event, (MeterSample, LimitConfirmed)):
@@ -236,6 +250,8 @@ class Service:
                     log.exception("control step failed for site %s", site_id)
             self.last_step_s = time.perf_counter() - started
             self.counters["control_steps"] += 1
+            if self.influx is not None:
+                self.influx.write([service_point(self.now(), outbox_messages=self.store.outbox_size())])
 
     def _refresh_capacity(self, controller: Controller, now: datetime) -> None:
         start = slot_floor(now)
@@ -307,7 +323,9 @@ class Service:
                             outcome.message)
             controller.accept_plan(outcome)
             if self.influx is not None and outcome.plan is not None:
-                self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a))
+                car_phases = {cid: s.car_phases for cid, s in controller.states.items()}
+                self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a,
+                                              wired_phases(controller.site, car_phases)))
             if outcome.plan is not None:
                 self._maybe_adjust(site_id, controller, request, outcome)
             self._wake.set()
@@ -351,6 +369,7 @@ class Service:
             return
         self._compliance_reported[site.id] = slot
         log.warning("site %s: cannot comply: %s", site.id, message)
+        self.counters["compliance_errors"] += 1
         if self.influx is not None:
             self.influx.write([event_point(site.id, now, kind="compliance_error", ok=False, result=message)])
         if self.oscp_client is not None:
@@ -372,12 +391,14 @@ class Service:
             chargers_connected=sum(1 for c in status.chargers if c["connected"]),
             voltage_v=site.voltage_v,
         )]
+        wired = wired_phases(site)
         for c in status.chargers:
             points.append(charger_point(
                 site.id, c["id"], now, protocol=c["protocol"] or "", limit_a=c["limit_a"],
                 measured_a=c["measured_a"], power_w=c["power_w"], energy_wh=c["energy_wh"],
                 soc_pct=c["soc_pct"], state=c["state"], connected=c["connected"], obeys=c["obeys"],
                 limit_reason=c["limit_reason"]["code"],
+                grid_phases=wired.get(c["id"], (0, 1, 2)),
             ))
         self.influx.write(points)
 
@@ -438,11 +459,13 @@ class Service:
         except InvalidInput as exc:
             self.counters["config_rejected"] += 1
             log.error("config reload refused, keeping the running config: %s", exc)
+            self._config_event(ok=False, result=str(exc))
             return False
         if {s.id for s in new.sites} != set(self.controllers) or new.state_dir != self.config.state_dir \
                 or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port:
             self.counters["config_rejected"] += 1
             log.error("config reload refused: sites, ports and state_dir need a restart")
+            self._config_event(ok=False, result="sites, ports and state_dir need a restart")
             return False
         for site in new.sites:
             self.controllers[site.id].reconfigure(site)
@@ -451,8 +474,15 @@ class Service:
         self.config = new
         self.counters["config_reloads"] += 1
         log.info("config reloaded from %s", self.config_path)
+        self._config_event(ok=True, result=str(self.config_path))
         self._wake.set()
         return True
+
+    def _config_event(self, *, ok: bool, result: str) -> None:
+        """A ``config_reloaded`` / ``config_rejected`` annotation on every site's dashboard."""
+        if self.influx is not None:
+            self.influx.write([event_point(site_id, self.now(), kind="config_reloaded" if ok else "config_rejected",
+                                           ok=ok, result=result) for site_id in self.controllers])
 
     # ----------------------------------------------------------------- admin backend
     def site_ids(self) -> list[str]:

@@ -229,7 +229,7 @@ def run_demo(args: Any) -> int:
     """``balancer demo``: exit 0 when no limit was violated."""
     influx = None
     if getattr(args, "config", None):
-        config = load_config(args.config)
+        config = load_config(args.config, require_env=False)  # only its InfluxDB settings are used
         if config.influxdb is not None:
             influx = dataclasses.asdict(config.influxdb)
     result = asyncio.run(run_demo_async(n_chargers=args.chargers, seconds=args.seconds, plot=args.plot,

@@ -182,7 +182,7 @@ def _outside_horizon(blocks: Any, sessions: list[PlanSession], start: datetime) 
 
 def run_plan(args: Any) -> int:
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, require_env=False)  # plans need no secrets
         forecast = parse_update_forecast(_read_json(args.forecast, "forecast"))
         if args.site:
             site = config.site(args.site) if args.site in {s.id for s in config.sites} else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from adapters.metrics import SOURCE_CODES
 from balancer.control import Controller
 
 __all__ = ["INFLUX_HELP", "OCPP_HELP", "OSCP_HELP", "SERVICE_HELP", "Family",
@@ -112,6 +113,8 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
     alloc = gauge("balancer_allocated_amperes", "Sum of charger limits per phase")
     meas = gauge("balancer_measured_amperes", "Sum of measured charger currents per phase")
     online = gauge("balancer_grid_operator_online", "1 when the grid operator is online")
+    source = gauge("balancer_capacity_source_code",
+                   "What the capacity in force comes from: 0 forecast, 1 fallback forecast, 2 fallback_kw")
     connected = gauge("balancer_charger_connected", "1 when the charger is connected")
     limits = gauge("balancer_charger_limit_amperes", "Current limit per charger")
     obeys = gauge("balancer_charger_obeys", "0 when a charger does not follow its profile")
@@ -123,11 +126,12 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
             alloc.samples.append(({"site": site_id, "phase": phase}, status.allocated_a[k]))
             meas.samples.append(({"site": site_id, "phase": phase}, status.measured_a[k]))
         online.samples.append(({"site": site_id}, 1.0 if service.fp.is_online(site_id) else 0.0))
+        source.samples.append(({"site": site_id}, float(SOURCE_CODES.get(status.capacity_source, 2))))
         for c in status.chargers:
             connected.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["connected"] else 0.0))
             limits.samples.append(({"site": site_id, "charger": c["id"]}, c["limit_a"]))
             obeys.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["obeys"] else 0.0))
-    families = [cap, alloc, meas, online, connected, limits, obeys]
+    families = [cap, alloc, meas, online, source, connected, limits, obeys]
     families += _counters("balancer_", service.counters, SERVICE_HELP)
     families += _counters("balancer_ocpp_", service.ocpp.counters, OCPP_HELP)
     families += _counters("balancer_oscp_", service.fp.counters, OSCP_HELP)
@@ -169,6 +173,8 @@ SERVICE_HELP = {
     "state_saves": "State snapshots written",
     "state_save_failures": "State snapshots that could not be written (retried)",
     "state_write_failures": "Failed state writes to disk",
+    "compliance_errors": ("Times a site could not keep to its capacity "
+                          "(reported to the grid operator at most once per slot)"),
 }
 OCPP_HELP = {
     "bad_frames": "OCPP frames refused by the frame guard (not JSON, bad message type, too large)",
