@@ -36,6 +36,7 @@ from balancer.events import (
     ChargerSchedule,
     ChargerStatus,
     Event,
+    ExternalCapSet,
     MeterSample,
     NeedsUpdated,
     ObedienceChanged,
@@ -104,6 +105,34 @@ class ChargerState:
     obeys: bool = True
     draw_a: float | None = None
     last_push: dict[str, Any] | None = None
+    external_cap: list[list[float]] | None = None
+    """A cap set by another party (``ExternalCapSet``): [[start epoch s, limit A], ...]."""
+    external_cap_until: float | None = None
+    """When the external cap ends [epoch s]; None: with its session."""
+
+    def external_cap_a(self, t: float) -> float | None:
+        """The external cap in force at ``t`` [epoch s] [A], or None when there is none."""
+        if not self.external_cap or (self.external_cap_until is not None and t >= self.external_cap_until):
+            return None
+        found = None
+        for start, limit in self.external_cap:
+            if start > t:
+                break
+            found = limit
+        return found
+
+    def external_cap_ahead(self, times: list[datetime]) -> FloatArray:
+        """The lowest external cap in each interval [times[k], times[k+1]) [A]; inf where none."""
+        out = np.full(len(times) - 1, np.inf)
+        if not self.external_cap:
+            return out
+        edges = np.array([t.timestamp() for t in times])
+        end = np.inf if self.external_cap_until is None else self.external_cap_until
+        for k, (start, limit) in enumerate(self.external_cap):
+            stop = min(self.external_cap[k + 1][0] if k + 1 < len(self.external_cap) else np.inf, end)
+            hit = (edges[:-1] < stop) & (edges[1:] > start)
+            out[hit] = np.minimum(out[hit], limit)
+        return out
 
     def remaining_wh(self) -> float | None:
         """Energy the car still needs [Wh], or None when unknown."""
@@ -290,6 +319,11 @@ class Controller:
         elif isinstance(event, ObedienceChanged):
             state.obeys = event.obeys
             state.draw_a = event.draw_a
+        elif isinstance(event, ExternalCapSet):
+            if event.transaction_id is not None and event.transaction_id != state.transaction_id:
+                return  # a cap for a session that has ended
+            state.external_cap = [[t.timestamp(), max(0.0, a)] for t, a in event.periods] or None
+            state.external_cap_until = event.until.timestamp() if event.until and event.periods else None
 
     def _start_session(self, state: ChargerState, event: SessionStarted) -> None:
         if state.transaction_id == event.transaction_id:
@@ -300,6 +334,7 @@ class Controller:
             else state.energy_wh
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
+        state.external_cap = state.external_cap_until = None
         # Until its TxProfile is held the car draws by the idle default: that is what it holds.
         state.held_a = state.idle_limit_a
         if state.status in ("unknown", "Available", "Preparing"):
@@ -311,6 +346,7 @@ class Controller:
         state.session_start = None
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
+        state.external_cap = state.external_cap_until = None
         if event.meter_stop_wh is not None:
             state.energy_wh = event.meter_stop_wh
         state.status = "Finishing" if state.status == "Charging" else state.status
@@ -518,6 +554,9 @@ class Controller:
             cap = topo.max_current_a[i]
             if state.car_max_a is not None:
                 cap = min(cap, state.car_max_a)
+            external = state.external_cap_a(now.timestamp())
+            if external is not None:
+                cap = min(cap, external)  # another party's cap only ever lowers the limit
             if state.car_min_a is not None:
                 min_a[i] = max(min_a[i], state.car_min_a)
             drawn = max(state.measured_a)
@@ -648,6 +687,8 @@ class Controller:
             row = None if idle else rows.get(cid)
             if row is not None:
                 values = np.minimum(values, row)
+            if not idle and state.external_cap:
+                values = np.minimum(values, state.external_cap_ahead(times))
             step = charger.granularity_a
             values = np.floor(values / step + 1e-9) * step
             values = np.where(values >= charger.min_current_a, values, 0.0)
@@ -704,6 +745,7 @@ class Controller:
                 "soc_pct": state.soc_pct,
                 "power_w": state.power_w,
                 "last_push": state.last_push,
+                "external_cap_a": state.external_cap_a(now.timestamp()),
             })
         return SiteStatus(
             site_id=self.site.id, at=now,
