@@ -25,6 +25,7 @@ from balancer.model import (
     ControlSettings,
     HttpSettings,
     InfluxSettings,
+    OcpiSettings,
     OcppSettings,
     OscpSettings,
     Site,
@@ -218,6 +219,17 @@ _CAPACITY_PROVIDER = {
     "base_url": _Field("str", required=True),
     "token": _Field("str", required=True),
 }
+_OCPI = {
+    "country_code": _Field("str", required=True),
+    "party_id": _Field("str", required=True),
+    "token_a": _Field("any", required=True),
+    "public_base_url": _Field("str"),
+    "deadband_a": _Field("number", default=1.0, non_negative=True),
+    "profile_timeout_s": _Field("int", default=30, positive=True),
+    "rate_limit_per_s": _Field("number", default=100.0, positive=True),
+    "update_interval_s": _Field("number", default=60.0, positive=True),
+    "business_name": _Field("str", default="Smart-charging load balancer"),
+}
 _INFLUX = {
     "url": _Field("str", required=True),
     "token": _Field("str", default=""),
@@ -242,6 +254,7 @@ _TOP = {
     "http": _Field("any", default={}),
     "oscp": _Field("any", default={}),
     "influxdb": _Field("any"),
+    "ocpi": _Field("any"),
     "control": _Field("any", default={}),
     "state_dir": _Field("str", default="./state"),
 }
@@ -412,6 +425,37 @@ def _parse_sites(raw_sites: Any, problems: list[Problem]) -> list[Site]:
     return sites
 
 
+def _parse_ocpi(raw: Any, problems: list[Problem]) -> OcpiSettings | None:
+    """The ``ocpi`` section: CiString country code (2) and party id (3), one or more tokens A."""
+    before = len(problems)
+    got = _read_mapping(raw, _OCPI, "ocpi", problems)
+    if got is None:
+        return None
+    for key, size in (("country_code", 2), ("party_id", 3)):
+        value = got[key]
+        if isinstance(value, str) and not (len(value) == size and value.isascii() and value.isalnum()):
+            problems.append(Problem(f"ocpi.{key}", f"must be {size} letters or digits, got {value!r}"))
+    tokens = got["token_a"]
+    token_list = [tokens] if isinstance(tokens, str) else tokens
+    if tokens is not None:
+        if not isinstance(token_list, list) or not token_list:
+            problems.append(Problem("ocpi.token_a", "must be a string or a non-empty list of strings"))
+            token_list = []
+        for i, token in enumerate(token_list):
+            where = "ocpi.token_a" if isinstance(tokens, str) else f"ocpi.token_a[{i}]"
+            if not isinstance(token, str) or not token or len(token) > 64 or not token.isascii() \
+                    or not token.isprintable():
+                problems.append(Problem(where, "must be 1 to 64 printable ASCII characters (OCPI credentials token)"))
+        if isinstance(token_list, list) and len(set(map(str, token_list))) != len(token_list):
+            problems.append(Problem("ocpi.token_a", "tokens A must be distinct (one per party)"))
+    url = got["public_base_url"]
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        problems.append(Problem("ocpi.public_base_url", f"must start with http:// or https://, got {url!r}"))
+    if len(problems) > before:
+        return None
+    return OcpiSettings(**{**got, "token_a": tuple(token_list), "public_base_url": (url or "").rstrip("/") or None})
+
+
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate ``data`` (the YAML document) and build a ``Config``; raises ``InvalidConfig``."""
     if data is None:
@@ -441,10 +485,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if top["influxdb"] is not None:
         influx = _section(top["influxdb"], _INFLUX, "influxdb", problems, InfluxSettings)
     control = _section(top["control"], _CONTROL, "control", problems, ControlSettings)
+    ocpi = None if top["ocpi"] is None else _parse_ocpi(top["ocpi"], problems)
     if problems:
         raise InvalidConfig(problems)
     assert ocpp is not None and http is not None and oscp is not None and control is not None
-    return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx,
+    return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx, ocpi=ocpi,
                   control=control, state_dir=top["state_dir"])
 
 

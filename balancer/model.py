@@ -24,6 +24,7 @@ __all__ = [
     "InfluxSettings",
     "Limit",
     "LimitSource",
+    "OcpiSettings",
     "OcppSettings",
     "OscpSettings",
     "Session",
@@ -214,6 +215,21 @@ class OscpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OcpiSettings:
+    """OCPI 2.2.1, CPO side (DESIGN 3.10): who we are and the tokens A handed out of band."""
+
+    country_code: str
+    party_id: str
+    token_a: tuple[str, ...]
+    public_base_url: str | None = None
+    deadband_a: float = 1.0
+    profile_timeout_s: int = 30
+    rate_limit_per_s: float = 100.0
+    update_interval_s: float = 60.0
+    business_name: str = "Smart-charging load balancer"
+
+
+@dataclass(frozen=True, slots=True)
 class InfluxSettings:
     url: str
     token: str = ""
@@ -249,6 +265,7 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     oscp: OscpSettings = field(default_factory=OscpSettings)
     influxdb: InfluxSettings | None = None
+    ocpi: OcpiSettings | None = None
     control: ControlSettings = field(default_factory=ControlSettings)
     state_dir: str = "./state"
 
