@@ -99,6 +99,8 @@ class OcpiCpo:
         self._by_token: dict[str, str] = {}  # hash of the token a party calls us with -> party key
         self._used_a: set[str] = set(store.get_json("ocpi:token_a_used") or [])
         self._registering: set[str] = set()
+        self._pending: set[str] = set()
+        """Hashes of our tokens B offered to a party we register with: it reads our versions with them."""
         self._buckets: dict[str, list[float]] = {}
         self._outbox: dict[int, dict[str, Any]] = {}
         self._in_flight: set[int] = set()
@@ -200,7 +202,8 @@ class OcpiCpo:
                 party = self._by_token.get(_hash(candidate))
                 if party is not None:
                     break
-            if party is None and not (token_a and any(self._token_a(c) for c in given)):
+            if party is None and not (token_a and any(self._token_a(c) or _hash(c) in self._pending
+                                                      for c in given)):
                 self.counters["ocpi_rejected"] += 1
                 return ocpi_response(request, status=401, status_code=2000,
                                      message="missing or unknown token (Authorization: Token <base64>)",
@@ -257,7 +260,9 @@ class OcpiCpo:
             raise OcpiError("already registered: use PUT to update or DELETE to unregister", status_code=2000,
                             http=405)
         given = decode_token(request.headers.get("Authorization"))
-        token_a = next(t for t in (self._token_a(c) for c in given) if t is not None)
+        token_a = next((t for t in (self._token_a(c) for c in given) if t is not None), None)
+        if token_a is None:
+            raise OcpiError("credentials need a token A", "Authorization", status_code=2000, http=401)
         creds = parse_credentials(await self._body(request))
         if _hash(token_a) in self._registering:
             raise OcpiError("a registration with this token A is already running", status_code=2000, http=405)
@@ -355,6 +360,7 @@ class OcpiCpo:
             raise OcpiError("the party has no credentials endpoint", "versions_url", status_code=3003, http=200)
         token_b = secrets.token_urlsafe(32)
         assert self._http is not None
+        self._pending.add(_hash(token_b))  # the party reads our versions with it before it answers
         try:
             async with self._http.post(url, json=self._our_credentials(token_b, base_url),
                                        headers=self._headers(token_a)) as response:
@@ -362,6 +368,8 @@ class OcpiCpo:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise OcpiError(f"cannot POST our credentials to {url}: {exc!r}", "versions_url", status_code=3001,
                             http=200) from None
+        finally:
+            self._pending.discard(_hash(token_b))
         if response.status != 200 or not isinstance(body, dict) or body.get("status_code") != 1000:
             raise OcpiError(f"the party refused our credentials: HTTP {response.status}", "versions_url",
                             status_code=3001, http=200)

@@ -11,6 +11,7 @@ endpoints answer 503, to see the CPO retry from its outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -216,10 +217,8 @@ class OcpiParty:
             if loop.time() > end:
                 raise TimeoutError(f"no callback for {request_id} in {timeout} s")
             self.results_event.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.results_event.wait(), timeout=max(0.01, end - loop.time()))
-            except TimeoutError:
-                pass
         return self.results[request_id]
 
 

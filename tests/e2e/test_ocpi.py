@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -146,10 +147,8 @@ async def test_bad_bodies_name_the_field_and_change_nothing(service: ServiceProc
         url = party._profiles_url(session)
         _, response_url = party.new_response_url()
         for body, field in BAD_PROFILES:
-            text = str(body).replace("URL", response_url)
-            import ast
-
-            status, answer = await party.call("PUT", url, ast.literal_eval(text))
+            body = json.loads(json.dumps(body).replace('"URL"', json.dumps(response_url)))
+            status, answer = await party.call("PUT", url, body)
             assert status == 400, (field, answer)
             assert answer["status_code"] == 2001 and answer["field"] == field, answer
             assert field in answer["status_message"]
@@ -182,6 +181,8 @@ async def test_preferences_feed_the_plan(service: ServiceProcess) -> None:
         await party.register(f"{service.url}/ocpi/versions", "token-a-for-the-emsp")
         session = await session_of(party, "CP0")
         departure = datetime.now(UTC) + timedelta(hours=3)
+        # Unknown needs: the plan gives the car its maximum until the horizon.
+        await until(lambda: _planned_wh(service, "CP0", departure) > 40_000, timeout=15)
         status, body = await party.put_preferences(session, departure=None, energy_kwh=20)
         assert status == 200 and body["data"] == "DEPARTURE_REQUIRED"
         status, body = await party.put_preferences(session, departure=departure, energy_kwh=None)
@@ -196,7 +197,9 @@ async def test_preferences_feed_the_plan(service: ServiceProcess) -> None:
         assert datetime.fromisoformat(charger["departure"]) == departure.replace(microsecond=0)
         assert 15_000 < charger["remaining_wh"] <= 20_000
         # The plan now spreads 20 kWh until departure: the car's planned energy is its need.
-        await until(lambda: _planned_wh(service, "CP0", departure) == pytest.approx(charger["remaining_wh"], rel=0.1))
+        planned: list[float] = []
+        await until(lambda: planned.append(_planned_wh(service, "CP0", departure)) or
+                    planned[-1] == pytest.approx(charger["remaining_wh"], rel=0.15), timeout=15)
         status, body = await party.put_preferences("CP0-none", departure=departure, energy_kwh=20)
         assert status == 404
     finally:
@@ -208,11 +211,14 @@ def _planned_wh(service: ServiceProcess, cid: str, departure: datetime) -> float
     plan = service.get("/api/v1/sites/depot/plan", TOKEN)
     rows = plan["chargers"].get(cid, {}).get("limit_a", [])
     start = datetime.fromisoformat(plan["start"]) if "start" in plan else datetime.now(UTC)
+    now = datetime.now(UTC)
     total = 0.0
     for k, amps in enumerate(rows):
-        if start + timedelta(minutes=15 * k) >= departure:
+        begin, end = start + timedelta(minutes=15 * k), start + timedelta(minutes=15 * (k + 1))
+        if begin >= departure:
             break
-        total += amps * 3 * 230 * 0.25
+        hours = (min(end, departure) - max(begin, now)).total_seconds() / 3600  # what is left of it
+        total += amps * 3 * 230 * max(hours, 0.0)
     return total
 
 
@@ -224,7 +230,7 @@ async def test_restart_keeps_the_cap_and_the_pending_callback(service: ServicePr
         await party.register(f"{service.url}/ocpi/versions", TOKEN_A)
         session = await session_of(party, "CP0")
         party.callbacks_down = True  # the result cannot be delivered yet
-        status, body, request_id = await party.put_profile(session, 8.0)
+        _status, body, request_id = await party.put_profile(session, 8.0)
         assert body["data"]["result"] == "ACCEPTED"
         await until(lambda: held(sims[0]) <= 8.0, timeout=5.0)
         await asyncio.sleep(1.0)  # a retry or two fail
@@ -247,7 +253,7 @@ async def test_cpo_registers_with_a_party_and_pushes_profile_updates(tmp_path: P
     config = {**CONFIG, "ocpi": {**CONFIG["ocpi"], "update_interval_s": 1, "deadband_a": 0.5}}
     service = ServiceProcess(tmp_path, config).start()
     party = await OcpiParty().start()
-    sims = chargers(service.ocpp_url)
+    sims = chargers(service.ocpp_url)[:1]
     sims[0].start()
     try:
         # The party answers on this event loop: the blocking admin call runs in a thread.
@@ -265,7 +271,6 @@ async def test_cpo_registers_with_a_party_and_pushes_profile_updates(tmp_path: P
         status, body, request_id = await party.put_profile(session, 20.0)
         assert body["data"]["result"] == "ACCEPTED"
         await party.wait_result(request_id)
-        sims[1].start()  # a second car: CP0 drops from 20 A (its cap) to 32 A / 2... the site allows 32 each
         # Lower the cap through a profile that steps down after 2 s: the update PUT follows.
         start = datetime.now(UTC)
         await party.put_profile(session, 0, periods=[{"start_period": 0, "limit": 20.0},
