@@ -24,6 +24,7 @@ __all__ = [
     "InfluxSettings",
     "Limit",
     "LimitSource",
+    "OcpiLocation",
     "OcpiSettings",
     "OcppSettings",
     "OscpSettings",
@@ -215,6 +216,21 @@ class OscpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OcpiLocation:
+    """How a site is published as an OCPI Location (address and coordinates)."""
+
+    site_id: str
+    name: str = ""
+    address: str = ""
+    city: str = ""
+    postal_code: str = ""
+    country: str = ""
+    latitude: float = 0.0
+    longitude: float = 0.0
+    time_zone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
 class OcpiSettings:
     """OCPI 2.2.1, CPO side (DESIGN 3.10): who we are and the tokens A handed out of band."""
 
@@ -227,6 +243,13 @@ class OcpiSettings:
     rate_limit_per_s: float = 100.0
     update_interval_s: float = 60.0
     business_name: str = "Smart-charging load balancer"
+    locations: tuple[OcpiLocation, ...] = ()
+
+    def location(self, site_id: str) -> OcpiLocation:
+        for location in self.locations:
+            if location.site_id == site_id:
+                return location
+        return OcpiLocation(site_id=site_id, name=site_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -399,10 +399,15 @@ class OcpiCpo:
                               "max_voltage": int(site.voltage_v), "max_amperage": int(charger.max_current_a),
                               "last_updated": now}]})
         s = self.settings
-        return {"country_code": s.country_code, "party_id": s.party_id, "id": site.id, "publish": True,
-                "name": site.id, "address": "", "city": "", "country": "",
-                "coordinates": {"latitude": "0.0", "longitude": "0.0"}, "time_zone": "UTC",
-                "evses": evses, "last_updated": now}
+        where = s.location(site.id)
+        body: dict[str, Any] = {
+            "country_code": s.country_code, "party_id": s.party_id, "id": site.id, "publish": True,
+            "name": where.name or site.id, "address": where.address, "city": where.city, "country": where.country,
+            "coordinates": {"latitude": f"{where.latitude:.6f}", "longitude": f"{where.longitude:.6f}"},
+            "time_zone": where.time_zone, "evses": evses, "last_updated": now}
+        if where.postal_code:
+            body["postal_code"] = where.postal_code
+        return body
 
     async def locations(self, request: web.Request, party: str | None) -> web.Response:
         items = [self._location(site.id) for site in self.config.sites]

@@ -285,3 +285,54 @@ async def test_cpo_registers_with_a_party_and_pushes_profile_updates(tmp_path: P
             await sim.stop()
         await party.stop()
         service.stop()
+
+
+async def test_down_callback_target_is_retried_then_dropped_throttling_paging_headers(tmp_path: Path) -> None:
+    config = {**CONFIG, "ocpi": {**CONFIG["ocpi"], "profile_timeout_s": 3, "rate_limit_per_s": 4}}
+    service = ServiceProcess(tmp_path, config).start()
+    party = await OcpiParty().start()
+    sims = chargers(service.ocpp_url)
+    for sim in sims:
+        sim.start()
+    try:
+        await party.register(f"{service.url}/ocpi/versions", TOKEN_A)
+        session = await session_of(party, "CP0")
+        await session_of(party, "CP1")
+        # Headers: X-Request-ID / X-Correlation-ID echoed; pagination with Link and counts.
+        headers = {**party._headers(), "X-Request-ID": "req-1", "X-Correlation-ID": "corr-1"}
+        assert party._http is not None
+        async with party._http.get(party.cpo_endpoints["sessions:SENDER"] + "?limit=1", headers=headers) as r:
+            body = await r.json()
+            assert r.headers["X-Request-ID"] == "req-1" and r.headers["X-Correlation-ID"] == "corr-1"
+            assert r.headers["X-Total-Count"] == "2" and r.headers["X-Limit"] == "100"
+            assert 'offset=1&limit=1>; rel="next"' in r.headers["Link"] and len(body["data"]) == 1
+        async with party._http.get(party.cpo_endpoints["sessions:SENDER"] + "?offset=1&limit=1",
+                                   headers=headers) as r:
+            assert "Link" not in r.headers and len((await r.json())["data"]) == 1
+        status, body = await party.call("GET", party.cpo_endpoints["sessions:SENDER"] + "?offset=-1")
+        assert status == 400 and body["field"] == "offset"
+
+        party.callbacks_down = True
+        status, body, request_id = await party.put_profile(session, 12.0)
+        assert body["data"] == {"result": "ACCEPTED", "timeout": 3}
+        await until(lambda: held(sims[0]) <= 12.0, timeout=5.0)
+        metrics = lambda: service.get("/metrics", TOKEN)  # noqa: E731
+        await until(lambda: "balancer_ocpi_callbacks_dropped_total 1" in metrics(), timeout=10)
+        assert "balancer_ocpi_outbox_messages 0" in metrics()
+        retried = next(line for line in metrics().splitlines() if line.startswith("balancer_ocpi_callbacks_retried_total"))
+        assert float(retried.split()[1]) >= 2  # retried with backoff (0.5 s, 1 s, ...) before the drop
+        party.callbacks_down = False
+        await asyncio.sleep(1.0)
+        assert request_id not in party.results  # dropped for good
+        assert held(sims[0]) <= 12.0  # the cap itself stays
+
+        # Throttling: a burst beyond rate_limit_per_s answers TOO_OFTEN and changes nothing.
+        answers = [(await party.put_profile(session, 20.0 + k))[1]["data"]["result"] for k in range(8)]
+        assert "TOO_OFTEN" in answers and answers[0] == "ACCEPTED"
+        last_accepted = max(k for k, a in enumerate(answers) if a == "ACCEPTED")
+        await until(lambda: charger_json(service, "CP0")["external_cap_a"] == 20.0 + last_accepted)
+    finally:
+        for sim in sims:
+            await sim.stop()
+        await party.stop()
+        service.stop()
