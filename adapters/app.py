@@ -458,14 +458,17 @@ class Service:
             log.error("config reload refused, keeping the running config: %s", exc)
             return False
         if {s.id for s in new.sites} != set(self.controllers) or new.state_dir != self.config.state_dir \
-                or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port:
+                or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port \
+                or (new.ocpi is None) != (self.ocpi is None):
             self.counters["config_rejected"] += 1
-            log.error("config reload refused: sites, ports and state_dir need a restart")
+            log.error("config reload refused: sites, ports, state_dir and adding or removing ocpi need a restart")
             return False
         for site in new.sites:
             self.controllers[site.id].reconfigure(site)
         self.ocpp.update_config(new)
         self.fp.update_config(new)
+        if self.ocpi is not None:
+            self.ocpi.update_config(new)
         self.config = new
         self.counters["config_reloads"] += 1
         log.info("config reloaded from %s", self.config_path)

@@ -121,6 +121,11 @@ class OcpiCpo:
         self._next_id = max(self._outbox, default=0) + 1
 
     # ----------------------------------------------------------------- lifecycle
+    def update_config(self, config: Config) -> None:
+        """A reloaded config (same sites): new tokens A, chargers, locations and settings apply."""
+        assert config.ocpi is not None
+        self.config, self.settings = config, config.ocpi
+
     def restore(self) -> None:
         """Re-apply the persisted caps and preferences of sessions still running (after a restart)."""
         for key in self.store.keys("ocpi:profile:"):

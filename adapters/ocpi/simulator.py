@@ -144,16 +144,24 @@ class OcpiParty:
             except ValueError:
                 return response.status, text
 
-    async def _read_cpo_endpoints(self, versions_url: str, token: str | None = None) -> None:
-        _, versions = await self.call("GET", versions_url, token=token)
+    async def _read_cpo_endpoints(self, versions_url: str, token: str | None = None) -> tuple[int, Any]:
+        """Read the CPO's versions and details; (HTTP status, body) of the first call that failed, or (200, None)."""
+        status, versions = await self.call("GET", versions_url, token=token)
+        if status != 200:
+            return status, versions
         url = next(v["url"] for v in versions["data"] if v["version"] == VERSION)
-        _, details = await self.call("GET", url, token=token)
+        status, details = await self.call("GET", url, token=token)
+        if status != 200:
+            return status, details
         self.cpo_endpoints = {f"{e['identifier']}:{e['role']}": e["url"] for e in details["data"]["endpoints"]}
+        return 200, None
 
     async def register(self, versions_url: str, token_a: str) -> tuple[int, Any]:
         """Register with the CPO: read its endpoints with token A, POST our credentials (token B),
         keep its token C."""
-        await self._read_cpo_endpoints(versions_url, token_a)
+        status, failed = await self._read_cpo_endpoints(versions_url, token_a)
+        if status != 200:
+            return status, failed
         status, body = await self.call("POST", self.cpo_endpoints["credentials:RECEIVER"],
                                        self._credentials_body(self.token_b), token=token_a)
         if status == 200 and body.get("status_code") == 1000:

@@ -336,3 +336,24 @@ async def test_down_callback_target_is_retried_then_dropped_throttling_paging_he
             await sim.stop()
         await party.stop()
         service.stop()
+
+
+async def test_a_reloaded_config_brings_a_new_token_a(service: ServiceProcess) -> None:
+    import yaml
+
+    party = await OcpiParty(party_id="NEW").start()
+    try:
+        status, _ = await party.register(f"{service.url}/ocpi/versions", "token-a-added-later")
+        assert status == 401
+        config = yaml.safe_load(service.path.read_text())
+        config["ocpi"]["token_a"].append("token-a-added-later")
+        service.path.write_text(yaml.safe_dump(config))
+        await until(lambda: "balancer_config_reloads_total 1" in service.get("/metrics", TOKEN), 10)
+        status, body = await party.register(f"{service.url}/ocpi/versions", "token-a-added-later")
+        assert status == 200 and body["status_code"] == 1000
+        del config["ocpi"]  # switching OCPI off needs a restart: refused, the running config stays
+        service.path.write_text(yaml.safe_dump(config))
+        await until(lambda: "balancer_config_rejected_total 1" in service.get("/metrics", TOKEN), 10)
+        assert (await party.call("GET", party.cpo_endpoints["sessions:SENDER"]))[0] == 200
+    finally:
+        await party.stop()
