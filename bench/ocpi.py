@@ -5,15 +5,18 @@ section; N simulated chargers (OCPP 1.6J and 2.0.1, all in a transaction) and on
 SCSP (`adapters.ocpi.simulator.OcpiParty`, which also receives the ChargingProfileResult
 callbacks) run in this process. The SCSP registers (token A -> B -> C), then:
 
-1. throughput: `--workers` concurrent clients PUT caps (random session, 6-32 A) for
-   `--seconds`; every PUT is validated, persisted with its callback (one SQLite transaction),
-   applied to the controller and answered. Reported: PUTs/s answered ACCEPTED, the service's
-   CPU time per PUT (psutil), and how many callbacks arrived by the end;
+1. throughput: `--procs` load processes with `--workers` concurrent clients each PUT caps
+   (random session, 6-32 A) for `--seconds`; every PUT is validated, persisted with its callback
+   (one SQLite transaction), applied to the controller (a changed cap is pushed to the charger)
+   and answered. Reported: PUTs/s answered ACCEPTED, the service's CPU time per PUT (psutil),
+   and how many callbacks the SCSP received by the end. The load processes only send (the SCSP,
+   the callback receiver, runs in this process), so the client side is not the limit as long as
+   the machine has a core for them;
 2. latency: `--rounds` times, a cap of 8 A on a charger holding >= 16 A, timed from sending
    the PUT until the simulated charger holds <= 8 A (polled every 2 ms), then DELETE and wait
    for the limit to come back. Reported: median and p95.
 
-Run: .venv/bin/python bench/ocpi.py [--chargers 10] [--seconds 10] [--workers 32] [--rounds 20]
+Run: .venv/bin/python bench/ocpi.py [--chargers 10] [--seconds 10] [--procs 2] [--workers 16] [--rounds 20]
 """
 
 from __future__ import annotations
@@ -110,22 +113,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # 1. throughput
         ids = list(sessions.values())
         counts = {"ACCEPTED": 0, "other": 0}
-
-        async def worker(stop_at: float) -> None:
-            rng = random.Random()
-            while time.monotonic() < stop_at:
-                status, body, _ = await party.put_profile(rng.choice(ids), float(rng.randint(6, 32)))
-                result = body.get("data", {}).get("result") if isinstance(body, dict) else None
-                counts["ACCEPTED" if status == 200 and result == "ACCEPTED" else "other"] += 1
-
+        start_at = time.time() + 8.0  # every loader has started (imported) by then: they all begin at once
+        job = json.dumps({"url": party.cpo_endpoints["chargingprofiles:RECEIVER"], "token": party.token_c,
+                          "sessions": ids, "results": f"{party.base}/results/", "workers": args.workers,
+                          "seconds": args.seconds, "start_at": start_at})
+        loaders = [await asyncio.create_subprocess_exec(sys.executable, __file__, "--load", job,
+                                                        stdout=asyncio.subprocess.PIPE) for _ in range(args.procs)]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu0 = service.cpu_times()
-        t0 = time.monotonic()
-        await asyncio.gather(*(worker(t0 + args.seconds) for _ in range(args.workers)))
-        elapsed = time.monotonic() - t0
+        elapsed = 0.0
+        for out in await asyncio.gather(*(p.communicate() for p in loaders)):
+            got = json.loads(out[0])
+            counts["ACCEPTED"] += got["ACCEPTED"]
+            counts["other"] += got["other"]
+            elapsed = max(elapsed, got["seconds"])
         cpu1 = service.cpu_times()
         cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         await wait_for(lambda: len(party.results) >= counts["ACCEPTED"], 30)
-        throughput = {"workers": args.workers, "seconds": round(elapsed, 2), "accepted": counts["ACCEPTED"],
+        throughput = {"procs": args.procs, "workers": args.workers, "seconds": round(elapsed, 2), "accepted": counts["ACCEPTED"],
                       "other": counts["other"], "puts_per_s": round(counts["ACCEPTED"] / elapsed, 1),
                       "service_cpu_ms_per_put": round(1000 * cpu_s / max(counts["ACCEPTED"], 1), 3),
                       "service_cpu_share": round(cpu_s / elapsed, 2),
@@ -166,13 +171,49 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.kill()
 
 
+async def load(job: dict[str, Any]) -> dict[str, float]:
+    """A load process: PUT caps for ``seconds`` with ``workers`` concurrent clients; counts answers."""
+    import aiohttp
+
+    from adapters.ocpi.messages import encode_token
+
+    counts: dict[str, float] = {"ACCEPTED": 0, "other": 0}
+    base = job["url"].rstrip("/")
+    async with aiohttp.ClientSession(headers={"Authorization": encode_token(job["token"])}) as http:
+
+        async def worker(stop_at: float) -> None:
+            rng = random.Random()
+            n = 0
+            while time.monotonic() < stop_at:
+                n += 1
+                body = {"charging_profile": {"charging_rate_unit": "A", "charging_profile_period": [
+                    {"start_period": 0, "limit": float(rng.randint(6, 32))}]},
+                    "response_url": f"{job['results']}{os.getpid()}-{id(rng)}-{n}"}
+                async with http.put(f"{base}/{rng.choice(job['sessions'])}", json=body) as response:
+                    answer = await response.json()
+                ok = response.status == 200 and answer.get("data", {}).get("result") == "ACCEPTED"
+                counts["ACCEPTED" if ok else "other"] += 1
+
+        await asyncio.sleep(max(0.0, job["start_at"] - time.time()))
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(t0 + job["seconds"]) for _ in range(job["workers"])))
+        counts["seconds"] = time.monotonic() - t0
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chargers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=20)
-    print(json.dumps(asyncio.run(run(parser.parse_args())), indent=2))
+    parser.add_argument("--load", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        print(json.dumps(asyncio.run(load(json.loads(args.load)))))
+        return
+    print(json.dumps(asyncio.run(run(args)), indent=2))
 
 
 if __name__ == "__main__":
