@@ -49,6 +49,7 @@ from adapters.ocpi.messages import (
     ocpi_response,
     paginate,
     parse_credentials,
+    parse_datetime,
     parse_preferences,
     parse_set_profile,
     parse_url,
@@ -135,7 +136,22 @@ class OcpiCpo:
                 self.store.delete_json(key, flush=False)
                 continue
             self._emit_cap(profile)
+        for key in self.store.keys("ocpi:prefs:"):
+            prefs = self.store.get_json(key)
+            found = self._session(prefs["session_id"])
+            if found is None:
+                self.store.delete_json(key, flush=False)
+                continue
+            _, cid, state = found
+            departure = parse_datetime(prefs["departure_time"], "departure_time")
+            self._apply_preferences(cid, state, prefs["energy_need"], departure)
         self.store.flush()
+
+    def _apply_preferences(self, cid: str, state: ChargerState, energy_need_kwh: float, departure: datetime) -> None:
+        """The car's needs for the planner: the session's energy need less what it has delivered."""
+        remaining_wh = max(0.0, energy_need_kwh * 1000.0 - state.session_delivered_wh())
+        self.on_event(NeedsUpdated(charger_id=cid, at=self.now(), energy_wh=remaining_wh, departure=departure,
+                                   source="ocpi"))
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -502,12 +518,10 @@ class OcpiCpo:
             return ocpi_response(request, "ENERGY_NEED_REQUIRED")
         if prefs.departure <= now or prefs.departure > now + timedelta(days=7):
             return ocpi_response(request, "NOT_POSSIBLE")
-        remaining_wh = max(0.0, prefs.energy_need_kwh * 1000.0 - state.session_delivered_wh())
         self.store.put_json(f"ocpi:prefs:{session_id}", {
             "session_id": session_id, "party": party, "profile_type": prefs.profile_type,
             "departure_time": iso(prefs.departure), "energy_need": prefs.energy_need_kwh, "set_at": iso(now)})
-        self.on_event(NeedsUpdated(charger_id=cid, at=now, energy_wh=remaining_wh, departure=prefs.departure,
-                                   source="ocpi"))
+        self._apply_preferences(cid, state, prefs.energy_need_kwh, prefs.departure)
         return ocpi_response(request, "ACCEPTED")
 
     # ----------------------------------------------------------------- charging profiles

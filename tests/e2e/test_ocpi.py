@@ -222,25 +222,32 @@ def _planned_wh(service: ServiceProcess, cid: str, departure: datetime) -> float
     return total
 
 
-async def test_restart_keeps_the_cap_and_the_pending_callback(service: ServiceProcess) -> None:
+async def test_a_crash_keeps_the_cap_preferences_and_the_pending_callback(service: ServiceProcess) -> None:
     party = await OcpiParty().start()
     sims = chargers(service.ocpp_url)[:1]
     sims[0].start()
     try:
         await party.register(f"{service.url}/ocpi/versions", TOKEN_A)
         session = await session_of(party, "CP0")
+        await asyncio.sleep(1.0)  # the session itself is in the controller's snapshot
         party.callbacks_down = True  # the result cannot be delivered yet
-        _status, body, request_id = await party.put_profile(session, 8.0)
+        _, body, request_id = await party.put_profile(session, 8.0)
         assert body["data"]["result"] == "ACCEPTED"
+        departure = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=5)
+        _, body = await party.put_preferences(session, departure=departure, energy_kwh=30)
+        assert body["data"] == "ACCEPTED"
         await until(lambda: held(sims[0]) <= 8.0, timeout=5.0)
-        await asyncio.sleep(1.0)  # a retry or two fail
         assert request_id not in party.results
-        assert service.stop() == 0
+        assert service.proc is not None
+        service.proc.kill()  # a crash: no graceful snapshot, only what was written before the answers
+        service.proc.wait()
         service.start()
         party.callbacks_down = False
         assert await party.wait_result(request_id, timeout=20) == {"result": "ACCEPTED"}
         await until(lambda: charger_json(service, "CP0")["connected"])
-        assert charger_json(service, "CP0")["external_cap_a"] == 8.0
+        charger = charger_json(service, "CP0")
+        assert charger["external_cap_a"] == 8.0
+        assert datetime.fromisoformat(charger["departure"]) == departure and charger["remaining_wh"] > 25_000
         await asyncio.sleep(2.0)
         assert held(sims[0]) <= 8.0
         assert (await party.call("GET", party.cpo_endpoints["sessions:SENDER"]))[0] == 200  # token C survived
