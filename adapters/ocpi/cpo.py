@@ -56,7 +56,7 @@ from adapters.ocpi.messages import (
 )
 from adapters.store import StateStore
 from balancer.control import ChargerState, Controller
-from balancer.events import Event, ExternalCapSet, NeedsUpdated, SessionStopped
+from balancer.events import Event, ExternalCapSet, NeedsUpdated, ProfileResult, SessionStopped
 from balancer.model import Config, OcpiSettings
 
 __all__ = ["OcpiCpo"]
@@ -71,6 +71,23 @@ IN_FLIGHT = 64
 RECENT_SESSIONS = 500
 """Ended sessions kept for the Sessions list."""
 UPDATE_CHECK_S = 1.0
+HOLD_RESULT_S = 5.0
+"""A ChargingProfileResult waits at most this long for the charger to hold the cap (then goes out:
+the cap is in force in the controller and reaches the charger when it can)."""
+CAP_TOLERANCE_A = 0.05
+
+
+def _cap_at(record: dict[str, Any], t: float) -> float | None:
+    """The cap of a stored profile at ``t`` [epoch s] [A], None when none is in force."""
+    until = record.get("until")
+    if until is not None and t >= until:
+        return None
+    found = None
+    for start, limit in record["periods"]:
+        if start > t:
+            break
+        found = float(limit)
+    return found
 
 # OCPP connector status -> OCPI EVSE status.
 EVSE_STATUS = {
@@ -104,6 +121,8 @@ class OcpiCpo:
         """Hashes of our tokens B offered to a party we register with: it reads our versions with them."""
         self._buckets: dict[str, list[float]] = {}
         self._outbox: dict[int, dict[str, Any]] = {}
+        self._waiting: set[int] = set()
+        """Outbox items held until a charger holds a cap (``_release``)."""
         self._in_flight: set[int] = set()
         self._send_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -119,6 +138,8 @@ class OcpiCpo:
         for key in store.keys("ocpi:outbox:"):
             item = store.get_json(key)
             self._outbox[int(item["id"])] = item
+            if "wait_charger" in item:
+                self._waiting.add(int(item["id"]))
         self._next_id = max(self._outbox, default=0) + 1
 
     # ----------------------------------------------------------------- lifecycle
@@ -483,6 +504,9 @@ class OcpiCpo:
     def observe(self, event: Event) -> None:
         """Called for every event before the controllers see it: keeps ended sessions and drops
         the caps and preferences of a session that ends."""
+        if isinstance(event, ProfileResult):
+            self._release(event)
+            return
         if not isinstance(event, SessionStopped):
             return
         for site_id, controller in self.controllers.items():
@@ -552,7 +576,12 @@ class OcpiCpo:
         now = self.now()
         record = self._profile_record(session_id, site_id, cid, state, profile, party, now)
         self.store.put_json(f"ocpi:profile:{session_id}", record, flush=False)
-        self._enqueue("POST", profile.response_url, {"result": "ACCEPTED"}, party, now)  # flushes both
+        # The result waits until the charger holds the cap (an accepted profile at or below it),
+        # at most HOLD_RESULT_S; nothing to wait for when what it holds is already within the cap.
+        cap_now = _cap_at(record, now.timestamp())
+        wait = cap_now is not None and state.connected and state.held_a > cap_now + CAP_TOLERANCE_A
+        self._enqueue("POST", profile.response_url, {"result": "ACCEPTED"}, party, now,  # flushes both
+                      wait_for=(cid, cap_now) if wait and cap_now is not None else None)
         self._emit_cap(record)
         self.counters["ocpi_profiles_set"] += 1
         return self._answer(request, "ACCEPTED")
@@ -644,16 +673,42 @@ class OcpiCpo:
         return self._answer(request, "ACCEPTED")
 
     # ----------------------------------------------------------------- outbox
-    def _enqueue(self, method: str, url: str, body: Any, party: str | None, now: datetime) -> None:
-        """Persist a callback (with everything pending in the store) and wake the sender."""
+    def _enqueue(self, method: str, url: str, body: Any, party: str | None, now: datetime, *,
+                 wait_for: tuple[str, float] | None = None) -> None:
+        """Persist a callback (with everything pending in the store) and wake the sender.
+
+        ``wait_for`` (charger id, cap [A]): hold it until that charger accepts a profile at or below
+        the cap (``_release``), at most ``HOLD_RESULT_S`` (or half the timeout).
+        """
         item_id = self._next_id
         self._next_id += 1
         created = time.time()
-        item = {"id": item_id, "method": method, "url": url, "body": body, "party": party, "created": created,
-                "deadline": created + self.settings.profile_timeout_s, "attempts": 0, "next_try": 0.0}
+        timeout = self.settings.profile_timeout_s
+        item: dict[str, Any] = {"id": item_id, "method": method, "url": url, "body": body, "party": party,
+                                "created": created, "deadline": created + timeout, "attempts": 0, "next_try": 0.0}
+        if wait_for is not None:
+            item["wait_charger"], item["wait_cap_a"] = wait_for
+            item["next_try"] = created + min(HOLD_RESULT_S, timeout / 2)
+            self._waiting.add(item_id)
         self._outbox[item_id] = item
         self.store.put_json(f"ocpi:outbox:{item_id:012d}", item)
         self._wake.set()
+
+    def _release(self, event: ProfileResult) -> None:
+        """A charger accepted a profile: the results waiting for it to hold a cap go out now."""
+        if event.result != "Accepted" or event.idle or event.detail.startswith("failsafe") or not self._waiting:
+            return
+        for item_id in list(self._waiting):
+            item = self._outbox.get(item_id)
+            if item is None:
+                self._waiting.discard(item_id)
+                continue
+            if item.get("wait_charger") == event.charger_id and event.limit_a <= item["wait_cap_a"] + CAP_TOLERANCE_A:
+                self._waiting.discard(item_id)
+                item["next_try"] = 0.0
+                del item["wait_charger"], item["wait_cap_a"]
+                self.store.put_json(f"ocpi:outbox:{item_id:012d}", item, flush=False)
+                self._wake.set()
 
     def outbox_size(self) -> int:
         return len(self._outbox)
