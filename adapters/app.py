@@ -36,9 +36,10 @@ from adapters.oscp.provider import FlexibilityProvider
 from adapters.planner_worker import planner_executor
 from adapters.prometheus import service_metrics_text
 from adapters.store import StateStore, private_dir
-from balancer.control import Controller, PlanRequest, SiteStatus, slot_floor
+from balancer.control import SLOT_S, Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
 from balancer.events import Event, MeterSample, NeedsUpdated, ProfileResult, SessionStarted, SessionStopped
+from balancer.grid_reports import adjust_blocks, compliance_problem, known_needs_wh
 from balancer.model import Config
 from balancer.plan import SolveOutcome, plan
 
@@ -317,37 +318,22 @@ class Service:
 
     def _maybe_adjust(self, site_id: str, controller: Controller, request: PlanRequest,
                       outcome: SolveOutcome) -> None:
-        """AdjustGroupCapacityForecast (when enabled): the plan cannot meet the known needs.
-
-        Only cars with known needs count (unknown needs are planned as "as much as possible").
-        For the slots where the plan fills the capacity, ask for it scaled up by the shortfall's
-        share of what is planned, at most the connection limit; at most once an hour.
-        """
+        """AdjustGroupCapacityForecast (when enabled) when the plan cannot meet the known needs."""
         if self.oscp_client is None or not self.config.oscp.adjust_forecast or outcome.plan is None:
             return
         known = {cid for cid, s in controller.states.items() if s.need_wh is not None and s.transaction_id}
-        requested = sum(s.energy_wh for s in request.sessions if s.charger_id in known)
-        planned = sum(outcome.plan.planned_wh.get(cid, 0.0) for cid in known)
-        shortfall = requested - planned
+        requested, planned = known_needs_wh(((s.charger_id, s.energy_wh) for s in request.sessions),
+                                            outcome.plan.planned_wh, known)
         now = self.now()
-        last = self._adjusted.get(site_id)
-        if shortfall < 1000.0 or planned <= 0 or (last is not None and now - last < timedelta(hours=1)):
-            return
-        cap = request.capacity_a.min(axis=1)
-        load = outcome.plan.limit_a.sum(axis=0)
-        factor = 1.0 + shortfall / planned
-        blocks = []
-        for k in np.flatnonzero(load >= 0.99 * cap[: len(load)]):
-            start = request.start + timedelta(minutes=15 * int(k))
-            want = min(controller.site.grid_limit_a, float(cap[k]) * factor)
-            blocks.append({"capacity": round(want, 1), "phase": "ALL", "unit": "A",
-                           "start_time": start.isoformat().replace("+00:00", "Z"),
-                           "end_time": (start + timedelta(minutes=15)).isoformat().replace("+00:00", "Z")})
+        blocks = adjust_blocks(requested_wh=requested, planned_wh=planned, capacity_a=request.capacity_a,
+                               planned_load_a=outcome.plan.limit_a.sum(axis=0), start=request.start,
+                               slot=timedelta(seconds=SLOT_S), grid_limit_a=controller.site.grid_limit_a,
+                               last_sent=self._adjusted.get(site_id), now=now)
         if blocks:
             self._adjusted[site_id] = now
             self.oscp_client.adjust_forecast(site_id, blocks)
             log.info("site %s: asked the grid operator for more capacity in %d slots (short %.1f kWh)",
-                     site_id, len(blocks), shortfall / 1000)
+                     site_id, len(blocks), (requested - planned) / 1000)
 
     def _report(self, controller: Controller, status: SiteStatus, now: datetime) -> None:
         """Tell the grid operator when the site cannot comply (at most once per slot)."""
@@ -359,16 +345,13 @@ class Service:
                 self.influx.write([event_point(site.id, now, kind="fallback_on" if fallback else "fallback_off",
                                                ok=True, result=status.capacity_source)])
             log.info("site %s: capacity source %s", site.id, status.capacity_source)
-        over = max(m - c for m, c in zip(status.measured_a, status.capacity_a, strict=True))
-        infeasible = status.allocation_status == "infeasible"
-        if not (infeasible or over > 1.0):
-            return
         slot = slot_floor(now)
-        if self._compliance_reported.get(site.id) == slot:
+        message = compliance_problem(measured_a=status.measured_a, capacity_a=status.capacity_a,
+                                     allocation_status=status.allocation_status, slot=slot,
+                                     last_reported_slot=self._compliance_reported.get(site.id))
+        if message is None:
             return
         self._compliance_reported[site.id] = slot
-        message = ("minimum currents of cars that cannot be paused exceed the capacity" if infeasible
-                   else f"measured draw exceeds capacity by {over:.1f} A")
         log.warning("site %s: cannot comply: %s", site.id, message)
         if self.influx is not None:
             self.influx.write([event_point(site.id, now, kind="compliance_error", ok=False, result=message)])

@@ -216,10 +216,10 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
             result.push_failures = int(service.counters["push_failures"])
             await service.stop()
         out.write("\n")
-    for c in fleet.chargers:
-        if c.car is not None:
-            result.requested_wh[c.charger_id] = c.car.energy_wh
-            result.delivered_wh[c.charger_id] = c.energy_wh
+    for sim in fleet.chargers:
+        if sim.car is not None:
+            result.requested_wh[sim.charger_id] = sim.car.energy_wh
+            result.delivered_wh[sim.charger_id] = sim.energy_wh
     _summary(result, out)
     if plot:
         _plot(result, fleet, plot)

@@ -70,7 +70,7 @@ def load_sessions(data: Any, site: Site) -> list[PlanSession]:
         phases = raw.get("phases")
         if phases is not None and phases not in (1, 3):
             problems.append(Problem(f"{p}.phases", f"must be 1 or 3, got {phases!r}"))
-        if len(problems) == before and arrival and departure:
+        if len(problems) == before and arrival and departure and isinstance(energy, (int, float)):
             out.append(PlanSession(str(cid), arrival, departure, float(energy),
                                    None if current is None else float(current), None, phases))
     if problems:

@@ -6,7 +6,6 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import (
     Action,
@@ -15,6 +14,7 @@ from ocpp.v16.enums import (
     RegistrationStatus,
 )
 
+from adapters.ocpp.routing import after, on
 from balancer.events import ChargerStatus, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:

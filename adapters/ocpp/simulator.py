@@ -34,7 +34,6 @@ from typing import Any
 import aiohttp
 import ocpp.messages
 from ocpp.exceptions import InternalError
-from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
@@ -45,6 +44,7 @@ from ocpp.v201 import call_result as result201
 from ocpp.v201.enums import Action as Action201
 
 from adapters.clock import utc_now
+from adapters.ocpp.routing import after, on
 
 __all__ = ["Fleet", "Misbehaviour", "SimCar", "SimulatedCharger"]
 
