@@ -78,6 +78,10 @@ async def test_registration_cap_reaches_the_charger_and_clearing_restores(servic
         assert status == 200 and locations["data"][0]["id"] == "depot"
         evse = locations["data"][0]["evses"][0]
         assert evse["uid"] == "CP0" and evse["connectors"][0]["power_type"] == "AC_3_PHASE"
+        status, one = await party.call("GET", party.cpo_endpoints["locations:SENDER"] + "/depot")
+        assert status == 200 and len(one["data"]["evses"]) == 2
+        status, one = await party.call("GET", party.cpo_endpoints["locations:SENDER"] + "/nope")
+        assert status == 404 and one["status_code"] == 2003
 
         session = await session_of(party, "CP0")
         await until(lambda: held(sims[0]) >= 30)  # 64 A for two cars: 32 A each
@@ -169,6 +173,18 @@ async def test_bad_bodies_name_the_field_and_change_nothing(service: ServiceProc
         assert status == 400 and answer["field"] == "url"
         assert (await party.call("GET", party.cpo_endpoints["sessions:SENDER"]))[0] == 200  # token C still valid
         assert service.request("GET", "/healthz")[0] == 200
+        # Rotation: PUT credentials with a new token B gives a new token C; the old one is refused.
+        old_c, party.token_b = party.token_c, "rotated-token-b"
+        status, answer = await party.call("PUT", party.cpo_endpoints["credentials:RECEIVER"],
+                                          party._credentials_body(party.token_b))
+        assert status == 200 and answer["data"]["token"] != old_c
+        party.token_c = answer["data"]["token"]
+        assert (await party.call("GET", party.cpo_endpoints["sessions:SENDER"], token=old_c))[0] == 401
+        assert (await party.call("POST", party.cpo_endpoints["credentials:RECEIVER"],
+                                 party._credentials_body(party.token_b)))[0] == 405  # registered already
+        # Unregistering: the token C is refused from then on.
+        assert (await party.call("DELETE", party.cpo_endpoints["credentials:RECEIVER"]))[0] == 200
+        assert (await party.call("GET", party.cpo_endpoints["sessions:SENDER"]))[0] == 401
     finally:
         await sims[0].stop()
         await party.stop()
