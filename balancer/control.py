@@ -45,6 +45,7 @@ from balancer.events import (
     SessionStopped,
     Tick,
 )
+from balancer.external_cap import cap_at, capped_periods
 from balancer.model import ControlSettings, LimitSource, Site
 from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.topology import Topology, phase_mask
@@ -112,27 +113,7 @@ class ChargerState:
 
     def external_cap_a(self, t: float) -> float | None:
         """The external cap in force at ``t`` [epoch s] [A], or None when there is none."""
-        if not self.external_cap or (self.external_cap_until is not None and t >= self.external_cap_until):
-            return None
-        found = None
-        for start, limit in self.external_cap:
-            if start > t:
-                break
-            found = limit
-        return found
-
-    def external_cap_ahead(self, times: list[datetime]) -> FloatArray:
-        """The lowest external cap in each interval [times[k], times[k+1]) [A]; inf where none."""
-        out = np.full(len(times) - 1, np.inf)
-        if not self.external_cap:
-            return out
-        edges = np.array([t.timestamp() for t in times])
-        end = np.inf if self.external_cap_until is None else self.external_cap_until
-        for k, (start, limit) in enumerate(self.external_cap):
-            stop = min(self.external_cap[k + 1][0] if k + 1 < len(self.external_cap) else np.inf, end)
-            hit = (edges[:-1] < stop) & (edges[1:] > start)
-            out[hit] = np.minimum(out[hit], limit)
-        return out
+        return cap_at(self.external_cap or (), self.external_cap_until, t)
 
     def remaining_wh(self) -> float | None:
         """Energy the car still needs [Wh], or None when unknown."""
@@ -687,8 +668,6 @@ class Controller:
             row = None if idle else rows.get(cid)
             if row is not None:
                 values = np.minimum(values, row)
-            if not idle and state.external_cap:
-                values = np.minimum(values, state.external_cap_ahead(times))
             step = charger.granularity_a
             values = np.floor(values / step + 1e-9) * step
             values = np.where(values >= charger.min_current_a, values, 0.0)
@@ -701,6 +680,9 @@ class Controller:
             periods.extend((times[k] + INCREASE_LAG if up else times[k], float(values[k]))
                            for k, up in zip(changes.tolist(), rises.tolist(), strict=True))
             periods.append((end + INCREASE_LAG if failsafe > values[-1] else end, failsafe))
+        if not idle and state.external_cap:  # another party's cap, from the moment it changes
+            periods = capped_periods(periods, state.external_cap, state.external_cap_until,
+                                     charger.min_current_a, charger.granularity_a)
         idle_periods = tuple(periods) if idle else ((now, 0.0), (end + INCREASE_LAG, failsafe))
         return ChargerSchedule(
             charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from balancer.control import Controller
 from balancer.events import ExternalCapSet, SessionStarted, SessionStopped
@@ -62,3 +66,29 @@ def test_cap_ends_with_its_session_and_with_its_duration() -> None:
     ctrl.handle(SessionStopped("CP2", T0, transaction_id="tx-CP2"))
     ctrl.handle(SessionStarted("CP2", T0, transaction_id="tx-new"))
     assert limits(ctrl)["CP2"] == 20.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(capacity=st.floats(0.0, 100.0), caps=st.lists(st.one_of(st.none(), st.floats(0.0, 40.0)), min_size=2,
+                                                    max_size=2),
+       later=st.lists(st.floats(0.0, 40.0), min_size=2, max_size=2), minutes=st.integers(1, 600))
+def test_caps_never_raise_and_the_site_stays_within_capacity(capacity: float, caps: list[float | None],
+                                                             later: list[float], minutes: int) -> None:
+    ctrl = Controller(make_site(grid_limit_a=100.0))
+    full_capacity(ctrl, capacity)
+    connect_all(ctrl, ["CP2", "CP3"])
+    step = T0 + timedelta(minutes=minutes)
+    for cid, cap, after in zip(["CP2", "CP3"], caps, later, strict=True):
+        if cap is not None:
+            ctrl.handle(ExternalCapSet(cid, T0, periods=((T0, cap), (step, after)), transaction_id=f"tx-{cid}"))
+    schedules = {s.charger_id: s for s in ctrl.decide(T0)}
+    assert sum(s.limit_a for s in schedules.values()) <= capacity + 1e-9
+    for cid, cap, after in zip(["CP2", "CP3"], caps, later, strict=True):
+        schedule = schedules[cid]
+        if cap is None:
+            continue
+        assert schedule.limit_a <= cap + 1e-9
+        periods = schedule.periods
+        for (at, value), (until, _) in itertools.pairwise(periods):  # the last: the failsafe
+            bound = min(cap if at < step else after, after if until > step else cap)
+            assert value <= bound + 1e-9, (at, until, value)
