@@ -56,7 +56,7 @@ from adapters.ocpi.messages import (
 )
 from adapters.store import StateStore
 from balancer.control import ChargerState, Controller
-from balancer.events import Event, ExternalCapSet, NeedsUpdated, ProfileResult, SessionStopped
+from balancer.events import Event, ExternalCapSet, NeedsUpdated, ProfileResult, SessionStarted, SessionStopped
 from balancer.model import Config, OcpiSettings
 
 __all__ = ["OcpiCpo"]
@@ -122,6 +122,8 @@ class OcpiCpo:
         self._buckets: dict[str, list[float]] = {}
         self._outbox: dict[int, dict[str, Any]] = {}
         self._waiting: set[int] = set()
+        self._id_tags: dict[str, str] = {}
+        """The id tag (token uid) each session was started with, by session id (memory only)."""
         """Outbox items held until a charger holds a cap (``_release``)."""
         self._in_flight: set[int] = set()
         self._send_tasks: set[asyncio.Task[None]] = set()
@@ -474,13 +476,14 @@ class OcpiCpo:
         return None
 
     def _session_json(self, site_id: str, cid: str, session_id: str, start: str | None, kwh: float,
-                      end: str | None) -> dict[str, Any]:
+                      end: str | None, uid: str | None = None) -> dict[str, Any]:
         s = self.settings
+        uid = uid or self._id_tags.get(session_id) or "unknown"
         now = iso(self.now())
         body = {"country_code": s.country_code, "party_id": s.party_id, "id": session_id,
                 "start_date_time": start or now, "kwh": round(kwh, 3),
-                "cdr_token": {"country_code": s.country_code, "party_id": s.party_id, "uid": "unknown",
-                              "type": "OTHER", "contract_id": "unknown"},
+                "cdr_token": {"country_code": s.country_code, "party_id": s.party_id, "uid": uid, "type": "OTHER",
+                              "contract_id": uid},
                 "auth_method": "WHITELIST", "location_id": site_id, "evse_uid": cid, "connector_id": "1",
                 "currency": "EUR", "status": "COMPLETED" if end else "ACTIVE", "last_updated": end or now}
         if end:
@@ -497,7 +500,7 @@ class OcpiCpo:
                                                     state.session_delivered_wh() / 1000.0, None))
         for done in self.store.get_json("ocpi:sessions_done") or []:
             items.append(self._session_json(done["site_id"], done["charger_id"], done["id"], done["start"],
-                                            done["kwh"], done["end"]))
+                                            done["kwh"], done["end"], done.get("uid")))
         page, headers = paginate(request, items, f"{self._base(request)}/ocpi/{VERSION}/sessions")
         return ocpi_response(request, page, headers=headers)
 
@@ -506,6 +509,10 @@ class OcpiCpo:
         the caps and preferences of a session that ends."""
         if isinstance(event, ProfileResult):
             self._release(event)
+            return
+        if isinstance(event, SessionStarted):
+            if event.id_tag:
+                self._id_tags[f"{event.charger_id}-{event.transaction_id}"] = event.id_tag[:36]
             return
         if not isinstance(event, SessionStopped):
             return
@@ -520,7 +527,8 @@ class OcpiCpo:
             done = self.store.get_json("ocpi:sessions_done") or []
             done.append({"id": session_id, "site_id": site_id, "charger_id": event.charger_id,
                          "start": iso(state.session_start) if state.session_start else None,
-                         "end": iso(event.at), "kwh": delivered / 1000.0})
+                         "end": iso(event.at), "kwh": delivered / 1000.0,
+                         "uid": self._id_tags.pop(session_id, None)})
             self.store.put_json("ocpi:sessions_done", done[-RECENT_SESSIONS:], flush=False)
             self.store.delete_json(f"ocpi:profile:{session_id}", flush=False)
             self.store.delete_json(f"ocpi:prefs:{session_id}", flush=False)

@@ -84,6 +84,8 @@ async def test_registration_cap_reaches_the_charger_and_clearing_restores(servic
         assert status == 404 and one["status_code"] == 2003
 
         session = await session_of(party, "CP0")
+        listed = next(s for s in await party.sessions() if s["id"] == session)
+        assert listed["cdr_token"]["uid"] == "TAG-CP0" and listed["location_id"] == "depot"
         await until(lambda: held(sims[0]) >= 30)  # 64 A for two cars: 32 A each
 
         status, body, request_id = await party.put_profile(session, 10.0)
