@@ -123,6 +123,8 @@ class OcpiCpo:
         self._outbox: dict[int, dict[str, Any]] = {}
         self._waiting: set[int] = set()
         self._id_tags: dict[str, str] = {}
+        self._sessions: dict[str, tuple[str, str]] = {}
+        """Session id -> (site id, charger id): the index ``_session`` keeps."""
         """The id tag (token uid) each session was started with, by session id (memory only)."""
         """Outbox items held until a charger holds a cap (``_release``)."""
         self._in_flight: set[int] = set()
@@ -466,13 +468,24 @@ class OcpiCpo:
 
     # ----------------------------------------------------------------- sessions
     def _session(self, session_id: str) -> tuple[str, str, ChargerState] | None:
-        """(site id, charger id, state) of the session in progress ``session_id``, or None."""
-        for site_id, controller in self.controllers.items():
-            for cid, state in controller.states.items():
-                tx = state.transaction_id
-                if tx is not None and len(session_id) == len(cid) + 1 + len(tx) \
-                        and session_id == f"{cid}-{tx}":
+        """(site id, charger id, state) of the session in progress ``session_id``, or None.
+
+        An index checked on every hit (the charger still runs that transaction) and rebuilt on a miss.
+        """
+        hit = self._sessions.get(session_id)
+        for attempt in range(2):
+            if hit is not None:
+                site_id, cid = hit
+                controller = self.controllers.get(site_id)
+                state = controller.states.get(cid) if controller is not None else None
+                if state is not None and state.transaction_id is not None \
+                        and f"{cid}-{state.transaction_id}" == session_id:
                     return site_id, cid, state
+            if attempt == 0:
+                self._sessions = {f"{cid}-{state.transaction_id}": (site_id, cid)
+                                  for site_id, controller in self.controllers.items()
+                                  for cid, state in controller.states.items() if state.transaction_id is not None}
+                hit = self._sessions.get(session_id)
         return None
 
     def _session_json(self, site_id: str, cid: str, session_id: str, start: str | None, kwh: float,
