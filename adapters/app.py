@@ -101,6 +101,11 @@ class Service:
             if isinstance(saved, dict):
                 controller.restore(saved)
             self.controllers[site.id] = controller
+        self.ocpi: Any = None
+        if config.ocpi is not None:
+            from adapters.ocpi.cpo import OcpiCpo
+
+            self.ocpi = OcpiCpo(config, self.store, self.controllers, self._on_event, now)
         self.fp = FlexibilityProvider(config, self.store, now=now, on_capacity_changed=self._capacity_changed)
         self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
         self.influx: Any = None
@@ -148,6 +153,8 @@ class Service:
             self._refresh_capacity(controller, self.now())  # the restored capacity, before anything asks
         app = web.Application(client_max_size=self.config.http.max_body_bytes)
         add_oscp_routes(app, self.fp)
+        if self.ocpi is not None:
+            self.ocpi.add_routes(app, admin_token=self.config.http.admin_token)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
                          listen_host=self.config.http.host,
                          max_body_bytes=lambda: self.config.http.max_body_bytes)
@@ -159,6 +166,9 @@ class Service:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         await self.ocpp.start()
+        if self.ocpi is not None:
+            await self.ocpi.start()
+            self.ocpi.restore()  # the caps and preferences of sessions that still run
         if self.influx is not None:
             await self.influx.start()
         if self.oscp_client is not None:
@@ -181,6 +191,8 @@ class Service:
             task.cancel()
         self._persist()
         await self.ocpp.stop()
+        if self.ocpi is not None:
+            await self.ocpi.stop()
         if self.oscp_client is not None:
             await self.oscp_client.stop()
         if self.influx is not None:
@@ -195,6 +207,8 @@ class Service:
     def _on_event(self, event: Event) -> None:
         self.counters["events"] += 1
         charger_id = getattr(event, "charger_id", None)
+        if self.ocpi is not None:
+            self.ocpi.observe(event)  # before the controllers forget an ended session
         for controller in self.controllers.values():
             if charger_id is None or charger_id in controller.states:
                 controller.handle(event)
@@ -462,15 +476,18 @@ class Service:
             self._config_event(ok=False, result=str(exc))
             return False
         if {s.id for s in new.sites} != set(self.controllers) or new.state_dir != self.config.state_dir \
-                or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port:
+                or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port \
+                or (new.ocpi is None) != (self.ocpi is None):
             self.counters["config_rejected"] += 1
-            log.error("config reload refused: sites, ports and state_dir need a restart")
-            self._config_event(ok=False, result="sites, ports and state_dir need a restart")
+            log.error("config reload refused: sites, ports, state_dir and adding or removing ocpi need a restart")
+            self._config_event(ok=False, result="sites, ports, state_dir and adding or removing ocpi need a restart")
             return False
         for site in new.sites:
             self.controllers[site.id].reconfigure(site)
         self.ocpp.update_config(new)
         self.fp.update_config(new)
+        if self.ocpi is not None:
+            self.ocpi.update_config(new)
         self.config = new
         self.counters["config_reloads"] += 1
         log.info("config reloaded from %s", self.config_path)

@@ -66,6 +66,8 @@ def placeholder_secrets(config: Config) -> list[Problem]:
         secrets.append(("oscp.capacity_provider.token", config.oscp.capacity_provider.token))
     if config.influxdb is not None:
         secrets += [("influxdb.token", config.influxdb.token), ("influxdb.password", config.influxdb.password)]
+    if config.ocpi is not None:
+        secrets += [(f"ocpi.token_a[{k}]", token) for k, token in enumerate(config.ocpi.token_a)]
     for i, site in enumerate(config.sites):
         secrets += [(f"sites[{i}].chargers[{j}].password", c.password) for j, c in enumerate(site.chargers)]
     return [Problem(path, f"{value!r} is a placeholder: set a real secret (e.g. from ${{VAR}})")

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from adapters.metrics import SOURCE_CODES
 from balancer.control import Controller
 
-__all__ = ["INFLUX_HELP", "OCPP_HELP", "OSCP_HELP", "SERVICE_HELP", "Family",
+__all__ = ["INFLUX_HELP", "OCPI_HELP", "OCPP_HELP", "OSCP_HELP", "SERVICE_HELP", "Family",
            "MetricsSource", "escape_label_value", "format_value", "render", "service_metrics_text"]
 
 Labels = Mapping[str, str]
@@ -146,6 +146,12 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
         families.append(Family("balancer_oscp_sent_total", "counter",
                                "OSCP messages delivered to the capacity provider, per message",
                                [({"message": path}, n) for path, n in sorted(client.sent.items())]))
+    ocpi = getattr(service, "ocpi", None)
+    if ocpi is not None:
+        families += _counters("balancer_", ocpi.counters, OCPI_HELP)
+        families.append(Family("balancer_ocpi_outbox_messages", "gauge",
+                               "OCPI callbacks (results, profile updates) waiting in the outbox",
+                               [({}, ocpi.outbox_size())]))
     families.append(Family("balancer_control_step_seconds", "gauge", "Duration of the last control step",
                            [({}, service.last_step_s)]))
     if service.influx is not None:
@@ -189,6 +195,15 @@ OSCP_HELP = {
     "forecasts": "OSCP capacity forecasts accepted",
     "heartbeats": "OSCP heartbeats received from the grid operator",
     "rejected": "OSCP messages rejected after the token check (bad body, too large, unknown group)",
+}
+OCPI_HELP = {
+    "ocpi_requests": "OCPI requests received",
+    "ocpi_rejected": "OCPI requests refused (missing or unknown token, bad body, registration failed)",
+    "ocpi_profiles_set": "OCPI charging profiles (session caps) accepted",
+    "ocpi_callbacks_sent": "OCPI callbacks delivered (profile results and ActiveChargingProfile updates)",
+    "ocpi_callbacks_retried": "OCPI callback attempts that failed and were retried from the outbox",
+    "ocpi_callbacks_dropped": "OCPI callbacks dropped: not delivered within the profile timeout",
+    "ocpi_updates_sent": "OCPI ActiveChargingProfile updates queued for a party's Sender endpoint",
 }
 INFLUX_HELP = {
     "written_points": ("counter", "Points written to InfluxDB"),

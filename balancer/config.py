@@ -25,6 +25,8 @@ from balancer.model import (
     ControlSettings,
     HttpSettings,
     InfluxSettings,
+    OcpiLocation,
+    OcpiSettings,
     OcppSettings,
     OscpSettings,
     Site,
@@ -218,6 +220,28 @@ _CAPACITY_PROVIDER = {
     "base_url": _Field("str", required=True),
     "token": _Field("str", required=True),
 }
+_OCPI = {
+    "country_code": _Field("str", required=True),
+    "party_id": _Field("str", required=True),
+    "token_a": _Field("any", required=True),
+    "public_base_url": _Field("str"),
+    "deadband_a": _Field("number", default=1.0, non_negative=True),
+    "profile_timeout_s": _Field("int", default=30, positive=True),
+    "rate_limit_per_s": _Field("number", default=100.0, positive=True),
+    "update_interval_s": _Field("number", default=60.0, positive=True),
+    "business_name": _Field("str", default="Smart-charging load balancer"),
+    "locations": _Field("any"),
+}
+_OCPI_LOCATION = {
+    "name": _Field("str", default=""),
+    "address": _Field("str", default=""),
+    "city": _Field("str", default=""),
+    "postal_code": _Field("str", default=""),
+    "country": _Field("str", default=""),
+    "latitude": _Field("number", default=0.0),
+    "longitude": _Field("number", default=0.0),
+    "time_zone": _Field("str", default="UTC"),
+}
 _INFLUX = {
     "url": _Field("str", required=True),
     "token": _Field("str", default=""),
@@ -242,6 +266,7 @@ _TOP = {
     "http": _Field("any", default={}),
     "oscp": _Field("any", default={}),
     "influxdb": _Field("any"),
+    "ocpi": _Field("any"),
     "control": _Field("any", default={}),
     "state_dir": _Field("str", default="./state"),
 }
@@ -412,6 +437,66 @@ def _parse_sites(raw_sites: Any, problems: list[Problem]) -> list[Site]:
     return sites
 
 
+def _parse_ocpi_locations(raw: Any, site_ids: set[str], problems: list[Problem]) -> tuple[OcpiLocation, ...]:
+    """``ocpi.locations``: site id -> address and coordinates of its OCPI Location."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        problems.append(Problem("ocpi.locations", "must be a mapping of site id to a location"))
+        return ()
+    out = []
+    for site_id, spec in raw.items():
+        path = f"ocpi.locations.{site_id}"
+        if site_id not in site_ids:
+            problems.append(Problem(path, f"unknown site {site_id!r}"))
+            continue
+        got = _read_mapping(spec, _OCPI_LOCATION, path, problems)
+        if got is None:
+            continue
+        country = got["country"]
+        if country and not (len(country) == 3 and country.isalpha()):
+            problems.append(Problem(f"{path}.country", f"must be an ISO 3166 alpha-3 code, got {country!r}"))
+        for key, bound in (("latitude", 90), ("longitude", 180)):
+            if got[key] is not None and not -bound <= got[key] <= bound:
+                problems.append(Problem(f"{path}.{key}", f"must be between -{bound} and {bound}, got {got[key]!r}"))
+        if _complete(got, _OCPI_LOCATION):
+            out.append(OcpiLocation(site_id=str(site_id), **got))
+    return tuple(out)
+
+
+def _parse_ocpi(raw: Any, problems: list[Problem], site_ids: set[str]) -> OcpiSettings | None:
+    """The ``ocpi`` section: CiString country code (2) and party id (3), one or more tokens A."""
+    before = len(problems)
+    got = _read_mapping(raw, _OCPI, "ocpi", problems)
+    if got is None:
+        return None
+    for key, size in (("country_code", 2), ("party_id", 3)):
+        value = got[key]
+        if isinstance(value, str) and not (len(value) == size and value.isascii() and value.isalnum()):
+            problems.append(Problem(f"ocpi.{key}", f"must be {size} letters or digits, got {value!r}"))
+    tokens = got["token_a"]
+    token_list = [tokens] if isinstance(tokens, str) else tokens
+    if tokens is not None:
+        if not isinstance(token_list, list) or not token_list:
+            problems.append(Problem("ocpi.token_a", "must be a string or a non-empty list of strings"))
+            token_list = []
+        for i, token in enumerate(token_list):
+            where = "ocpi.token_a" if isinstance(tokens, str) else f"ocpi.token_a[{i}]"
+            if not isinstance(token, str) or not token or len(token) > 64 or not token.isascii() \
+                    or not token.isprintable():
+                problems.append(Problem(where, "must be 1 to 64 printable ASCII characters (OCPI credentials token)"))
+        if isinstance(token_list, list) and len(set(map(str, token_list))) != len(token_list):
+            problems.append(Problem("ocpi.token_a", "tokens A must be distinct (one per party)"))
+    url = got["public_base_url"]
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        problems.append(Problem("ocpi.public_base_url", f"must start with http:// or https://, got {url!r}"))
+    locations = _parse_ocpi_locations(got["locations"], site_ids, problems)
+    if len(problems) > before:
+        return None
+    return OcpiSettings(**{**got, "token_a": tuple(token_list), "public_base_url": (url or "").rstrip("/") or None,
+                           "locations": locations})
+
+
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate ``data`` (the YAML document) and build a ``Config``; raises ``InvalidConfig``."""
     if data is None:
@@ -441,10 +526,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if top["influxdb"] is not None:
         influx = _section(top["influxdb"], _INFLUX, "influxdb", problems, InfluxSettings)
     control = _section(top["control"], _CONTROL, "control", problems, ControlSettings)
+    ocpi = None if top["ocpi"] is None else _parse_ocpi(top["ocpi"], problems, {s.id for s in sites})
     if problems:
         raise InvalidConfig(problems)
     assert ocpp is not None and http is not None and oscp is not None and control is not None
-    return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx,
+    return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx, ocpi=ocpi,
                   control=control, state_dir=top["state_dir"])
 
 

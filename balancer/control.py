@@ -36,6 +36,7 @@ from balancer.events import (
     ChargerSchedule,
     ChargerStatus,
     Event,
+    ExternalCapSet,
     MeterSample,
     NeedsUpdated,
     ObedienceChanged,
@@ -44,6 +45,7 @@ from balancer.events import (
     SessionStopped,
     Tick,
 )
+from balancer.external_cap import cap_at, capped_periods
 from balancer.model import CapacitySource, ControlSettings, Limit, LimitCode, Site
 from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.reasons import charger_limits
@@ -62,8 +64,8 @@ INCREASE_LAG = timedelta(seconds=60)
 """How long after a slot boundary a rise in a schedule ahead starts (see ``Controller._schedule``)."""
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
-_CHARGER_MAX, _CAR_MAX, _NOT_DRAWING = (code_number(c) for c in
-                                        (LimitCode.CHARGER_MAX, LimitCode.CAR_MAX, LimitCode.NOT_DRAWING))
+_CHARGER_MAX, _CAR_MAX, _NOT_DRAWING, _EXTERNAL_CAP = (
+    code_number(c) for c in (LimitCode.CHARGER_MAX, LimitCode.CAR_MAX, LimitCode.NOT_DRAWING, LimitCode.EXTERNAL_CAP))
 ReasonKey = tuple[LimitCode, str | None, str | None]
 
 
@@ -108,6 +110,14 @@ class ChargerState:
     obeys: bool = True
     draw_a: float | None = None
     last_push: dict[str, Any] | None = None
+    external_cap: list[list[float]] | None = None
+    """A cap set by another party (``ExternalCapSet``): [[start epoch s, limit A], ...]."""
+    external_cap_until: float | None = None
+    """When the external cap ends [epoch s]; None: with its session."""
+
+    def external_cap_a(self, t: float) -> float | None:
+        """The external cap in force at ``t`` [epoch s] [A], or None when there is none."""
+        return cap_at(self.external_cap or (), self.external_cap_until, t)
 
     def remaining_wh(self) -> float | None:
         """Energy the car still needs [Wh], or None when unknown."""
@@ -298,6 +308,11 @@ class Controller:
         elif isinstance(event, ObedienceChanged):
             state.obeys = event.obeys
             state.draw_a = event.draw_a
+        elif isinstance(event, ExternalCapSet):
+            if event.transaction_id is not None and event.transaction_id != state.transaction_id:
+                return  # a cap for a session that has ended
+            state.external_cap = [[t.timestamp(), max(0.0, a)] for t, a in event.periods] or None
+            state.external_cap_until = event.until.timestamp() if event.until and event.periods else None
 
     def _start_session(self, state: ChargerState, event: SessionStarted) -> None:
         if state.transaction_id == event.transaction_id:
@@ -308,6 +323,7 @@ class Controller:
             else state.energy_wh
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
+        state.external_cap = state.external_cap_until = None
         # Until its TxProfile is held the car draws by the idle default: that is what it holds.
         state.held_a = state.idle_limit_a
         if state.status in ("unknown", "Available", "Preparing"):
@@ -319,6 +335,7 @@ class Controller:
         state.session_start = None
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
+        state.external_cap = state.external_cap_until = None
         if event.meter_stop_wh is not None:
             state.energy_wh = event.meter_stop_wh
         state.status = "Finishing" if state.status == "Charging" else state.status
@@ -529,6 +546,9 @@ class Controller:
             cap = topo.max_current_a[i]
             if state.car_max_a is not None and state.car_max_a < cap:
                 cap, max_code[i] = state.car_max_a, _CAR_MAX
+            external = state.external_cap_a(now.timestamp())
+            if external is not None and external < cap:  # another party's cap only ever lowers the limit
+                cap, max_code[i] = external, _EXTERNAL_CAP
             if state.car_min_a is not None:
                 min_a[i] = max(min_a[i], state.car_min_a)
             drawn = max(state.measured_a)
@@ -672,6 +692,9 @@ class Controller:
             periods.extend((times[k] + INCREASE_LAG if up else times[k], float(values[k]))
                            for k, up in zip(changes.tolist(), rises.tolist(), strict=True))
             periods.append((end + INCREASE_LAG if failsafe > values[-1] else end, failsafe))
+        if not idle and state.external_cap:  # another party's cap, from the moment it changes
+            periods = capped_periods(periods, state.external_cap, state.external_cap_until,
+                                     charger.min_current_a, charger.granularity_a)
         idle_periods = tuple(periods) if idle else ((now, 0.0), (end + INCREASE_LAG, failsafe))
         return ChargerSchedule(
             charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),
@@ -745,6 +768,7 @@ class Controller:
                 "soc_pct": state.soc_pct,
                 "power_w": state.power_w,
                 "last_push": state.last_push,
+                "external_cap_a": state.external_cap_a(now.timestamp()),
             })
         return SiteStatus(
             site_id=self.site.id, at=now,

@@ -17,6 +17,7 @@ __all__ = [
     "ChargerSchedule",
     "ChargerStatus",
     "Event",
+    "ExternalCapSet",
     "LimitConfirmed",
     "MeterSample",
     "NeedsUpdated",
@@ -147,6 +148,24 @@ class ObedienceChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalCapSet:
+    """A cap on the session of one charger set by another party (an OCPI ChargingProfile).
+
+    ``periods`` are (absolute start, limit [A per phase]) pairs in time order: each holds until
+    the next one starts, the last one until ``until`` (None: open-ended). Before the first start
+    and after ``until`` there is no cap. Empty ``periods`` clears the cap. ``transaction_id``:
+    the session the cap belongs to; a cap never outlives its session. The controller takes the
+    lower of the cap and the site's allocation, so a cap can only lower a limit.
+    """
+
+    charger_id: str
+    at: datetime
+    periods: tuple[tuple[datetime, float], ...] = ()
+    until: datetime | None = None
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """The clock moved on (the control interval, or a slot boundary)."""
 
@@ -164,6 +183,7 @@ Event = (
     | ProfileResult
     | LimitConfirmed
     | ObedienceChanged
+    | ExternalCapSet
     | Tick
 )
 

@@ -27,6 +27,8 @@ __all__ = [
     "Limit",
     "LimitCode",
     "LimitSource",
+    "OcpiLocation",
+    "OcpiSettings",
     "OcppSettings",
     "OscpSettings",
     "Session",
@@ -254,6 +256,43 @@ class OscpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OcpiLocation:
+    """How a site is published as an OCPI Location (address and coordinates)."""
+
+    site_id: str
+    name: str = ""
+    address: str = ""
+    city: str = ""
+    postal_code: str = ""
+    country: str = ""
+    latitude: float = 0.0
+    longitude: float = 0.0
+    time_zone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class OcpiSettings:
+    """OCPI 2.2.1, CPO side (DESIGN 3.10): who we are and the tokens A handed out of band."""
+
+    country_code: str
+    party_id: str
+    token_a: tuple[str, ...]
+    public_base_url: str | None = None
+    deadband_a: float = 1.0
+    profile_timeout_s: int = 30
+    rate_limit_per_s: float = 100.0
+    update_interval_s: float = 60.0
+    business_name: str = "Smart-charging load balancer"
+    locations: tuple[OcpiLocation, ...] = ()
+
+    def location(self, site_id: str) -> OcpiLocation:
+        for location in self.locations:
+            if location.site_id == site_id:
+                return location
+        return OcpiLocation(site_id=site_id, name=site_id)
+
+
+@dataclass(frozen=True, slots=True)
 class InfluxSettings:
     url: str
     token: str = ""
@@ -289,6 +328,7 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     oscp: OscpSettings = field(default_factory=OscpSettings)
     influxdb: InfluxSettings | None = None
+    ocpi: OcpiSettings | None = None
     control: ControlSettings = field(default_factory=ControlSettings)
     state_dir: str = "./state"
 
