@@ -1,0 +1,239 @@
+"""Local controller mode against a plain CSMS (the ``ocpp`` package's routing): real sockets,
+simulated chargers, frames compared byte for byte on both wires."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ocpp.v16 import call as call16
+
+from adapters.ocpp.simulator import SimCar, SimulatedCharger
+from adapters.ocpp.upstream_frames import OWN_PROFILE_ID_BASE
+from balancer.config import parse_config
+from balancer.events import SessionStarted, SessionStopped
+from tests.adapters.ocpp_env import Env, schedule, wait_for
+from tests.adapters.upstream_csms import PlainCsms
+
+
+def _config(csms_url: str, state_dir: Path, **upstream: Any) -> Any:
+    return parse_config({
+        "sites": [{"id": "s", "grid_limit_a": 200, "fallback_kw": 20,
+                   "chargers": [{"id": "A16", "max_current_a": 32}, {"id": "B201", "max_current_a": 32}]}],
+        "ocpp": {"host": "127.0.0.1", "port": 0, "response_timeout_s": 2.0,
+                 "upstream": {"url": csms_url, "answer_timeout_s": 1.0, "reconnect_max_s": 0.5, **upstream}},
+        "state_dir": str(state_dir),
+    })
+
+
+@pytest.fixture
+async def csms() -> AsyncIterator[PlainCsms]:
+    server = PlainCsms()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def env(csms: PlainCsms, tmp_path: Path) -> AsyncIterator[Env]:
+    e = Env(_config(csms.url, tmp_path))
+    await e.start()
+    yield e
+    await e.stop()
+
+
+def _calls(frames: list[str]) -> list[list[Any]]:
+    return [f for f in map(json.loads, frames) if f[0] == 2]
+
+
+def _sim(env: Env, cid: str, protocol: str, *, arrive_s: float = -1.0, stay_s: float = 3600.0) -> SimulatedCharger:
+    now = datetime.now(UTC)
+    car = SimCar(arrival=now + timedelta(seconds=arrive_s), departure=now + timedelta(seconds=stay_s),
+                 energy_wh=30000)
+    sim = SimulatedCharger(cid, env.url, protocol=protocol, car=car, meter_interval_s=0.2, tick_s=0.05)
+    env.chargers.append(sim)
+    sim.start()
+    return sim
+
+
+def _charger_calls(sim: SimulatedCharger) -> list[str]:
+    return [f for d, f in sim.wire if d == "out" and f.startswith("[2")]
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+async def test_transparent_boot_and_transaction(env: Env, csms: PlainCsms, protocol: str) -> None:
+    cid = "A16" if protocol == "ocpp1.6" else "B201"
+    sim = _sim(env, cid, protocol)
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online(cid)
+    await wait_for(lambda: len(csms.frames(cid, "in")) >= 6)
+    # Every charger CALL the CSMS got is byte for byte one the charger sent, in the same order.
+    sent = _charger_calls(sim)
+    got = [f for f in csms.frames(cid, "in") if f.startswith("[2")]
+    assert got == sent[:len(got)]
+    assert {json.loads(f)[2] for f in got} >= {"BootNotification", "StatusNotification"}
+    # Every answer the charger got to its calls is the CSMS's, byte for byte.
+    answers_to_charger = [f for d, f in sim.wire if d == "in" and f[1] in "34"]
+    csms_answers = set(csms.frames(cid, "out"))
+    charger_ids = {json.loads(f)[1] for f in sent}
+    mine = [f for f in answers_to_charger if json.loads(f)[1] in charger_ids]
+    assert mine and all(f in csms_answers for f in mine)
+    # The balancer's own calls (configuration reads, profiles) never reach the CSMS, nor their answers.
+    actions_at_csms = {json.loads(f)[2] for f in got}
+    assert not actions_at_csms & {"GetConfiguration", "GetVariables", "SetChargingProfile"}
+    answers_from_charger = [json.loads(f)[1] for d, f in sim.wire if d == "out" and f[1] in "34"]
+    assert answers_from_charger  # it answered the balancer's calls ...
+    assert not [f for f in csms.frames(cid, "in") if f[1] in "34"]  # ... none of which went to the CSMS
+    # The balancer observed the session by the CSMS's transaction id (1.6: the CSMS assigns it).
+    started = env.of(SessionStarted)[0]
+    if protocol == "ocpp1.6":
+        start_answer = next(json.loads(f) for f in csms.frames(cid, "out")
+                            if "transactionId" in json.loads(f)[2] if f.startswith("[3"))
+        assert started.transaction_id == str(start_answer[2]["transactionId"]) == sim.transaction_id
+    else:
+        assert started.transaction_id == sim.transaction_id
+    # Its limit goes as the station maximum (connector/EVSE 0), with ids out of the CSMS's way.
+    await env.server.apply([schedule(cid, 11.0, failsafe_a=7.0, transaction_id=started.transaction_id)])
+    await wait_for(lambda: sim.draw_a == pytest.approx(11.0))
+    purpose = "ChargePointMaxProfile" if protocol == "ocpp1.6" else "ChargingStationMaxProfile"
+    assert {k[0] for k in sim.store.profiles} == {purpose} and {k[2] for k in sim.store.profiles} == {0}
+    ids = {p.get("charging_profile_id", p.get("id")) for p in sim.store.profiles.values()}
+    assert ids == {OWN_PROFILE_ID_BASE + 1, OWN_PROFILE_ID_BASE + 2}
+
+
+async def test_remote_stop_and_start_from_the_csms(env: Env, csms: PlainCsms) -> None:
+    sim = _sim(env, "A16", "ocpp1.6", arrive_s=3600)
+    await env.online("A16")
+    await wait_for(lambda: "A16" in csms.cps)
+    cp = csms.cps["A16"]
+    started = await cp.call(call16.RemoteStartTransaction(id_tag="TAG-REMOTE"))
+    assert started.status == "Accepted"
+    await wait_for(lambda: env.of(SessionStarted) and sim.transaction_id is not None)
+    tx = int(sim.transaction_id or 0)
+    # The CSMS's call reached the charger unchanged, with the CSMS's message id.
+    remote = [f for f in csms.frames("A16", "out") if '"RemoteStartTransaction"' in f]
+    assert remote and remote[0] in [f for d, f in sim.wire if d == "in"]
+    stopped = await cp.call(call16.RemoteStopTransaction(transaction_id=tx))
+    assert stopped.status == "Accepted"
+    await wait_for(lambda: env.of(SessionStopped))
+    assert env.of(SessionStopped)[0].transaction_id == str(tx)
+    await wait_for(lambda: any('"StopTransaction"' in f for f in csms.frames("A16", "in")))
+    stop = next(json.loads(f) for f in csms.frames("A16", "in") if '"StopTransaction"' in f)
+    assert stop[3]["transactionId"] == tx and stop[3]["reason"] == "Remote"
+
+
+async def test_csms_profiles_combined_with_ours(env: Env, csms: PlainCsms) -> None:
+    sim = _sim(env, "A16", "ocpp1.6")
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
+    tx = env.of(SessionStarted)[0].transaction_id
+    await env.server.apply([schedule("A16", 16.0, failsafe_a=7.0, transaction_id=tx)])
+    await wait_for(lambda: sim.draw_a == pytest.approx(16.0))
+    cp = csms.cps["A16"]
+    start = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    def profile(purpose: str, limit: float, pid: int, **extra: Any) -> dict[str, Any]:
+        return {"charging_profile_id": pid, "stack_level": 0, "charging_profile_purpose": purpose,
+                "charging_profile_kind": "Absolute", **extra,
+                "charging_schedule": {"start_schedule": start, "charging_rate_unit": "A",
+                                      "charging_schedule_period": [{"start_period": 0, "limit": limit}]}}
+
+    # The CSMS's own station maximum: combined with ours (lower wins), answered Accepted.
+    answer = await cp.call(call16.SetChargingProfile(connector_id=0, cs_charging_profiles=profile(
+        "ChargePointMaxProfile", 9.0, 1)))
+    assert answer.status == "Accepted"
+    await wait_for(lambda: sim.draw_a == pytest.approx(9.0))
+    assert all(p["charging_profile_purpose"] == "ChargePointMaxProfile" for p in sim.store.profiles.values())
+    # Raising ours leaves the CSMS's cap in force; lowering below it wins.
+    await env.server.apply([schedule("A16", 20.0, failsafe_a=7.0, transaction_id=tx)])
+    await asyncio.sleep(0.5)
+    assert sim.draw_a == pytest.approx(9.0)
+    await env.server.apply([schedule("A16", 8.0, failsafe_a=7.0, transaction_id=tx)])
+    await wait_for(lambda: sim.draw_a == pytest.approx(8.0))
+    # A TxProfile of the CSMS passes through and applies beneath ours; its id 1 does not replace ours.
+    answer = await cp.call(call16.SetChargingProfile(connector_id=1, cs_charging_profiles=profile(
+        "TxProfile", 6.0, 1, transaction_id=int(tx))))
+    assert answer.status == "Accepted"
+    await wait_for(lambda: sim.draw_a == pytest.approx(6.0))
+    assert len(sim.store.profiles) == 3
+    # Its station maximum cleared: ours alone again above the TxProfile.
+    cleared = await cp.call(call16.ClearChargingProfile(charging_profile_purpose="ChargePointMaxProfile"))
+    assert cleared.status == "Accepted"
+    await env.server.apply([schedule("A16", 12.0, failsafe_a=7.0, transaction_id=tx)])
+    cleared = await cp.call(call16.ClearChargingProfile(charging_profile_purpose="TxProfile"))
+    await wait_for(lambda: sim.draw_a == pytest.approx(12.0))
+
+
+async def test_csms_down_during_a_transaction_then_back(csms: PlainCsms, tmp_path: Path) -> None:
+    env = Env(_config(csms.url, tmp_path))
+    await env.start()
+    try:
+        sim = _sim(env, "A16", "ocpp1.6", arrive_s=3600)
+        await env.online("A16")
+        await wait_for(lambda: any('"BootNotification"' in f for f in csms.frames("A16", "in")))
+        await csms.stop()
+        outage_from = len(_charger_calls(sim))
+        # The car arrives while the CSMS is away: the balancer answers, controls, queues.
+        sim.remote_start()
+        await wait_for(lambda: env.of(SessionStarted) and sim.transaction_id is not None)
+        local_tx = sim.transaction_id
+        await env.server.apply([schedule("A16", 10.0, failsafe_a=7.0, transaction_id=local_tx)])
+        await wait_for(lambda: sim.draw_a == pytest.approx(10.0))
+        await asyncio.sleep(1.0)  # meter values pile up
+        await sim.remote_stop(str(local_tx))
+        await wait_for(lambda: env.of(SessionStopped))
+        during = _charger_calls(sim)[outage_from:]
+        status = env.server.charger_status("A16")
+        assert status["upstream_queued"] >= 4 and not status["upstream_connected"]
+        await csms.start()  # back, same port
+        await wait_for(lambda: env.server.charger_status("A16")["upstream_queued"] == 0, timeout=20)
+        replayed = [json.loads(f) for f in csms.frames("A16", "in") if f.startswith("[2")]
+        expected = [json.loads(f) for f in during if json.loads(f)[2] not in ("Heartbeat", "Authorize")]
+        # Nothing lost, order kept, same message ids.
+        assert [f[1] for f in replayed[-len(expected):]] == [f[1] for f in expected]
+        start_answer = next(json.loads(f) for f in csms.frames("A16", "out")
+                            if f.startswith("[3") and "transactionId" in json.loads(f)[2])
+        remote_tx = start_answer[2]["transactionId"]
+        assert str(remote_tx) != local_tx
+        # Ids mapped in every later message: the CSMS sees only its own transaction id.
+        for frame in replayed:
+            if frame[2] in ("MeterValues", "StopTransaction") and "transactionId" in frame[3]:
+                assert frame[3]["transactionId"] == remote_tx
+        assert any(f[2] == "StopTransaction" for f in replayed)
+    finally:
+        await env.stop()
+
+
+async def test_slow_csms_answered_locally_late_answer_consumed(env: Env, csms: PlainCsms) -> None:
+    csms.answer_delay_s = 1.6  # beyond answer_timeout_s (1 s)
+    sim = _sim(env, "A16", "ocpp1.6")
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
+    await asyncio.sleep(2.5)
+    # One answer per charger call: the balancer's in time, the CSMS's late one never forwarded.
+    sent_ids = [json.loads(f)[1] for f in _charger_calls(sim)]
+    answered = [json.loads(f)[1] for d, f in sim.wire if d == "in" and f[1] in "34"]
+    for uid in sent_ids:
+        assert answered.count(uid) <= 1
+    assert sim.transaction_id is not None
+    # The CSMS's id for the balancer's transaction is mapped: its meter values carry the CSMS's id.
+    await wait_for(lambda: any('"MeterValues"' in f and str(5001) in f for f in csms.frames("A16", "in")))
+    assert sim.transaction_id != "5001"
+
+
+async def test_charger_reconnecting(env: Env, csms: PlainCsms) -> None:
+    sim = _sim(env, "A16", "ocpp1.6", arrive_s=3600)
+    await env.online("A16")
+    await wait_for(lambda: csms.connections == 1)
+    await sim.stop()
+    await wait_for(lambda: not env.server.links["A16"].connected)
+    sim2 = _sim(env, "A16", "ocpp1.6", arrive_s=3600)
+    await wait_for(lambda: csms.connections == 2)
+    await env.online("A16")
+    boots = [f for f in csms.frames("A16", "in") if '"BootNotification"' in f]
+    assert len(boots) == 2 and boots[-1] in _charger_calls(sim2)
