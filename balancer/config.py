@@ -430,9 +430,11 @@ def _parse_upstream(raw: Any, raw_sites: Any, problems: list[Problem]) -> Upstre
     The balancer's limits go as station maximum profiles there, beneath which the CSMS's own
     TxProfile/TxDefaultProfile apply: a charger set to another ``profile_strategy`` is an error.
     """
-    upstream: UpstreamSettings | None = _section(raw, _UPSTREAM, "ocpp.upstream", problems, UpstreamSettings)
-    if upstream is not None and not upstream.url.startswith(("ws://", "wss://")):
-        problems.append(Problem("ocpp.upstream.url", f"must start with ws:// or wss://, got {upstream.url!r}"))
+    before = len(problems)
+    got = _read_mapping(raw, _UPSTREAM, "ocpp.upstream", problems)
+    if got is not None and got["url"] is not None and not got["url"].startswith(("ws://", "wss://")):
+        problems.append(Problem("ocpp.upstream.url", f"must start with ws:// or wss://, got {got['url']!r}"))
+    upstream = UpstreamSettings(**got) if got is not None and len(problems) == before else None
     entries = [(f"sites[{i}].chargers[{j}]", c) for i, s in enumerate(raw_sites or [])
                if isinstance(s, dict) and isinstance(s.get("chargers"), list)
                for j, c in enumerate(s["chargers"]) if isinstance(c, dict)]
@@ -441,7 +443,7 @@ def _parse_upstream(raw: Any, raw_sites: Any, problems: list[Problem]) -> Upstre
         if strategy is not None and strategy != "ChargePointMax":
             problems.append(Problem(f"{path}.profile_strategy",
                                     f"must be ChargePointMax (or left out) with ocpp.upstream, got {strategy!r}"))
-        if upstream is not None and upstream.auth == "config" and not upstream.password \
+        if got is not None and got["auth"] == "config" and not got["password"] \
                 and not charger.get("upstream_password"):
             problems.append(Problem(f"{path}.upstream_password",
                                     "is required with ocpp.upstream.auth: config and no ocpp.upstream.password"))
