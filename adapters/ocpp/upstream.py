@@ -102,7 +102,9 @@ class UpstreamHub:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            # No pool limit: one long-lived websocket per charger (aiohttp's default of 100 would
+            # leave the 101st charger waiting for a free connection forever).
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
     def attach(self, link: ChargerLink, guard: FrameGuard, authorization: str | None) -> Relay:

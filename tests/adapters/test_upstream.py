@@ -237,3 +237,28 @@ async def test_charger_reconnecting(env: Env, csms: PlainCsms) -> None:
     await env.online("A16")
     boots = [f for f in csms.frames("A16", "in") if '"BootNotification"' in f]
     assert len(boots) == 2 and boots[-1] in _charger_calls(sim2)
+
+
+async def test_more_chargers_than_a_connection_pool_each_get_their_csms_link(csms: PlainCsms, tmp_path: Path) -> None:
+    n = 120  # aiohttp's default pool holds 100 connections: the 101st would wait forever
+    config = parse_config({
+        "sites": [{"id": "s", "grid_limit_a": 2000, "fallback_kw": 20,
+                   "chargers": [{"id": f"P{i}", "max_current_a": 16} for i in range(n)]}],
+        "ocpp": {"host": "127.0.0.1", "port": 0, "upstream": {"url": csms.url, "answer_timeout_s": 5.0}},
+        "state_dir": str(tmp_path),
+    })
+    env = Env(config)
+    await env.start()
+    import aiohttp
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    sockets = []
+    try:
+        for i in range(n):
+            sockets.append(await session.ws_connect(f"{env.url}/P{i}", protocols=("ocpp1.6",)))
+        await wait_for(lambda: csms.connections == n, timeout=30)
+        assert all(env.server.charger_status(f"P{i}")["upstream_connected"] for i in range(n))
+    finally:
+        for ws in sockets:
+            await ws.close()
+        await session.close()
+        await env.stop()
