@@ -201,9 +201,8 @@ class ChargerLink:
             log.exception("event handler failed for %r", event)
 
     def authorize_status(self) -> str:
-        upstream = self.server.config.ocpp.upstream
-        if upstream is not None:  # asked only while the CSMS cannot answer (adapters/ocpp/upstream.py)
-            return "Accepted" if upstream.offline_authorize == "accept" else "Invalid"
+        if self.server.upstream is not None:  # asked only while the CSMS cannot answer (ocpp/upstream.py)
+            return "Accepted" if self.server.upstream.settings.offline_authorize == "accept" else "Invalid"
         return "Accepted" if self.server.config.ocpp.authorize == "accept_all" else "Blocked"
 
     def booted(self) -> None:

@@ -88,6 +88,8 @@ class UpstreamHub:
 
     def __init__(self, server: OcppServer) -> None:
         self.server = server
+        assert server.config.ocpp.upstream is not None
+        self._settings = server.config.ocpp.upstream
         self.queue = UpstreamQueue(private_dir(Path(server.config.state_dir)) / "upstream.sqlite")
         self.relays: dict[str, Relay] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -96,9 +98,12 @@ class UpstreamHub:
 
     @property
     def settings(self) -> UpstreamSettings:
+        """The newest ``ocpp.upstream`` (a reload's keys apply to the next call or connection); a
+        reload that drops the section keeps the last one: the mode itself changes at a restart."""
         settings = self.server.config.ocpp.upstream
-        assert settings is not None
-        return settings
+        if settings is not None:
+            self._settings = settings
+        return self._settings
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -262,3 +262,26 @@ async def test_more_chargers_than_a_connection_pool_each_get_their_csms_link(csm
             await ws.close()
         await session.close()
         await env.stop()
+
+
+async def test_offline_authorize_reject_while_the_csms_was_never_reachable(tmp_path: Path) -> None:
+    down = PlainCsms()
+    await down.start()
+    url = down.url
+    await down.stop()  # a port where nothing listens
+    env = Env(_config(url, tmp_path, offline_authorize="reject"))
+    await env.start()
+    try:
+        sim = _sim(env, "A16", "ocpp1.6")
+        await env.online("A16")  # controlled all the same: booted on the balancer's answer
+        await wait_for(lambda: any('"StartTransaction"' in f for d, f in sim.wire if d == "out"))
+        await asyncio.sleep(0.3)
+        answers = {json.loads(f)[1]: json.loads(f) for d, f in sim.wire if d == "in" and f.startswith("[3")}
+        start = next(json.loads(f) for f in _charger_calls(sim) if '"StartTransaction"' in f)
+        assert answers[start[1]][2]["idTagInfo"]["status"] == "Invalid"
+        # (The simulator charges on regardless, as with ocpp.authorize: reject_all in standalone mode.)
+        queued = env.server.upstream.queue.frames("A16") if env.server.upstream else []
+        assert [json.loads(f)[2] for f in queued][:1] == ["BootNotification"]
+        assert "Authorize" not in {json.loads(f)[2] for f in queued}
+    finally:
+        await env.stop()
