@@ -238,3 +238,28 @@ async def test_csms_down_during_a_transaction_then_back_strict(env: Env, csms: R
         if frame[2] in ("MeterValues", "StopTransaction") and "transactionId" in frame[3]:
             assert frame[3]["transactionId"] == remote_tx
     assert not csms.problems()
+
+
+async def test_201_station_max_combined_and_request_stop_strict(env: Env, csms: RpcCsms) -> None:
+    sim = _sim(env, "B201", "ocpp2.0.1", arrive_s=-1)
+    await wait_for(lambda: env.of(SessionStarted), timeout=20)
+    await env.online("B201")
+    tx = env.of(SessionStarted)[0].transaction_id
+    await env.server.apply([schedule("B201", 15.0, failsafe_a=7.0, transaction_id=tx)])
+    await wait_for(lambda: sim.draw_a == pytest.approx(15.0))
+    start = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    profile = {"id": 1, "stackLevel": 0, "chargingProfilePurpose": "ChargingStationMaxProfile",
+               "chargingProfileKind": "Absolute",
+               "chargingSchedule": [{"id": 1, "startSchedule": start, "chargingRateUnit": "W",
+                                     "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6900.0,
+                                                                 "numberPhases": 3}]}]}
+    answer = await csms.call("B201", "SetChargingProfile", {"evseId": 0, "chargingProfile": profile})
+    assert answer["status"] == "Accepted"
+    await wait_for(lambda: sim.draw_a == pytest.approx(10.0))  # 6900 W / (230 V x 3) = 10 A: lower wins
+    assert all(key[0] == "ChargingStationMaxProfile" for key in sim.store.profiles)
+    answer = await csms.call("B201", "RequestStopTransaction", {"transactionId": tx})
+    assert answer["status"] == "Accepted"
+    await wait_for(lambda: env.of(SessionStopped))
+    await wait_for(lambda: any(f[2] == "TransactionEvent" and f[3]["eventType"] == "Ended"
+                               for f in csms.calls_in("B201")))
+    assert not csms.problems()
