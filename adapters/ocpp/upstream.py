@@ -37,6 +37,7 @@ import aiohttp
 from adapters.ocpp.trusted_call import call_trusted
 from adapters.ocpp.upstream_frames import (
     clamp_station_max,
+    clear_reaches_ours,
     clears_station_max,
     is_station_max,
     map_tx,
@@ -351,8 +352,7 @@ class Relay:
         if uid in self.own:
             await self._to_csms(json.dumps([4, uid, "GenericError", "message id in use, send again", {}]))
             return
-        # A clear naming no profile id or purpose would take the balancer's profiles too.
-        self.from_csms[uid] = action == "ClearChargingProfile" and not _filtered_clear(self.version, payload)
+        self.from_csms[uid] = action == "ClearChargingProfile" and clear_reaches_ours(self.version, payload)
         await self._to_charger(map_tx(self.version, raw, self.tx_in))
 
     async def _csms_answer(self, frame: list[Any], raw: str) -> None:
@@ -447,7 +447,8 @@ class Relay:
             entry.routed = True
             await self._route(entry.frame)  # the handlers' answer passes ``outbound`` to the charger
         elif entry.local_answer is not None:
-            await self._to_charger(entry.local_answer)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.guard.send(entry.local_answer)  # ``outbound`` lets it pass now: entry.local
 
     def outbound(self, message: str) -> str | None:
         """A frame the balancer writes to the charger: the frame to send, or None to hold it back."""
@@ -508,12 +509,3 @@ class Relay:
         for task in list(self._tasks):
             task.cancel()
 
-
-def _filtered_clear(version: str, payload: dict[str, Any]) -> bool:
-    """True when a ClearChargingProfile names a profile id or a purpose: the balancer's profiles
-    (station maximum, ids moved out of the way) are then out of its reach."""
-    if version == "ocpp1.6":
-        return any(payload.get(k) is not None for k in ("id", "chargingProfilePurpose"))
-    criteria = payload.get("chargingProfileCriteria")
-    return payload.get("chargingProfileId") is not None \
-        or (isinstance(criteria, dict) and criteria.get("chargingProfilePurpose") is not None)

@@ -19,8 +19,8 @@ import json
 import math
 from typing import Any
 
-__all__ = ["OWN_PROFILE_ID_BASE", "clamp_station_max", "clears_station_max", "is_station_max", "map_tx",
-           "station_max_cap_a"]
+__all__ = ["OWN_PROFILE_ID_BASE", "clamp_station_max", "clear_reaches_ours", "clears_station_max", "is_station_max",
+           "map_tx", "station_max_cap_a"]
 
 OWN_PROFILE_ID_BASE = 990_000_000
 """Added to the balancer's profile ids on the charger in local controller mode."""
@@ -48,6 +48,17 @@ def clears_station_max(version: str, payload: dict[str, Any]) -> bool:
         criteria = payload.get("chargingProfileCriteria")
         purpose = criteria.get("chargingProfilePurpose") if isinstance(criteria, dict) else None
     return purpose == _MAX.get(version)
+
+
+def clear_reaches_ours(version: str, payload: dict[str, Any]) -> bool:
+    """True when a ClearChargingProfile names neither a profile id nor a purpose: it would clear
+    the balancer's station maximum profiles too (any other filter leaves them alone: their ids
+    are out of the CSMS's way, and station maximum purposes are answered by the relay)."""
+    if version == "ocpp1.6":
+        return all(payload.get(k) is None for k in ("id", "chargingProfilePurpose"))
+    criteria = payload.get("chargingProfileCriteria")
+    return payload.get("chargingProfileId") is None \
+        and not (isinstance(criteria, dict) and criteria.get("chargingProfilePurpose") is not None)
 
 
 def _schedules(version: str, profile: dict[str, Any]) -> list[dict[str, Any]]:

@@ -285,3 +285,17 @@ async def test_offline_authorize_reject_while_the_csms_was_never_reachable(tmp_p
         assert "Authorize" not in {json.loads(f)[2] for f in queued}
     finally:
         await env.stop()
+
+
+async def test_a_csms_clear_all_does_not_leave_the_charger_without_our_limits(env: Env, csms: PlainCsms) -> None:
+    sim = _sim(env, "A16", "ocpp1.6")
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
+    tx = env.of(SessionStarted)[0].transaction_id
+    await env.server.apply([schedule("A16", 11.0, failsafe_a=7.0, transaction_id=tx)])
+    await wait_for(lambda: sim.draw_a == pytest.approx(11.0))
+    answer = await csms.cps["A16"].call(call16.ClearChargingProfile())  # no filter: every profile
+    assert answer.status == "Accepted"  # the charger's own answer, forwarded
+    # Ours go back at once; the charger never stays above our limit.
+    await wait_for(lambda: len(sim.store.profiles) == 2)
+    assert sim.limit_now(datetime.now(UTC)) == pytest.approx(11.0)
