@@ -428,6 +428,7 @@ class Relay:
             entry.routed = True
             return True
         entry.local = entry.routed = entry.answered = True
+        self.hub.counters["local_answers"] += 1
         if action not in LOCAL_ONLY:
             entry.queue_seq = self.hub.queue.push(self.charger_id, raw)
             self.hub.counters["queued"] += 1
