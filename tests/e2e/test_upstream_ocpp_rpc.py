@@ -263,3 +263,33 @@ async def test_201_station_max_combined_and_request_stop_strict(env: Env, csms: 
     await wait_for(lambda: any(f[2] == "TransactionEvent" and f[3]["eventType"] == "Ended"
                                for f in csms.calls_in("B201")))
     assert not csms.problems()
+
+
+async def test_config_credentials_and_upstream_id(csms: RpcCsms, tmp_path: Path) -> None:
+    config = parse_config({
+        "sites": [{"id": "s", "grid_limit_a": 200, "fallback_kw": 20, "chargers": [
+            {"id": "A16", "max_current_a": 32, "upstream_id": "OPERATOR-0001", "upstream_password": "s3cret-at-csms"},
+            {"id": "C16", "max_current_a": 32, "upstream_id": "OPERATOR-0002"}]}],
+        "ocpp": {"host": "127.0.0.1", "port": 0, "response_timeout_s": 2.0,
+                 "upstream": {"url": csms.url, "auth": "config", "password": "not-the-password",
+                              "answer_timeout_s": 2.0, "reconnect_max_s": 0.5}},
+        "state_dir": str(tmp_path),
+    })
+    env = Env(config)
+    await env.start()
+    try:
+        good = SimulatedCharger("A16", env.url, meter_interval_s=0.3, tick_s=0.05)  # no password towards us
+        bad = SimulatedCharger("C16", env.url, meter_interval_s=0.3, tick_s=0.05)
+        env.chargers += [good, bad]
+        good.start()
+        bad.start()
+        await env.online("A16", "C16")  # both controlled, whatever the CSMS thinks of C16's credentials
+        await wait_for(lambda: any(f[2] == "BootNotification" for f in csms.calls_in("OPERATOR-0001")))
+        assert [f for f in csms.frames("OPERATOR-0001", outbound=False) if f.startswith("[2")] \
+            == _sent_calls(good)[:len(csms.calls_in("OPERATOR-0001"))]
+        await wait_for(lambda: any(e["event"] == "refused" and e["client"] == "OPERATOR-0002" for e in csms.events))
+        assert not csms.calls_in("OPERATOR-0002")
+        assert env.server.charger_status("C16")["upstream_queued"] >= 1  # kept for when it is let in
+        assert not [e for e in csms.problems() if e["event"] != "refused"]
+    finally:
+        await env.stop()
