@@ -211,6 +211,7 @@ _UPSTREAM = {
     "offline_authorize": _Field("enum", default="accept", choices=("accept", "reject")),
     "answer_timeout_s": _Field("number", default=10.0, positive=True),
     "reconnect_max_s": _Field("number", default=60.0, positive=True),
+    "ca_file": _Field("str"),
 }
 _HTTP = {
     "host": _Field("str", default="127.0.0.1"),

@@ -191,6 +191,8 @@ class UpstreamSettings:
     """How long a charger's call waits for the CSMS's answer before the balancer answers it [s]."""
     reconnect_max_s: float = 60.0
     """Ceiling of the backoff between connection attempts to the CSMS [s] (full jitter below it)."""
+    ca_file: str | None = None
+    """CA certificates (PEM) trusted for a ``wss://`` CSMS besides the system's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,7 @@ class UpstreamHub:
         self.queue = UpstreamQueue(private_dir(Path(server.config.state_dir)) / "upstream.sqlite")
         self.relays: dict[str, Relay] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: tuple[str, ssl.SSLContext] | None = None
         self.counters: dict[str, int] = {"forwarded": 0, "queued": 0, "replayed": 0, "local_answers": 0,
                                          "connects": 0, "connect_failures": 0}
 
@@ -112,6 +114,17 @@ class UpstreamHub:
             # leave the 101st charger waiting for a free connection forever).
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._session
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """TLS for ``wss://``: the system's CAs, and ``ca_file``'s when set (True: aiohttp's default)."""
+        ca_file = self.settings.ca_file
+        if not ca_file:
+            return True
+        if self._ssl is None or self._ssl[0] != ca_file:
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=ca_file)
+            self._ssl = (ca_file, context)
+        return self._ssl[1]
 
     def attach(self, link: ChargerLink, guard: FrameGuard, authorization: str | None) -> Relay:
         """A charger connected: its relay, connecting to the CSMS in the background."""
@@ -224,7 +237,7 @@ class Relay:
             connected = False
             try:
                 connected = await self._connect_and_serve()
-            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
                 self.hub.counters["connect_failures"] += 1
                 log.info("charger %s: CSMS not reachable: %r", self.charger_id, exc)
             except Exception:
@@ -242,7 +255,7 @@ class Relay:
         url = f"{self.settings.url.rstrip('/')}/{self.remote_id}"
         ws = await asyncio.wait_for(
             self.hub.session().ws_connect(url, protocols=(self.version,), headers=self._headers(), heartbeat=30.0,
-                                          max_msg_size=0),
+                                          max_msg_size=0, ssl=self.hub.ssl_context()),
             self.settings.answer_timeout_s)
         if ws.protocol != self.version:
             await ws.close()

@@ -299,3 +299,39 @@ async def test_a_csms_clear_all_does_not_leave_the_charger_without_our_limits(en
     # Ours go back at once; the charger never stays above our limit.
     await wait_for(lambda: len(sim.store.profiles) == 2)
     assert sim.limit_now(datetime.now(UTC)) == pytest.approx(11.0)
+
+
+async def test_wss_to_a_csms_with_a_private_ca(tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                           str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    tls = PlainCsms(ssl_context=context)
+    await tls.start()
+    untrusted = Env(_config(tls.url, tmp_path / "a"))  # the system's CAs do not know this one
+    trusted = Env(_config(tls.url, tmp_path / "b", ca_file=str(cert)))
+    await untrusted.start()
+    await trusted.start()
+    try:
+        a = SimulatedCharger("A16", untrusted.url, tick_s=0.05)
+        b = SimulatedCharger("A16", trusted.url, tick_s=0.05)
+        untrusted.chargers.append(a)
+        trusted.chargers.append(b)
+        a.start()
+        b.start()
+        await untrusted.online("A16")
+        await trusted.online("A16")
+        await wait_for(lambda: tls.connections == 1 and any('"BootNotification"' in f for f in tls.frames("A16", "in")))
+        await asyncio.sleep(0.5)
+        assert tls.connections == 1  # only the one that trusts the CSMS's certificate got through
+        assert untrusted.server.charger_status("A16")["upstream_queued"] >= 1
+        assert trusted.server.charger_status("A16")["upstream_connected"]
+    finally:
+        await untrusted.stop()
+        await trusted.stop()
+        await tls.stop()

@@ -116,8 +116,9 @@ class _Csms201(Cp201):  # type: ignore[misc]
 class PlainCsms:
     """The CSMS on ``ws://127.0.0.1:{port}/ocpp/{id}``; ``cps[id]`` is the package's object per charger."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, ssl_context: Any = None) -> None:
         self.port = port
+        self.ssl_context = ssl_context
         self.wire: list[tuple[str, str, str]] = []
         self.cps: dict[str, Any] = {}
         self.connections = 0
@@ -137,14 +138,14 @@ class PlainCsms:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ocpp"
+        return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}/ocpp"
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/ocpp/{cid}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
