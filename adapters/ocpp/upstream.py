@@ -59,6 +59,8 @@ LOCAL_ONLY = frozenset({"Heartbeat", "Authorize"})
 """Charger calls answered locally while the CSMS is away and not delivered later: they change
 nothing at the CSMS after the fact (a transaction's id tag travels in its StartTransaction)."""
 BACKOFF_BASE_S = 1.0
+UPSTREAM_COUNTERS = ("upstream_forwarded", "upstream_queued", "upstream_replayed", "upstream_local_answers",
+                     "upstream_connects", "upstream_connect_failures")
 REASSERT = "_reassert_stack_level"
 """Marks a station maximum profile the relay sends again (never leaves this process)."""
 
@@ -96,8 +98,10 @@ class UpstreamHub:
         self.relays: dict[str, Relay] = {}
         self._session: aiohttp.ClientSession | None = None
         self._ssl: tuple[str, ssl.SSLContext] | None = None
-        self.counters: dict[str, int] = {"forwarded": 0, "queued": 0, "replayed": 0, "local_answers": 0,
-                                         "connects": 0, "connect_failures": 0}
+        self.counters = server.counters
+        """The server's: ``balancer_ocpp_upstream_*_total`` in /metrics."""
+        for name in UPSTREAM_COUNTERS:
+            self.counters.setdefault(name, 0)
 
     @property
     def settings(self) -> UpstreamSettings:
@@ -238,7 +242,7 @@ class Relay:
             try:
                 connected = await self._connect_and_serve()
             except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
-                self.hub.counters["connect_failures"] += 1
+                self.hub.counters["upstream_connect_failures"] += 1
                 log.info("charger %s: CSMS not reachable: %r", self.charger_id, exc)
             except Exception:
                 log.exception("charger %s: CSMS link failed", self.charger_id)
@@ -260,7 +264,7 @@ class Relay:
         if ws.protocol != self.version:
             await ws.close()
             raise ConnectionError(f"CSMS did not accept subprotocol {self.version}")
-        self.hub.counters["connects"] += 1
+        self.hub.counters["upstream_connects"] += 1
         self.ws = ws
         self.first_try.set()
         log.info("charger %s: connected to the CSMS as %s", self.charger_id, self.remote_id)
@@ -298,7 +302,7 @@ class Relay:
                 entry.timer.cancel()
             if entry.action not in LOCAL_ONLY:
                 entry.queue_seq = self.hub.queue.push(self.charger_id, entry.frame)
-                self.hub.counters["queued"] += 1
+                self.hub.counters["upstream_queued"] += 1
                 if entry.local_tx is not None:
                     self.hub.queue.set_local_tx(entry.queue_seq, entry.local_tx)
             if not entry.answered:
@@ -333,7 +337,7 @@ class Relay:
             elif answer[0] == 4:
                 log.warning("charger %s: CSMS refused queued %s: %s", self.charger_id, action, answer[2:4])
             queue.remove(item.seq)
-            self.hub.counters["replayed"] += 1
+            self.hub.counters["upstream_replayed"] += 1
 
     # ----------------------------------------------------------------- CSMS -> charger
     async def _from_csms(self, raw: str) -> None:
@@ -387,7 +391,7 @@ class Relay:
             self.forwarded.pop(uid, None)
             return
         entry.answered = True
-        self.hub.counters["forwarded"] += 1
+        self.hub.counters["upstream_forwarded"] += 1
         await self._to_charger(raw)
         # Observed only now (see ``inbound``): with the CSMS's transaction id; a boot once accepted.
         if not entry.routed and frame[0] == 3 and isinstance(frame[2], dict) \
@@ -441,10 +445,10 @@ class Relay:
             entry.routed = True
             return True
         entry.local = entry.routed = entry.answered = True
-        self.hub.counters["local_answers"] += 1
+        self.hub.counters["upstream_local_answers"] += 1
         if action not in LOCAL_ONLY:
             entry.queue_seq = self.hub.queue.push(self.charger_id, raw)
-            self.hub.counters["queued"] += 1
+            self.hub.counters["upstream_queued"] += 1
         return True
 
     def _timed_out(self, uid: str) -> None:
@@ -456,7 +460,7 @@ class Relay:
 
     async def _answer_locally(self, entry: _Forwarded) -> None:
         entry.answered = entry.local = True
-        self.hub.counters["local_answers"] += 1
+        self.hub.counters["upstream_local_answers"] += 1
         if not entry.routed:
             entry.routed = True
             await self._route(entry.frame)  # the handlers' answer passes ``outbound`` to the charger

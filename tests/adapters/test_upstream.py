@@ -205,6 +205,9 @@ async def test_csms_down_during_a_transaction_then_back(csms: PlainCsms, tmp_pat
             if frame[2] in ("MeterValues", "StopTransaction") and "transactionId" in frame[3]:
                 assert frame[3]["transactionId"] == remote_tx
         assert any(f[2] == "StopTransaction" for f in replayed)
+        counters = env.server.counters
+        assert counters["upstream_queued"] == counters["upstream_replayed"] >= len(expected)
+        assert counters["upstream_local_answers"] >= len(during)
     finally:
         await env.stop()
 
