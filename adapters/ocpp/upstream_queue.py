@@ -18,6 +18,9 @@ from pathlib import Path
 
 __all__ = ["QueuedCall", "UpstreamQueue"]
 
+TX_MAP_KEEP_S = 90 * 86400.0
+"""How long a local -> CSMS transaction id mapping is kept [s]."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,6 +58,8 @@ class UpstreamQueue:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        # A mapping outlives its transaction by far at this age; without pruning the table only grows.
+        self.db.execute("DELETE FROM tx_map WHERE created < ?", (time.time() - TX_MAP_KEEP_S,))
 
     def close(self) -> None:
         self.db.close()
