@@ -29,6 +29,7 @@ import json
 import logging
 import random
 import ssl
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -177,11 +178,22 @@ class Relay:
         self.tx_out = hub.queue.tx_map(self.charger_id)
         self.tx_in = {remote: local for local, remote in self.tx_out.items()}
         self.first_try = asyncio.Event()
+        if link.cp is not None:
+            # The package's documented hook for call ids (``ChargePoint._unique_id_generator``).
+            link.cp._unique_id_generator = self._own_id
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._spawn(self._run())
 
     # ----------------------------------------------------------------- plumbing
+    def _own_id(self) -> str:
+        """An id for the balancer's own call: never one of a CSMS call still waiting for the
+        charger's answer (and a CSMS call reusing one of ours is refused, ``_csms_call``)."""
+        while True:
+            uid = str(uuid.uuid4())
+            if uid not in self.from_csms:
+                return uid
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)

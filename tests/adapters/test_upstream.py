@@ -338,3 +338,22 @@ async def test_wss_to_a_csms_with_a_private_ca(tmp_path: Path) -> None:
         await untrusted.stop()
         await trusted.stop()
         await tls.stop()
+
+
+async def test_a_csms_call_reusing_a_pending_balancer_id_is_refused(env: Env, csms: PlainCsms) -> None:
+    from adapters.ocpp.simulator import Misbehaviour
+    now = datetime.now(UTC)
+    sim = SimulatedCharger("A16", env.url, misbehaviour=Misbehaviour(silent=True), tick_s=0.05,
+                           car=SimCar(arrival=now + timedelta(hours=1), departure=now + timedelta(hours=2),
+                                      energy_wh=1000))
+    env.chargers.append(sim)
+    sim.start()
+    # The balancer's GetConfiguration, never answered by this charger: its id stays pending.
+    await wait_for(lambda: any('"GetConfiguration"' in f for d, f in sim.wire if d == "in"))
+    pending = next(json.loads(f)[1] for d, f in sim.wire if d == "in" and '"GetConfiguration"' in f)
+    await wait_for(lambda: "A16" in csms.cps)
+    await csms.cps["A16"]._connection.send(json.dumps([2, pending, "Heartbeat", {}]))  # a CSMS reusing it
+    await wait_for(lambda: any(f.startswith("[4") and pending in f for f in csms.frames("A16", "in")))
+    refusal = next(json.loads(f) for f in csms.frames("A16", "in") if f.startswith("[4") and pending in f)
+    assert refusal[2] == "GenericError"
+    assert [f for d, f in sim.wire if d == "in" and pending in f and "Heartbeat" in f] == []
