@@ -167,6 +167,7 @@ class Relay:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.online = False
         """Connected to the CSMS with the queue delivered: charger calls go straight through."""
+        self._replaying = False
         self.forwarded: dict[str, _Forwarded] = {}
         self.from_csms: dict[str, bool] = {}
         """Ids of CSMS calls waiting for the charger's answer -> re-assert our profiles after it."""
@@ -306,14 +307,16 @@ class Relay:
         self.from_csms.clear()
         if self._closed:
             return  # the charger left: what the CSMS was sent, it has; nothing more to answer
-        for uid, entry in list(self.forwarded.items()):
+        # Sent before anything now queued (the queue was empty, or held back behind them): to its
+        # front, last first, so the CSMS still gets everything in the charger's order.
+        for uid, entry in reversed(list(self.forwarded.items())):
             if not entry.expect_csms:
                 continue
             entry.expect_csms = False
             if entry.timer is not None:
                 entry.timer.cancel()
             if entry.action not in LOCAL_ONLY:
-                entry.queue_seq = self.hub.queue.push(self.charger_id, entry.frame)
+                entry.queue_seq = self.hub.queue.push_front(self.charger_id, entry.frame)
                 self.hub.counters["upstream_queued"] += 1
                 if entry.local_tx is not None:
                     self.hub.queue.set_local_tx(entry.queue_seq, entry.local_tx)
@@ -323,6 +326,15 @@ class Relay:
 
     async def _replay(self) -> None:
         """Deliver the queue in order, one call at a time; then the relay is online."""
+        if self._replaying:
+            return
+        self._replaying = True
+        try:
+            await self._deliver_queue()
+        finally:
+            self._replaying = False
+
+    async def _deliver_queue(self) -> None:
         queue = self.hub.queue
         loop = asyncio.get_running_loop()
         while self.ws is not None:
@@ -401,6 +413,8 @@ class Relay:
             if start16 and entry.local_tx is not None and remote_tx is not None:
                 self._map_tx(entry.local_tx, str(remote_tx))
             self.forwarded.pop(uid, None)
+            if start16 and not self.online:
+                self._spawn(self._replay())  # what waited for this id goes out now, mapped
             return
         entry.answered = True
         self.hub.counters["upstream_forwarded"] += 1
@@ -472,6 +486,10 @@ class Relay:
 
     async def _answer_locally(self, entry: _Forwarded) -> None:
         entry.answered = entry.local = True
+        if entry.expect_csms and self.version == "ocpp1.6" and entry.action == "StartTransaction":
+            # The charger now uses the balancer's transaction id, which the CSMS cannot know before
+            # it answers: later calls wait in the queue until then, and go out mapped.
+            self.online = False
         self.hub.counters["upstream_local_answers"] += 1
         if not entry.routed:
             entry.routed = True

@@ -70,6 +70,14 @@ class UpstreamQueue:
                                  (charger_id, frame, time.time()))
         return int(cursor.lastrowid or 0)
 
+    def push_front(self, charger_id: str, frame: str) -> int:
+        """Put ``frame`` before everything queued (a call sent before those, left unanswered)."""
+        row = self.db.execute("SELECT MIN(seq) FROM queue").fetchone()
+        seq = min(int(row[0]) if row[0] is not None else 1, 1) - 1
+        self.db.execute("INSERT INTO queue (seq, charger_id, frame, created) VALUES (?, ?, ?, ?)",
+                        (seq, charger_id, frame, time.time()))
+        return seq
+
     def set_local_tx(self, seq: int, local_tx: str) -> None:
         """The transaction id the balancer answered the queued StartTransaction ``seq`` with."""
         self.db.execute("UPDATE queue SET local_tx = ? WHERE seq = ?", (local_tx, seq))

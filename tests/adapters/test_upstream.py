@@ -224,9 +224,14 @@ async def test_slow_csms_answered_locally_late_answer_consumed(env: Env, csms: P
     for uid in sent_ids:
         assert answered.count(uid) <= 1
     assert sim.transaction_id is not None
-    # The CSMS's id for the balancer's transaction is mapped: its meter values carry the CSMS's id.
+    # The CSMS's id for the balancer's transaction is mapped: its meter values carry the CSMS's id,
+    # never the balancer's (they wait for the late answer that tells it).
     await wait_for(lambda: any('"MeterValues"' in f and str(5001) in f for f in csms.frames("A16", "in")))
     assert sim.transaction_id != "5001"
+    meter_txs = {json.loads(f)[3].get("transactionId") for f in csms.frames("A16", "in") if '"MeterValues"' in f}
+    assert meter_txs == {5001}
+    starts = [f for f in _charger_calls(sim) if '"StartTransaction"' in f]
+    assert len(starts) == 1 and [f for f in csms.frames("A16", "in") if '"StartTransaction"' in f] == starts
 
 
 async def test_charger_reconnecting(env: Env, csms: PlainCsms) -> None:

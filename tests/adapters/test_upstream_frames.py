@@ -102,6 +102,10 @@ def test_queue_keeps_order_and_mapping_across_a_restart(tmp_path: Path) -> None:
     assert [json.loads(f)[1] for f in again.frames("A")] == ["0", "2", "3", "4"]
     assert again.size() == 5 and again.size("B") == 1
     assert again.tx_map("A") == {"42": "7001"}
+    first = again.push_front("A", '[2,"early","StatusNotification",{}]')
+    earlier = again.push_front("A", '[2,"earlier","StatusNotification",{}]')
+    assert earlier < first < seqs[0]
+    assert [json.loads(f)[1] for f in again.frames("A")] == ["earlier", "early", "0", "2", "3", "4"]
 
 
 def _config(upstream: Any, **charger: Any) -> Any:
