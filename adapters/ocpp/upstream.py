@@ -174,7 +174,8 @@ class Relay:
         self.own: set[str] = set()
         """Ids of the balancer's own calls waiting for the charger's answer."""
         self.replay_waiters: dict[str, asyncio.Future[list[Any]]] = {}
-        self.csms_max: dict[str, Any] | None = None
+        self.csms_max: dict[Any, dict[str, Any]] = {}
+        """The CSMS's station maximum profiles by profile id: the lowest limit of all caps ours."""
         self.our_max: dict[int, dict[str, Any]] = {}
         self.tx_out = hub.queue.tx_map(self.charger_id)
         self.tx_in = {remote: local for local, remote in self.tx_out.items()}
@@ -380,13 +381,14 @@ class Relay:
 
     async def _csms_call(self, uid: str, action: str, payload: dict[str, Any], raw: str) -> None:
         if action == "SetChargingProfile" and is_station_max(self.version, payload):
-            self.csms_max = payload
+            profile = payload.get("csChargingProfiles" if self.version == "ocpp1.6" else "chargingProfile") or {}
+            self.csms_max[profile.get("chargingProfileId", profile.get("id"))] = payload
             await self._to_csms(json.dumps([3, uid, {"status": "Accepted"}]))
             self._spawn(self._reassert())
             return
         if action == "ClearChargingProfile" and clears_station_max(self.version, payload):
-            status = "Accepted" if self.csms_max is not None else "Unknown"
-            self.csms_max = None
+            status = "Accepted" if self.csms_max else "Unknown"
+            self.csms_max.clear()
             await self._to_csms(json.dumps([3, uid, {"status": status}]))
             self._spawn(self._reassert())
             return
@@ -510,8 +512,9 @@ class Relay:
                 else:
                     profile = frame[3]["csChargingProfiles" if self.version == "ocpp1.6" else "chargingProfile"]
                     self.our_max[int(profile["stackLevel"])] = frame[3]
-                cap = None if self.csms_max is None else station_max_cap_a(self.version, self.csms_max,
-                                                                             self.voltage_v)
+                caps = [c for c in (station_max_cap_a(self.version, p, self.voltage_v)
+                                    for p in self.csms_max.values()) if c is not None]
+                cap = min(caps) if caps else None
                 frame[3] = clamp_station_max(self.version, frame[3], cap, self.voltage_v)
                 return json.dumps(frame, separators=(",", ":"))
             return message

@@ -149,6 +149,12 @@ async def test_csms_profiles_combined_with_ours(env: Env, csms: PlainCsms) -> No
     assert answer.status == "Accepted"
     await wait_for(lambda: sim.draw_a == pytest.approx(9.0))
     assert all(p["charging_profile_purpose"] == "ChargePointMaxProfile" for p in sim.store.profiles.values())
+    # A second, higher one of the CSMS's does not lift the first: the lowest of them all caps ours.
+    answer = await cp.call(call16.SetChargingProfile(connector_id=0, cs_charging_profiles={
+        **profile("ChargePointMaxProfile", 14.0, 7), "stack_level": 3}))
+    assert answer.status == "Accepted"
+    await asyncio.sleep(0.5)
+    assert sim.draw_a == pytest.approx(9.0)
     # Raising ours leaves the CSMS's cap in force; lowering below it wins.
     await env.server.apply([schedule("A16", 20.0, failsafe_a=7.0, transaction_id=tx)])
     await asyncio.sleep(0.5)
