@@ -381,8 +381,14 @@ class Relay:
 
     async def _csms_call(self, uid: str, action: str, payload: dict[str, Any], raw: str) -> None:
         if action == "SetChargingProfile" and is_station_max(self.version, payload):
+            if station_max_cap_a(self.version, payload, self.voltage_v) is None:
+                log.warning("charger %s: CSMS station maximum without a usable period refused: %r", self.charger_id,
+                            raw[:500])
+                await self._to_csms(json.dumps([3, uid, {"status": "Rejected"}]))
+                return
             profile = payload.get("csChargingProfiles" if self.version == "ocpp1.6" else "chargingProfile") or {}
-            self.csms_max[profile.get("chargingProfileId", profile.get("id"))] = payload
+            key = profile.get("chargingProfileId", profile.get("id"))
+            self.csms_max[key if isinstance(key, (int, str)) else repr(key)] = payload
             await self._to_csms(json.dumps([3, uid, {"status": "Accepted"}]))
             self._spawn(self._reassert())
             return

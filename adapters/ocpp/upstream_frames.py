@@ -71,19 +71,25 @@ def _schedules(version: str, profile: dict[str, Any]) -> list[dict[str, Any]]:
 def station_max_cap_a(version: str, payload: dict[str, Any], voltage_v: float) -> float | None:
     """The lowest limit of a station maximum profile, in A per phase (None: no usable period).
 
-    W converts to A over the period's ``numberPhases`` (3 when absent) at the nominal voltage."""
+    W converts to A over the period's ``numberPhases`` (3 when absent) at the nominal voltage. A
+    CSMS's payload is read defensively: a period that is not a finite number >= 0 in A or W with 1
+    to 3 phases is no usable period (the relay refuses a profile without one)."""
     profile = _profile(version, payload)
     if profile is None:
         return None
     lowest: float | None = None
     for schedule in _schedules(version, profile):
         unit = schedule.get("chargingRateUnit")
-        for period in schedule.get("chargingSchedulePeriod") or []:
-            if not isinstance(period, dict) or not isinstance(period.get("limit"), (int, float)):
+        periods = schedule.get("chargingSchedulePeriod")
+        if unit not in ("A", "W") or not isinstance(periods, list):
+            continue
+        for period in periods:
+            limit = period.get("limit") if isinstance(period, dict) else None
+            phases = period.get("numberPhases", 3) if isinstance(period, dict) else None
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) \
+                    or limit < 0 or phases not in (1, 2, 3) or isinstance(phases, bool):
                 continue
-            value = float(period["limit"])
-            if unit == "W":
-                value /= voltage_v * int(period.get("numberPhases") or 3)
+            value = float(limit) / (voltage_v * phases) if unit == "W" else float(limit)
             lowest = value if lowest is None else min(lowest, value)
     return lowest
 

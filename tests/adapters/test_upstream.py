@@ -368,3 +368,22 @@ async def test_a_csms_call_reusing_a_pending_balancer_id_is_refused(env: Env, cs
     refusal = next(json.loads(f) for f in csms.frames("A16", "in") if f.startswith("[4") and pending in f)
     assert refusal[2] == "GenericError"
     assert [f for d, f in sim.wire if d == "in" and pending in f and "Heartbeat" in f] == []
+
+
+async def test_an_unusable_csms_station_max_is_refused_and_ours_stay(env: Env, csms: PlainCsms) -> None:
+    sim = _sim(env, "A16", "ocpp1.6")
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
+    tx = env.of(SessionStarted)[0].transaction_id
+    await env.server.apply([schedule("A16", 12.0, failsafe_a=7.0, transaction_id=tx)])
+    await wait_for(lambda: sim.draw_a == pytest.approx(12.0))
+    bad = {"connectorId": 0, "csChargingProfiles": {
+        "chargingProfileId": 5, "stackLevel": 0, "chargingProfilePurpose": "ChargePointMaxProfile",
+        "chargingProfileKind": "Absolute", "chargingSchedule": {
+            "chargingRateUnit": "W", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 1000, "numberPhases": 7}]}}}
+    await csms.cps["A16"]._connection.send(json.dumps([2, "bad-max", "SetChargingProfile", bad]))
+    await wait_for(lambda: any(f.startswith('[3, "bad-max"') for f in csms.frames("A16", "in")))
+    answer = next(json.loads(f) for f in csms.frames("A16", "in") if f.startswith('[3, "bad-max"'))
+    assert answer[2] == {"status": "Rejected"}
+    await env.server.apply([schedule("A16", 14.0, failsafe_a=7.0, transaction_id=tx)])
+    await wait_for(lambda: sim.draw_a == pytest.approx(14.0))  # our pushes still go out

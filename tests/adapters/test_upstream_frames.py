@@ -126,3 +126,17 @@ def test_config_names_every_bad_upstream_field() -> None:
     assert config.ocpp.upstream.offline_authorize == "accept"
     assert config.sites[0].chargers[0].profile_strategy == "ChargePointMax"
     assert config.sites[0].chargers[0].upstream_id == "CP-9"
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                     lambda children: st.lists(children, max_size=4) | st.dictionaries(
+                         st.sampled_from(["limit", "numberPhases", "chargingRateUnit", "chargingSchedulePeriod",
+                                          "chargingSchedule", "x"]), children, max_size=4), max_leaves=16)
+
+
+@given(_JSON, st.sampled_from(["ocpp1.6", "ocpp2.0.1"]))
+def test_a_csms_station_max_of_any_shape_gives_a_cap_or_none(value: Any, version: str) -> None:
+    key = "csChargingProfiles" if version == "ocpp1.6" else "chargingProfile"
+    for payload in ({key: value}, {key: {"chargingProfilePurpose": "x", "chargingSchedule": value}}):
+        cap = station_max_cap_a(version, payload, 230.0)
+        assert cap is None or (isinstance(cap, float) and cap >= 0)
