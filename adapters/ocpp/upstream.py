@@ -169,8 +169,8 @@ class Relay:
         """Connected to the CSMS with the queue delivered: charger calls go straight through."""
         self._replaying = False
         self.forwarded: dict[str, _Forwarded] = {}
-        self.from_csms: dict[str, bool] = {}
-        """Ids of CSMS calls waiting for the charger's answer -> re-assert our profiles after it."""
+        self.from_csms: set[str] = set()
+        """Ids of CSMS calls waiting for the charger's answer."""
         self.own: set[str] = set()
         """Ids of the balancer's own calls waiting for the charger's answer."""
         self.replay_waiters: dict[str, asyncio.Future[list[Any]]] = {}
@@ -401,8 +401,34 @@ class Relay:
         if uid in self.own:
             await self._to_csms(json.dumps([4, uid, "GenericError", "message id in use, send again", {}]))
             return
-        self.from_csms[uid] = action == "ClearChargingProfile" and clear_reaches_ours(self.version, payload)
+        if action == "ClearChargingProfile" and clear_reaches_ours(self.version, payload):
+            self._spawn(self._narrowed_clear(uid, payload))
+            return
+        self.from_csms.add(uid)
         await self._to_charger(map_tx(self.version, raw, self.tx_in))
+
+    async def _narrowed_clear(self, uid: str, payload: dict[str, Any]) -> None:
+        """A CSMS ClearChargingProfile naming no id or purpose would take the balancer's station
+        maximum profiles (its failsafe among them) too: the charger gets it once per purpose the
+        CSMS may hold there (TxDefaultProfile, TxProfile), the CSMS's own station maximums are
+        dropped here, and the CSMS gets one answer: Accepted when anything was cleared."""
+        cleared = bool(self.csms_max)
+        self.csms_max.clear()
+        cp = self.link.cp
+        for purpose in ("TxDefaultProfile", "TxProfile"):
+            if self.version == "ocpp1.6":
+                narrowed = {**payload, "chargingProfilePurpose": purpose}
+            else:
+                criteria = payload.get("chargingProfileCriteria")
+                narrowed = {**payload, "chargingProfileCriteria": {
+                    **(criteria if isinstance(criteria, dict) else {}), "chargingProfilePurpose": purpose}}
+            if cp is None:
+                break
+            with contextlib.suppress(Exception):
+                answer = await call_trusted(cp, "ClearChargingProfile", narrowed)
+                cleared = cleared or answer.get("status") == "Accepted"
+        await self._to_csms(json.dumps([3, uid, {"status": "Accepted" if cleared else "Unknown"}]))
+        self._spawn(self._reassert())  # the CSMS's station maximums are gone: ours uncapped again
 
     async def _csms_answer(self, frame: list[Any], raw: str) -> None:
         uid = frame[1]
@@ -456,10 +482,8 @@ class Relay:
         kind, uid = frame[0], frame[1]
         if kind != 2:
             if uid in self.from_csms:
-                reassert = self.from_csms.pop(uid)
+                self.from_csms.discard(uid)
                 await self._to_csms(raw)
-                if reassert:
-                    self._spawn(self._reassert())
                 return False
             self.own.discard(uid)
             return True

@@ -301,18 +301,29 @@ async def test_offline_authorize_reject_while_the_csms_was_never_reachable(tmp_p
         await env.stop()
 
 
-async def test_a_csms_clear_all_does_not_leave_the_charger_without_our_limits(env: Env, csms: PlainCsms) -> None:
+async def test_a_csms_clear_all_never_takes_our_limits_off_the_charger(env: Env, csms: PlainCsms) -> None:
     sim = _sim(env, "A16", "ocpp1.6")
     await wait_for(lambda: env.of(SessionStarted))
     await env.online("A16")
     tx = env.of(SessionStarted)[0].transaction_id
     await env.server.apply([schedule("A16", 11.0, failsafe_a=7.0, transaction_id=tx)])
     await wait_for(lambda: sim.draw_a == pytest.approx(11.0))
-    answer = await csms.cps["A16"].call(call16.ClearChargingProfile())  # no filter: every profile
-    assert answer.status == "Accepted"  # the charger's own answer, forwarded
-    # Ours go back at once; the charger never stays above our limit.
-    await wait_for(lambda: len(sim.store.profiles) == 2)
-    assert sim.limit_now(datetime.now(UTC)) == pytest.approx(11.0)
+    start = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    cp = csms.cps["A16"]
+    await cp.call(call16.SetChargingProfile(connector_id=1, cs_charging_profiles={
+        "charging_profile_id": 1, "stack_level": 0, "charging_profile_purpose": "TxProfile",
+        "charging_profile_kind": "Absolute", "transaction_id": int(tx),
+        "charging_schedule": {"start_schedule": start, "charging_rate_unit": "A",
+                              "charging_schedule_period": [{"start_period": 0, "limit": 8.0}]}}))
+    await wait_for(lambda: sim.draw_a == pytest.approx(8.0))
+    answer = await cp.call(call16.ClearChargingProfile())  # no filter: "every profile"
+    assert answer.status == "Accepted"
+    # The CSMS's TxProfile is gone, ours were never touched: the charger never stood without a limit.
+    await wait_for(lambda: sim.draw_a == pytest.approx(11.0))
+    assert {k[0] for k in sim.store.profiles} == {"ChargePointMaxProfile"} and len(sim.store.profiles) == 2
+    clears = [json.loads(f)[3] for d, f in sim.wire if d == "in" and '"ClearChargingProfile"' in f]
+    assert clears and all(c.get("chargingProfilePurpose") in ("TxProfile", "TxDefaultProfile") for c in clears)
+
 
 
 async def test_wss_to_a_csms_with_a_private_ca(tmp_path: Path) -> None:
