@@ -190,6 +190,12 @@ OCPP_HELP = {
     "pushes": "SetChargingProfile calls sent",
     "push_failures": "SetChargingProfile calls rejected, failed or unanswered",
     "implausible_meter_values": "Meter readings ignored as outside what the charger can draw or report",
+    "upstream_forwarded": "Local controller mode: charger calls answered by the CSMS (answer forwarded)",
+    "upstream_queued": "Local controller mode: charger calls queued on disk for the CSMS",
+    "upstream_replayed": "Local controller mode: queued calls delivered to the CSMS",
+    "upstream_local_answers": "Local controller mode: charger calls the balancer answered in the CSMS's stead",
+    "upstream_connects": "Local controller mode: websocket connections opened to the CSMS",
+    "upstream_connect_failures": "Local controller mode: failed connection attempts to the CSMS",
 }
 OSCP_HELP = {
     "forecasts": "OSCP capacity forecasts accepted",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from balancer.errors import InvalidConfig, Problem
@@ -30,6 +30,7 @@ from balancer.model import (
     OcppSettings,
     OscpSettings,
     Site,
+    UpstreamSettings,
 )
 
 __all__ = ["parse_config", "substitute_env", "summary"]
@@ -189,6 +190,8 @@ _CHARGER = {
     "profile_strategy": _Field("enum", default="TxProfile", choices=PROFILE_STRATEGIES),
     "pause_method": _Field("enum", default="zero_limit", choices=PAUSE_METHODS),
     "evse_id": _Field("int", default=1, positive=True),
+    "upstream_id": _Field("str", ident=True),
+    "upstream_password": _Field("str"),
 }
 _OCPP = {
     "host": _Field("str", default="0.0.0.0"),
@@ -201,6 +204,16 @@ _OCPP = {
     "rate_limit_per_s": _Field("number", default=50.0, positive=True),
     "response_timeout_s": _Field("number", default=10.0, positive=True),
     "deadband_a": _Field("number", default=1.0, non_negative=True),
+    "upstream": _Field("any"),
+}
+_UPSTREAM = {
+    "url": _Field("str", required=True),
+    "auth": _Field("enum", default="passthrough", choices=("passthrough", "config")),
+    "password": _Field("str"),
+    "offline_authorize": _Field("enum", default="accept", choices=("accept", "reject")),
+    "answer_timeout_s": _Field("number", default=10.0, positive=True),
+    "reconnect_max_s": _Field("number", default=60.0, positive=True),
+    "ca_file": _Field("str"),
 }
 _HTTP = {
     "host": _Field("str", default="127.0.0.1"),
@@ -497,6 +510,32 @@ def _parse_ocpi(raw: Any, problems: list[Problem], site_ids: set[str]) -> OcpiSe
                            "locations": locations})
 
 
+def _parse_upstream(raw: Any, raw_sites: Any, problems: list[Problem]) -> UpstreamSettings | None:
+    """``ocpp.upstream`` (local controller mode, DESIGN 3.11) and what it asks of the chargers.
+
+    The balancer's limits go as station maximum profiles there, beneath which the CSMS's own
+    TxProfile/TxDefaultProfile apply: a charger set to another ``profile_strategy`` is an error.
+    """
+    before = len(problems)
+    got = _read_mapping(raw, _UPSTREAM, "ocpp.upstream", problems)
+    if got is not None and got["url"] is not None and not got["url"].startswith(("ws://", "wss://")):
+        problems.append(Problem("ocpp.upstream.url", f"must start with ws:// or wss://, got {got['url']!r}"))
+    upstream = UpstreamSettings(**got) if got is not None and len(problems) == before else None
+    entries = [(f"sites[{i}].chargers[{j}]", c) for i, s in enumerate(raw_sites or [])
+               if isinstance(s, dict) and isinstance(s.get("chargers"), list)
+               for j, c in enumerate(s["chargers"]) if isinstance(c, dict)]
+    for path, charger in entries:
+        strategy = charger.get("profile_strategy")
+        if strategy is not None and strategy != "ChargePointMax":
+            problems.append(Problem(f"{path}.profile_strategy",
+                                    f"must be ChargePointMax (or left out) with ocpp.upstream, got {strategy!r}"))
+        if got is not None and got["auth"] == "config" and not got["password"] \
+                and not charger.get("upstream_password"):
+            problems.append(Problem(f"{path}.upstream_password",
+                                    "is required with ocpp.upstream.auth: config and no ocpp.upstream.password"))
+    return upstream
+
+
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate ``data`` (the YAML document) and build a ``Config``; raises ``InvalidConfig``."""
     if data is None:
@@ -512,6 +551,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if ocpp is not None and bool(ocpp.tls_cert) != bool(ocpp.tls_key):
         problems.append(Problem("ocpp.tls_key" if ocpp.tls_cert else "ocpp.tls_cert",
                                 "tls_cert and tls_key must be given together"))
+    if ocpp is not None and ocpp.upstream is not None:
+        upstream = _parse_upstream(ocpp.upstream, top["sites"], problems)
+        ocpp = replace(ocpp, upstream=upstream)
+        sites = [replace(site, chargers=tuple(replace(c, profile_strategy="ChargePointMax") for c in site.chargers))
+                 for site in sites]
     http = _section(top["http"], _HTTP, "http", problems, HttpSettings)
     oscp = None
     oscp_raw = _read_mapping(top["oscp"] if top["oscp"] is not None else {}, _OSCP, "oscp", problems)

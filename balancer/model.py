@@ -142,6 +142,10 @@ class Charger:
     profile_strategy: str = "TxProfile"
     pause_method: str = "zero_limit"
     evse_id: int = 1
+    upstream_id: str | None = None
+    """Local controller mode: this charger's id towards the CSMS (default: its own id)."""
+    upstream_password: str | None = None
+    """Local controller mode with ``auth: config``: its HTTP Basic password at the CSMS."""
 
     @property
     def granularity_a(self) -> float:
@@ -218,6 +222,22 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """Local controller mode (DESIGN 3.11): the operator's CSMS the chargers are forwarded to."""
+
+    url: str
+    auth: str = "passthrough"
+    password: str | None = None
+    offline_authorize: str = "accept"
+    answer_timeout_s: float = 10.0
+    """How long a charger's call waits for the CSMS's answer before the balancer answers it [s]."""
+    reconnect_max_s: float = 60.0
+    """Ceiling of the backoff between connection attempts to the CSMS [s] (full jitter below it)."""
+    ca_file: str | None = None
+    """CA certificates (PEM) trusted for a ``wss://`` CSMS besides the system's."""
+
+
+@dataclass(frozen=True, slots=True)
 class OcppSettings:
     host: str = "0.0.0.0"
     port: int = 9000
@@ -229,6 +249,7 @@ class OcppSettings:
     rate_limit_per_s: float = 50.0
     response_timeout_s: float = 10.0
     deadband_a: float = 1.0
+    upstream: UpstreamSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,10 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
         status = self.link.authorize_status()
         existing = self.link.transaction_id
         tx = int(existing) if existing is not None and existing.isdigit() else next(_TX_IDS)
+        answer = self.link.upstream_answer
+        if answer is not None:  # local controller mode: the CSMS's answer decides, with its id
+            tx = int(answer.get("transactionId", tx))
+            status = str((answer.get("idTagInfo") or {}).get("status", AuthorizationStatus.invalid))
         if status == AuthorizationStatus.accepted:
             self.link.transaction_started(str(tx))
             self.link.emit(SessionStarted(self.link.charger_id, self.link.now(), transaction_id=str(tx),

@@ -35,6 +35,7 @@ from adapters.ocpp.handlers201 import ChargePoint201
 from adapters.ocpp.loglimit import LimitedLogger, LogLimiter
 from adapters.ocpp.meter import MeterReader
 from adapters.ocpp.pusher import Pusher
+from adapters.ocpp.upstream import Relay, UpstreamHub
 from balancer.events import ChargerOffline, ChargerSchedule, Event, MeterSample
 from balancer.model import Charger, Config
 
@@ -74,8 +75,15 @@ class FrameGuard:
         self.rate = rate_per_s
         self.tokens = rate_per_s * 2
         self.stamp = time.monotonic()
+        self.relay: Relay | None = None
+        """Local controller mode: the charger's link to the CSMS, which sees every frame both ways."""
 
     async def send(self, message: str) -> None:
+        if self.relay is not None:
+            held = self.relay.outbound(message)
+            if held is None:
+                return
+            message = held
         if message.startswith("[4"):  # the package refusing a CALL (schema, missing handler)
             self.link.server.counters["bad_frames"] += 1
             message = translate_error(self.link.protocol, message)
@@ -167,6 +175,8 @@ class ChargerLink:
         self.pusher = Pusher(self)
         self.meter = MeterReader(self)
         self.status = "unknown"
+        self.upstream_answer: dict[str, Any] | None = None
+        """Local controller mode: the CSMS's answer to the charger's call the handlers now observe."""
 
     @property
     def ocpp_logger(self) -> LimitedLogger:
@@ -192,6 +202,8 @@ class ChargerLink:
             log.exception("event handler failed for %r", event)
 
     def authorize_status(self) -> str:
+        if self.server.upstream is not None:  # asked only while the CSMS cannot answer (ocpp/upstream.py)
+            return "Accepted" if self.server.upstream.settings.offline_authorize == "accept" else "Invalid"
         return "Accepted" if self.server.config.ocpp.authorize == "accept_all" else "Blocked"
 
     def booted(self) -> None:
@@ -241,6 +253,8 @@ class OcppServer:
         self.quiet.set()
         self.read_back_slots = asyncio.Semaphore(READ_BACKS_AT_ONCE)
         """How many composite-schedule read-backs may be in flight across all chargers."""
+        self.upstream = UpstreamHub(self) if config.ocpp.upstream is not None else None
+        """Local controller mode (DESIGN 3.11): chargers forwarded to the operator's CSMS."""
 
     def _update_links(self, config: Config) -> None:
         for site in config.sites:
@@ -285,6 +299,8 @@ class OcppServer:
                 await ws.close()
         for link in self.links.values():
             link.pusher.cancel()
+        if self.upstream is not None:
+            await self.upstream.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -331,6 +347,8 @@ class OcppServer:
         cp = cls(charger_id, guard, link, response_timeout=ocpp.response_timeout_s)
         link.cp = cp
         link.connected = True
+        relay = self.upstream.attach(link, guard, request.headers.get("Authorization")) if self.upstream else None
+        guard.relay = relay
         # ChargerOnline comes from the pusher once the charger has booted (or shown it is
         # registered already) and its capabilities are read: no profile before (Pusher.on_boot).
         link.pusher.on_connect()
@@ -338,7 +356,8 @@ class OcppServer:
             while True:
                 raw = await guard.recv()
                 try:
-                    await cp.route_message(raw)
+                    if relay is None or await relay.inbound(raw):
+                        await cp.route_message(raw)
                 except Exception as exc:  # nothing a charger sends may end the loop
                     self.log_limiter.log(log, logging.WARNING, charger_id, "failed", "charger %s: message failed: %r",
                                          charger_id, exc)
@@ -348,6 +367,8 @@ class OcppServer:
             pass
         finally:
             self._sockets.discard(ws)
+            if relay is not None:
+                await relay.close()
             if link.cp is cp:
                 link.connected = False
                 link.pusher.on_disconnect()
@@ -379,5 +400,6 @@ class OcppServer:
         link = self.links.get(charger_id)
         if link is None:
             return {}
+        upstream = {} if self.upstream is None else self.upstream.status(charger_id)
         return {"connected": link.connected, "protocol": link.protocol, "transaction_id": link.transaction_id,
-                **link.pusher.status()}
+                **link.pusher.status(), **upstream}

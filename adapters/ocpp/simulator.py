@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -102,16 +103,19 @@ class Misbehaviour:
 class _WsConnection:
     """The ``recv``/``send`` object the ``ocpp`` package needs, over an aiohttp client websocket."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, wire: deque[tuple[str, str]]) -> None:
         self.ws = ws
+        self.wire = wire
 
     async def recv(self) -> str:
         msg = await self.ws.receive()
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise ConnectionResetError("websocket closed")
+        self.wire.append(("in", str(msg.data)))
         return str(msg.data)
 
     async def send(self, message: str) -> None:
+        self.wire.append(("out", message))
         await self.ws.send_str(message)
 
 
@@ -236,6 +240,9 @@ class SimulatedCharger:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
+        self.wire: deque[tuple[str, str]] = deque(maxlen=2000)
+        """The last frames on the wire, ("out" or "in", frame as sent or received): what a
+        protocol analyser would show, for tests of what reaches the CSMS unchanged."""
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -275,7 +282,7 @@ class SimulatedCharger:
                                             auth=auth, heartbeat=30.0, max_msg_size=0) as ws:
             if ws.protocol != self.protocol:
                 raise ConnectionError(f"server did not accept {self.protocol}")
-            connection = _WsConnection(ws)
+            connection = _WsConnection(ws, self.wire)
             cls = _Client16 if self.protocol == "ocpp1.6" else _Client201
             self._cp = cls(self.charger_id, connection, self)
             if not self.validate:
@@ -473,6 +480,24 @@ class SimulatedCharger:
                 meter_value=[self._meter_value(now)]))
             await self._cp.call(call201.StatusNotification(timestamp=_iso(now), connector_status="Available",
                                                            evse_id=1, connector_id=1))
+
+    def remote_start_status(self) -> str:
+        """Accepted when a car is plugged in (or due) and no transaction runs: it starts now."""
+        ok = self.car is not None and self.transaction_id is None and not self.done and not self._starting
+        return "Accepted" if ok else "Rejected"
+
+    def remote_start(self) -> None:
+        if self.remote_start_status() == "Accepted" and self.car is not None:
+            now = self.clock()
+            if self.car.arrival > now:
+                self.car.arrival = now  # the next tick starts the transaction
+
+    def remote_stop_status(self, transaction_id: str) -> str:
+        return "Accepted" if self.transaction_id is not None and self.transaction_id == transaction_id else "Rejected"
+
+    async def remote_stop(self, transaction_id: str) -> None:
+        if self.transaction_id is not None and self.transaction_id == transaction_id:
+            await self._stop_transaction(self.clock(), "Remote")
 
     def _sampled(self) -> list[dict[str, Any]]:
         car = self.car
@@ -708,11 +733,19 @@ class _Client16(Cp16):  # type: ignore[misc]
 
     @on(Action16.remote_start_transaction)
     async def remote_start(self, id_tag: str, **kw: Any) -> Any:
-        return result16.RemoteStartTransaction(status="Rejected")
+        return result16.RemoteStartTransaction(status=self.sim.remote_start_status())
+
+    @after(Action16.remote_start_transaction)
+    async def remote_started(self, id_tag: str, **kw: Any) -> None:
+        self.sim.remote_start()
 
     @on(Action16.remote_stop_transaction)
     async def remote_stop(self, transaction_id: int) -> Any:
-        return result16.RemoteStopTransaction(status="Rejected")
+        return result16.RemoteStopTransaction(status=self.sim.remote_stop_status(str(transaction_id)))
+
+    @after(Action16.remote_stop_transaction)
+    async def remote_stopped(self, transaction_id: int) -> None:
+        await self.sim.remote_stop(str(transaction_id))
 
     @on(Action16.reset)
     async def reset(self, type: str) -> Any:
@@ -802,11 +835,19 @@ class _Client201(Cp201):  # type: ignore[misc]
 
     @on(Action201.request_start_transaction)
     async def remote_start(self, id_token: dict[str, Any], remote_start_id: int, **kw: Any) -> Any:
-        return result201.RequestStartTransaction(status="Rejected")
+        return result201.RequestStartTransaction(status=self.sim.remote_start_status())
+
+    @after(Action201.request_start_transaction)
+    async def remote_started(self, id_token: dict[str, Any], remote_start_id: int, **kw: Any) -> None:
+        self.sim.remote_start()
 
     @on(Action201.request_stop_transaction)
     async def remote_stop(self, transaction_id: str, **kw: Any) -> Any:
-        return result201.RequestStopTransaction(status="Rejected")
+        return result201.RequestStopTransaction(status=self.sim.remote_stop_status(transaction_id))
+
+    @after(Action201.request_stop_transaction)
+    async def remote_stopped(self, transaction_id: str, **kw: Any) -> None:
+        await self.sim.remote_stop(transaction_id)
 
     @on(Action201.reset)
     async def reset(self, type: str, **kw: Any) -> Any:
