@@ -386,7 +386,9 @@ class Controller:
                 continue
             charger = self.site.chargers[i]
             remaining = state.remaining_wh()
-            max_a = min(charger.max_current_a, state.car_max_a or charger.max_current_a)
+            max_a = charger.max_current_a if state.car_max_a is None else min(charger.max_current_a, state.car_max_a)
+            if max_a <= 0:
+                continue  # a car that says it takes 0 A holds no capacity in anyone's plan
             phases = charger.phases if state.car_phases is None else min(state.car_phases, charger.phases)
             if remaining is None:
                 # Unknown needs: the car wants its maximum until the horizon (DESIGN 4).

@@ -413,7 +413,53 @@ def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
             charging[j] = True
         x[cols] += delta
         np.subtract.at(headroom, rows, np.repeat(delta, np.diff(seg)))
+        if left_wh > 1e-6 and not np.any(x[cols] > 0.0) and model.need_wh[s] <= float(np.max(mins * wh)) + 1e-6:
+            _seat_small_need(model, x, headroom, cols)
     return x
+
+
+def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: IntArray) -> None:
+    """A need smaller than one slot at the minimum (a 0.5 kWh car: 1.035 kWh is one slot at 6 A on
+    three phases) can only be met by a current the car takes for part of a slot: the LP plans it
+    below the minimum and zeroing loses all of it, for the car's whole stay. Give it one slot at
+    its minimum (it stops drawing when full, and the allocator hands out what it leaves): the
+    earliest slot with room for it; else the earliest slot where the other cars on its nodes can
+    give way without going below their own minimum (their spare current above it, largest first).
+    Lowering never breaks a limit; the raise uses only what is then free. In place."""
+    hi = model.col_hi[: model.n_x]
+    ptr, idx = model.load.indptr, model.load.indices
+    by_row = model.load.tocsr()
+    need_a = model.min_a[cols]
+    fits = [c for c, m in zip(cols, need_a, strict=True) if hi[c] >= m and
+            np.all(headroom[idx[ptr[c]: ptr[c + 1]]] >= m - 1e-9)]
+    candidates = fits[:1] if fits else [c for c in cols if hi[c] >= model.min_a[c]]
+    for c in candidates:
+        rows = idx[ptr[c]: ptr[c + 1]]
+        trial_x, trial_room = x.copy(), headroom.copy()
+        ok = True
+        for r in rows:
+            deficit = model.min_a[c] - trial_room[r]
+            others = by_row.indices[by_row.indptr[r]: by_row.indptr[r + 1]]
+            others = others[(others != c) & (trial_x[others] > 0.0)]
+            spare = trial_x[others] - model.min_a[others]
+            for o in others[np.argsort(-spare, kind="stable")]:
+                if deficit <= 1e-9:
+                    break
+                give = min(float(trial_x[o] - model.min_a[o]), deficit)
+                if give <= 1e-9:
+                    break
+                trial_x[o] -= give
+                trial_room[idx[ptr[o]: ptr[o + 1]]] += give
+                deficit -= give
+            if deficit > 1e-9:
+                ok = False
+                break
+        if ok:
+            trial_x[c] = model.min_a[c]
+            trial_room[rows] -= model.min_a[c]
+            x[:] = trial_x
+            headroom[:] = trial_room
+            return
 
 
 def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession], start: datetime,
