@@ -12,8 +12,16 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      fall by ``FAIR_STEP`` each, so a Wh that fills a car's first segment is worth more than one
      topping up another car's last: shortfall is spread max-min fairly to 1/8 of the need, and a
      Wh of total energy always outweighs the at most ``8 * FAIR_STEP`` gained by moving it;
-  3. earlier delivery: a bonus of at most ``EARLY_BONUS`` per Wh, larger in earlier slots (in a
-     large model only within the slots decided one by one, see Resolution below).
+     The first ``PROTECT_SEGMENTS`` segments (the protected share, 1/8 of the need) weigh
+     ``PROTECT_WEIGHT`` (3.5) times more: an ampere of a short phase gives a three-phase car three
+     times the Wh it gives a single-phase car, so without it a single-phase car on the binding
+     phase is planned 0 Wh. Bound: a protected Wh is bought with at most ``PROTECT_WEIGHT - 1``
+     Wh of other cars' energy, and only where the trade is that uneven;
+  3. earlier delivery: a bonus of at most ``2 * EARLY_BONUS`` per phase-ampere-hour, larger in
+     earlier slots (in a large model only within the slots decided one by one, see Resolution
+     below), times the car's urgency ``1 + 1 / (1 + laxity in hours)``: per Wh it would hand the
+     early slots of a short phase to the three-phase cars, whatever their laxity.
+A need below one slot at the minimum current is given one slot at its minimum (``meet_minimums``).
 (A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
 max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)
 
@@ -68,7 +76,13 @@ FAIR_SEGMENTS = 8
 FAIR_STEP = 1e-2
 """Extra weight per segment: small enough that total energy always wins, big enough to spread."""
 EARLY_BONUS = 1e-3
-"""Weight of energy delivered in the first slot versus the last: the last tie-breaker."""
+"""Weight of a phase-ampere-hour delivered in the first slot versus the last: the last tie-breaker."""
+PROTECT_SEGMENTS = 1
+"""The first this many fairness segments of every car (``PROTECT_SEGMENTS / FAIR_SEGMENTS`` of its
+need, the protected share) weigh ``PROTECT_WEIGHT`` times more than energy elsewhere."""
+PROTECT_WEIGHT = 3.5
+"""More than 3: an ampere of a short phase gives a three-phase car three times the energy it gives
+a single-phase car, and below 3 the protected share of a single-phase car would still be traded."""
 HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
@@ -182,8 +196,11 @@ def _session_arrays(topology: Topology, sessions: Sequence[PlanSession], start: 
     slots = np.arange(n_slots, dtype=np.float64)
     coverage = np.clip(np.minimum(leave[:, None], slots + 1) - np.maximum(arrive[:, None], slots), 0.0, 1.0)
     energy = np.array([max(0.0, s.energy_wh) for s in sessions], dtype=np.float64)
+    stay_h = coverage.sum(axis=1) * slot_s / 3600.0
+    full_w = np.maximum(max_a * phases * voltage_v, 1e-9)
+    laxity_h = np.maximum(stay_h - energy / full_w, 0.0)
     return {"charger": charger, "max_a": max_a, "min_a": min_a, "phases": phases, "weight": weight,
-            "coverage": coverage, "energy": energy,
+            "coverage": coverage, "energy": energy, "urgency": 1.0 + 1.0 / (1.0 + laxity_h),
             "wh_per_a": phases[:, None] * voltage_v * (slot_s / 3600.0) * coverage}
 
 
@@ -296,11 +313,17 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     # decisions about to be carried out): distinct bonuses on every far hour cost the simplex twice
     # the iterations when every car is present, and each replan brings the far hours nearer.
     window = len(slot_block) if hourly_from is None else max(hourly_from, 1)
+    # Per phase-ampere (not per Wh: a Wh bonus gives the early slots of a short phase to the
+    # three-phase cars, three Wh for each ampere) and weighted by urgency, 2 for a car without
+    # laxity down to 1 for one with hours of it: among equals, the least laxity charges first.
     earliness = np.clip(1.0 - first_slot[t_idx] / max(window, 1), 0.0, 1.0)
+    urgency = np.asarray(arr["urgency"], dtype=np.float64)[s_idx]
+    per_phase = wh_per_a / np.maximum(arr["phases"][s_idx], 1)
+    protect = np.where(seg_rank < PROTECT_SEGMENTS, PROTECT_WEIGHT, 1.0)
     cost = np.concatenate([
-        EARLY_BONUS * earliness * wh_per_a / 1000.0,
+        EARLY_BONUS * earliness * urgency * per_phase / 1000.0,
         np.zeros(n_cap),
-        arr["weight"][seg_session] * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
+        arr["weight"][seg_session] * protect * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
     ])
     key_col = np.concatenate(key_cols)
     load = sp.csc_matrix((np.ones(len(key_col)), (key_row.ravel(), key_col)), shape=(n_cap, n_x))

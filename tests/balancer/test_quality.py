@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from balancer import plan as plan_module
 from balancer.control import Controller, slot_floor
 from balancer.events import ChargerOnline, NeedsUpdated, SessionStarted
 from balancer.model import Charger, Site
@@ -72,3 +73,35 @@ def test_a_small_need_next_to_a_car_that_fills_the_site_is_served_online() -> No
     replan(ctrl, T0)
     limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
     assert limits["CP0"] >= 6.0 and limits["CP0"] + limits["CP1"] <= 16.0 + 1e-9
+
+
+def one_and_three_phase(grid_limit_a: float = 16.0) -> Topology:
+    return Topology.from_site(small_site(grid_limit_a=grid_limit_a))
+
+
+def test_a_single_phase_car_on_the_short_phase_keeps_its_protected_share() -> None:
+    # 16 A per phase for 4 h: every ampere of L1 gives the three-phase car three times the energy,
+    # so energy first planned the single-phase car 0 Wh.
+    topo = one_and_three_phase()
+    sessions = [PlanSession("CP0", T0, T0 + timedelta(hours=4), 10000.0, phases=1),
+                PlanSession("CP1", T0, T0 + timedelta(hours=4), 44000.0)]
+    out = plan(topo, np.full((96, 3), 16.0), sessions, T0)
+    assert out.plan is not None
+    protected = 10000.0 * plan_module.PROTECT_SEGMENTS / plan_module.FAIR_SEGMENTS
+    # (less at most one slot at the 6 A minimum: a sliver below it cannot be given anywhere)
+    assert out.plan.planned_wh["CP0"] >= protected - 6.0 * 230.0 * 0.25
+    # ... and no more than that share is traded at 3:1.
+    assert out.plan.planned_wh["CP0"] <= protected + 500.0
+
+
+def test_the_car_with_less_laxity_charges_first_on_the_short_phase() -> None:
+    # The single-phase car needs 2 of its 4 hours at 16 A; the three-phase car 2.7 of its 8.
+    # Both can finish; a Wh-based earliness bonus put the three-phase car first (three Wh per
+    # ampere) and left the single-phase car just in time, where later arrivals take its window.
+    topo = one_and_three_phase()
+    sessions = [PlanSession("CP0", T0, T0 + timedelta(hours=4), 7360.0, phases=1),
+                PlanSession("CP1", T0, T0 + timedelta(hours=8), 30000.0)]
+    out = plan(topo, np.full((96, 3), 16.0), sessions, T0)
+    assert out.plan is not None
+    assert np.all(out.plan.limit_a[0, :8] == 16.0)
+    assert out.plan.planned_wh["CP0"] >= 7300.0 and out.plan.planned_wh["CP1"] >= 29900.0
