@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer.allocate import Allocation, AllocationRequest, allocate, node_load_a
+from balancer.churn import ChurnGuard, allocate_holding
 from balancer.events import (
     ChargerOffline,
     ChargerOnline,
@@ -189,8 +190,12 @@ class Controller:
         self.last_allocation: Allocation | None = None
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self._last_at: datetime | None = None
+        self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- configuration
+    def _churn_guard(self) -> ChurnGuard:
+        return ChurnGuard(self.topology.n_chargers, self.settings.min_pause_s, self.settings.min_charge_s)
+
     def _failsafe_limits(self) -> FloatArray:
         """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
         on all its phases; the allocator guarantees the sum respects fallback, connection, fuses."""
@@ -217,6 +222,7 @@ class Controller:
         self.failsafe_a = self._failsafe_limits()
         self.plan = None
         self._replan_due = True
+        self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- capacity
     def set_capacity(self, start: datetime, capacity_a: FloatArray, sources: list[str]) -> None:
@@ -572,7 +578,7 @@ class Controller:
             target_a=target, urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s,
         )
-        allocation = allocate(request)
+        allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
         self.last_allocation = allocation
         idle_limit = self._idle_limits(capacity, allocation.limit_a, mask)
         schedules: list[ChargerSchedule] = []

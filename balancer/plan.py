@@ -13,10 +13,11 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      topping up another car's last: shortfall is spread max-min fairly to 1/8 of the need, and a
      Wh of total energy always outweighs the at most ``8 * FAIR_STEP`` gained by moving it;
      The first ``PROTECT_SEGMENTS`` segments (the protected share, 1/8 of the need) weigh
-     ``PROTECT_WEIGHT`` (3.5) times more: an ampere of a short phase gives a three-phase car three
-     times the Wh it gives a single-phase car, so without it a single-phase car on the binding
-     phase is planned 0 Wh. Bound: a protected Wh is bought with at most ``PROTECT_WEIGHT - 1``
-     Wh of other cars' energy, and only where the trade is that uneven;
+     ``PROTECT_WEIGHT`` (3.5) divided by the car's phases times more (a single-phase car 3.5, a
+     three-phase car 1.17, so a priority of 2 still comes first): an ampere of a short phase
+     gives a three-phase car three times the Wh it gives a single-phase car, so without it a
+     single-phase car on the binding phase is planned 0 Wh. Bound: a protected Wh is bought with
+     at most ``PROTECT_WEIGHT - 1`` Wh of other cars' energy, only where the trade is that uneven;
   3. earlier delivery: a bonus of at most ``2 * EARLY_BONUS`` per phase-ampere-hour, larger in
      earlier slots (in a large model only within the slots decided one by one, see Resolution
      below), times the car's urgency ``1 + 1 / (1 + laxity in hours)``: per Wh it would hand the
@@ -319,7 +320,10 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     earliness = np.clip(1.0 - first_slot[t_idx] / max(window, 1), 0.0, 1.0)
     urgency = np.asarray(arr["urgency"], dtype=np.float64)[s_idx]
     per_phase = wh_per_a / np.maximum(arr["phases"][s_idx], 1)
-    protect = np.where(seg_rank < PROTECT_SEGMENTS, PROTECT_WEIGHT, 1.0)
+    # Per phase the car loads: 3.5 for a single-phase car, 1.17 for a three-phase one, so a
+    # protected share beats the 3:1 phase trade but not a priority of 2 or more.
+    protect = np.where(seg_rank < PROTECT_SEGMENTS,
+                       np.maximum(PROTECT_WEIGHT / np.maximum(arr["phases"][seg_session], 1), 1.0), 1.0)
     cost = np.concatenate([
         EARLY_BONUS * earliness * urgency * per_phase / 1000.0,
         np.zeros(n_cap),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from balancer import plan as plan_module
 from balancer.control import Controller, slot_floor
 from balancer.events import ChargerOnline, NeedsUpdated, SessionStarted
-from balancer.model import Charger, Site
+from balancer.model import Charger, ControlSettings, Site
 from balancer.plan import PlanSession, plan
 from balancer.topology import Topology
 
@@ -105,3 +106,40 @@ def test_the_car_with_less_laxity_charges_first_on_the_short_phase() -> None:
     assert out.plan is not None
     assert np.all(out.plan.limit_a[0, :8] == 16.0)
     assert out.plan.planned_wh["CP0"] >= 7300.0 and out.plan.planned_wh["CP1"] >= 29900.0
+
+
+def turn_taking_site(min_pause_s: float, min_charge_s: float) -> Controller:
+    # Room for one minimum (8 A, two cars of 6 A): the cars take turns every 60 s.
+    site = Site(id="s", voltage_v=230.0, grid_limit_a=8.0, fallback_kw=0.0, circuits=(), rotation_period_s=60.0,
+                chargers=tuple(Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0) for i in range(2)))
+    ctrl = Controller(site, ControlSettings(min_pause_s=min_pause_s, min_charge_s=min_charge_s))
+    ctrl.set_capacity(slot_floor(T0), np.full((96, 3), 8.0), ["forecast"] * 96)
+    start_cars(ctrl)
+    return ctrl
+
+
+def who_charges(ctrl: Controller, at: datetime) -> list[str]:
+    schedules = ctrl.decide(at)
+    assert sum(s.limit_a for s in schedules) <= 8.0 + 1e-9
+    return [s.charger_id for s in schedules if s.limit_a > 0]
+
+
+def test_cars_taking_turns_are_not_paused_before_min_charge_s() -> None:
+    steps = [T0 + timedelta(seconds=30 * k) for k in range(40)]  # 20 minutes, a decision every 30 s
+    churning = turn_taking_site(0.0, 0.0)
+    held = turn_taking_site(900.0, 900.0)
+    before = [who_charges(churning, t) for t in steps]
+    after = [who_charges(held, t) for t in steps]
+    switches = [sum(a != b for a, b in itertools.pairwise(seq)) for seq in (before, after)]
+    assert switches[0] >= 10  # a turn every minute
+    assert switches[1] == 1  # one turn in 20 minutes: after 15 minutes of charging
+    assert after[0] == after[29] != after[31]
+
+
+def test_a_held_minimum_that_no_longer_fits_gives_way_to_the_fuse() -> None:
+    ctrl = turn_taking_site(900.0, 900.0)
+    first = who_charges(ctrl, T0)
+    ctrl.set_capacity(slot_floor(T0), np.full((96, 3), 4.0), ["forecast"] * 96)
+    schedules = ctrl.decide(T0 + timedelta(seconds=30))
+    assert first and all(s.limit_a == 0 for s in schedules)
+    assert ctrl.last_allocation is not None and ctrl.last_allocation.status != "infeasible"
