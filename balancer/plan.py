@@ -78,9 +78,12 @@ FAIR_STEP = 1e-2
 """Extra weight per segment: small enough that total energy always wins, big enough to spread."""
 EARLY_BONUS = 1e-3
 """Weight of a phase-ampere-hour delivered in the first slot versus the last: the last tie-breaker."""
-PROTECT_SEGMENTS = 1
-"""The first this many fairness segments of every car (``PROTECT_SEGMENTS / FAIR_SEGMENTS`` of its
-need, the protected share) weigh ``PROTECT_WEIGHT`` times more than energy elsewhere."""
+EARLY_BY_URGENCY = True
+EARLY_PER_PHASE = True
+"""Earlier delivery per phase-ampere and weighted by urgency (True), or per Wh (False, before)."""
+PROTECT_SHARE = 1 / 16
+"""Of every car's whole request, this share is protected: it weighs ``PROTECT_WEIGHT`` divided by
+the car's phases times more than energy elsewhere (less what the car already got)."""
 PROTECT_WEIGHT = 3.5
 """More than 3: an ampere of a short phase gives a three-phase car three times the energy it gives
 a single-phase car, and below 3 the protected share of a single-phase car would still be traded."""
@@ -104,6 +107,9 @@ class PlanSession:
     min_current_a: float | None = None
     phases: int | None = None
     weight: float | None = None
+    requested_wh: float | None = None
+    """The session's whole request [Wh] (``energy_wh`` is what is left of it; None: the same):
+    its protected share is ``PROTECT_SHARE`` of this, less what it already got."""
 
 
 @dataclass(frozen=True)
@@ -197,11 +203,14 @@ def _session_arrays(topology: Topology, sessions: Sequence[PlanSession], start: 
     slots = np.arange(n_slots, dtype=np.float64)
     coverage = np.clip(np.minimum(leave[:, None], slots + 1) - np.maximum(arrive[:, None], slots), 0.0, 1.0)
     energy = np.array([max(0.0, s.energy_wh) for s in sessions], dtype=np.float64)
+    requested = np.array([e if s.requested_wh is None else max(s.requested_wh, e)
+                          for s, e in zip(sessions, energy, strict=True)], dtype=np.float64)
+    protected = np.clip(PROTECT_SHARE * requested - (requested - energy), 0.0, energy)
     stay_h = coverage.sum(axis=1) * slot_s / 3600.0
     full_w = np.maximum(max_a * phases * voltage_v, 1e-9)
     laxity_h = np.maximum(stay_h - energy / full_w, 0.0)
     return {"charger": charger, "max_a": max_a, "min_a": min_a, "phases": phases, "weight": weight,
-            "coverage": coverage, "energy": energy, "urgency": 1.0 + 1.0 / (1.0 + laxity_h),
+            "coverage": coverage, "energy": energy, "protected": protected, "urgency": 1.0 + 1.0 / (1.0 + laxity_h),
             "wh_per_a": phases[:, None] * voltage_v * (slot_s / 3600.0) * coverage}
 
 
@@ -294,22 +303,27 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     k = FAIR_SEGMENTS
     y0 = n_x
     g0 = n_x + n_cap
-    seg_session = np.repeat(np.arange(n_s), k)
-    seg_rank = np.tile(np.arange(k), n_s)
+    # Segment k + 1 of each session is its protected share (after the k fair segments' columns).
+    seg_session = np.concatenate([np.repeat(np.arange(n_s), k), np.arange(n_s)])
+    seg_rank = np.concatenate([np.tile(np.arange(k), n_s), np.full(n_s, -1)])
+    protected = np.asarray(arr["protected"], dtype=np.float64)
+    n_g = n_s * (k + 1)
     # Node rows: y - direct x - child y = 0.  Energy rows: sum_t e x - sum_j g_j = 0, where the
-    # k segments g_j <= need / k carry the session's energy (so never more than needed).
+    # protected share and k segments g_j <= (need - protected) / k carry the session's energy (so
+    # never more than needed).
     rows = np.concatenate([np.arange(n_cap), d_rows, parent_row, n_cap + s_idx, n_cap + seg_session])
     cols = np.concatenate([y0 + np.arange(n_cap), d_cols, y0 + child, np.arange(n_x),
-                           g0 + np.arange(n_s * k)])
+                           g0 + np.arange(n_g)])
     # Energy rows are written in kWh so that the objective's coefficients are of order 1: with
     # costs near 1e-7 the solver's dual tolerance (1e-7) would make any plan look optimal.
     vals = np.concatenate([np.ones(n_cap), -np.ones(len(d_cols)), -np.ones(len(child)), wh_per_a / 1000.0,
-                           -np.ones(n_s * k)])
-    a = sp.csc_matrix((vals, (rows, cols)), shape=(n_cap + n_s, n_x + n_cap + n_s * k))
+                           -np.ones(n_g)])
+    a = sp.csc_matrix((vals, (rows, cols)), shape=(n_cap + n_s, n_x + n_cap + n_g))
     row_lo = np.zeros(n_cap + n_s)
     row_hi = np.zeros(n_cap + n_s)
-    col_lo = np.zeros(n_x + n_cap + n_s * k)
-    col_hi = np.concatenate([arr["max_a"][s_idx], cap_hi, np.repeat(need / 1000.0 / k, k)])
+    col_lo = np.zeros(n_x + n_cap + n_g)
+    col_hi = np.concatenate([arr["max_a"][s_idx], cap_hi, np.repeat((need - protected) / 1000.0 / k, k),
+                             protected / 1000.0])
     # Earlier delivery: over the whole horizon, or in a large model over the fine slots only (the
     # decisions about to be carried out): distinct bonuses on every far hour cost the simplex twice
     # the iterations when every car is present, and each replan brings the far hours nearer.
@@ -318,11 +332,11 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     # three-phase cars, three Wh for each ampere) and weighted by urgency, 2 for a car without
     # laxity down to 1 for one with hours of it: among equals, the least laxity charges first.
     earliness = np.clip(1.0 - first_slot[t_idx] / max(window, 1), 0.0, 1.0)
-    urgency = np.asarray(arr["urgency"], dtype=np.float64)[s_idx]
-    per_phase = wh_per_a / np.maximum(arr["phases"][s_idx], 1)
+    urgency = np.asarray(arr["urgency"], dtype=np.float64)[s_idx] if EARLY_BY_URGENCY else 1.0
+    per_phase = wh_per_a / np.maximum(arr["phases"][s_idx], 1) if EARLY_PER_PHASE else wh_per_a
     # Per phase the car loads: 3.5 for a single-phase car, 1.17 for a three-phase one, so a
     # protected share beats the 3:1 phase trade but not a priority of 2 or more.
-    protect = np.where(seg_rank < PROTECT_SEGMENTS,
+    protect = np.where(seg_rank < 0,
                        np.maximum(PROTECT_WEIGHT / np.maximum(arr["phases"][seg_session], 1), 1.0), 1.0)
     cost = np.concatenate([
         EARLY_BONUS * earliness * urgency * per_phase / 1000.0,
