@@ -87,6 +87,13 @@ the car's phases times more than energy elsewhere (less what the car already got
 PROTECT_WEIGHT = 3.5
 """More than 3: an ampere of a short phase gives a three-phase car three times the energy it gives
 a single-phase car, and below 3 the protected share of a single-phase car would still be traded."""
+MIP_MAX_PAIRS = 30_000
+"""The minimum-current MIP runs on models of at most this many (session, block) pairs: 300 cars
+present for 24 h in a large model's blocks (8 slots, then hours), more with shorter stays."""
+MIP_MAX_S = 1.0
+"""At most this long [s] for the MIP of one plan (and never past the plan's budget)."""
+MIP_GAIN_WH = 10.0
+"""The MIP's plan replaces the post-processed one only when it delivers this much more [Wh]."""
 HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
@@ -389,7 +396,8 @@ def _solve_highs(model: LpModel, cost: FloatArray, col_hi: FloatArray, row_lo: F
     return "error", None, f"HiGHS: {h.modelStatusToString(status)}"
 
 
-def _solve(model: LpModel, method: str, deadline: float) -> tuple[str, FloatArray | None, str]:
+def _solve(model: LpModel, method: str, deadline: float,
+           mip_s: float | None = None) -> tuple[str, FloatArray | None, str]:
     """Solve once, then make every planned current 0 or at least the minimum (module docstring)."""
     if method in ("ipm", "simplex"):
         solve = _solve_highs
@@ -399,7 +407,102 @@ def _solve(model: LpModel, method: str, deadline: float) -> tuple[str, FloatArra
                            deadline - time.perf_counter())
     if v is None:
         return status, None, msg
-    return "optimal", meet_minimums(model, v[: model.n_x]), ""
+    x = meet_minimums(model, v[: model.n_x])
+    mip_s = min(MIP_MAX_S if mip_s is None else mip_s, deadline - time.perf_counter())
+    if mip_s >= 0.05 and model.n_x <= MIP_MAX_PAIRS:
+        x = improve_with_mip(model, x, mip_s)
+    return "optimal", x, ""
+
+
+def _weighted_wh(model: LpModel, x: FloatArray) -> float:
+    """Priority-weighted energy of currents ``x`` (n_x,), each session's counted up to its need."""
+    got = np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=len(model.need_wh))
+    return float(model.weight @ np.minimum(got, model.need_wh))
+
+
+def improve_with_mip(model: LpModel, x: FloatArray, budget_s: float) -> FloatArray:
+    """The minimum currents as a MIP (HiGHS branch and bound, time-bounded), started from the
+    post-processed plan ``x``: a binary per current, ``min z <= x <= max z``, the LP's rows and
+    objective otherwise. Its plan is taken only if it is feasible and delivers more priority-
+    weighted energy than ``x``; a need below one slot at the minimum is then seated again (the
+    MIP cannot serve it within its need). Every failure returns ``x`` unchanged.
+    """
+    import highspy
+
+    n_x = model.n_x
+    n_col = model.a.shape[1]
+    n_s = len(model.need_wh)
+    hi = model.col_hi[:n_x]
+    eye = sp.identity(n_x, format="csc")
+    rest = sp.csc_matrix((n_x, n_col - n_x))
+    a = sp.vstack([sp.hstack([model.a, sp.csc_matrix((model.a.shape[0], n_x))]),
+                   sp.hstack([eye, rest, -sp.diags(model.min_a)]),
+                   sp.hstack([eye, rest, -sp.diags(hi)])]).tocsc()
+    inf = highspy.kHighsInf
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("log_to_console", False)
+    h.setOptionValue("time_limit", max(budget_s, 0.01))
+    h.setOptionValue("mip_rel_gap", 1e-4)
+    lp = highspy.HighsLp()
+    lp.num_col_ = n_col + n_x
+    lp.num_row_ = a.shape[0]
+    lp.col_cost_ = np.concatenate([model.cost, np.zeros(n_x)])
+    lp.col_lower_ = np.concatenate([model.col_lo, np.zeros(n_x)])
+    lp.col_upper_ = np.concatenate([model.col_hi, np.ones(n_x)])
+    lp.row_lower_ = np.concatenate([model.row_lo, np.zeros(n_x), np.full(n_x, -inf)])
+    lp.row_upper_ = np.concatenate([model.row_hi, np.full(n_x, inf), np.zeros(n_x)])
+    lp.sense_ = highspy.ObjSense.kMaximize
+    lp.integrality_ = [highspy.HighsVarType.kContinuous] * n_col + [highspy.HighsVarType.kInteger] * n_x
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.indptr
+    lp.a_matrix_.index_ = a.indices
+    lp.a_matrix_.value_ = a.data
+    try:
+        h.passModel(lp)
+        start = _mip_start(model, x)
+        if start is not None:
+            sol = highspy.HighsSolution()
+            sol.col_value = np.concatenate([start, (x > 0).astype(np.float64)]).tolist()
+            h.setSolution(sol)
+        h.run()
+        info = h.getInfo()
+        if info.primal_solution_status != 2:  # kSolutionStatusFeasible
+            return x
+        mip_x = np.asarray(h.getSolution().col_value, dtype=np.float64)[:n_x]
+    except Exception:  # the MIP is an improvement, never a failure of the plan
+        return x
+    mip_x = np.where(mip_x >= model.min_a - 1e-6, np.minimum(mip_x, hi), 0.0)
+    headroom = model.cap_a - model.load @ mip_x
+    if np.any(headroom < -1e-6):
+        return x
+    first = np.searchsorted(model.col_session, np.arange(n_s + 1))
+    for s in range(n_s):
+        cols = np.arange(first[s], first[s + 1])
+        if len(cols) and not np.any(mip_x[cols] > 0) and model.need_wh[s] > 0 and \
+                model.need_wh[s] <= float(np.max(model.min_a[cols] * model.wh_per_a[cols])) + 1e-6:
+            _seat_small_need(model, mip_x, headroom, cols)
+    # (a few Wh are rounding: the MIP stops within a gap, where the earlier-delivery tie-break is lost)
+    return mip_x if _weighted_wh(model, mip_x) > _weighted_wh(model, x) + MIP_GAIN_WH else x
+
+
+def _mip_start(model: LpModel, x: FloatArray) -> FloatArray | None:
+    """Every column of the LP for currents ``x``: node flows, then energy in the segments (the
+    protected share first, then the fair segments in order); None if ``x`` plans more than a need
+    (a seated small need), which the MIP's rows do not allow."""
+    n_s = len(model.need_wh)
+    k = FAIR_SEGMENTS
+    energy_kwh = np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s) / 1000.0
+    g0 = model.n_x + len(model.cap_a)
+    seg_hi = model.col_hi[g0: g0 + n_s * k].reshape(n_s, k)
+    protected_hi = model.col_hi[g0 + n_s * k:]
+    if np.any(energy_kwh > seg_hi.sum(axis=1) + protected_hi + 1e-9):
+        return None
+    protected = np.minimum(energy_kwh, protected_hi)
+    left = energy_kwh - protected
+    before = np.cumsum(seg_hi, axis=1) - seg_hi
+    segs = np.clip(left[:, None] - before, 0.0, seg_hi)
+    return np.concatenate([x, model.load @ x, segs.ravel(), protected])
 
 
 def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
@@ -505,11 +608,14 @@ def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: 
 
 def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession], start: datetime,
          *, slot_s: int = 900, budget_s: float = 2.0, solver: str = "highs-simplex",
-         voltage_v: float | None = None, fine_slots: int | None = FINE_SLOTS) -> SolveOutcome:
+         voltage_v: float | None = None, fine_slots: int | None = FINE_SLOTS,
+         mip_s: float | None = None) -> SolveOutcome:
     """Plan ``len(capacity_a)`` slots from ``start`` for ``sessions``; never raises on solver trouble.
 
     capacity_a : (n_slots, 3) [A] connection capacity in force per slot and phase (NaN counts as 0)
     fine_slots : slots decided one by one in a large model before hourly decisions (None: all)
+    mip_s : at most this long for the minimum-current MIP (``improve_with_mip``; None:
+        ``MIP_MAX_S``; 0: post-processing only), never past ``budget_s``
     """
     started = time.perf_counter()
     deadline = started + budget_s
@@ -533,7 +639,7 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
         return SolveOutcome("error", None, solver, 0.0, f"unknown solver {solver!r}")
     used = solver
     try:
-        status, x, message = _solve(model, method, deadline)
+        status, x, message = _solve(model, method, deadline, mip_s)
     except Exception as exc:  # a solver crash must leave the allocator in charge, not kill the caller
         status, x, message = "error", None, f"{solver} failed: {exc!r}"
     if x is None and status == "error" and method != "pulp-cbc":

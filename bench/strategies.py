@@ -121,7 +121,10 @@ def lp_plus_allocator(p: Present, guard: Any = None) -> np.ndarray:
                                     phases=int(p.phases[i]), **extra))
     target = None
     if sessions:
-        outcome = plan(topo, p.capacity_ahead, sessions, slot_start, budget_s=5.0)
+        # Without the minimum-current MIP (``mip_s`` 0, where the checkout knows it): 288 replans a
+        # day at up to MIP_MAX_S each; bench/quality_mip.py measures what it adds.
+        mip = {"mip_s": 0.0} if "mip_s" in plan.__code__.co_varnames else {}
+        outcome = plan(topo, p.capacity_ahead, sessions, slot_start, budget_s=5.0, **mip)
         if outcome.plan is not None:
             target = np.where(p.here, outcome.plan.first_slot(), np.nan)
     if guard is not None:
