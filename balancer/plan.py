@@ -18,10 +18,12 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      gives a three-phase car three times the Wh it gives a single-phase car, so without it a
      single-phase car on the binding phase is planned 0 Wh. Bound: a protected Wh is bought with
      at most ``PROTECT_WEIGHT - 1`` Wh of other cars' energy, only where the trade is that uneven;
-  3. earlier delivery: a bonus of at most ``2 * EARLY_BONUS`` per phase-ampere-hour, larger in
-     earlier slots (in a large model only within the slots decided one by one, see Resolution
-     below), times the car's urgency ``1 + 1 / (1 + laxity in hours)``: per Wh it would hand the
-     early slots of a short phase to the three-phase cars, whatever their laxity.
+  3. earlier delivery: a bonus of at most ``2 * EARLY_BONUS`` per Wh, larger in earlier slots (in
+     a large model only within the slots decided one by one, see Resolution below), times the
+     car's urgency ``1 + 1 / (1 + laxity in hours)``: among cars that can all finish, the least
+     laxity charges first (per Wh alone it was a tie the solver broke). Counting it per
+     phase-ampere instead (so that a single-phase car would come first on a short phase) was
+     measured and lost energy and completed sessions (bench/README.md): ``EARLY_PER_PHASE``.
 A need below one slot at the minimum current is given one slot at its minimum (``meet_minimums``).
 (A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
 max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)
@@ -77,10 +79,11 @@ FAIR_SEGMENTS = 8
 FAIR_STEP = 1e-2
 """Extra weight per segment: small enough that total energy always wins, big enough to spread."""
 EARLY_BONUS = 1e-3
-"""Weight of a phase-ampere-hour delivered in the first slot versus the last: the last tie-breaker."""
+"""Weight of a Wh delivered in the first slot versus the last: the last tie-breaker."""
 EARLY_BY_URGENCY = True
-EARLY_PER_PHASE = True
-"""Earlier delivery per phase-ampere and weighted by urgency (True), or per Wh (False, before)."""
+"""Earlier delivery weighted by the car's urgency (module docstring); False: as before, not."""
+EARLY_PER_PHASE = False
+"""Earlier delivery per phase-ampere instead of per Wh: measured worse, kept for the benchmark."""
 PROTECT_SHARE = 1 / 16
 """Of every car's whole request, this share is protected: it weighs ``PROTECT_WEIGHT`` divided by
 the car's phases times more than energy elsewhere (less what the car already got)."""
@@ -335,9 +338,8 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     # decisions about to be carried out): distinct bonuses on every far hour cost the simplex twice
     # the iterations when every car is present, and each replan brings the far hours nearer.
     window = len(slot_block) if hourly_from is None else max(hourly_from, 1)
-    # Per phase-ampere (not per Wh: a Wh bonus gives the early slots of a short phase to the
-    # three-phase cars, three Wh for each ampere) and weighted by urgency, 2 for a car without
-    # laxity down to 1 for one with hours of it: among equals, the least laxity charges first.
+    # Weighted by urgency, 2 for a car without laxity down to 1 for one with hours of it: among
+    # equals, the least laxity charges first.
     earliness = np.clip(1.0 - first_slot[t_idx] / max(window, 1), 0.0, 1.0)
     urgency = np.asarray(arr["urgency"], dtype=np.float64)[s_idx] if EARLY_BY_URGENCY else 1.0
     per_phase = wh_per_a / np.maximum(arr["phases"][s_idx], 1) if EARLY_PER_PHASE else wh_per_a
