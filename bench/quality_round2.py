@@ -57,7 +57,9 @@ def worker(args: argparse.Namespace) -> None:
     pause, _, charge = (args.churn or "").partition(",")
     churn = {} if args.churn is None else {"min_pause_s": float(pause), "min_charge_s": float(charge or pause)}
     strategies.FACTORIES["our LP + allocator"] = lambda: strategies.make_lp_plus_allocator(**churn)
-    for variant, scale in (("normal", 1.0), ("tight", args.tight)):
+    for variant, scale, sleepy in (("normal", 1.0, 0.0), ("tight", args.tight, 0.0), ("sleepy", 1.0, args.sleepy)):
+        if variant == "sleepy" and not sleepy:
+            continue
         for kind in args.sites.split(","):
             for seed in range(1, args.seeds + 1):
                 base = generate(kind, seed)
@@ -65,7 +67,7 @@ def worker(args: argparse.Namespace) -> None:
                 requested = sum(c.energy_wh for c in day.cars)
                 bound = upper_bound_wh(day, args.step_s) / requested
                 for name in names:
-                    r = simulate(day, name, step_s=args.step_s)
+                    r = simulate(day, name, step_s=args.step_s, sleepy_share=sleepy)
                     print(json.dumps({"variant": variant, "site": kind, "seed": seed, "strategy": name,
                                       "bound": bound, "balancer": plan_module.__file__, **r}), flush=True)
 
@@ -74,7 +76,7 @@ def run_worker(root: str, label: str, strategy_names: str, args: argparse.Namesp
                churn: str | None = None, extra: list[str] | None = None) -> list[dict[str, Any]]:
     cmd = [sys.executable, __file__, "--worker", "--root", root, "--strategies", strategy_names,
            "--seeds", str(args.seeds), "--step-s", str(args.step_s), "--tight", str(args.tight),
-           "--sites", args.sites]
+           "--sites", args.sites, "--sleepy", str(args.sleepy)]
     if churn is not None:
         cmd += ["--churn", churn]
     for item in extra or []:
@@ -115,15 +117,16 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
             "pushes_per_car": float(sum(r["pushes_per_car"] * r["cars"] for r in rs) / cars),
             "violations": float(sum(r["violations"] for r in rs)),
             "limits_between_0_and_min": float(sum(r["limits_between_0_and_min"] for r in rs)),
+            "asleep": float(sum(r.get("asleep", 0.0) for r in rs)),
         }
     return out
 
 
 def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -> str:
     lines = ["| variant | site | strategy | vs bound (mean / min) | completed | worst car (min / mean) "
-             "| pauses / car | resumes / car | pushes / car | violations | 0<limit<min |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for variant in ("normal", "tight"):
+             "| pauses / car | resumes / car | pushes / car | cars asleep | violations | 0<limit<min |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant in ("normal", "tight", "sleepy"):
         for site in SITES:
             for name in order:
                 a = agg.get((variant, site, name))
@@ -133,7 +136,8 @@ def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -
                     f"| {variant} | {site} | {name} | {100 * a['vs_bound_mean']:.2f} / {100 * a['vs_bound_min']:.2f} % "
                     f"| {a['completed']:.0f} / {a['cars']:.0f} | {100 * a['worst_car_min']:.1f} / "
                     f"{100 * a['worst_car_mean']:.1f} % | {a['pauses_per_car']:.2f} | {a['resumes_per_car']:.2f} "
-                    f"| {a['pushes_per_car']:.2f} | {a['violations']:.0f} | {a['limits_between_0_and_min']:.0f} |")
+                    f"| {a['pushes_per_car']:.2f} | {a['asleep']:.0f} | {a['violations']:.0f} "
+                    f"| {a['limits_between_0_and_min']:.0f} |")
     return "\n".join(lines)
 
 
@@ -142,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--step-s", type=int, default=300)
     parser.add_argument("--tight", type=float, default=0.8)
+    parser.add_argument("--sleepy", type=float, default=0.2, help="share of cars that fall asleep at a pause (0: no such variant)")
     parser.add_argument("--sites", default=",".join(SITES))
     parser.add_argument("--baseline-rev", default="main")
     parser.add_argument("--set", action="append", help="planner constant for this checkout, e.g. PROTECT_SHARE=0")
@@ -160,7 +165,8 @@ def main() -> None:
     rows += run_worker(str(REPO), no_churn, "our LP + allocator", args, churn="0", extra=args.set)
     rows += run_worker(export(args.baseline_rev), today, "our LP + allocator", args)
     agg = aggregate(rows)
-    print(f"seeds 1-{args.seeds}, control step {args.step_s} s, tight = {args.tight:.0%} of the capacity\n")
+    print(f"seeds 1-{args.seeds}, control step {args.step_s} s, tight = {args.tight:.0%} of the capacity, "
+          f"sleepy = {args.sleepy:.0%} of the cars fall asleep at a pause\n")
     print(table(agg, [*CLASSIC, today, no_churn, ours]))
     print()
     print(json.dumps({"|".join(k): v for k, v in agg.items()}))

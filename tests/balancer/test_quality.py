@@ -127,13 +127,21 @@ def who_charges(ctrl: Controller, at: datetime) -> list[str]:
 def test_cars_taking_turns_are_not_paused_before_min_charge_s() -> None:
     steps = [T0 + timedelta(seconds=30 * k) for k in range(40)]  # 20 minutes, a decision every 30 s
     churning = turn_taking_site(0.0, 0.0)
-    held = turn_taking_site(900.0, 900.0)
+    held = turn_taking_site(0.0, 900.0)
     before = [who_charges(churning, t) for t in steps]
     after = [who_charges(held, t) for t in steps]
     switches = [sum(a != b for a, b in itertools.pairwise(seq)) for seq in (before, after)]
     assert switches[0] >= 10  # a turn every minute
     assert switches[1] == 1  # one turn in 20 minutes: after 15 minutes of charging
     assert after[0] == after[29] != after[31]
+
+
+def test_a_paused_car_stays_paused_for_min_pause_s() -> None:
+    ctrl = turn_taking_site(900.0, 0.0)
+    seq = [who_charges(ctrl, T0 + timedelta(seconds=30 * k)) for k in range(40)]
+    # The first turn comes after a minute; the car it paused may not take it back for 15 minutes.
+    switches = [k for k in range(1, 40) if seq[k] != seq[k - 1]]
+    assert switches[0] == 2 and all(k >= 32 for k in switches[1:])
 
 
 def test_a_held_minimum_that_no_longer_fits_gives_way_to_the_fuse() -> None:
