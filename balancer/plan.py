@@ -32,8 +32,10 @@ Minimum currents (a car stops below ~6 A) are met by post-processing, ``meet_min
 values between 0 and the minimum are set to 0 and each car gets the energy it lost back where the
 plan leaves headroom (its other slots, up to its maximum and every node's capacity; an empty slot
 at the minimum, paid for by lowering its other slots). Lowering a current never breaks a capacity
-and the top-up only uses what is left, so the plan stays feasible; the energy still lost is the
-price of not solving a MIP within 2 s. (A first version
+and the top-up only uses what is left, so the plan stays feasible. Then ``improve_with_mip``
+solves the minimum currents as a MIP started from that plan, for at most ``MIP_MAX_S`` within the
+budget, on models of up to ``MIP_MAX_PAIRS`` pairs, and keeps its plan only when it delivers
+``MIP_GAIN_WH`` more (``mip_s=0``: post-processing only). (A first version
 re-solved the LP with the sub-minimum slots fixed at 0: that doubled the time, a warm start from
 the first basis did not help at 1,000 sessions, and it planned no more energy, see
 bench/README.md.)
