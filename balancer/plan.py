@@ -92,9 +92,11 @@ the car's phases times more than energy elsewhere (less what the car already got
 PROTECT_WEIGHT = 3.5
 """More than 3: an ampere of a short phase gives a three-phase car three times the energy it gives
 a single-phase car, and below 3 the protected share of a single-phase car would still be traded."""
-MIP_MAX_PAIRS = 30_000
-"""The minimum-current MIP runs on models of at most this many (session, block) pairs: 300 cars
-present for 24 h in a large model's blocks (8 slots, then hours), more with shorter stays."""
+MIP_MAX_PAIRS = 2_000
+"""The minimum-current MIP runs on models of at most this many (session, block) pairs (about 20
+cars present all day; the 40-charger example of ``balancer plan`` has 1,532): on 40-300 chargers
+1 s of branch and bound found nothing better than the post-processing, which was within 0.4 % of
+a 30 s MIP already (bench/README.md), so larger models are not given the CPU."""
 MIP_MAX_S = 1.0
 """At most this long [s] for the MIP of one plan (and never past the plan's budget)."""
 MIP_GAIN_WH = 10.0
