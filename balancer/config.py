@@ -272,6 +272,8 @@ _CONTROL = {
     "planner_budget_s": _Field("number", default=2.0, positive=True),
     "plan_horizon_h": _Field("int", default=24, positive=True),
     "plan_fine_h": _Field("number", default=2.0, positive=True),
+    "min_pause_s": _Field("number", default=0.0, non_negative=True),
+    "min_charge_s": _Field("number", default=1800.0, non_negative=True),
 }
 _TOP = {
     "sites": _Field("any", required=True),

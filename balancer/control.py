@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer.allocate import Allocation, AllocationRequest, allocate, code_number, node_load_a
+from balancer.churn import ChurnGuard, allocate_holding
 from balancer.events import (
     ChargerOffline,
     ChargerOnline,
@@ -207,8 +208,12 @@ class Controller:
         self._reason_changes: dict[str, tuple[ReasonKey, Limit]] = {}
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self._last_at: datetime | None = None
+        self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- configuration
+    def _churn_guard(self) -> ChurnGuard:
+        return ChurnGuard(self.topology.n_chargers, self.settings.min_pause_s, self.settings.min_charge_s)
+
     def _failsafe_limits(self) -> FloatArray:
         """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
         on all its phases; the allocator guarantees the sum respects fallback, connection, fuses."""
@@ -235,6 +240,7 @@ class Controller:
         self.failsafe_a = self._failsafe_limits()
         self.plan = None
         self._replan_due = True
+        self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- capacity
     def set_capacity(self, start: datetime, capacity_a: FloatArray, sources: list[str]) -> None:
@@ -411,7 +417,9 @@ class Controller:
                 continue
             charger = self.site.chargers[i]
             remaining = state.remaining_wh()
-            max_a = min(charger.max_current_a, state.car_max_a or charger.max_current_a)
+            max_a = charger.max_current_a if state.car_max_a is None else min(charger.max_current_a, state.car_max_a)
+            if max_a <= 0:
+                continue  # a car that says it takes 0 A holds no capacity in anyone's plan
             phases = charger.phases if state.car_phases is None else min(state.car_phases, charger.phases)
             if remaining is None:
                 # Unknown needs: the car wants its maximum until the horizon (DESIGN 4).
@@ -602,7 +610,7 @@ class Controller:
             target_a=target, urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
         )
-        allocation = allocate(request)
+        allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
         self.last_allocation, self.allocated_ids = allocation, topo.charger_ids
         idle_limit = self._idle_limits(capacity, allocation.limit_a, mask)
         schedules: list[ChargerSchedule] = []

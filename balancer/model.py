@@ -333,6 +333,8 @@ class ControlSettings:
     planner_budget_s: float = 2.0
     plan_horizon_h: int = 24
     plan_fine_h: float = 2.0
+    min_pause_s: float = 0.0
+    min_charge_s: float = 1800.0
 
     @property
     def plan_fine_slots(self) -> int:
