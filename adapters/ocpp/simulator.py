@@ -16,12 +16,7 @@ read-only values refused). A 2.0.1 session: StatusNotification Occupied, then Tr
 Started with seqNo 0, Updated 1, 2, ..., Ended, then StatusNotification Available. Switchable
 misbehaviours show how a CSMS copes: rejecting 0 A, ignoring profiles, rejecting TxProfile,
 rejecting every profile, never answering the CSMS's calls, dropping the connection, answering
-late; ``drop_connection()`` closes the websocket now (it reconnects with back-off, keeping its
-profiles and its transaction, as a real charger does). For checks from the charger's side, each
-charger logs every profile it accepted in full with its arrival time (``accepted_log``), every
-ClearChargingProfile it applied (``clear_log``) and its sessions (``session_log``);
-``held_limit_at(t)`` replays them to tell what it held at any instant. Used by the tests, the
-benchmarks (``bench/chaos.py``), ``balancer demo`` and ``balancer simulate``.
+late. Used by the tests, the benchmarks, ``balancer demo`` and ``balancer simulate``.
 """
 
 from __future__ import annotations
@@ -201,7 +196,14 @@ class ProfileStore:
 
 
 class SimulatedCharger:
-    """One charger with (optionally) a car, connected to ``url``/``charger_id``."""
+    """One charger with (optionally) a car, connected to ``url``/``charger_id``.
+
+    ``drop_connection()`` closes the websocket now (it reconnects with back-off, keeping its
+    profiles and its transaction, as a real charger does). For checks from the charger's side it
+    logs every profile it accepted in full with its arrival time (``accepted_log``), every
+    ClearChargingProfile it applied (``clear_log``) and its sessions (``session_log``);
+    ``held_limit_at(t)`` replays them to tell what it held at any instant (``bench/chaos.py``).
+    """
 
     def __init__(self, charger_id: str, url: str, *, protocol: str = "ocpp1.6", car: SimCar | None = None,
                  clock: Callable[[], datetime] = utc_now, password: str | None = None, max_current_a: float = 32.0,
@@ -223,6 +225,10 @@ class SimulatedCharger:
         self.misbehaviour = misbehaviour or Misbehaviour()
         self.store = ProfileStore()
         self.profile_log: list[dict[str, Any]] = []
+        self.draw_log: list[tuple[datetime, float]] = []
+        self.energy_wh = 0.0
+        self.session_wh = 0.0
+        self.draw_a = 0.0
         self.accepted_log: list[AcceptedProfile] = []
         """Every profile accepted, in arrival order, in full (schedules, start, stack level)."""
         self.clear_log: list[tuple[datetime, str | None, int | None]] = []
@@ -231,10 +237,6 @@ class SimulatedCharger:
         self.drops = 0
         """Connections closed by ``drop_connection`` (or ``drop_every_s``)."""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self.draw_log: list[tuple[datetime, float]] = []
-        self.energy_wh = 0.0
-        self.session_wh = 0.0
-        self.draw_a = 0.0
         self.transaction_id: str | None = None
         self._starting = False
         self.done = False
@@ -526,14 +528,14 @@ class SimulatedCharger:
 
     async def _stop_transaction(self, now: datetime, reason: str) -> None:
         tx = self.transaction_id
-        self.transaction_id = None
-        self.done = True
-        self.draw_a = 0.0
-        self.draw_log.append((self.clock(), 0.0))
-        self.store.drop_tx()
         if self.session_log and self.session_log[-1].stopped_at is None:
             self.session_log[-1].stopped_at = self.clock()
             self.session_log[-1].reason = reason
+        self.draw_log.append((self.clock(), 0.0))
+        self.transaction_id = None
+        self.done = True
+        self.draw_a = 0.0
+        self.store.drop_tx()
         if self.protocol == "ocpp1.6":
             await self._cp.call(call16.StopTransaction(meter_stop=int(self.energy_wh), timestamp=_iso(now),
                                                        transaction_id=int(tx or 0), reason=reason))
@@ -609,12 +611,12 @@ class SimulatedCharger:
             record["result"] = "Rejected"
         else:
             self.store.install(evse, profile)
-            self.accepted_log.append(AcceptedProfile(record["at"], evse, profile))
             record["result"] = "Accepted"
             # A charger enforces an accepted limit at once (its PWM signal), not at the next tick
             # of this simulation: else a decrease accepted before an increase could still be drawn
             # after the increase, which no charger does.
             self._advance(self.clock())
+            self.accepted_log.append(AcceptedProfile(record["at"], evse, profile))
         self.profile_log.append(record)
         if record["result"] == "Rejected":
             self.rejected_calls += 1
