@@ -196,11 +196,18 @@ def held_timeline(sim: SimulatedCharger, end: float) -> list[tuple[float, float]
 
 
 def held_vs_capacity(sims: list[SimulatedCharger], steps: list[tuple[float, float]], start: float,
-                     end: float) -> dict[str, Any]:
-    """Excess of the per-phase sum of what the chargers hold over the capacity in force."""
+                     end: float, obedient_only: bool = False) -> dict[str, Any]:
+    """Excess of the per-phase sum of what the chargers hold over the capacity in force.
+
+    ``obedient_only``: leave out the chargers that ignore, reject or never answer profiles, so
+    what remains is the service's own pushes (an increase sent before a decrease shows here),
+    not a draw it could only learn from meter values."""
     decreases = [t for (t, v), (_, before) in zip(steps[1:], steps, strict=False) if v < before - 1e-9]
     changes: list[tuple[float, int, float]] = []
     for i, sim in enumerate(sims):
+        m = sim.misbehaviour
+        if obedient_only and (m.ignores_profiles or m.rejects_profiles or m.silent):
+            continue
         changes.extend((t, i, v) for t, v in held_timeline(sim, end))
     marks = sorted({t for t, _ in steps} | set(decreases) | {d + WINDOW_S for d in decreases} | {start, end})
     changes.sort()
@@ -742,6 +749,7 @@ class Chaos:
     def summarise(self, end: float, final_health: dict[str, Any]) -> dict[str, Any]:
         steps = self.timeline.capacity_steps(self.grid_a, self.fallback_a, end)
         safety = held_vs_capacity(self.sims, steps, self.t0, end)
+        own = held_vs_capacity(self.sims, steps, self.t0, end, obedient_only=True)
         kinds = {"ignores_profiles": sum(1 for s in self.sims if s.misbehaviour.ignores_profiles),
                  "rejects_profiles": sum(1 for s in self.sims if s.misbehaviour.rejects_profiles),
                  "silent": sum(1 for s in self.sims if s.misbehaviour.silent)}
@@ -779,7 +787,13 @@ class Chaos:
                          "max_a": round(max(levels), 1) if levels else None},
             "held_above_capacity": {"outside_5s_after_decrease": safety["outside_5s_after_decrease"],
                                     "within_5s_after_decrease": safety["within_5s_after_decrease"],
-                                    "worst_episodes_outside": safety["worst_episodes_outside"]},
+                                    "worst_episodes_outside": safety["worst_episodes_outside"],
+                                    "obedient_chargers_only": {
+                                        "outside_5s_after_decrease": own["outside_5s_after_decrease"],
+                                        "within_5s_after_decrease": own["within_5s_after_decrease"],
+                                        "worst_episodes_outside": own["worst_episodes_outside"][:4],
+                                        "decreases_reached_within_5s": [own["decreases"]["reached_within_5s"],
+                                                                        own["decreases"]["total"]]}},
             "decreases": safety["decreases"],
             "kills": self.report["kills"],
             "sigterms": self.report["sigterms"],
