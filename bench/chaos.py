@@ -757,6 +757,11 @@ class Chaos:
         accepted = sum(len(s.accepted_log) for s in self.sims)
         sessions = sum(len(s.session_log) for s in self.sims)
         levels = [v for _, v in steps]
+        # Sessions of obedient chargers that began before the charger held any profile of ours
+        # (it may draw its maximum until the first one arrives).
+        bare = [round(rec.started_at.timestamp() - self.t0, 2) for sim in self.sims for rec in sim.session_log
+                if not (sim.misbehaviour.silent or sim.misbehaviour.rejects_profiles)
+                and not any(a.at <= rec.started_at for a in sim.accepted_log)]
         mismatches = []
         for sim in self.sims:
             if sim.misbehaviour.ignores_profiles or sim.misbehaviour.rejects_profiles or sim.misbehaviour.silent:
@@ -802,6 +807,7 @@ class Chaos:
             "full_disk": self.report.get("full_disk"),
             "large_forecasts": self.report.get("large_forecasts"),
             "grid_posts": dict(sorted(self.forecast_statuses.items())),
+            "sessions_started_before_any_profile": {"count": len(bare), "at_s": sorted(bare)[:10]},
             "profiles_accepted": accepted,
             "profiles_accepted_per_charger_hour": round(accepted / max(len(self.sims), 1) / max(hours, 1e-9), 1),
             "profiles_rejected": sum(s.rejected_calls for s in self.sims),
