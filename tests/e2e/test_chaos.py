@@ -20,8 +20,9 @@ SHORT = Options(chargers=36, duration_s=45.0, storm_size=18, forecast_every_s=(2
                 offline_after_heartbeats=4.0, meter_interval_s=5.0, ignores=1, rejects=1, silent=1,
                 tmpfs_size="16m", silent_grid_s=12.0, full_disk_s=5.0)
 
-FANOUT = ("issue 11 items 1 and 10 (increases before decreases; a charger that refuses profiles or stays silent "
-          "is not compensated): fixed on branch fanout; flip to a plain test after merging it")
+FANOUT = ("issue 11 items 1 and 10 (increases before decreases; a charger that refuses, ignores or never answers "
+          "profiles is not compensated): branch fanout works on them; strict, so once this passes it fails as "
+          "XPASS and must become a plain assertion")
 
 
 @pytest.fixture(scope="module")
