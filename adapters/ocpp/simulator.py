@@ -49,7 +49,7 @@ from ocpp.v201.enums import Action as Action201
 from adapters.clock import utc_now
 from adapters.ocpp.routing import after, on
 
-__all__ = ["Fleet", "Misbehaviour", "SimCar", "SimulatedCharger"]
+__all__ = ["AcceptedProfile", "Fleet", "Misbehaviour", "SessionRecord", "SimCar", "SimulatedCharger"]
 
 log = logging.getLogger(__name__)
 VOLTAGE_V = 230.0
@@ -98,6 +98,25 @@ class Misbehaviour:
     """The first this many TxProfiles are answered with a CALLERROR (InternalError): transient trouble."""
     watts_only: bool = False
     """Takes only W-unit schedules (reported as such by GetConfiguration/GetVariables); A is Rejected."""
+
+
+@dataclass(frozen=True)
+class AcceptedProfile:
+    """A SetChargingProfile the charger accepted: when it arrived, for which EVSE, the profile in full."""
+
+    at: datetime
+    evse: int
+    profile: dict[str, Any]
+
+
+@dataclass
+class SessionRecord:
+    """One transaction as the charger saw it (``stopped_at`` None while it runs)."""
+
+    transaction_id: str
+    started_at: datetime
+    stopped_at: datetime | None = None
+    reason: str | None = None
 
 
 class _WsConnection:
@@ -183,7 +202,14 @@ class ProfileStore:
 
 
 class SimulatedCharger:
-    """One charger with (optionally) a car, connected to ``url``/``charger_id``."""
+    """One charger with (optionally) a car, connected to ``url``/``charger_id``.
+
+    ``drop_connection()`` closes the websocket now (it reconnects with back-off, keeping its
+    profiles and its transaction, as a real charger does). For checks from the charger's side it
+    logs every profile it accepted in full with its arrival time (``accepted_log``), every
+    ClearChargingProfile it applied (``clear_log``) and its sessions (``session_log``);
+    ``held_limit_at(t)`` replays them to tell what it held at any instant (``bench/chaos.py``).
+    """
 
     def __init__(self, charger_id: str, url: str, *, protocol: str = "ocpp1.6", car: SimCar | None = None,
                  clock: Callable[[], datetime] = utc_now, password: str | None = None, max_current_a: float = 32.0,
@@ -213,6 +239,14 @@ class SimulatedCharger:
         self.energy_wh = 0.0
         self.session_wh = 0.0
         self.draw_a = 0.0
+        self.accepted_log: list[AcceptedProfile] = []
+        """Every profile accepted, in arrival order, in full (schedules, start, stack level)."""
+        self.clear_log: list[tuple[datetime, str | None, int | None]] = []
+        """Every ClearChargingProfile applied: (arrival, purpose, profile id)."""
+        self.session_log: list[SessionRecord] = []
+        self.drops = 0
+        """Connections closed by ``drop_connection`` (or ``drop_every_s``)."""
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.transaction_id: str | None = None
         self._starting = False
         self.done = False
@@ -283,6 +317,7 @@ class SimulatedCharger:
             if ws.protocol != self.protocol:
                 raise ConnectionError(f"server did not accept {self.protocol}")
             connection = _WsConnection(ws, self.wire)
+            self._ws = ws
             cls = _Client16 if self.protocol == "ocpp1.6" else _Client201
             self._cp = cls(self.charger_id, connection, self)
             if not self.validate:
@@ -297,6 +332,45 @@ class SimulatedCharger:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
+
+    async def drop_connection(self) -> bool:
+        """Close the websocket now (a network blip); the charger reconnects with back-off.
+
+        Installed profiles and the running transaction survive, as on a real charger. False when
+        it was not connected.
+        """
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        self.drops += 1
+        await ws.close()
+        return True
+
+    def clear_profiles(self, purpose: str | None, profile_id: int | None) -> int:
+        """Apply a ClearChargingProfile (logged for ``held_limit_at``); how many were removed."""
+        self.clear_log.append((self.clock(), purpose, profile_id))
+        return self.store.clear(purpose, profile_id)
+
+    def held_limit_at(self, t: datetime) -> float | None:
+        """What the charger held at ``t`` [A per phase], replayed from its logs: the composite of
+        the profiles accepted and not cleared by then, with its transaction (if one ran at ``t``).
+        None: no profile applied (the charger may draw its maximum)."""
+        store = ProfileStore()
+        events: list[tuple[datetime, int, Any]] = [(a.at, 0, a) for a in self.accepted_log if a.at <= t]
+        events += [(at, 1, (purpose, pid)) for at, purpose, pid in self.clear_log if at <= t]
+        events += [(rec.stopped_at, 2, None) for rec in self.session_log
+                   if rec.stopped_at is not None and rec.stopped_at <= t]
+        for _, kind, item in sorted(events, key=lambda e: (e[0], e[1])):
+            if kind == 0:
+                store.install(item.evse, item.profile)
+            elif kind == 1:
+                store.clear(*item)
+            else:
+                store.drop_tx()
+        has_tx = any(rec.started_at <= t and (rec.stopped_at is None or t < rec.stopped_at)
+                     for rec in self.session_log)
+        phases = self.car.phases if self.car else 3
+        return store.limit_at(t, 1, has_tx, phases)
 
     async def _boot(self, reason: str = "PowerUp") -> None:
         self.boots += 1
@@ -378,6 +452,7 @@ class SimulatedCharger:
                 await self._heartbeat()
             drop = self.misbehaviour.drop_every_s
             if drop and asyncio.get_running_loop().time() - connected_at >= drop:
+                self.drops += 1
                 await ws.close()
                 return
             await asyncio.sleep(self.tick_s)
@@ -441,12 +516,14 @@ class SimulatedCharger:
             finally:
                 self._starting = False
             self.transaction_id = str(response.transaction_id)
+            self.session_log.append(SessionRecord(self.transaction_id, self.clock()))
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
         else:
             # Plugging in occupies the connector before the transaction starts (E02: cable first).
             await self._cp.call(call201.StatusNotification(timestamp=_iso(now), connector_status="Occupied",
                                                            evse_id=1, connector_id=1))
             self.transaction_id = f"{self.charger_id}-{next(self._tx_numbers)}-{int(now.timestamp())}"
+            self.session_log.append(SessionRecord(self.transaction_id, self.clock()))
             self._tx_seq = itertools.count(0)
             await self._cp.call(call201.TransactionEvent(
                 event_type="Started", timestamp=_iso(now), trigger_reason="CablePluggedIn", seq_no=next(self._tx_seq),
@@ -464,6 +541,10 @@ class SimulatedCharger:
 
     async def _stop_transaction(self, now: datetime, reason: str) -> None:
         tx = self.transaction_id
+        if self.session_log and self.session_log[-1].stopped_at is None:
+            self.session_log[-1].stopped_at = self.clock()
+            self.session_log[-1].reason = reason
+        self.draw_log.append((self.clock(), 0.0))
         self.transaction_id = None
         self.done = True
         self.draw_a = 0.0
@@ -568,6 +649,7 @@ class SimulatedCharger:
             # of this simulation: else a decrease accepted before an increase could still be drawn
             # after the increase, which no charger does.
             self._advance(self.clock())
+            self.accepted_log.append(AcceptedProfile(record["at"], evse, profile))
         self.profile_log.append(record)
         if record["result"] == "Rejected":
             self.rejected_calls += 1
@@ -692,7 +774,7 @@ class _Client16(Cp16):  # type: ignore[misc]
 
     @on(Action16.clear_charging_profile)
     async def clear_profile(self, **kw: Any) -> Any:
-        n = self.sim.store.clear(kw.get("charging_profile_purpose"), kw.get("id"))
+        n = self.sim.clear_profiles(kw.get("charging_profile_purpose"), kw.get("id"))
         return result16.ClearChargingProfile(status="Accepted" if n else "Unknown")
 
     @on(Action16.get_composite_schedule)
@@ -769,7 +851,7 @@ class _Client201(Cp201):  # type: ignore[misc]
     @on(Action201.clear_charging_profile)
     async def clear_profile(self, **kw: Any) -> Any:
         criteria = kw.get("charging_profile_criteria") or {}
-        n = self.sim.store.clear(criteria.get("charging_profile_purpose"), kw.get("charging_profile_id"))
+        n = self.sim.clear_profiles(criteria.get("charging_profile_purpose"), kw.get("charging_profile_id"))
         return result201.ClearChargingProfile(status="Accepted" if n else "Unknown")
 
     @on(Action201.get_composite_schedule)
