@@ -23,7 +23,8 @@ CONFIG = {"sites": [{"id": "depot", "grid_limit_a": 100, "fallback_kw": 10,
 
 
 def wait_up(url: str) -> None:
-    end = time.monotonic() + 20
+    # generous: a cold start (numpy, the planner worker) on a loaded 2-core machine took over 20 s once
+    end = time.monotonic() + 60
     while True:
         try:
             urllib.request.urlopen(url, timeout=1).close()
