@@ -23,6 +23,7 @@ __all__ = [
     "ProfileResult",
     "SessionStarted",
     "SessionStopped",
+    "SiteMeterReading",
     "Tick",
 ]
 
@@ -133,6 +134,17 @@ class ObedienceChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteMeterReading:
+    """The site meter at the grid connection (DESIGN 3.8): net current per *grid* phase [A], import
+    positive, export negative; None where the meter does not measure that phase. ``at`` is when it
+    was measured (the poll for Modbus, the pushed timestamp for HTTP)."""
+
+    site_id: str
+    at: datetime
+    current_a: tuple[float | None, float | None, float | None]
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """The clock moved on (the control interval, or a slot boundary)."""
 
@@ -149,6 +161,7 @@ Event = (
     | MeterSample
     | ProfileResult
     | ObedienceChanged
+    | SiteMeterReading
     | Tick
 )
 
