@@ -29,6 +29,7 @@ from adapters.config_file import load_config, placeholder_secrets
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.logs import setup_logging
+from adapters.meter.hub import MeterHub, meter_fields
 from adapters.metrics import charger_point, event_point, plan_points, site_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
@@ -121,6 +122,8 @@ class Service:
         self._adjusted: dict[str, datetime] = {}
         self._urgent = False
         self._persist_soon = asyncio.Event()
+        self.meters = MeterHub(config, self.controllers, self.store, now=now, urgent=self._capacity_changed,
+                               wake=self._wake.set)
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -130,7 +133,8 @@ class Service:
         app = web.Application(client_max_size=self.config.http.max_body_bytes)
         add_oscp_routes(app, self.fp)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
-                         listen_host=self.config.http.host, max_body_bytes=self.config.http.max_body_bytes)
+                         listen_host=self.config.http.host, max_body_bytes=self.config.http.max_body_bytes,
+                         meter_sink=self.meters, now=self.now)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
@@ -139,6 +143,7 @@ class Service:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         await self.ocpp.start()
+        await self.meters.start()
         if self.influx is not None:
             await self.influx.start()
         if self.oscp_client is not None:
@@ -160,6 +165,7 @@ class Service:
         for task in list(self._push_tasks):
             task.cancel()
         self._persist()
+        await self.meters.stop()
         await self.ocpp.stop()
         if self.oscp_client is not None:
             await self.oscp_client.stop()
@@ -452,6 +458,7 @@ class Service:
             self.controllers[site.id].reconfigure(site)
         self.ocpp.update_config(new)
         self.fp.update_config(new)
+        self._tasks.append(asyncio.ensure_future(self.meters.update_config(new)))
         self.config = new
         self.counters["config_reloads"] += 1
         log.info("config reloaded from %s", self.config_path)
@@ -490,6 +497,7 @@ class Service:
             "allocation_status": status.allocation_status,
             "plan_status": controller.plan_status,
             "plan_message": controller.plan_message,
+            **meter_fields(status),
             "chargers": chargers,
         }
 

@@ -67,12 +67,14 @@ class MeterTracker:
     last_at: datetime | None = None
     rejected: dict[str, int] = field(default_factory=dict)
     accepted: int = 0
+    last_rejection: str | None = None
+    """Why the most recent reading was refused, None when it was taken."""
     _same_value: tuple[float | None, ...] | None = None
     _same_since: datetime | None = None
 
     def update(self, current_a: tuple[float | None, float | None, float | None], at: datetime) -> str | None:
         """Take a reading; returns why it was refused (one of ``REJECT_REASONS``) or None."""
-        reason = self._implausible(current_a, at)
+        reason = self.last_rejection = self._implausible(current_a, at)
         if reason is not None:
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
             return reason
