@@ -47,7 +47,7 @@ from balancer.events import (
 )
 from balancer.model import ControlSettings, LimitSource, Site
 from balancer.plan import Plan, PlanSession, SolveOutcome
-from balancer.site_meter import MeterTracker, MeterView, charger_draw_a
+from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
@@ -90,6 +90,9 @@ class ChargerState:
     car_phases: int | None = None
     measured_a: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     measured_at: datetime | None = None
+    prev_measured_a: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """The measurement before ``measured_a``: with a site meter, what a charger drew before a meter
+    reading that is older than its last measurement is at most the lower of the two."""
     power_w: float | None = None
     soc_pct: float | None = None
     held_a: float = 0.0
@@ -357,7 +360,7 @@ class Controller:
                 for k, current in enumerate(event.current_a):
                     if current is not None:
                         grid["RST".index(charger.phase_rotation[k])] = max(0.0, current)
-            state.measured_a = grid
+            state.prev_measured_a, state.measured_a = state.measured_a, grid
             state.measured_at = event.at
             if charger.phases == 3 and state.car_phases is None:
                 drawing = [c for c in event.current_a if c is not None and c > 1.0]
@@ -536,10 +539,18 @@ class Controller:
         topo = self.topology
         measured = np.array([self.states[cid].measured_a for cid in topo.charger_ids],
                             dtype=np.float64).reshape(-1, 3)
+        meter_at = self.meter.last_at
+        newer = np.array([meter_at is not None and s.measured_at is not None and s.measured_at > meter_at
+                          for s in (self.states[cid] for cid in topo.charger_ids)], dtype=bool)
+        if newer.any():
+            # A car may have ramped up after the meter reading: subtract no more than it drew before.
+            previous = np.array([self.states[cid].prev_measured_a for cid in topo.charger_ids],
+                                dtype=np.float64).reshape(-1, 3)
+            measured = np.where(newer[:, None], np.minimum(measured, previous), measured)
         limits = np.array([self.states[cid].limit_a for cid in topo.charger_ids], dtype=np.float64)
         states = [self.states[cid] for cid in topo.charger_ids]
         usable = np.array([s.connected and s.measured_at is not None
-                           and abs((now - s.measured_at).total_seconds()) <= MEASUREMENT_FRESH_S
+                           and abs((now - s.measured_at).total_seconds()) <= CHARGER_MEASUREMENT_MAX_AGE_S
                            for s in states], dtype=bool)
         capped = np.array([s.obeys for s in states], dtype=bool)
         return self.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped))

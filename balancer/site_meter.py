@@ -24,6 +24,8 @@ import numpy.typing as npt
 from balancer.model import MeterSettings
 
 __all__ = [
+    "CHARGER_MEASUREMENT_MAX_AGE_S",
+    "NON_EV_STEP_A",
     "REJECT_REASONS",
     "MeterTracker",
     "MeterView",
@@ -34,6 +36,14 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
+CHARGER_MEASUREMENT_MAX_AGE_S = 900.0
+"""A charger's measurement older than this is not subtracted from the meter reading (its draw then
+counts as non-EV load). Chargers send MeterValues every 10 s to 15 min; the last one is the best
+estimate of what a charger in a session draws. Subtracting a stale one errs by at most what that
+charger is allowed (its limit stays allocated), and the next meter reading corrects it."""
+NON_EV_STEP_A = 1.0
+"""The non-EV load is rounded up to this step: a meter's jitter then does not move every charger's
+limit at every reading (each move is a profile push), and the rounding errs on the safe side."""
 REJECT_REASONS = ("not_a_number", "negative_beyond_limit", "frozen", "out_of_order")
 """Why a reading is refused (a label of ``balancer_meter_implausible_total``)."""
 
@@ -130,7 +140,7 @@ def non_ev_load_a(meter_a: FloatArray, charger_a: FloatArray, fallback_a: FloatA
     """Non-EV load per grid phase (3,) [A]: meter less chargers where the meter is fresh and measures
     the phase, the fallback elsewhere. Negative where local generation exports."""
     meter = np.asarray(meter_a, dtype=np.float64)
-    measured = np.asarray(meter - charger_a, dtype=np.float64)
+    measured = np.ceil((meter - charger_a) / NON_EV_STEP_A - 1e-9) * NON_EV_STEP_A
     usable = np.isfinite(meter) & fresh
     return np.where(usable, measured, np.asarray(fallback_a, dtype=np.float64))
 
@@ -149,8 +159,9 @@ def charger_draw_a(measured_a: FloatArray, limit_a: FloatArray, usable: npt.NDAr
 
     measured_a : (n, 3) [A] each charger's measured current per grid phase
     limit_a : (n,) [A] each charger's latest limit
-    usable : (n,) chargers whose measurement is fresh (the others count as non-EV load: their draw
-        is in the meter reading, so leaving it there errs on the safe side)
+    usable : (n,) connected chargers with a measurement at most ``CHARGER_MEASUREMENT_MAX_AGE_S``
+        old (the others count as non-EV load: their draw is in the meter reading, so leaving it
+        there errs on the safe side)
     capped : (n,) chargers that follow their limits: a measurement taken before a decrease landed
         counts only up to the new limit, so a charger still ramping down is never subtracted for
         more than it may draw (that would hide non-EV load)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -49,7 +50,7 @@ class MeterSimulator:
                  unit_id: int = 1, model_id: int = 203, voltage_v: float = 230.0,
                  profile: Callable[[datetime], float] | None = None,
                  chargers_a: Callable[[], Sequence[float]] | None = None,
-                 now: Callable[[], datetime] = utc_now) -> None:
+                 now: Callable[[], datetime] = utc_now, noise_a: float = 0.0, seed: int = 0) -> None:
         if meter_map not in ("sunspec", "sdm630"):
             raise ValueError(f"unknown meter map {meter_map!r} (sunspec, sdm630)")
         self.map = meter_map
@@ -59,6 +60,9 @@ class MeterSimulator:
         self.profile = profile
         self.chargers_a = chargers_a
         self.now = now
+        self.noise_a = noise_a
+        """Uniform noise on every phase [A], as a live meter's last digits move (0: exact values)."""
+        self._rng = random.Random(seed)
         self.mode = "ok"
         self.reads = 0
         self._server: ModbusTcpServer | None = None
@@ -71,7 +75,8 @@ class MeterSimulator:
             value = self.profile(self.now())
             base = [value, value, value]
         drawn = list(self.chargers_a()) if self.chargers_a is not None else [0.0, 0.0, 0.0]
-        return [None if b is None else b + d for b, d in zip(base, drawn, strict=True)]
+        noise = [self._rng.uniform(-self.noise_a, self.noise_a) if self.noise_a else 0.0 for _ in range(3)]
+        return [None if b is None else b + d + n for b, d, n in zip(base, drawn, noise, strict=True)]
 
     def registers(self) -> list[int]:
         if self.map == "sdm630":

@@ -140,7 +140,7 @@ async def test_http_push_validated_and_used(tmp_path: Path) -> None:
                 site = await resp.json()
             assert site["meter_fresh"] is True
             assert site["meter_a"] == [12.5, 13.0, -4.0]
-            assert site["non_ev_load_a"] == [12.5, 13.0, -4.0]  # no charger draws
+            assert site["non_ev_load_a"] == [13.0, 13.0, -4.0]  # no charger draws; rounded up to 1 A
             async with http.get(f"http://127.0.0.1:{service.http_port}/metrics", headers=AUTH) as resp:
                 text = await resp.text()
             assert 'balancer_meter_implausible_total{site="office",reason="negative_beyond_limit"} 1.0' in text
