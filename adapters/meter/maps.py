@@ -105,7 +105,16 @@ def _reg16(value: int) -> int:
 
 def encode_sunspec(current_a: Sequence[float | None], voltage_v: float = 230.0, model_id: int = 203,
                    a_sf: int = -2, w_sf: int = 0) -> list[int]:
-    """A whole SunSpec map from its base: SunS, common model 1, one meter model, end marker."""
+    """A whole SunSpec map from its base: SunS, common model 1, one meter model, end marker.
+
+    The scale factors grow (as a meter with a larger current transformer has them) until every
+    value fits an int16."""
+    largest = max((abs(c) for c in current_a if c is not None), default=0.0)
+    while largest / 10.0 ** a_sf > 32767 or largest * voltage_v / 10.0 ** w_sf > 32767:
+        if largest / 10.0 ** a_sf > 32767:
+            a_sf += 1
+        if largest * voltage_v / 10.0 ** w_sf > 32767:
+            w_sf += 1
     name = b"EVBalancer".ljust(32, b"\0")  # Mn, the manufacturer: 16 registers of 2 characters
     common = [name[2 * k] << 8 | name[2 * k + 1] for k in range(16)] + [0] * (COMMON_LENGTH - 16)
     body = [NOT_IMPLEMENTED] * METER_LENGTH

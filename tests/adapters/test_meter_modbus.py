@@ -99,3 +99,8 @@ async def test_poll_loop_survives_refused_connection_and_reconnects() -> None:
         await meter.stop()
     assert meter._task is None
     await asyncio.sleep(0)
+
+
+def test_sunspec_scale_factors_grow_for_large_currents() -> None:
+    body = encode_sunspec([1234.5, -800.0, 0.0])[2 + 2 + 66 + 2:]
+    assert decode_sunspec_meter(203, body) == pytest.approx((1234.5, -800.0, 0.0), abs=0.1)
