@@ -29,7 +29,7 @@ from adapters.config_file import load_config, placeholder_secrets
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.logs import setup_logging
-from adapters.meter.hub import MeterHub, meter_fields
+from adapters.meter.hub import MeterHub, meter_fields, meter_point
 from adapters.metrics import charger_point, event_point, plan_points, site_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
@@ -383,6 +383,9 @@ class Service:
             chargers_connected=sum(1 for c in status.chargers if c["connected"]),
             voltage_v=site.voltage_v,
         )]
+        metered = meter_point(site.id, now, status)
+        if metered is not None:
+            points.append(metered)
         for c in status.chargers:
             points.append(charger_point(
                 site.id, c["id"], now, protocol=c["protocol"] or "", limit_a=c["limit_a"],

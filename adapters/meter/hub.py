@@ -20,6 +20,7 @@ import numpy as np
 
 from adapters.meter.modbus import ModbusMeter
 from adapters.meter.push import MeterPushRefused
+from adapters.metrics import Point
 from adapters.prometheus import Family
 from adapters.store import StateStore
 from balancer.control import Controller, SiteStatus, slot_floor
@@ -27,7 +28,7 @@ from balancer.events import SiteMeterReading
 from balancer.model import Config
 from forecast.non_ev import forecast_non_ev
 
-__all__ = ["HISTORY_DAYS", "STEP_A", "MeterHub", "meter_fields"]
+__all__ = ["HISTORY_DAYS", "STEP_A", "MeterHub", "meter_fields", "meter_point"]
 
 log = logging.getLogger("balancer.meter")
 
@@ -49,6 +50,20 @@ def meter_fields(status: SiteStatus) -> dict[str, Any]:
     return {"meter_a": [None if np.isnan(x) else round(float(x), 2) for x in view.meter_a],
             "non_ev_load_a": [round(float(x), 2) for x in view.non_ev_load_a],
             "meter_fresh": bool(view.fresh)}
+
+
+def meter_point(site_id: str, at: datetime, status: SiteStatus) -> Point | None:
+    """The meter's fields of the InfluxDB ``site`` point (same series and time: InfluxDB merges them):
+    ``net_import_a_l1..3`` (the meter), ``non_ev_load_a_l1..3`` and ``meter_fresh``."""
+    view = status.meter
+    if view is None:
+        return None
+    point = Point("site").tag("site", site_id).time(at).field("meter_fresh", int(view.fresh))
+    for k in range(3):
+        if np.isfinite(view.meter_a[k]):
+            point = point.field(f"net_import_a_l{k + 1}", float(view.meter_a[k]))
+        point = point.field(f"non_ev_load_a_l{k + 1}", float(view.non_ev_load_a[k]))
+    return point
 
 
 class MeterHub:

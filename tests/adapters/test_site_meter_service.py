@@ -146,3 +146,42 @@ async def test_http_push_validated_and_used(tmp_path: Path) -> None:
             assert 'balancer_meter_implausible_total{site="office",reason="negative_beyond_limit"} 1.0' in text
     finally:
         await service.stop()
+
+
+async def test_meter_fields_reach_influxdb(tmp_path: Path) -> None:
+    from tests.servers import InfluxServer
+
+    server = InfluxServer(tmp_path / "influx").start()
+    try:
+        server.create_db("balancer")
+        raw = {"sites": [{"id": "office", "grid_limit_a": 100, "fallback_kw": 69,
+                          "meter": {"source": "http", "fallback_base_load_a": 30}}],
+               "ocpp": {"host": "127.0.0.1", "port": 0},
+               "http": {"host": "127.0.0.1", "port": 0, "admin_token": TOKEN},
+               "influxdb": {"url": server.url, "api": "v1", "database": "balancer", "flush_interval_s": 0.2},
+               "control": {"interval_s": 0.5}, "state_dir": str(tmp_path / "state")}
+        service = Service(parse_config(raw))
+        await service.start()
+        try:
+            url = f"http://127.0.0.1:{service.http_port}/api/v1/sites/office/meter"
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                for _ in range(6):
+                    body = {"current_a": [21, 22, -3], "timestamp": datetime.now(UTC).isoformat()}
+                    async with http.post(url, json=body) as resp:
+                        assert resp.status == 202
+                    await asyncio.sleep(0.3)
+
+            def rows() -> list[list[Any]]:
+                result = server.query("SELECT net_import_a_l1, non_ev_load_a_l3, meter_fresh, capacity_a_l1 "
+                                      "FROM site WHERE meter_fresh = 1", "balancer")
+                series = result["results"][0].get("series") or []
+                return series[0]["values"] if series else []
+
+            await wait_for(lambda: len(rows()) > 0, timeout=10)
+            _, net_l1, non_ev_l3, fresh, capacity = rows()[-1]
+            assert (net_l1, non_ev_l3, fresh) == (21.0, -3.0, 1)
+            assert capacity is not None  # merged into the same site point
+        finally:
+            await service.stop()
+    finally:
+        server.stop()
