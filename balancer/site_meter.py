@@ -81,6 +81,7 @@ class MeterTracker:
     """Why the most recent reading was refused, None when it was taken."""
     _same_value: tuple[float | None, ...] | None = None
     _same_since: datetime | None = None
+    _seen_at: datetime | None = None
 
     def update(self, current_a: tuple[float | None, float | None, float | None], at: datetime) -> str | None:
         """Take a reading; returns why it was refused (one of ``REJECT_REASONS``) or None."""
@@ -101,7 +102,9 @@ class MeterTracker:
         if self.last_at is not None and at < self.last_at:
             return "out_of_order"
         frozen_s = self.settings.frozen_after_s
-        if current_a != self._same_value:
+        gap = self._seen_at is not None and (at - self._seen_at).total_seconds() > self.settings.stale_after_s
+        self._seen_at = at
+        if current_a != self._same_value or gap:  # a gap in the readings starts a new run
             self._same_value, self._same_since = tuple(current_a), at
         elif frozen_s > 0 and self._same_since is not None and (at - self._same_since).total_seconds() >= frozen_s:
             # A live meter's currents move in their last digits; the same three values for this

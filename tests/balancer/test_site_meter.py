@@ -102,11 +102,12 @@ def test_implausible_readings_are_refused_and_counted() -> None:
     assert tracker.update((float("nan"), 1.0, 1.0), T0) == "not_a_number"
     assert tracker.update((-150.0, 1.0, 1.0), T0) == "negative_beyond_limit"
     assert tracker.update((-90.0, 1.0, 1.0), T0) is None
-    assert tracker.update((5.0, 5.0, 5.0), T0 + timedelta(seconds=1)) is None
-    assert tracker.update((5.0, 5.0, 5.0), T0 + timedelta(seconds=30)) is None
+    for s in range(1, 61, 5):
+        assert tracker.update((5.0, 5.0, 5.0), T0 + timedelta(seconds=s)) is None
     assert tracker.update((5.0, 5.0, 5.0), T0 + timedelta(seconds=61)) == "frozen"
-    assert not tracker.fresh(T0 + timedelta(seconds=41))  # the last accepted one was at +30 s
+    assert not tracker.fresh(T0 + timedelta(seconds=67))  # the last accepted one was at +56 s
     assert tracker.update((5.0, 5.0, 5.1), T0 + timedelta(seconds=62)) is None
+    assert tracker.update((5.0, 5.0, 5.1), T0 + timedelta(seconds=200)) is None  # after a gap: a new run
     assert tracker.rejected == {"not_a_number": 1, "negative_beyond_limit": 1, "frozen": 1}
 
 
