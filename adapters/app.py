@@ -92,11 +92,14 @@ class Service:
 
             self.influx = InfluxSink(config.influxdb, spill_dir=self.state_dir / "influx-spill")
         self.oscp_client: Any = None
+        self.meters = MeterHub(config, self.controllers, self.store, now=now, urgent=self._capacity_changed,
+                               wake=self._wake_soon)
         if config.oscp.capacity_provider is not None:
             from adapters.oscp.client import OscpClient
 
             self.oscp_client = OscpClient(config, self.store, now=now,
-                                          site_energy_wh=self._site_energy_wh)
+                                          site_energy_wh=self._site_energy_wh,
+                                          site_import_wh=self.meters.energy_wh)
             client = self.oscp_client
             self.fp.on_handshake = lambda body, request_id: client.handshake_acknowledge(request_id)
         self._wake = asyncio.Event()
@@ -122,8 +125,6 @@ class Service:
         self._adjusted: dict[str, datetime] = {}
         self._urgent = False
         self._persist_soon = asyncio.Event()
-        self.meters = MeterHub(config, self.controllers, self.store, now=now, urgent=self._capacity_changed,
-                               wake=self._wake.set)
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -200,6 +201,9 @@ class Service:
             # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
             # next interval step uses them; waking on each would re-decide the site back to back.
             return
+        self._wake.set()
+
+    def _wake_soon(self) -> None:
         self._wake.set()
 
     def _capacity_changed(self, site_id: str) -> None:

@@ -83,9 +83,14 @@ class MeterHub:
         self.errors: dict[tuple[str, str], int] = {}
         self._slot: dict[str, tuple[datetime, np.ndarray, int]] = {}
         self.history: dict[str, dict[datetime, list[float]]] = {}
+        self.import_wh: dict[str, float] = {}
+        """Net energy imported at the connection since the first reading, per site [Wh] (a register)."""
+        self._last: dict[str, tuple[datetime, np.ndarray]] = {}
         for site in config.sites:
             if site.meter is None:
                 continue
+            saved = store.get_json(f"meter_import_wh:{site.id}")
+            self.import_wh[site.id] = float(saved) if isinstance(saved, (int, float)) else 0.0
             self.history[site.id] = self._load_history(site.id)
             if site.meter.source == "modbus":
                 self.pollers[site.id] = ModbusMeter(site.id, site.meter, on_reading=self.on_reading,
@@ -144,6 +149,7 @@ class MeterHub:
                             event.site_id, list(event.current_a), reason, n)
             return reason
         self.readings[event.site_id] = self.readings.get(event.site_id, 0) + 1
+        self._integrate(controller, event)
         cap_now, _ = controller.capacity_now(event.at)
         view = controller.meter_now(event.at, cap_now)
         if view is not None:
@@ -157,6 +163,27 @@ class MeterHub:
                 elif np.any(change >= STEP_A):
                     self.wake()
         return None
+
+    def _integrate(self, controller: Controller, event: SiteMeterReading) -> None:
+        """Add the imported energy since the previous reading (trapezoid, import only, a gap longer
+        than ``stale_after_s`` adds nothing) to ``import_wh``."""
+        site = controller.site
+        assert site.meter is not None
+        current = np.array([np.nan if c is None else max(c, 0.0) for c in event.current_a], dtype=np.float64)
+        last = self._last.get(site.id)
+        self._last[site.id] = (event.at, current)
+        if last is None:
+            return
+        dt_s = (event.at - last[0]).total_seconds()
+        if not 0 < dt_s <= site.meter.stale_after_s:
+            return
+        mean_a = np.nan_to_num((current + last[1]) / 2.0, nan=0.0)
+        self.import_wh[site.id] = self.import_wh.get(site.id, 0.0) + float(mean_a.sum()) * site.voltage_v * dt_s / 3600
+        self.store.put_json(f"meter_import_wh:{site.id}", round(self.import_wh[site.id], 3), flush=False)
+
+    def energy_wh(self, site_id: str) -> float | None:
+        """The net import register of a site with a meter [Wh]; None without a meter."""
+        return self.import_wh.get(site_id)
 
     # ----------------------------------------------------------------- HTTP push (MeterSink)
     def push_settings(self, site_id: str) -> float:

@@ -50,3 +50,16 @@ def test_history_survives_a_restart_and_feeds_the_planner(tmp_path: Path) -> Non
     # Tuesday has no history yet: the fallback (no reading since the restart).
     np.testing.assert_allclose(values[13 * 4 + 4], [30.0] * 3)
     store.close()
+
+
+def test_net_import_register_and_total_measurement_to_the_grid_operator(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.sqlite")
+    hub, _ = hub_for(tmp_path, store, MONDAY)
+    assert hub.energy_wh("s") == 0.0
+    for k, load in enumerate((10.0, 10.0, -50.0, 20.0)):  # the export at k=2 is not import
+        hub.on_reading(SiteMeterReading("s", MONDAY + timedelta(seconds=5 * k), (load, load + 0.01 * k, load)))
+    # trapezoids over 5 s: 30 A to 30 A, 30 A to 0 A (export counts 0), 0 A to 60 A (three phases summed)
+    expected = (30.005 + 15.005 + 30.015) * 230 * 5 / 3600
+    assert abs((hub.energy_wh("s") or 0.0) - expected) < 0.01
+    assert hub.energy_wh("nope") is None
+    store.close()
