@@ -10,9 +10,12 @@ import numpy as np
 import yaml
 
 from adapters.influx import InfluxSink
+from adapters.meter.hub import meter_point
 from adapters.metrics import charger_point, event_point, plan_points, site_point
+from balancer.control import SiteStatus
 from balancer.model import InfluxSettings
 from balancer.plan import Plan
+from balancer.site_meter import MeterView
 from tests.dashboard import run_dashboard_queries
 from tests.servers import InfluxServer
 
@@ -32,6 +35,13 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
                                    allocated_a=[50, 48, 49], measured_a=[45, 44, 46], grid_online=k < 20,
                                    energy_requested_wh=50000,
                                    energy_delivered_wh=k * 1000.0, chargers_connected=2)])
+            view = MeterView(meter_a=np.array([70.0, 69.0, 71.0]), non_ev_load_a=np.array([25.0, 25.0, 25.0]),
+                             fresh=True, cut_a=np.array([26.0, 26.0, 26.0]))
+            status = SiteStatus("depot", t, (60, 60, 60), 41400, source, (50, 48, 49), (45, 44, 46), "ok", "optimal",
+                                (), meter=view)
+            metered = meter_point("depot", t, status)
+            assert metered is not None
+            sink.write([metered])
             sink.write([charger_point("depot", f"CP{i}", t, protocol="ocpp1.6", limit_a=16, measured_a=[15, 15, 15],
                                       power_w=10000, energy_wh=k * 500.0, soc_pct=40, state="charging",
                                       connected=True, obeys=True) for i in range(2)])
