@@ -8,9 +8,18 @@ STAMP := $(VENV)/.installed
 .PHONY: setup system-deps demo test lint bench clean
 
 system-deps:
-	@if ! command -v influxd >/dev/null || ! command -v victoria-metrics >/dev/null || ! command -v chromium >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb victoria-metrics chromium >/dev/null; \
+	@if ! command -v influxd >/dev/null || ! command -v victoria-metrics >/dev/null || ! command -v chromium >/dev/null \
+			|| ! command -v promtool >/dev/null || ! command -v npm >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb victoria-metrics chromium \
+			prometheus $$(command -v npm >/dev/null || echo nodejs npm) >/dev/null; \
 	fi
+
+# The third-party CSMS of the local controller tests (ocpp-rpc from npm, pinned by its lock file).
+CSMS_DIR := tests/e2e/ocpp_rpc_csms
+NPM_STAMP := $(CSMS_DIR)/node_modules/.installed
+$(NPM_STAMP): $(CSMS_DIR)/package-lock.json
+	cd $(CSMS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(NPM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/balancer demo
@@ -36,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/allocator.py && $(BIN)/python bench/planner.py && $(BIN)/python bench/oscp_forecasts.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CSMS_DIR)/node_modules

@@ -30,16 +30,34 @@ from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.logs import setup_logging
 from adapters.meter.hub import MeterHub, meter_fields, meter_point
-from adapters.metrics import charger_point, event_point, plan_points, site_point
+from adapters.metrics import (
+    charger_point,
+    event_point,
+    obedience_point,
+    plan_points,
+    service_point,
+    site_point,
+    wired_phases,
+)
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
 from adapters.planner_worker import planner_executor
 from adapters.prometheus import service_metrics_text
 from adapters.store import StateStore, private_dir
-from balancer.control import Controller, PlanRequest, SiteStatus, slot_floor
+from balancer.control import SLOT_S, Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
-from balancer.events import Event, MeterSample, NeedsUpdated, ProfileResult, SessionStarted, SessionStopped
+from balancer.events import (
+    Event,
+    LimitConfirmed,
+    MeterSample,
+    NeedsUpdated,
+    ObedienceChanged,
+    ProfileResult,
+    SessionStarted,
+    SessionStopped,
+)
+from balancer.grid_reports import adjust_blocks, compliance_problem, known_needs_wh
 from balancer.model import Config
 from balancer.plan import SolveOutcome, plan
 
@@ -84,6 +102,11 @@ class Service:
             if isinstance(saved, dict):
                 controller.restore(saved)
             self.controllers[site.id] = controller
+        self.ocpi: Any = None
+        if config.ocpi is not None:
+            from adapters.ocpi.cpo import OcpiCpo
+
+            self.ocpi = OcpiCpo(config, self.store, self.controllers, self._on_event, now)
         self.fp = FlexibilityProvider(config, self.store, now=now, on_capacity_changed=self._capacity_changed)
         self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
         self.influx: Any = None
@@ -116,7 +139,8 @@ class Service:
         self.counters: dict[str, float] = {"control_steps": 0, "events": 0, "plans": 0,
                                            "plan_failures": 0, "pushes": 0, "push_failures": 0,
                                            "config_reloads": 0, "config_rejected": 0,
-                                           "state_saves": 0, "state_save_failures": 0, "state_write_failures": 0}
+                                           "state_saves": 0, "state_save_failures": 0, "state_write_failures": 0,
+                                           "compliance_errors": 0}
         self.last_step_s = 0.0
         self._config_mtime = self._mtime()
         self._started_at = time.monotonic()
@@ -133,8 +157,11 @@ class Service:
             self._refresh_capacity(controller, self.now())  # the restored capacity, before anything asks
         app = web.Application(client_max_size=self.config.http.max_body_bytes)
         add_oscp_routes(app, self.fp)
+        if self.ocpi is not None:
+            self.ocpi.add_routes(app, admin_token=self.config.http.admin_token)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
-                         listen_host=self.config.http.host, max_body_bytes=self.config.http.max_body_bytes,
+                         listen_host=self.config.http.host,
+                         max_body_bytes=lambda: self.config.http.max_body_bytes,
                          meter_sink=self.meters, now=self.now)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -145,6 +172,9 @@ class Service:
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         await self.ocpp.start()
         await self.meters.start()
+        if self.ocpi is not None:
+            await self.ocpi.start()
+            self.ocpi.restore()  # the caps and preferences of sessions that still run
         if self.influx is not None:
             await self.influx.start()
         if self.oscp_client is not None:
@@ -168,6 +198,8 @@ class Service:
         self._persist()
         await self.meters.stop()
         await self.ocpp.stop()
+        if self.ocpi is not None:
+            await self.ocpi.stop()
         if self.oscp_client is not None:
             await self.oscp_client.stop()
         if self.influx is not None:
@@ -182,6 +214,8 @@ class Service:
     def _on_event(self, event: Event) -> None:
         self.counters["events"] += 1
         charger_id = getattr(event, "charger_id", None)
+        if self.ocpi is not None:
+            self.ocpi.observe(event)  # before the controllers forget an ended session
         for controller in self.controllers.values():
             if charger_id is None or charger_id in controller.states:
                 controller.handle(event)
@@ -195,11 +229,15 @@ class Service:
                 self.influx.write([event_point(site_id, event.at, kind="profile_push", charger=charger_id,
                                                ok=ok, result=event.result, limit_a=event.limit_a)])
             return  # a push result changes no decision by itself
+        if isinstance(event, ObedienceChanged) and self.influx is not None and charger_id is not None:
+            self.influx.write([obedience_point(self._site_of(charger_id), event.at, charger=charger_id,
+                                               obeys=event.obeys, draw_a=event.draw_a, detail=event.detail)])
         if isinstance(event, (SessionStarted, SessionStopped)):
             self._persist_soon.set()  # a session must survive a crash right after it starts or stops
-        if isinstance(event, MeterSample):
+        if isinstance(event, (MeterSample, LimitConfirmed)):
             # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
             # next interval step uses them; waking on each would re-decide the site back to back.
+            # A confirmed limit is what the decision that sent it counted on already.
             return
         self._wake.set()
 
@@ -236,6 +274,8 @@ class Service:
                     log.exception("control step failed for site %s", site_id)
             self.last_step_s = time.perf_counter() - started
             self.counters["control_steps"] += 1
+            if self.influx is not None:
+                self.influx.write([service_point(self.now(), outbox_messages=self.store.outbox_size())])
 
     def _refresh_capacity(self, controller: Controller, now: datetime) -> None:
         start = slot_floor(now)
@@ -263,6 +303,9 @@ class Service:
         elif not self._push_tasks:
             self._urgent = False
         status = controller.status(now)
+        for cid, old, limit in controller.take_reason_changes():
+            log.info("charger %s: limit reason %s -> %s: %s", cid, " ".join(x for x in old if x),
+                     " ".join(x for x in (limit.code, limit.node, limit.phase) if x), limit.detail)
         self._report(controller, status, now)
         self._write_metrics(controller, status, now)
 
@@ -304,7 +347,9 @@ class Service:
                             outcome.message)
             controller.accept_plan(outcome)
             if self.influx is not None and outcome.plan is not None:
-                self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a))
+                car_phases = {cid: s.car_phases for cid, s in controller.states.items()}
+                self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a,
+                                              wired_phases(controller.site, car_phases)))
             if outcome.plan is not None:
                 self._maybe_adjust(site_id, controller, request, outcome)
             self._wake.set()
@@ -313,37 +358,22 @@ class Service:
 
     def _maybe_adjust(self, site_id: str, controller: Controller, request: PlanRequest,
                       outcome: SolveOutcome) -> None:
-        """AdjustGroupCapacityForecast (when enabled): the plan cannot meet the known needs.
-
-        Only cars with known needs count (unknown needs are planned as "as much as possible").
-        For the slots where the plan fills the capacity, ask for it scaled up by the shortfall's
-        share of what is planned, at most the connection limit; at most once an hour.
-        """
+        """AdjustGroupCapacityForecast (when enabled) when the plan cannot meet the known needs."""
         if self.oscp_client is None or not self.config.oscp.adjust_forecast or outcome.plan is None:
             return
         known = {cid for cid, s in controller.states.items() if s.need_wh is not None and s.transaction_id}
-        requested = sum(s.energy_wh for s in request.sessions if s.charger_id in known)
-        planned = sum(outcome.plan.planned_wh.get(cid, 0.0) for cid in known)
-        shortfall = requested - planned
+        requested, planned = known_needs_wh(((s.charger_id, s.energy_wh) for s in request.sessions),
+                                            outcome.plan.planned_wh, known)
         now = self.now()
-        last = self._adjusted.get(site_id)
-        if shortfall < 1000.0 or planned <= 0 or (last is not None and now - last < timedelta(hours=1)):
-            return
-        cap = request.capacity_a.min(axis=1)
-        load = outcome.plan.limit_a.sum(axis=0)
-        factor = 1.0 + shortfall / planned
-        blocks = []
-        for k in np.flatnonzero(load >= 0.99 * cap[: len(load)]):
-            start = request.start + timedelta(minutes=15 * int(k))
-            want = min(controller.site.grid_limit_a, float(cap[k]) * factor)
-            blocks.append({"capacity": round(want, 1), "phase": "ALL", "unit": "A",
-                           "start_time": start.isoformat().replace("+00:00", "Z"),
-                           "end_time": (start + timedelta(minutes=15)).isoformat().replace("+00:00", "Z")})
+        blocks = adjust_blocks(requested_wh=requested, planned_wh=planned, capacity_a=request.capacity_a,
+                               planned_load_a=outcome.plan.limit_a.sum(axis=0), start=request.start,
+                               slot=timedelta(seconds=SLOT_S), grid_limit_a=controller.site.grid_limit_a,
+                               last_sent=self._adjusted.get(site_id), now=now)
         if blocks:
             self._adjusted[site_id] = now
             self.oscp_client.adjust_forecast(site_id, blocks)
             log.info("site %s: asked the grid operator for more capacity in %d slots (short %.1f kWh)",
-                     site_id, len(blocks), shortfall / 1000)
+                     site_id, len(blocks), (requested - planned) / 1000)
 
     def _report(self, controller: Controller, status: SiteStatus, now: datetime) -> None:
         """Tell the grid operator when the site cannot comply (at most once per slot)."""
@@ -355,17 +385,15 @@ class Service:
                 self.influx.write([event_point(site.id, now, kind="fallback_on" if fallback else "fallback_off",
                                                ok=True, result=status.capacity_source)])
             log.info("site %s: capacity source %s", site.id, status.capacity_source)
-        over = max(m - c for m, c in zip(status.measured_a, status.capacity_a, strict=True))
-        infeasible = status.allocation_status == "infeasible"
-        if not (infeasible or over > 1.0):
-            return
         slot = slot_floor(now)
-        if self._compliance_reported.get(site.id) == slot:
+        message = compliance_problem(measured_a=status.measured_a, capacity_a=status.capacity_a,
+                                     allocation_status=status.allocation_status, slot=slot,
+                                     last_reported_slot=self._compliance_reported.get(site.id))
+        if message is None:
             return
         self._compliance_reported[site.id] = slot
-        message = ("minimum currents of cars that cannot be paused exceed the capacity" if infeasible
-                   else f"measured draw exceeds capacity by {over:.1f} A")
         log.warning("site %s: cannot comply: %s", site.id, message)
+        self.counters["compliance_errors"] += 1
         if self.influx is not None:
             self.influx.write([event_point(site.id, now, kind="compliance_error", ok=False, result=message)])
         if self.oscp_client is not None:
@@ -390,11 +418,14 @@ class Service:
         metered = meter_point(site.id, now, status)
         if metered is not None:
             points.append(metered)
+        wired = wired_phases(site)
         for c in status.chargers:
             points.append(charger_point(
                 site.id, c["id"], now, protocol=c["protocol"] or "", limit_a=c["limit_a"],
                 measured_a=c["measured_a"], power_w=c["power_w"], energy_wh=c["energy_wh"],
                 soc_pct=c["soc_pct"], state=c["state"], connected=c["connected"], obeys=c["obeys"],
+                limit_reason=c["limit_reason"]["code"],
+                grid_phases=wired.get(c["id"], (0, 1, 2)),
             ))
         self.influx.write(points)
 
@@ -455,22 +486,34 @@ class Service:
         except InvalidInput as exc:
             self.counters["config_rejected"] += 1
             log.error("config reload refused, keeping the running config: %s", exc)
+            self._config_event(ok=False, result=str(exc))
             return False
         if {s.id for s in new.sites} != set(self.controllers) or new.state_dir != self.config.state_dir \
-                or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port:
+                or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port \
+                or (new.ocpi is None) != (self.ocpi is None):
             self.counters["config_rejected"] += 1
-            log.error("config reload refused: sites, ports and state_dir need a restart")
+            log.error("config reload refused: sites, ports, state_dir and adding or removing ocpi need a restart")
+            self._config_event(ok=False, result="sites, ports, state_dir and adding or removing ocpi need a restart")
             return False
         for site in new.sites:
             self.controllers[site.id].reconfigure(site)
         self.ocpp.update_config(new)
         self.fp.update_config(new)
         self._tasks.append(asyncio.ensure_future(self.meters.update_config(new)))
+        if self.ocpi is not None:
+            self.ocpi.update_config(new)
         self.config = new
         self.counters["config_reloads"] += 1
         log.info("config reloaded from %s", self.config_path)
+        self._config_event(ok=True, result=str(self.config_path))
         self._wake.set()
         return True
+
+    def _config_event(self, *, ok: bool, result: str) -> None:
+        """A ``config_reloaded`` / ``config_rejected`` annotation on every site's dashboard."""
+        if self.influx is not None:
+            self.influx.write([event_point(site_id, self.now(), kind="config_reloaded" if ok else "config_rejected",
+                                           ok=ok, result=result) for site_id in self.controllers])
 
     # ----------------------------------------------------------------- admin backend
     def site_ids(self) -> list[str]:

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = _sub(sub, "check-config", "validate a config file", "balancer check-config configs/depot-40.yaml")
+    p = _sub(sub, "check-config", "validate a config file (its ${VAR} set from the environment)",
+             "ADMIN_TOKEN=... OSCP_TOKEN=... balancer check-config configs/office-4.yaml")
     p.add_argument("path", help="the YAML config, e.g. configs/depot-40.yaml")
     p.set_defaults(func=_check_config)
 
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plan)
 
     p = _sub(sub, "serve", "run the service",
-             "ADMIN_TOKEN=... OSCP_TOKEN=... balancer serve --config configs/depot-40.yaml --log-format text")
+             "ADMIN_TOKEN=... OSCP_TOKEN=... balancer serve --config configs/office-4.yaml --log-format text")
     p.add_argument("--config", required=True, help="the YAML config, e.g. configs/depot-40.yaml")
     p.add_argument("--log-format", choices=("json", "text"), default="json",
                    help="json: one JSON object per line on stderr (default); text: for a terminal")

@@ -5,14 +5,17 @@ with an accelerated clock; a simulated grid operator sends a 24 h forecast with 
 and heartbeats, then goes silent for 90 minutes in the night (fallback takes over) and comes back;
 a simulated fleet of chargers (OCPP 1.6J and 2.0.1 mixed) has cars arriving in the evening and
 leaving in the morning. A building shares the connection (a site meter on Modbus TCP, served by
-``adapters.meter.simulator``, with a noon peak of 40 A). The demo checks the physics from the
-chargers' side: what the simulated cars really draw plus the building's load is compared with the
-capacity in force, every sample.
+``adapters.meter.simulator``, with a noon peak of 40 A). Over OCPI 2.2.1 a simulated driver's app
+(eMSP) sets the first car's departure and energy need (a car without ISO 15118), and a
+smart-charging service provider (SCSP) caps the third car's session at 10 A. The demo checks the
+physics from the chargers' side: what the simulated cars really draw plus the building's load is
+compared with the capacity in force, every sample.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -25,6 +28,7 @@ from adapters.app import Service
 from adapters.clock import AcceleratedClock
 from adapters.config_file import load_config
 from adapters.meter.simulator import MeterSimulator, noon_peak_profile
+from adapters.ocpi.simulator import OcpiParty
 from adapters.ocpp.simulator import Fleet, Misbehaviour
 from adapters.oscp.endpoint import BASE_PATH
 from adapters.oscp.simulator import GridOperatorSimulator, day_profile_blocks
@@ -37,6 +41,10 @@ DAY_S = 86400.0
 GRACE_WALL_S = 2.0
 """After the capacity changes, the chargers get this long (wall clock) to follow before a draw
 above it counts as a violation (DESIGN 4 allows 5 s; at 1,440x a wall second is 24 sim minutes)."""
+
+
+OCPI_TOKEN_A = {"app": "demo-ocpi-app-token-a", "scsp": "demo-ocpi-scsp-token-a"}
+OCPI_CAP_A = 10.0
 
 
 def demo_config(n_chargers: int, state_dir: str, influx: dict[str, Any] | None = None,
@@ -53,6 +61,7 @@ def demo_config(n_chargers: int, state_dir: str, influx: dict[str, Any] | None =
         "ocpp": {"host": "127.0.0.1", "port": 0, "heartbeat_interval_s": 300},
         "http": {"host": "127.0.0.1", "port": 0},
         "oscp": {"token": "demo-oscp-token"},
+        "ocpi": {"country_code": "NL", "party_id": "DEM", "token_a": [OCPI_TOKEN_A["app"], OCPI_TOKEN_A["scsp"]]},
         "control": {"interval_s": 0.25, "planner_budget_s": 2.0},
         "state_dir": state_dir,
     }
@@ -80,6 +89,39 @@ class DemoResult:
     pushes: int = 0
     push_failures: int = 0
     fallback_samples: int = 0
+    ocpi: dict[str, Any] = field(default_factory=dict)
+    """What the OCPI parties did: preferences answer, cap answer, highest limit held under the cap."""
+
+
+async def _ocpi_parties(base_url: str, fleet: Fleet, stop: asyncio.Event, result: DemoResult) -> None:
+    """The driver's app sets CP001's needs once its session runs; the SCSP caps CP003 at 10 A."""
+    app = await OcpiParty(party_id="APP", role="EMSP").start()
+    scsp = await OcpiParty(party_id="SCS", role="SCSP").start()
+    try:
+        await app.register(f"{base_url}/ocpi/versions", OCPI_TOKEN_A["app"])
+        await scsp.register(f"{base_url}/ocpi/versions", OCPI_TOKEN_A["scsp"])
+        targets = {c.charger_id: c for c in fleet.chargers[:3]}
+        todo = {"CP001", "CP003"} & set(targets)
+        while todo and not stop.is_set():
+            await asyncio.sleep(0.2)
+            for session in await app.sessions():
+                cid = session["evse_uid"]
+                if cid not in todo or session["status"] != "ACTIVE":
+                    continue
+                car = targets[cid].car
+                if cid == "CP001" and car is not None:
+                    _, body = await app.put_preferences(session["id"], departure=car.departure,
+                                                        energy_kwh=round(car.energy_wh / 1000, 1))
+                    result.ocpi["CP001 charging_preferences"] = body.get("data")
+                if cid == "CP003":
+                    _, body, _ = await scsp.put_profile(session["id"], OCPI_CAP_A)
+                    result.ocpi["CP003 cap"] = body.get("data", {}).get("result")
+                    result.ocpi["CP003 cap_session"] = session["id"]
+                todo.discard(cid)
+        await stop.wait()
+    finally:
+        await app.stop()
+        await scsp.stop()
 
 
 async def _grid_operator(cp: GridOperatorSimulator, clock: AcceleratedClock, start: datetime, stop: asyncio.Event,
@@ -134,6 +176,7 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
             fleet.chargers[5].misbehaviour = Misbehaviour(rejects_tx_profile=True)
         stop = asyncio.Event()
         operator = asyncio.create_task(_grid_operator(cp, clock, start, stop))
+        parties = asyncio.create_task(_ocpi_parties(f"http://127.0.0.1:{service.http_port}", fleet, stop, result))
         await fleet.start()
         controller = service.controllers["demo-depot"]
         last_capacity: tuple[float | int, ...] = ()
@@ -167,6 +210,12 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
                 if settled and max(a - cap for a, cap in zip(status.allocated_a, capacity, strict=True)) > 1e-6:
                     result.limit_violations += 1
                 result.fallback_samples += status.capacity_source != "forecast"
+                capped = next((c for c in status.chargers if c["id"] == "CP003" and c.get("external_cap_a")), None)
+                if capped is not None and capped["transaction_id"]:
+                    held = fleet.chargers[2].limit_now(now)
+                    if held is not None and loop.time() - result.ocpi.setdefault("capped_at", loop.time()) > 1.0:
+                        result.ocpi["CP003 highest limit held under the cap"] = max(
+                            held, result.ocpi.get("CP003 highest limit held under the cap", 0.0))
                 result.samples.append({"t": now, "capacity": capacity, "draw": draw, "source": status.capacity_source,
                                        "per_charger": [c.draw_a for c in fleet.chargers], "building": non_ev})
                 if loop.time() >= next_print:
@@ -182,6 +231,8 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
         finally:
             stop.set()
             operator.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(parties, 5.0)
             await fleet.stop()
             await cp.stop()
             result.pushes = int(service.counters["pushes"])
@@ -189,10 +240,10 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
             await service.stop()
             await meter.stop()
         out.write("\n")
-    for c in fleet.chargers:
-        if c.car is not None:
-            result.requested_wh[c.charger_id] = c.car.energy_wh
-            result.delivered_wh[c.charger_id] = c.energy_wh
+    for sim in fleet.chargers:
+        if sim.car is not None:
+            result.requested_wh[sim.charger_id] = sim.car.energy_wh
+            result.delivered_wh[sim.charger_id] = sim.energy_wh
     _summary(result, out)
     if plot:
         _plot(result, fleet, plot)
@@ -221,6 +272,12 @@ def _summary(result: DemoResult, out: Any) -> None:
               f" (worst {result.worst_overshoot_a:.1f} A)\n")
     out.write(f"  samples on fallback capacity:    {result.fallback_samples} of {len(result.samples)}\n")
     out.write(f"  profile pushes:                  {result.pushes} ({result.push_failures} failed)\n")
+    if result.ocpi:
+        prefs = result.ocpi.get("CP001 charging_preferences", "-")
+        held = result.ocpi.get("CP003 highest limit held under the cap")
+        out.write(f"  OCPI driver's app, CP001 needs:  {prefs}\n")
+        out.write(f"  OCPI SCSP cap {OCPI_CAP_A:.0f} A on CP003:     {result.ocpi.get('CP003 cap', '-')}, highest limit"
+                  f" held under it {'-' if held is None else f'{held:.1f} A'}\n")
 
 
 def _plot(result: DemoResult, fleet: Fleet, path: str) -> None:
@@ -258,7 +315,7 @@ def run_demo(args: Any) -> int:
     """``balancer demo``: exit 0 when no limit was violated."""
     influx = None
     if getattr(args, "config", None):
-        config = load_config(args.config)
+        config = load_config(args.config, require_env=False)  # only its InfluxDB settings are used
         if config.influxdb is not None:
             influx = dataclasses.asdict(config.influxdb)
     result = asyncio.run(run_demo_async(n_chargers=args.chargers, seconds=args.seconds, plot=args.plot,

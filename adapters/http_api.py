@@ -53,9 +53,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token: str | None,
-                     listen_host: str, max_body_bytes: int = 1_048_576, meter_sink: MeterSink | None = None,
-                     now: Callable[[], datetime] = utc_now) -> None:
-    """Register ``/healthz``, ``/metrics``, ``/api/v1/...`` and the status page on ``app``."""
+                     listen_host: str, max_body_bytes: int | Callable[[], int] = 1_048_576,
+                     meter_sink: MeterSink | None = None, now: Callable[[], datetime] = utc_now) -> None:
+    """Register ``/healthz``, ``/metrics``, ``/api/v1/...`` and the status page on ``app``.
+
+    ``max_body_bytes``: the limit, or a function reading it from the running config (a reload
+    that changes ``http.max_body_bytes`` then applies here as it does to the OSCP endpoint).
+    """
     loopback = _is_loopback(listen_host)
 
     def guard(handler: Handler, *, write: bool) -> Handler:
@@ -99,7 +103,8 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
     async def needs(request: web.Request) -> web.Response:
         charger_id = request.match_info["charger_id"]
         try:
-            data = loads(await read_body(request, max_body_bytes))
+            limit = max_body_bytes() if callable(max_body_bytes) else max_body_bytes
+            data = loads(await read_body(request, limit))
         except BadBody as exc:
             log.warning("needs: bad body for %s: %s", charger_id, exc.message)
             return _error(exc.status, exc.message, exc.field)

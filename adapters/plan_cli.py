@@ -14,8 +14,9 @@ from adapters.config_file import load_config
 from adapters.highs_quiet import silence_highs_banner
 from balancer.control import slot_floor
 from balancer.errors import InvalidInput, Problem
-from balancer.model import Site
+from balancer.model import Limit, Site
 from balancer.plan import PlanSession, SolveOutcome, plan
+from balancer.reasons import session_limits
 from balancer.topology import Topology, phase_mask
 from forecast.blocks import parse_datetime, parse_update_forecast
 from forecast.book import ForecastBook
@@ -70,7 +71,7 @@ def load_sessions(data: Any, site: Site) -> list[PlanSession]:
         phases = raw.get("phases")
         if phases is not None and phases not in (1, 3):
             problems.append(Problem(f"{p}.phases", f"must be 1 or 3, got {phases!r}"))
-        if len(problems) == before and arrival and departure:
+        if len(problems) == before and arrival and departure and isinstance(energy, (int, float)):
             out.append(PlanSession(str(cid), arrival, departure, float(energy),
                                    None if current is None else float(current), None, phases))
     if problems:
@@ -91,8 +92,12 @@ def _phase_loads(site: Site, outcome: SolveOutcome, sessions: list[PlanSession])
     return np.asarray(mask.T[:, :, None] * limits[None, :, :], dtype=np.float64)
 
 
+def _reason_cell(limit: Limit | None) -> str:
+    return "-" if limit is None else " ".join(x for x in (limit.code.value, limit.node, limit.phase) if x)
+
+
 def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutcome,
-           sessions: list[PlanSession]) -> str:
+           sessions: list[PlanSession], reasons: dict[str, Limit]) -> str:
     lines = [f"site {site.id}: plan from {start:%Y-%m-%d %H:%M} UTC, 96 x 15 min, solver {outcome.solver} "
              f"{outcome.status} in {outcome.seconds:.2f} s"]
     if outcome.message:
@@ -116,10 +121,14 @@ def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutc
     if len(ids) > len(shown):
         lines.append(f"({len(ids) - len(shown)} more sessions not shown; use --json)")
     lines.append("")
-    lines.append("session    requested kWh  planned kWh")
+    # Why each car gets what it gets in its first slot (DESIGN 3.6), as the real-time allocator decides.
+    lines.append("session    requested kWh  planned kWh  first slot A  reason (first slot)")
     for s in sessions:
         planned = plan_.planned_wh.get(s.charger_id, 0.0) if plan_ else 0.0
-        lines.append(f"{s.charger_id:10s} {s.energy_wh / 1000:13.1f} {planned / 1000:12.1f}")
+        limit = reasons.get(s.charger_id)
+        now_a = f"{limit.value_a:12.1f}" if limit is not None else "           -"
+        lines.append(f"{s.charger_id:10s} {s.energy_wh / 1000:13.1f} {planned / 1000:12.1f}  {now_a}  "
+                     f"{_reason_cell(limit)}")
     return "\n".join(lines)
 
 
@@ -173,7 +182,7 @@ def _outside_horizon(blocks: Any, sessions: list[PlanSession], start: datetime) 
 
 def run_plan(args: Any) -> int:
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, require_env=False)  # plans need no secrets
         forecast = parse_update_forecast(_read_json(args.forecast, "forecast"))
         if args.site:
             site = config.site(args.site) if args.site in {s.id for s in config.sites} else None
@@ -202,8 +211,10 @@ def run_plan(args: Any) -> int:
     book.accept(forecast, start)
     capacity, _ = book.capacity_slots(site, start, N_SLOTS)
     silence_highs_banner()
-    outcome = plan(Topology.from_site(site), capacity, sessions, start, budget_s=config.control.planner_budget_s,
+    topo = Topology.from_site(site)
+    outcome = plan(topo, capacity, sessions, start, budget_s=config.control.planner_budget_s,
                    fine_slots=config.control.plan_fine_slots)
+    reasons = session_limits(topo, capacity, outcome.plan, sessions, start)
     if args.json:
         limits = outcome.plan.limit_a if outcome.plan is not None else np.zeros((len(site.chargers), N_SLOTS))
         ids = outcome.plan.charger_ids if outcome.plan is not None else tuple(c.id for c in site.chargers)
@@ -213,13 +224,16 @@ def run_plan(args: Any) -> int:
             "chargers": {cid: {"limit_a": np.round(limits[i], 2).tolist()} for i, cid in enumerate(ids)},
             "sessions": [{"charger_id": s.charger_id, "requested_wh": s.energy_wh,
                           "planned_wh": round(outcome.plan.planned_wh.get(s.charger_id, 0.0), 1)
-                          if outcome.plan else 0.0} for s in sessions],
+                          if outcome.plan else 0.0,
+                          "first_slot_limit_a": reasons[s.charger_id].value_a if s.charger_id in reasons else None,
+                          "limit_reason": reasons[s.charger_id].to_json() if s.charger_id in reasons else None}
+                         for s in sessions],
             "solver": {"name": outcome.solver, "status": outcome.status, "seconds": round(outcome.seconds, 4),
                        "hourly_from_slot": outcome.plan.hourly_from_slot if outcome.plan else None},
         }
         print(json.dumps(body))
     else:
-        print(_table(site, start, capacity, outcome, sessions))
+        print(_table(site, start, capacity, outcome, sessions, reasons))
     if args.plot:
         _plot(args.plot, site, start, capacity, outcome, sessions)
     return 0 if outcome.plan is not None else 1

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from adapters.metrics import SOURCE_CODES
 from balancer.control import Controller
 
-__all__ = ["INFLUX_HELP", "OCPP_HELP", "OSCP_HELP", "SERVICE_HELP", "Family",
+__all__ = ["INFLUX_HELP", "OCPI_HELP", "OCPP_HELP", "OSCP_HELP", "SERVICE_HELP", "Family",
            "MetricsSource", "escape_label_value", "format_value", "render", "service_metrics_text"]
 
 Labels = Mapping[str, str]
@@ -112,6 +113,8 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
     alloc = gauge("balancer_allocated_amperes", "Sum of charger limits per phase")
     meas = gauge("balancer_measured_amperes", "Sum of measured charger currents per phase")
     online = gauge("balancer_grid_operator_online", "1 when the grid operator is online")
+    source = gauge("balancer_capacity_source_code",
+                   "What the capacity in force comes from: 0 forecast, 1 fallback forecast, 2 fallback_kw")
     connected = gauge("balancer_charger_connected", "1 when the charger is connected")
     limits = gauge("balancer_charger_limit_amperes", "Current limit per charger")
     obeys = gauge("balancer_charger_obeys", "0 when a charger does not follow its profile")
@@ -123,11 +126,12 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
             alloc.samples.append(({"site": site_id, "phase": phase}, status.allocated_a[k]))
             meas.samples.append(({"site": site_id, "phase": phase}, status.measured_a[k]))
         online.samples.append(({"site": site_id}, 1.0 if service.fp.is_online(site_id) else 0.0))
+        source.samples.append(({"site": site_id}, float(SOURCE_CODES.get(status.capacity_source, 2))))
         for c in status.chargers:
             connected.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["connected"] else 0.0))
             limits.samples.append(({"site": site_id, "charger": c["id"]}, c["limit_a"]))
             obeys.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["obeys"] else 0.0))
-    families = [cap, alloc, meas, online, connected, limits, obeys]
+    families = [cap, alloc, meas, online, source, connected, limits, obeys]
     families += _counters("balancer_", service.counters, SERVICE_HELP)
     families += _counters("balancer_ocpp_", service.ocpp.counters, OCPP_HELP)
     families += _counters("balancer_oscp_", service.fp.counters, OSCP_HELP)
@@ -142,6 +146,12 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
         families.append(Family("balancer_oscp_sent_total", "counter",
                                "OSCP messages delivered to the capacity provider, per message",
                                [({"message": path}, n) for path, n in sorted(client.sent.items())]))
+    ocpi = getattr(service, "ocpi", None)
+    if ocpi is not None:
+        families += _counters("balancer_", ocpi.counters, OCPI_HELP)
+        families.append(Family("balancer_ocpi_outbox_messages", "gauge",
+                               "OCPI callbacks (results, profile updates) waiting in the outbox",
+                               [({}, ocpi.outbox_size())]))
     families.append(Family("balancer_control_step_seconds", "gauge", "Duration of the last control step",
                            [({}, service.last_step_s)]))
     meters = getattr(service, "meters", None)  # the site meters (adapters.meter.hub), when the service has any
@@ -172,6 +182,8 @@ SERVICE_HELP = {
     "state_saves": "State snapshots written",
     "state_save_failures": "State snapshots that could not be written (retried)",
     "state_write_failures": "Failed state writes to disk",
+    "compliance_errors": ("Times a site could not keep to its capacity "
+                          "(reported to the grid operator at most once per slot)"),
 }
 OCPP_HELP = {
     "bad_frames": "OCPP frames refused by the frame guard (not JSON, bad message type, too large)",
@@ -181,11 +193,26 @@ OCPP_HELP = {
     "pushes": "SetChargingProfile calls sent",
     "push_failures": "SetChargingProfile calls rejected, failed or unanswered",
     "implausible_meter_values": "Meter readings ignored as outside what the charger can draw or report",
+    "upstream_forwarded": "Local controller mode: charger calls answered by the CSMS (answer forwarded)",
+    "upstream_queued": "Local controller mode: charger calls queued on disk for the CSMS",
+    "upstream_replayed": "Local controller mode: queued calls delivered to the CSMS",
+    "upstream_local_answers": "Local controller mode: charger calls the balancer answered in the CSMS's stead",
+    "upstream_connects": "Local controller mode: websocket connections opened to the CSMS",
+    "upstream_connect_failures": "Local controller mode: failed connection attempts to the CSMS",
 }
 OSCP_HELP = {
     "forecasts": "OSCP capacity forecasts accepted",
     "heartbeats": "OSCP heartbeats received from the grid operator",
     "rejected": "OSCP messages rejected after the token check (bad body, too large, unknown group)",
+}
+OCPI_HELP = {
+    "ocpi_requests": "OCPI requests received",
+    "ocpi_rejected": "OCPI requests refused (missing or unknown token, bad body, registration failed)",
+    "ocpi_profiles_set": "OCPI charging profiles (session caps) accepted",
+    "ocpi_callbacks_sent": "OCPI callbacks delivered (profile results and ActiveChargingProfile updates)",
+    "ocpi_callbacks_retried": "OCPI callback attempts that failed and were retried from the outbox",
+    "ocpi_callbacks_dropped": "OCPI callbacks dropped: not delivered within the profile timeout",
+    "ocpi_updates_sent": "OCPI ActiveChargingProfile updates queued for a party's Sender endpoint",
 }
 INFLUX_HELP = {
     "written_points": ("counter", "Points written to InfluxDB"),

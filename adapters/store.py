@@ -168,6 +168,17 @@ class StateStore:
         if flush:
             self.flush()
 
+    def delete_json(self, key: str, *, flush: bool = True) -> None:
+        """Remove ``key`` (written now with ``flush``, else by the next flush)."""
+        if self._kv.pop(key, None) is not None:
+            self._kv_pending.add(key)
+        if flush:
+            self.flush()
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix``, sorted."""
+        return sorted(k for k in self._kv if k.startswith(prefix))
+
     # ----------------------------------------------------------------- outbox
     def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
         item_id = self._next_id
@@ -240,7 +251,8 @@ class StateStore:
         db.executemany(
             "INSERT INTO kv (key, value, updated) VALUES (?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-            [(key, self._kv[key], now) for key in self._kv_pending])
+            [(key, self._kv[key], now) for key in self._kv_pending if key in self._kv])
+        db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in self._kv_pending if key not in self._kv])
         for item_id in sorted(self._outbox_pending):
             item = self._outbox.get(item_id)
             if item is None:

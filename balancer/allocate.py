@@ -32,22 +32,45 @@ and gathers over the charger's few ancestors), on phase-major (3, n) arrays so t
 over the phases run along contiguous rows. A final check recomputes every node load with the
 sparse ``ancestors`` product, independent of those helpers; should it ever exceed (it cannot by
 construction), the chargers below the overloaded node are paused rather than risk a fuse.
+
+**Reasons** (DESIGN 3.6), from the final limits, vectorised: a charger at its bound carries the
+code of what set that bound (``max_code``: charger or car maximum, or what the caller says); any
+other charger is bound by the tightest node and phase above it, the one with the least room left
+(found once per node over the tree's few levels, then gathered per charger), with code
+``capacity``, or when paused ``plan`` (the plan held it back), ``priority`` (a charger of higher
+priority runs below that node) or ``paused_min_not_admitted``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from balancer.model import LIMIT_CODES, LimitCode
 from balancer.topology import Topology
 
-__all__ = ["Allocation", "AllocationRequest", "allocate", "node_load_a"]
+__all__ = ["Allocation", "AllocationRequest", "allocate", "code_number", "node_load_a"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+CodeArray = npt.NDArray[np.int8]
+IntArray = npt.NDArray[np.int64]
+
+
+def code_number(code: LimitCode) -> int:
+    """The small integer standing for ``code`` in the allocator's reason arrays."""
+    return LIMIT_CODES.index(code)
+
+
+_CAPACITY = code_number(LimitCode.CAPACITY)
+_CHARGER_MAX = code_number(LimitCode.CHARGER_MAX)
+_CAR_MAX = code_number(LimitCode.CAR_MAX)
+_PLAN = code_number(LimitCode.PLAN)
+_PRIORITY = code_number(LimitCode.PRIORITY)
+_PAUSED = code_number(LimitCode.PAUSED_MIN_NOT_ADMITTED)
 
 EPS_A = 1e-9
 MAX_ROUNDS = 200
@@ -68,6 +91,8 @@ class AllocationRequest:
     urgency : (n,) larger is more urgent (e.g. minus the laxity in seconds)
     can_pause : (n,) bool, False for chargers that refuse 0 A: their minimum is reserved first
     now_s, rotation_period_s : [s] time, and how often the tie order among equals rotates
+    max_code : (n,) int8, ``code_number`` of what set ``max_a`` (the reason of a charger held at
+        it); default ``charger_max`` where ``max_a`` is at least the charger's own maximum, else ``car_max``
     """
 
     topology: Topology
@@ -81,6 +106,7 @@ class AllocationRequest:
     can_pause: BoolArray | None = None
     now_s: float = 0.0
     rotation_period_s: float = 900.0
+    max_code: CodeArray | None = None
 
 
 @dataclass(frozen=True)
@@ -90,12 +116,22 @@ class Allocation:
     status : "ok" (everyone at max), "short" (not everyone at max) or "infeasible" (chargers that
         cannot pause do not fit even at their minimum; they are paused all the same, because a
         fuse comes first, and the caller reports the non-compliance).
+    reason : (n,) int8, why each limit has its value: ``LIMIT_CODES[reason[i]]``
+    reason_node : (n,) node index that bound the charger (``capacity`` and the paused codes), else -1
+    reason_phase : (n,) int8, grid phase 0..2 at that node, else -1
     """
 
     limit_a: FloatArray
     paused: BoolArray
     status: str
     message: str = ""
+    reason: CodeArray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    reason_node: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    reason_phase: CodeArray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+
+    def code(self, i: int) -> LimitCode:
+        """The reason code of charger ``i``."""
+        return LIMIT_CODES[int(self.reason[i])]
 
 
 def node_load_a(topology: Topology, limit_a: FloatArray, phase_mask: BoolArray) -> FloatArray:
@@ -355,12 +391,69 @@ def allocate(req: AllocationRequest) -> Allocation:
     if over.any():
         below = np.asarray(topo.ancestors[over].sum(axis=0)).ravel() > 0
         limit = np.where(below, 0.0, limit)
+        load = node_load_a(topo, limit, mask_rows)
 
     paused = wants & (limit <= 0)
+    max_code = (np.where(np.asarray(req.max_a) >= topo.max_current_a, np.int8(_CHARGER_MAX), np.int8(_CAR_MAX))
+                if req.max_code is None else np.asarray(req.max_code, dtype=np.int8))
+    short = wants & (limit < hi - 1e-9)
+    reasons = _reasons(topo, capacity_t - load.T, mask, limit, short, paused, max_code,
+                       np.isfinite(target) & ~has_target)
     must_run = wants & ~can_pause
     if (must_run & paused).any():
         ids = [topo.charger_ids[i] for i in np.flatnonzero(must_run & paused)[:5]]
         return Allocation(limit, paused, "infeasible",
-                          f"minimums of chargers that cannot pause do not fit: {', '.join(ids)}")
-    status = "ok" if np.all(limit[wants] >= hi[wants] - 1e-9) else "short"
-    return Allocation(limit, paused, status)
+                          f"minimums of chargers that cannot pause do not fit: {', '.join(ids)}", *reasons)
+    status = "ok" if not short.any() else "short"
+    return Allocation(limit, paused, status, "", *reasons)
+
+
+def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArray, short: BoolArray,
+             stopped: BoolArray, max_code: CodeArray, held_back: BoolArray) -> tuple[CodeArray, IntArray, CodeArray]:
+    """Why each charger got its limit: (code, node, phase) arrays (see ``Allocation``).
+
+    room : (3, n_nodes) [A] capacity less the final load; short : (n,) chargers below their bound
+    stopped : (n,) the short ones that got nothing; held_back : (n,) the plan gave them a target
+    below their minimum
+    The tightest node above every *node* (least room, the connection first among equals) costs a
+    gather over the tree's few levels; each short charger then reads its node's, on the phases it
+    loads. Nothing here is per charger in Python.
+    """
+    if not short.any():
+        return max_code, np.full(topo.n_chargers, -1, dtype=np.int64), np.full(topo.n_chargers, -1, dtype=np.int8)
+    path = topo.node_path  # (levels, n_nodes)
+    along = np.take(np.concatenate([room, np.full((3, 1), np.inf)], axis=1), path, axis=1)  # (3, levels, nodes)
+    level = along.argmin(axis=1)  # (3, n_nodes)
+    least = along.min(axis=1)
+    tightest = path[level, np.arange(topo.n_nodes)]  # (3, n_nodes) node index
+    # A charger loads one of seven sets of phases: the tightest (node, phase) per node for each set
+    # is a small table (phase sets as bits: L1 = 1, L2 = 2, L3 = 4), and every charger reads its
+    # entry with one gather.
+    l1, l2, l3 = least
+    best = np.zeros((8, topo.n_nodes), dtype=np.int64)
+    best[2], best[4] = 1, 2
+    best[3] = np.where(l2 < l1, 1, 0)
+    best[5] = np.where(l3 < l1, 2, 0)
+    best[6] = np.where(l3 < l2, 2, 1)
+    best[7] = np.where(l3 < np.minimum(l1, l2), 2, best[3])
+    table_node = np.take_along_axis(tightest, best, axis=0)
+    table_phase = best.astype(np.int8)
+    table_node[0], table_phase[0] = -1, -1  # the empty set: what chargers at their bound read
+    bits = mask.view(np.uint8)
+    which = topo.charger_node_x8 + (bits[0] | (bits[1] << 1) | (bits[2] << 2)) * short.view(np.uint8)
+    node = np.take(table_node.T.ravel(), which)  # tables by node, then phase set
+    phase = np.take(table_phase.T.ravel(), which)
+    code = max_code.copy()
+    np.putmask(code, short, _CAPACITY)
+    np.putmask(code, stopped, _PAUSED)
+    np.putmask(code, stopped & held_back, _PLAN)
+    if topo.mixed_priority and stopped.any():
+        # Paused while a charger of higher priority runs below the same node: priority.
+        running = limit > 0
+        top = np.full(topo.n_nodes + 1, -np.inf)
+        np.maximum.at(top, topo.charger_node[running], topo.priority[running])
+        below = top[: topo.n_nodes].copy()
+        for row in path:  # every node's best pushed up to each node above it
+            np.maximum.at(top, row, below)
+        np.putmask(code, (code == _PAUSED) & (topo.priority < top[node]), _PRIORITY)
+    return code, node, phase

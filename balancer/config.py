@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from balancer.errors import InvalidConfig, Problem
@@ -26,9 +26,12 @@ from balancer.model import (
     HttpSettings,
     InfluxSettings,
     MeterSettings,
+    OcpiLocation,
+    OcpiSettings,
     OcppSettings,
     OscpSettings,
     Site,
+    UpstreamSettings,
 )
 
 __all__ = ["parse_config", "substitute_env", "summary"]
@@ -202,6 +205,8 @@ _CHARGER = {
     "profile_strategy": _Field("enum", default="TxProfile", choices=PROFILE_STRATEGIES),
     "pause_method": _Field("enum", default="zero_limit", choices=PAUSE_METHODS),
     "evse_id": _Field("int", default=1, positive=True),
+    "upstream_id": _Field("str", ident=True),
+    "upstream_password": _Field("str"),
 }
 _OCPP = {
     "host": _Field("str", default="0.0.0.0"),
@@ -214,6 +219,16 @@ _OCPP = {
     "rate_limit_per_s": _Field("number", default=50.0, positive=True),
     "response_timeout_s": _Field("number", default=10.0, positive=True),
     "deadband_a": _Field("number", default=1.0, non_negative=True),
+    "upstream": _Field("any"),
+}
+_UPSTREAM = {
+    "url": _Field("str", required=True),
+    "auth": _Field("enum", default="passthrough", choices=("passthrough", "config")),
+    "password": _Field("str"),
+    "offline_authorize": _Field("enum", default="accept", choices=("accept", "reject")),
+    "answer_timeout_s": _Field("number", default=10.0, positive=True),
+    "reconnect_max_s": _Field("number", default=60.0, positive=True),
+    "ca_file": _Field("str"),
 }
 _HTTP = {
     "host": _Field("str", default="127.0.0.1"),
@@ -233,6 +248,28 @@ _CAPACITY_PROVIDER = {
     "base_url": _Field("str", required=True),
     "token": _Field("str", required=True),
 }
+_OCPI = {
+    "country_code": _Field("str", required=True),
+    "party_id": _Field("str", required=True),
+    "token_a": _Field("any", required=True),
+    "public_base_url": _Field("str"),
+    "deadband_a": _Field("number", default=1.0, non_negative=True),
+    "profile_timeout_s": _Field("int", default=30, positive=True),
+    "rate_limit_per_s": _Field("number", default=100.0, positive=True),
+    "update_interval_s": _Field("number", default=60.0, positive=True),
+    "business_name": _Field("str", default="Smart-charging load balancer"),
+    "locations": _Field("any"),
+}
+_OCPI_LOCATION = {
+    "name": _Field("str", default=""),
+    "address": _Field("str", default=""),
+    "city": _Field("str", default=""),
+    "postal_code": _Field("str", default=""),
+    "country": _Field("str", default=""),
+    "latitude": _Field("number", default=0.0),
+    "longitude": _Field("number", default=0.0),
+    "time_zone": _Field("str", default="UTC"),
+}
 _INFLUX = {
     "url": _Field("str", required=True),
     "token": _Field("str", default=""),
@@ -250,6 +287,8 @@ _CONTROL = {
     "planner_budget_s": _Field("number", default=2.0, positive=True),
     "plan_horizon_h": _Field("int", default=24, positive=True),
     "plan_fine_h": _Field("number", default=2.0, positive=True),
+    "min_pause_s": _Field("number", default=0.0, non_negative=True),
+    "min_charge_s": _Field("number", default=1800.0, non_negative=True),
 }
 _TOP = {
     "sites": _Field("any", required=True),
@@ -257,6 +296,7 @@ _TOP = {
     "http": _Field("any", default={}),
     "oscp": _Field("any", default={}),
     "influxdb": _Field("any"),
+    "ocpi": _Field("any"),
     "control": _Field("any", default={}),
     "state_dir": _Field("str", default="./state"),
 }
@@ -466,6 +506,92 @@ def _parse_sites(raw_sites: Any, problems: list[Problem]) -> list[Site]:
     return sites
 
 
+def _parse_ocpi_locations(raw: Any, site_ids: set[str], problems: list[Problem]) -> tuple[OcpiLocation, ...]:
+    """``ocpi.locations``: site id -> address and coordinates of its OCPI Location."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        problems.append(Problem("ocpi.locations", "must be a mapping of site id to a location"))
+        return ()
+    out = []
+    for site_id, spec in raw.items():
+        path = f"ocpi.locations.{site_id}"
+        if site_id not in site_ids:
+            problems.append(Problem(path, f"unknown site {site_id!r}"))
+            continue
+        got = _read_mapping(spec, _OCPI_LOCATION, path, problems)
+        if got is None:
+            continue
+        country = got["country"]
+        if country and not (len(country) == 3 and country.isalpha()):
+            problems.append(Problem(f"{path}.country", f"must be an ISO 3166 alpha-3 code, got {country!r}"))
+        for key, bound in (("latitude", 90), ("longitude", 180)):
+            if got[key] is not None and not -bound <= got[key] <= bound:
+                problems.append(Problem(f"{path}.{key}", f"must be between -{bound} and {bound}, got {got[key]!r}"))
+        if _complete(got, _OCPI_LOCATION):
+            out.append(OcpiLocation(site_id=str(site_id), **got))
+    return tuple(out)
+
+
+def _parse_ocpi(raw: Any, problems: list[Problem], site_ids: set[str]) -> OcpiSettings | None:
+    """The ``ocpi`` section: CiString country code (2) and party id (3), one or more tokens A."""
+    before = len(problems)
+    got = _read_mapping(raw, _OCPI, "ocpi", problems)
+    if got is None:
+        return None
+    for key, size in (("country_code", 2), ("party_id", 3)):
+        value = got[key]
+        if isinstance(value, str) and not (len(value) == size and value.isascii() and value.isalnum()):
+            problems.append(Problem(f"ocpi.{key}", f"must be {size} letters or digits, got {value!r}"))
+    tokens = got["token_a"]
+    token_list = [tokens] if isinstance(tokens, str) else tokens
+    if tokens is not None:
+        if not isinstance(token_list, list) or not token_list:
+            problems.append(Problem("ocpi.token_a", "must be a string or a non-empty list of strings"))
+            token_list = []
+        for i, token in enumerate(token_list):
+            where = "ocpi.token_a" if isinstance(tokens, str) else f"ocpi.token_a[{i}]"
+            if not isinstance(token, str) or not token or len(token) > 64 or not token.isascii() \
+                    or not token.isprintable():
+                problems.append(Problem(where, "must be 1 to 64 printable ASCII characters (OCPI credentials token)"))
+        if isinstance(token_list, list) and len(set(map(str, token_list))) != len(token_list):
+            problems.append(Problem("ocpi.token_a", "tokens A must be distinct (one per party)"))
+    url = got["public_base_url"]
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        problems.append(Problem("ocpi.public_base_url", f"must start with http:// or https://, got {url!r}"))
+    locations = _parse_ocpi_locations(got["locations"], site_ids, problems)
+    if len(problems) > before:
+        return None
+    return OcpiSettings(**{**got, "token_a": tuple(token_list), "public_base_url": (url or "").rstrip("/") or None,
+                           "locations": locations})
+
+
+def _parse_upstream(raw: Any, raw_sites: Any, problems: list[Problem]) -> UpstreamSettings | None:
+    """``ocpp.upstream`` (local controller mode, DESIGN 3.11) and what it asks of the chargers.
+
+    The balancer's limits go as station maximum profiles there, beneath which the CSMS's own
+    TxProfile/TxDefaultProfile apply: a charger set to another ``profile_strategy`` is an error.
+    """
+    before = len(problems)
+    got = _read_mapping(raw, _UPSTREAM, "ocpp.upstream", problems)
+    if got is not None and got["url"] is not None and not got["url"].startswith(("ws://", "wss://")):
+        problems.append(Problem("ocpp.upstream.url", f"must start with ws:// or wss://, got {got['url']!r}"))
+    upstream = UpstreamSettings(**got) if got is not None and len(problems) == before else None
+    entries = [(f"sites[{i}].chargers[{j}]", c) for i, s in enumerate(raw_sites or [])
+               if isinstance(s, dict) and isinstance(s.get("chargers"), list)
+               for j, c in enumerate(s["chargers"]) if isinstance(c, dict)]
+    for path, charger in entries:
+        strategy = charger.get("profile_strategy")
+        if strategy is not None and strategy != "ChargePointMax":
+            problems.append(Problem(f"{path}.profile_strategy",
+                                    f"must be ChargePointMax (or left out) with ocpp.upstream, got {strategy!r}"))
+        if got is not None and got["auth"] == "config" and not got["password"] \
+                and not charger.get("upstream_password"):
+            problems.append(Problem(f"{path}.upstream_password",
+                                    "is required with ocpp.upstream.auth: config and no ocpp.upstream.password"))
+    return upstream
+
+
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate ``data`` (the YAML document) and build a ``Config``; raises ``InvalidConfig``."""
     if data is None:
@@ -481,6 +607,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if ocpp is not None and bool(ocpp.tls_cert) != bool(ocpp.tls_key):
         problems.append(Problem("ocpp.tls_key" if ocpp.tls_cert else "ocpp.tls_cert",
                                 "tls_cert and tls_key must be given together"))
+    if ocpp is not None and ocpp.upstream is not None:
+        upstream = _parse_upstream(ocpp.upstream, top["sites"], problems)
+        ocpp = replace(ocpp, upstream=upstream)
+        sites = [replace(site, chargers=tuple(replace(c, profile_strategy="ChargePointMax") for c in site.chargers))
+                 for site in sites]
     http = _section(top["http"], _HTTP, "http", problems, HttpSettings)
     oscp = None
     oscp_raw = _read_mapping(top["oscp"] if top["oscp"] is not None else {}, _OSCP, "oscp", problems)
@@ -495,10 +626,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if top["influxdb"] is not None:
         influx = _section(top["influxdb"], _INFLUX, "influxdb", problems, InfluxSettings)
     control = _section(top["control"], _CONTROL, "control", problems, ControlSettings)
+    ocpi = None if top["ocpi"] is None else _parse_ocpi(top["ocpi"], problems, {s.id for s in sites})
     if problems:
         raise InvalidConfig(problems)
     assert ocpp is not None and http is not None and oscp is not None and control is not None
-    return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx,
+    return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx, ocpi=ocpi,
                   control=control, state_dir=top["state_dir"])
 
 

@@ -29,13 +29,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from balancer.allocate import Allocation, AllocationRequest, allocate, node_load_a
+from balancer.allocate import Allocation, AllocationRequest, allocate, code_number, node_load_a
+from balancer.churn import ChurnGuard, allocate_holding
 from balancer.events import (
     ChargerOffline,
     ChargerOnline,
     ChargerSchedule,
     ChargerStatus,
     Event,
+    ExternalCapSet,
     MeterSample,
     NeedsUpdated,
     ObedienceChanged,
@@ -45,8 +47,10 @@ from balancer.events import (
     SiteMeterReading,
     Tick,
 )
-from balancer.model import ControlSettings, LimitSource, Site
+from balancer.external_cap import cap_at, capped_periods
+from balancer.model import CapacitySource, ControlSettings, Limit, LimitCode, Site
 from balancer.plan import Plan, PlanSession, SolveOutcome
+from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
 
@@ -63,6 +67,9 @@ INCREASE_LAG = timedelta(seconds=60)
 """How long after a slot boundary a rise in a schedule ahead starts (see ``Controller._schedule``)."""
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
+_CHARGER_MAX, _CAR_MAX, _NOT_DRAWING, _EXTERNAL_CAP = (
+    code_number(c) for c in (LimitCode.CHARGER_MAX, LimitCode.CAR_MAX, LimitCode.NOT_DRAWING, LimitCode.EXTERNAL_CAP))
+ReasonKey = tuple[LimitCode, str | None, str | None]
 
 
 def slot_floor(t: datetime, slot_s: int = SLOT_S) -> datetime:
@@ -109,6 +116,14 @@ class ChargerState:
     obeys: bool = True
     draw_a: float | None = None
     last_push: dict[str, Any] | None = None
+    external_cap: list[list[float]] | None = None
+    """A cap set by another party (``ExternalCapSet``): [[start epoch s, limit A], ...]."""
+    external_cap_until: float | None = None
+    """When the external cap ends [epoch s]; None: with its session."""
+
+    def external_cap_a(self, t: float) -> float | None:
+        """The external cap in force at ``t`` [epoch s] [A], or None when there is none."""
+        return cap_at(self.external_cap or (), self.external_cap_until, t)
 
     def remaining_wh(self) -> float | None:
         """Energy the car still needs [Wh], or None when unknown."""
@@ -194,14 +209,22 @@ class Controller:
         self._replan_due = True
         self._last_slot: datetime | None = None
         self.last_allocation: Allocation | None = None
+        self.allocated_ids: tuple[str, ...] = ()
+        """The chargers ``last_allocation`` is for (its arrays follow this topology's order)."""
+        self._reason_keys: dict[str, ReasonKey] = {}
+        self._reason_changes: dict[str, tuple[ReasonKey, Limit]] = {}
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self._last_at: datetime | None = None
         self.meter = MeterTracker(site.meter, site.grid_limit_a) if site.meter is not None else None
         self.meter_view: MeterView | None = None
         self.non_ev_forecast: tuple[datetime, FloatArray] | None = None
         """Non-EV load per slot from a start (n_slots, 3) [A], for the planner (``forecast.non_ev``)."""
+        self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- configuration
+    def _churn_guard(self) -> ChurnGuard:
+        return ChurnGuard(self.topology.n_chargers, self.settings.min_pause_s, self.settings.min_charge_s)
+
     def _failsafe_limits(self) -> FloatArray:
         """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
         on all its phases; the allocator guarantees the sum respects fallback, connection, fuses."""
@@ -232,6 +255,7 @@ class Controller:
         self.meter = None if site.meter is None else MeterTracker(site.meter, site.grid_limit_a)
         if tracker is not None and self.meter is not None:
             self.meter.last_a, self.meter.last_at = tracker.last_a, tracker.last_at
+        self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- capacity
     def set_capacity(self, start: datetime, capacity_a: FloatArray, sources: list[str]) -> None:
@@ -264,7 +288,7 @@ class Controller:
             k = int((now - self._cap_start).total_seconds() // SLOT_S)
             if 0 <= k < len(self._cap_a):
                 return self._cap_a[k].copy(), self._cap_sources[k]
-        return np.full(3, self.site.fallback_a), LimitSource.FALLBACK_CONFIG.value
+        return np.full(3, self.site.fallback_a), CapacitySource.FALLBACK_CONFIG.value
 
     def capacity_ahead(self, start: datetime, n_slots: int) -> FloatArray:
         """(n_slots, 3) capacity from ``start`` [A]; slots not known get the fallback_kw share."""
@@ -309,6 +333,11 @@ class Controller:
         elif isinstance(event, ObedienceChanged):
             state.obeys = event.obeys
             state.draw_a = event.draw_a
+        elif isinstance(event, ExternalCapSet):
+            if event.transaction_id is not None and event.transaction_id != state.transaction_id:
+                return  # a cap for a session that has ended
+            state.external_cap = [[t.timestamp(), max(0.0, a)] for t, a in event.periods] or None
+            state.external_cap_until = event.until.timestamp() if event.until and event.periods else None
 
     def _start_session(self, state: ChargerState, event: SessionStarted) -> None:
         if state.transaction_id == event.transaction_id:
@@ -319,6 +348,7 @@ class Controller:
             else state.energy_wh
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
+        state.external_cap = state.external_cap_until = None
         # Until its TxProfile is held the car draws by the idle default: that is what it holds.
         state.held_a = state.idle_limit_a
         if state.status in ("unknown", "Available", "Preparing"):
@@ -330,6 +360,7 @@ class Controller:
         state.session_start = None
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
+        state.external_cap = state.external_cap_until = None
         if event.meter_stop_wh is not None:
             state.energy_wh = event.meter_stop_wh
         state.status = "Finishing" if state.status == "Charging" else state.status
@@ -405,7 +436,9 @@ class Controller:
                 continue
             charger = self.site.chargers[i]
             remaining = state.remaining_wh()
-            max_a = min(charger.max_current_a, state.car_max_a or charger.max_current_a)
+            max_a = charger.max_current_a if state.car_max_a is None else min(charger.max_current_a, state.car_max_a)
+            if max_a <= 0:
+                continue  # a car that says it takes 0 A holds no capacity in anyone's plan
             phases = charger.phases if state.car_phases is None else min(state.car_phases, charger.phases)
             if remaining is None:
                 # Unknown needs: the car wants its maximum until the horizon (DESIGN 4).
@@ -569,13 +602,16 @@ class Controller:
             capacity -= np.asarray(topo.ancestors @ (reserve[:, None] * mask))
         return np.maximum(capacity, 0.0), cap_now, source
 
-    def _allowance(self, now: datetime) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_]]:
-        """Per-charger min, max [A] and urgency, and the phase mask of the cars."""
+    def _allowance(self, now: datetime) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_],
+                                                 npt.NDArray[np.int8]]:
+        """Per-charger min, max [A] and urgency, the phase mask of the cars, and what set each max
+        (``code_number`` of charger_max, car_max or not_drawing)."""
         topo = self.topology
         n = topo.n_chargers
         min_a = topo.min_current_a.copy()
         max_a = np.zeros(n)
         urgency = np.zeros(n)
+        max_code = np.full(n, _CHARGER_MAX, dtype=np.int8)
         car_phases = np.full(n, 3, dtype=np.int64)
         headroom = self.site.headroom_a
         for i, cid in enumerate(topo.charger_ids):
@@ -585,8 +621,11 @@ class Controller:
             if not self._wants_current(state):
                 continue
             cap = topo.max_current_a[i]
-            if state.car_max_a is not None:
-                cap = min(cap, state.car_max_a)
+            if state.car_max_a is not None and state.car_max_a < cap:
+                cap, max_code[i] = state.car_max_a, _CAR_MAX
+            external = state.external_cap_a(now.timestamp())
+            if external is not None and external < cap:  # another party's cap only ever lowers the limit
+                cap, max_code[i] = external, _EXTERNAL_CAP
             if state.car_min_a is not None:
                 min_a[i] = max(min_a[i], state.car_min_a)
             drawn = max(state.measured_a)
@@ -594,12 +633,13 @@ class Controller:
                 MEASUREMENT_FRESH_S
             settled = state.limit_changed_at is None or state.measured_at is None or \
                 state.measured_at > state.limit_changed_at
-            if fresh and settled and state.limit_a > 0 and drawn < state.limit_a - headroom:
+            taken = max(drawn + headroom, min_a[i])
+            if fresh and settled and state.limit_a > 0 and drawn < state.limit_a - headroom and taken < cap:
                 # The car takes less than it may: free the rest, keep a headroom to ramp back.
-                cap = min(cap, max(drawn + headroom, min_a[i]))
+                cap, max_code[i] = taken, _NOT_DRAWING
             remaining = state.remaining_wh()
-            if remaining is not None and remaining <= 0:
-                cap = min(cap, min_a[i])
+            if remaining is not None and remaining <= 0 and min_a[i] < cap:
+                cap, max_code[i] = min_a[i], _NOT_DRAWING
             max_a[i] = cap if cap >= min_a[i] else 0.0
             if state.departure is not None and remaining is not None and cap > 0:
                 power_w = cap * min(car_phases[i], 3) * self.site.voltage_v
@@ -608,7 +648,7 @@ class Controller:
             else:
                 urgency[i] = -1e9
         mask = phase_mask(topo, car_phases)
-        return min_a, max_a, urgency, mask
+        return min_a, max_a, urgency, mask, max_code
 
     def decide(self, now: datetime) -> list[ChargerSchedule]:
         """Allocate the capacity of the moment and build every charger's schedule."""
@@ -619,7 +659,7 @@ class Controller:
             self._last_slot = slot
             self._replan_due = True
         capacity, _, _ = self._node_capacity(now)
-        min_a, max_a, urgency, mask = self._allowance(now)
+        min_a, max_a, urgency, mask, max_code = self._allowance(now)
         target = np.full(topo.n_chargers, np.nan)
         if self.plan is not None and self.plan.start <= now:
             k = int((now - self.plan.start).total_seconds() // self.plan.slot_s)
@@ -637,10 +677,10 @@ class Controller:
         request = AllocationRequest(
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
             target_a=target, urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
-            now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s,
+            now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
         )
-        allocation = allocate(request)
-        self.last_allocation = allocation
+        allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
+        self.last_allocation, self.allocated_ids = allocation, topo.charger_ids
         idle_limit = self._idle_limits(capacity, allocation.limit_a, mask)
         schedules: list[ChargerSchedule] = []
         shared = self._ahead(now)
@@ -734,6 +774,9 @@ class Controller:
             periods.extend((times[k] + INCREASE_LAG if up else times[k], float(values[k]))
                            for k, up in zip(changes.tolist(), rises.tolist(), strict=True))
             periods.append((end + INCREASE_LAG if failsafe > values[-1] else end, failsafe))
+        if not idle and state.external_cap:  # another party's cap, from the moment it changes
+            periods = capped_periods(periods, state.external_cap, state.external_cap_until,
+                                     charger.min_current_a, charger.granularity_a)
         idle_periods = tuple(periods) if idle else ((now, 0.0), (end + INCREASE_LAG, failsafe))
         return ChargerSchedule(
             charger_id=cid, at=now, limit_a=limit_a, periods=tuple(periods),
@@ -743,9 +786,35 @@ class Controller:
         )
 
     # ----------------------------------------------------------------- reporting
+    def _limits(self, now: datetime) -> dict[str, Limit]:
+        """Every charger's limit with its reason (DESIGN 3.6; ``balancer.reasons``)."""
+        return charger_limits(self, now)
+
+    def offline_reserve_a(self, i: int, now: datetime) -> float:
+        """What offline charger ``i`` is reserved at now [A] (``_offline_reserve_a``)."""
+        return self._offline_reserve_a(i, self.states[self.topology.charger_ids[i]], now)
+
+    def _note_reasons(self, limits: dict[str, Limit]) -> None:
+        """Remember whose reason (code, node, phase) changed since the last status."""
+        for cid, limit in limits.items():
+            key = (limit.code, limit.node, limit.phase)
+            old = self._reason_keys.get(cid)
+            if old is not None and old != key:
+                self._reason_changes[cid] = (self._reason_changes.get(cid, (old, limit))[0], limit)
+            self._reason_keys[cid] = key
+
+    def take_reason_changes(self) -> list[tuple[str, ReasonKey, Limit]]:
+        """The chargers whose reason changed between the statuses taken since the last call
+        (``status`` notices): (id, the reason before, the limit now with its reason)."""
+        changed, self._reason_changes = self._reason_changes, {}
+        return [(cid, old, limit) for cid, (old, limit) in changed.items() if old != (limit.code, limit.node,
+                                                                                        limit.phase)]
+
     def status(self, now: datetime) -> SiteStatus:
         topo = self.topology
         cap_now, source = self.capacity_now(now)
+        limits = self._limits(now)
+        self._note_reasons(limits)
         allocated = np.zeros(3)
         idle_allocated = np.zeros(3)
         measured = np.zeros(3)
@@ -756,7 +825,9 @@ class Controller:
             if state.car_phases == 1:
                 mask = np.zeros(3, dtype=bool)
                 mask[topo.single_phase_grid[i]] = True
-            allocated += mask * (state.limit_a if state.connected else self._offline_reserve_a(i, state, now))
+            # What is counted for it: a charger that does not obey (or refuses its limits) at its real draw.
+            counted = state.limit_a if state.obeys else max(state.draw_a or 0.0, max(state.measured_a))
+            allocated += mask * (counted if state.connected else self._offline_reserve_a(i, state, now))
             measured += np.asarray(state.measured_a)
             idle_limit = state.idle_limit_a if self._is_idle(state) else 0.0
             idle_allocated += topo.charger_phase_mask[i] * idle_limit
@@ -765,6 +836,7 @@ class Controller:
                 "connected": state.connected,
                 "protocol": state.protocol,
                 "limit_a": round(state.limit_a, 3),
+                "limit_reason": limits[cid].to_json(),
                 "failsafe_a": round(float(self.failsafe_a[i]), 3),
                 "idle_limit_a": round(idle_limit, 3),
                 "measured_a": [round(x, 2) for x in state.measured_a],
@@ -778,6 +850,7 @@ class Controller:
                 "soc_pct": state.soc_pct,
                 "power_w": state.power_w,
                 "last_push": state.last_push,
+                "external_cap_a": state.external_cap_a(now.timestamp()),
             })
         return SiteStatus(
             site_id=self.site.id, at=now,

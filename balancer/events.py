@@ -17,6 +17,8 @@ __all__ = [
     "ChargerSchedule",
     "ChargerStatus",
     "Event",
+    "ExternalCapSet",
+    "LimitConfirmed",
     "MeterSample",
     "NeedsUpdated",
     "ObedienceChanged",
@@ -123,6 +125,19 @@ class ProfileResult:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitConfirmed:
+    """A charger accepted a stack-1 profile: it holds ``periods`` ((start, limit [A]) pairs, the
+    last limit for ever after) from ``at`` on. ``purpose`` names the profile (TxProfile, TxDefault,
+    Max, the idle default); a decrease step of a fan-out is confirmed like the decision itself."""
+
+    charger_id: str
+    at: datetime
+    limit_a: float
+    periods: tuple[tuple[datetime, float], ...]
+    purpose: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ObedienceChanged:
     """The adapter found that a charger does (not) follow its profile; ``draw_a`` is what it really draws."""
 
@@ -145,6 +160,24 @@ class SiteMeterReading:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalCapSet:
+    """A cap on the session of one charger set by another party (an OCPI ChargingProfile).
+
+    ``periods`` are (absolute start, limit [A per phase]) pairs in time order: each holds until
+    the next one starts, the last one until ``until`` (None: open-ended). Before the first start
+    and after ``until`` there is no cap. Empty ``periods`` clears the cap. ``transaction_id``:
+    the session the cap belongs to; a cap never outlives its session. The controller takes the
+    lower of the cap and the site's allocation, so a cap can only lower a limit.
+    """
+
+    charger_id: str
+    at: datetime
+    periods: tuple[tuple[datetime, float], ...] = ()
+    until: datetime | None = None
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """The clock moved on (the control interval, or a slot boundary)."""
 
@@ -160,8 +193,10 @@ Event = (
     | NeedsUpdated
     | MeterSample
     | ProfileResult
+    | LimitConfirmed
     | ObedienceChanged
     | SiteMeterReading
+    | ExternalCapSet
     | Tick
 )
 

@@ -13,9 +13,11 @@ from enum import StrEnum
 
 __all__ = [
     "CONNECTION",
+    "LIMIT_CODES",
     "PHASES",
     "ROTATIONS",
     "CapacityProviderSettings",
+    "CapacitySource",
     "Charger",
     "Circuit",
     "Config",
@@ -23,8 +25,11 @@ __all__ = [
     "HttpSettings",
     "InfluxSettings",
     "Limit",
+    "LimitCode",
     "LimitSource",
     "MeterSettings",
+    "OcpiLocation",
+    "OcpiSettings",
     "OcppSettings",
     "OscpSettings",
     "Session",
@@ -47,28 +52,65 @@ def floor_to(value: float, step: float) -> float:
     return math.floor(value / step + 1e-9) * step
 
 
-class LimitSource(StrEnum):
-    """Why a limit has the value it has: every limit carries its source."""
+class CapacitySource(StrEnum):
+    """Where the capacity in force comes from (``capacity_source`` in the API, DESIGN 3.5)."""
 
     FORECAST = "forecast"
     FALLBACK_FORECAST = "fallback_forecast"
     FALLBACK_CONFIG = "fallback_config"
-    CONNECTION = "connection"
-    CIRCUIT = "circuit"
-    CHARGER = "charger"
-    CAR = "car"
+
+
+LimitSource = CapacitySource
+"""The former name of ``CapacitySource`` (it only ever named capacity sources in use)."""
+
+
+class LimitCode(StrEnum):
+    """Why a charger's limit has the value it has (``limit_reason.code``, DESIGN 3.6).
+
+    The allocator finds ``CAPACITY`` (a node's capacity on a phase froze it), the bound it was
+    given (``CHARGER_MAX``, ``CAR_MAX``, or what the caller says set it: ``NOT_DRAWING``,
+    ``EXTERNAL_CAP``, ...) and, for a paused charger, ``PLAN`` (the plan held it back),
+    ``PRIORITY`` (higher-priority chargers took the room) or ``PAUSED_MIN_NOT_ADMITTED``. The
+    controller adds what only it knows: ``NOT_DRAWING`` (no car, or the car takes less),
+    ``RESERVED_DISOBEYING`` and ``FAILSAFE`` (offline or never connected).
+    """
+
+    CAPACITY = "capacity"
+    CHARGER_MAX = "charger_max"
+    CAR_MAX = "car_max"
     PLAN = "plan"
+    PAUSED_MIN_NOT_ADMITTED = "paused_min_not_admitted"
+    PRIORITY = "priority"
+    NOT_DRAWING = "not_drawing"
+    RESERVED_DISOBEYING = "reserved_disobeying"
     FAILSAFE = "failsafe"
-    MEASURED = "measured"
+    METER = "meter"
+    DISCHARGE = "discharge"
+    EXTERNAL_CAP = "external_cap"
+
+
+LIMIT_CODES: tuple[LimitCode, ...] = tuple(LimitCode)
+"""The allocator's reason arrays hold small integers: code ``k`` is ``LIMIT_CODES[k]``."""
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """A current limit [A per phase] together with what set it."""
+    """A charger's limit [A per phase] and why it has that value.
+
+    ``node`` names the fuse-tree node that bound it (the site id for the connection) and
+    ``phase`` the grid phase ("L1".."L3"), both only for codes that have one; ``detail`` says it
+    in words for people.
+    """
 
     value_a: float
-    source: LimitSource
+    code: LimitCode
+    node: str | None = None
+    phase: str | None = None
     detail: str = ""
+
+    def to_json(self) -> dict[str, str | None]:
+        """``limit_reason`` as the admin API carries it (the value is the charger's ``limit_a``)."""
+        return {"code": self.code.value, "node": self.node, "phase": self.phase, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +143,10 @@ class Charger:
     profile_strategy: str = "TxProfile"
     pause_method: str = "zero_limit"
     evse_id: int = 1
+    upstream_id: str | None = None
+    """Local controller mode: this charger's id towards the CSMS (default: its own id)."""
+    upstream_password: str | None = None
+    """Local controller mode with ``auth: config``: its HTTP Basic password at the CSMS."""
 
     @property
     def granularity_a(self) -> float:
@@ -195,6 +241,22 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """Local controller mode (DESIGN 3.11): the operator's CSMS the chargers are forwarded to."""
+
+    url: str
+    auth: str = "passthrough"
+    password: str | None = None
+    offline_authorize: str = "accept"
+    answer_timeout_s: float = 10.0
+    """How long a charger's call waits for the CSMS's answer before the balancer answers it [s]."""
+    reconnect_max_s: float = 60.0
+    """Ceiling of the backoff between connection attempts to the CSMS [s] (full jitter below it)."""
+    ca_file: str | None = None
+    """CA certificates (PEM) trusted for a ``wss://`` CSMS besides the system's."""
+
+
+@dataclass(frozen=True, slots=True)
 class OcppSettings:
     host: str = "0.0.0.0"
     port: int = 9000
@@ -206,6 +268,7 @@ class OcppSettings:
     rate_limit_per_s: float = 50.0
     response_timeout_s: float = 10.0
     deadband_a: float = 1.0
+    upstream: UpstreamSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +296,43 @@ class OscpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OcpiLocation:
+    """How a site is published as an OCPI Location (address and coordinates)."""
+
+    site_id: str
+    name: str = ""
+    address: str = ""
+    city: str = ""
+    postal_code: str = ""
+    country: str = ""
+    latitude: float = 0.0
+    longitude: float = 0.0
+    time_zone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class OcpiSettings:
+    """OCPI 2.2.1, CPO side (DESIGN 3.10): who we are and the tokens A handed out of band."""
+
+    country_code: str
+    party_id: str
+    token_a: tuple[str, ...]
+    public_base_url: str | None = None
+    deadband_a: float = 1.0
+    profile_timeout_s: int = 30
+    rate_limit_per_s: float = 100.0
+    update_interval_s: float = 60.0
+    business_name: str = "Smart-charging load balancer"
+    locations: tuple[OcpiLocation, ...] = ()
+
+    def location(self, site_id: str) -> OcpiLocation:
+        for location in self.locations:
+            if location.site_id == site_id:
+                return location
+        return OcpiLocation(site_id=site_id, name=site_id)
+
+
+@dataclass(frozen=True, slots=True)
 class InfluxSettings:
     url: str
     token: str = ""
@@ -252,6 +352,8 @@ class ControlSettings:
     planner_budget_s: float = 2.0
     plan_horizon_h: int = 24
     plan_fine_h: float = 2.0
+    min_pause_s: float = 0.0
+    min_charge_s: float = 1800.0
 
     @property
     def plan_fine_slots(self) -> int:
@@ -268,6 +370,7 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     oscp: OscpSettings = field(default_factory=OscpSettings)
     influxdb: InfluxSettings | None = None
+    ocpi: OcpiSettings | None = None
     control: ControlSettings = field(default_factory=ControlSettings)
     state_dir: str = "./state"
 

@@ -12,8 +12,20 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      fall by ``FAIR_STEP`` each, so a Wh that fills a car's first segment is worth more than one
      topping up another car's last: shortfall is spread max-min fairly to 1/8 of the need, and a
      Wh of total energy always outweighs the at most ``8 * FAIR_STEP`` gained by moving it;
-  3. earlier delivery: a bonus of at most ``EARLY_BONUS`` per Wh, larger in earlier slots (in a
-     large model only within the slots decided one by one, see Resolution below).
+     A protected share, ``PROTECT_SHARE`` of the car's whole request (0, off, by default: it
+     cost more energy and completed sessions than it gave the worst car, see its docstring), weighs
+     ``PROTECT_WEIGHT`` (3.5) divided by the car's phases times more (a single-phase car 3.5, a
+     three-phase car 1.17, so a priority of 2 still comes first): an ampere of a short phase
+     gives a three-phase car three times the Wh it gives a single-phase car, so without it a
+     single-phase car on the binding phase is planned 0 Wh. Bound: a protected Wh is bought with
+     at most ``PROTECT_WEIGHT - 1`` Wh of other cars' energy, only where the trade is that uneven;
+  3. earlier delivery: a bonus of at most ``2 * EARLY_BONUS`` per Wh, larger in earlier slots (in
+     a large model only within the slots decided one by one, see Resolution below), times the
+     car's urgency ``1 + 1 / (1 + laxity in hours)``: among cars that can all finish, the least
+     laxity charges first (per Wh alone it was a tie the solver broke). Counting it per
+     phase-ampere instead (so that a single-phase car would come first on a short phase) was
+     measured and lost energy and completed sessions (bench/README.md): ``EARLY_PER_PHASE``.
+A need below one slot at the minimum current is given one slot at its minimum (``meet_minimums``).
 (A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
 max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)
 
@@ -21,8 +33,10 @@ Minimum currents (a car stops below ~6 A) are met by post-processing, ``meet_min
 values between 0 and the minimum are set to 0 and each car gets the energy it lost back where the
 plan leaves headroom (its other slots, up to its maximum and every node's capacity; an empty slot
 at the minimum, paid for by lowering its other slots). Lowering a current never breaks a capacity
-and the top-up only uses what is left, so the plan stays feasible; the energy still lost is the
-price of not solving a MIP within 2 s. (A first version
+and the top-up only uses what is left, so the plan stays feasible. Then ``improve_with_mip``
+solves the minimum currents as a MIP started from that plan, for at most ``MIP_MAX_S`` within the
+budget, on models of up to ``MIP_MAX_PAIRS`` pairs, and keeps its plan only when it delivers
+``MIP_GAIN_WH`` more (``mip_s=0``: post-processing only). (A first version
 re-solved the LP with the sub-minimum slots fixed at 0: that doubled the time, a warm start from
 the first basis did not help at 1,000 sessions, and it planned no more energy, see
 bench/README.md.)
@@ -68,7 +82,28 @@ FAIR_SEGMENTS = 8
 FAIR_STEP = 1e-2
 """Extra weight per segment: small enough that total energy always wins, big enough to spread."""
 EARLY_BONUS = 1e-3
-"""Weight of energy delivered in the first slot versus the last: the last tie-breaker."""
+"""Weight of a Wh delivered in the first slot versus the last: the last tie-breaker."""
+EARLY_BY_URGENCY = True
+"""Earlier delivery weighted by the car's urgency (module docstring); False: as before, not."""
+EARLY_PER_PHASE = False
+"""Earlier delivery per phase-ampere instead of per Wh: measured worse, kept for the benchmark."""
+PROTECT_SHARE = 0.0
+"""Of every car's whole request, this share is protected: it weighs ``PROTECT_WEIGHT`` divided by
+the car's phases times more than energy elsewhere (less what the car already got). Off: measured
+on ``bench/quality_round2.py`` over seeds 1-10, 1/16 cost the tight depot 2.5 points of energy and
+24 completed sessions (1/32: 1.4 points) for a worst car of 2-5 % instead of 0 (bench/README.md)."""
+PROTECT_WEIGHT = 3.5
+"""More than 3: an ampere of a short phase gives a three-phase car three times the energy it gives
+a single-phase car, and below 3 the protected share of a single-phase car would still be traded."""
+MIP_MAX_PAIRS = 2_000
+"""The minimum-current MIP runs on models of at most this many (session, block) pairs (about 20
+cars present all day; the 40-charger example of ``balancer plan`` has 1,532): on 40-300 chargers
+1 s of branch and bound found nothing better than the post-processing, which was within 0.4 % of
+a 30 s MIP already (bench/README.md), so larger models are not given the CPU."""
+MIP_MAX_S = 1.0
+"""At most this long [s] for the MIP of one plan (and never past the plan's budget)."""
+MIP_GAIN_WH = 10.0
+"""The MIP's plan replaces the post-processed one only when it delivers this much more [Wh]."""
 HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
@@ -89,6 +124,9 @@ class PlanSession:
     min_current_a: float | None = None
     phases: int | None = None
     weight: float | None = None
+    requested_wh: float | None = None
+    """The session's whole request [Wh] (``energy_wh`` is what is left of it; None: the same):
+    its protected share is ``PROTECT_SHARE`` of this, less what it already got."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +220,14 @@ def _session_arrays(topology: Topology, sessions: Sequence[PlanSession], start: 
     slots = np.arange(n_slots, dtype=np.float64)
     coverage = np.clip(np.minimum(leave[:, None], slots + 1) - np.maximum(arrive[:, None], slots), 0.0, 1.0)
     energy = np.array([max(0.0, s.energy_wh) for s in sessions], dtype=np.float64)
+    requested = np.array([e if s.requested_wh is None else max(s.requested_wh, e)
+                          for s, e in zip(sessions, energy, strict=True)], dtype=np.float64)
+    protected = np.clip(PROTECT_SHARE * requested - (requested - energy), 0.0, energy)
+    stay_h = coverage.sum(axis=1) * slot_s / 3600.0
+    full_w = np.maximum(max_a * phases * voltage_v, 1e-9)
+    laxity_h = np.maximum(stay_h - energy / full_w, 0.0)
     return {"charger": charger, "max_a": max_a, "min_a": min_a, "phases": phases, "weight": weight,
-            "coverage": coverage, "energy": energy,
+            "coverage": coverage, "energy": energy, "protected": protected, "urgency": 1.0 + 1.0 / (1.0 + laxity_h),
             "wh_per_a": phases[:, None] * voltage_v * (slot_s / 3600.0) * coverage}
 
 
@@ -276,31 +320,44 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     k = FAIR_SEGMENTS
     y0 = n_x
     g0 = n_x + n_cap
-    seg_session = np.repeat(np.arange(n_s), k)
-    seg_rank = np.tile(np.arange(k), n_s)
+    # Segment k + 1 of each session is its protected share (after the k fair segments' columns).
+    seg_session = np.concatenate([np.repeat(np.arange(n_s), k), np.arange(n_s)])
+    seg_rank = np.concatenate([np.tile(np.arange(k), n_s), np.full(n_s, -1)])
+    protected = np.asarray(arr["protected"], dtype=np.float64)
+    n_g = n_s * (k + 1)
     # Node rows: y - direct x - child y = 0.  Energy rows: sum_t e x - sum_j g_j = 0, where the
-    # k segments g_j <= need / k carry the session's energy (so never more than needed).
+    # protected share and k segments g_j <= (need - protected) / k carry the session's energy (so
+    # never more than needed).
     rows = np.concatenate([np.arange(n_cap), d_rows, parent_row, n_cap + s_idx, n_cap + seg_session])
     cols = np.concatenate([y0 + np.arange(n_cap), d_cols, y0 + child, np.arange(n_x),
-                           g0 + np.arange(n_s * k)])
+                           g0 + np.arange(n_g)])
     # Energy rows are written in kWh so that the objective's coefficients are of order 1: with
     # costs near 1e-7 the solver's dual tolerance (1e-7) would make any plan look optimal.
     vals = np.concatenate([np.ones(n_cap), -np.ones(len(d_cols)), -np.ones(len(child)), wh_per_a / 1000.0,
-                           -np.ones(n_s * k)])
-    a = sp.csc_matrix((vals, (rows, cols)), shape=(n_cap + n_s, n_x + n_cap + n_s * k))
+                           -np.ones(n_g)])
+    a = sp.csc_matrix((vals, (rows, cols)), shape=(n_cap + n_s, n_x + n_cap + n_g))
     row_lo = np.zeros(n_cap + n_s)
     row_hi = np.zeros(n_cap + n_s)
-    col_lo = np.zeros(n_x + n_cap + n_s * k)
-    col_hi = np.concatenate([arr["max_a"][s_idx], cap_hi, np.repeat(need / 1000.0 / k, k)])
+    col_lo = np.zeros(n_x + n_cap + n_g)
+    col_hi = np.concatenate([arr["max_a"][s_idx], cap_hi, np.repeat((need - protected) / 1000.0 / k, k),
+                             protected / 1000.0])
     # Earlier delivery: over the whole horizon, or in a large model over the fine slots only (the
     # decisions about to be carried out): distinct bonuses on every far hour cost the simplex twice
     # the iterations when every car is present, and each replan brings the far hours nearer.
     window = len(slot_block) if hourly_from is None else max(hourly_from, 1)
+    # Weighted by urgency, 2 for a car without laxity down to 1 for one with hours of it: among
+    # equals, the least laxity charges first.
     earliness = np.clip(1.0 - first_slot[t_idx] / max(window, 1), 0.0, 1.0)
+    urgency = np.asarray(arr["urgency"], dtype=np.float64)[s_idx] if EARLY_BY_URGENCY else 1.0
+    per_phase = wh_per_a / np.maximum(arr["phases"][s_idx], 1) if EARLY_PER_PHASE else wh_per_a
+    # Per phase the car loads: 3.5 for a single-phase car, 1.17 for a three-phase one, so a
+    # protected share beats the 3:1 phase trade but not a priority of 2 or more.
+    protect = np.where(seg_rank < 0,
+                       np.maximum(PROTECT_WEIGHT / np.maximum(arr["phases"][seg_session], 1), 1.0), 1.0)
     cost = np.concatenate([
-        EARLY_BONUS * earliness * wh_per_a / 1000.0,
+        EARLY_BONUS * earliness * urgency * per_phase / 1000.0,
         np.zeros(n_cap),
-        arr["weight"][seg_session] * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
+        arr["weight"][seg_session] * protect * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
     ])
     key_col = np.concatenate(key_cols)
     load = sp.csc_matrix((np.ones(len(key_col)), (key_row.ravel(), key_col)), shape=(n_cap, n_x))
@@ -348,7 +405,8 @@ def _solve_highs(model: LpModel, cost: FloatArray, col_hi: FloatArray, row_lo: F
     return "error", None, f"HiGHS: {h.modelStatusToString(status)}"
 
 
-def _solve(model: LpModel, method: str, deadline: float) -> tuple[str, FloatArray | None, str]:
+def _solve(model: LpModel, method: str, deadline: float,
+           mip_s: float | None = None) -> tuple[str, FloatArray | None, str]:
     """Solve once, then make every planned current 0 or at least the minimum (module docstring)."""
     if method in ("ipm", "simplex"):
         solve = _solve_highs
@@ -358,7 +416,102 @@ def _solve(model: LpModel, method: str, deadline: float) -> tuple[str, FloatArra
                            deadline - time.perf_counter())
     if v is None:
         return status, None, msg
-    return "optimal", meet_minimums(model, v[: model.n_x]), ""
+    x = meet_minimums(model, v[: model.n_x])
+    mip_s = min(MIP_MAX_S if mip_s is None else mip_s, deadline - time.perf_counter())
+    if mip_s >= 0.05 and model.n_x <= MIP_MAX_PAIRS:
+        x = improve_with_mip(model, x, mip_s)
+    return "optimal", x, ""
+
+
+def _weighted_wh(model: LpModel, x: FloatArray) -> float:
+    """Priority-weighted energy of currents ``x`` (n_x,), each session's counted up to its need."""
+    got = np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=len(model.need_wh))
+    return float(model.weight @ np.minimum(got, model.need_wh))
+
+
+def improve_with_mip(model: LpModel, x: FloatArray, budget_s: float) -> FloatArray:
+    """The minimum currents as a MIP (HiGHS branch and bound, time-bounded), started from the
+    post-processed plan ``x``: a binary per current, ``min z <= x <= max z``, the LP's rows and
+    objective otherwise. Its plan is taken only if it is feasible and delivers more priority-
+    weighted energy than ``x``; a need below one slot at the minimum is then seated again (the
+    MIP cannot serve it within its need). Every failure returns ``x`` unchanged.
+    """
+    import highspy
+
+    n_x = model.n_x
+    n_col = model.a.shape[1]
+    n_s = len(model.need_wh)
+    hi = model.col_hi[:n_x]
+    eye = sp.identity(n_x, format="csc")
+    rest = sp.csc_matrix((n_x, n_col - n_x))
+    a = sp.vstack([sp.hstack([model.a, sp.csc_matrix((model.a.shape[0], n_x))]),
+                   sp.hstack([eye, rest, -sp.diags(model.min_a)]),
+                   sp.hstack([eye, rest, -sp.diags(hi)])]).tocsc()
+    inf = highspy.kHighsInf
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("log_to_console", False)
+    h.setOptionValue("time_limit", max(budget_s, 0.01))
+    h.setOptionValue("mip_rel_gap", 1e-4)
+    lp = highspy.HighsLp()
+    lp.num_col_ = n_col + n_x
+    lp.num_row_ = a.shape[0]
+    lp.col_cost_ = np.concatenate([model.cost, np.zeros(n_x)])
+    lp.col_lower_ = np.concatenate([model.col_lo, np.zeros(n_x)])
+    lp.col_upper_ = np.concatenate([model.col_hi, np.ones(n_x)])
+    lp.row_lower_ = np.concatenate([model.row_lo, np.zeros(n_x), np.full(n_x, -inf)])
+    lp.row_upper_ = np.concatenate([model.row_hi, np.full(n_x, inf), np.zeros(n_x)])
+    lp.sense_ = highspy.ObjSense.kMaximize
+    lp.integrality_ = [highspy.HighsVarType.kContinuous] * n_col + [highspy.HighsVarType.kInteger] * n_x
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.indptr
+    lp.a_matrix_.index_ = a.indices
+    lp.a_matrix_.value_ = a.data
+    try:
+        h.passModel(lp)
+        start = _mip_start(model, x)
+        if start is not None:
+            sol = highspy.HighsSolution()
+            sol.col_value = np.concatenate([start, (x > 0).astype(np.float64)]).tolist()
+            h.setSolution(sol)
+        h.run()
+        info = h.getInfo()
+        if info.primal_solution_status != 2:  # kSolutionStatusFeasible
+            return x
+        mip_x = np.asarray(h.getSolution().col_value, dtype=np.float64)[:n_x]
+    except Exception:  # the MIP is an improvement, never a failure of the plan
+        return x
+    mip_x = np.where(mip_x >= model.min_a - 1e-6, np.minimum(mip_x, hi), 0.0)
+    headroom = model.cap_a - model.load @ mip_x
+    if np.any(headroom < -1e-6):
+        return x
+    first = np.searchsorted(model.col_session, np.arange(n_s + 1))
+    for s in range(n_s):
+        cols = np.arange(first[s], first[s + 1])
+        if len(cols) and not np.any(mip_x[cols] > 0) and model.need_wh[s] > 0 and \
+                model.need_wh[s] <= float(np.max(model.min_a[cols] * model.wh_per_a[cols])) + 1e-6:
+            _seat_small_need(model, mip_x, headroom, cols)
+    # (a few Wh are rounding: the MIP stops within a gap, where the earlier-delivery tie-break is lost)
+    return mip_x if _weighted_wh(model, mip_x) > _weighted_wh(model, x) + MIP_GAIN_WH else x
+
+
+def _mip_start(model: LpModel, x: FloatArray) -> FloatArray | None:
+    """Every column of the LP for currents ``x``: node flows, then energy in the segments (the
+    protected share first, then the fair segments in order); None if ``x`` plans more than a need
+    (a seated small need), which the MIP's rows do not allow."""
+    n_s = len(model.need_wh)
+    k = FAIR_SEGMENTS
+    energy_kwh = np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s) / 1000.0
+    g0 = model.n_x + len(model.cap_a)
+    seg_hi = model.col_hi[g0: g0 + n_s * k].reshape(n_s, k)
+    protected_hi = model.col_hi[g0 + n_s * k:]
+    if np.any(energy_kwh > seg_hi.sum(axis=1) + protected_hi + 1e-9):
+        return None
+    protected = np.minimum(energy_kwh, protected_hi)
+    left = energy_kwh - protected
+    before = np.cumsum(seg_hi, axis=1) - seg_hi
+    segs = np.clip(left[:, None] - before, 0.0, seg_hi)
+    return np.concatenate([x, model.load @ x, segs.ravel(), protected])
 
 
 def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
@@ -413,16 +566,65 @@ def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
             charging[j] = True
         x[cols] += delta
         np.subtract.at(headroom, rows, np.repeat(delta, np.diff(seg)))
+        if left_wh > 1e-6 and not np.any(x[cols] > 0.0) and model.need_wh[s] <= float(np.max(mins * wh)) + 1e-6:
+            _seat_small_need(model, x, headroom, cols)
     return x
+
+
+def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: IntArray) -> None:
+    """A need smaller than one slot at the minimum (a 0.5 kWh car: 1.035 kWh is one slot at 6 A on
+    three phases) can only be met by a current the car takes for part of a slot: the LP plans it
+    below the minimum and zeroing loses all of it, for the car's whole stay. Give it one slot at
+    its minimum (it stops drawing when full, and the allocator hands out what it leaves): the
+    earliest slot with room for it; else the earliest slot where the other cars on its nodes can
+    give way without going below their own minimum (their spare current above it, largest first).
+    Lowering never breaks a limit; the raise uses only what is then free. In place."""
+    hi = model.col_hi[: model.n_x]
+    ptr, idx = model.load.indptr, model.load.indices
+    by_row = model.load.tocsr()
+    need_a = model.min_a[cols]
+    fits = [c for c, m in zip(cols, need_a, strict=True) if hi[c] >= m and
+            np.all(headroom[idx[ptr[c]: ptr[c + 1]]] >= m - 1e-9)]
+    candidates = fits[:1] if fits else [c for c in cols if hi[c] >= model.min_a[c]]
+    for c in candidates:
+        rows = idx[ptr[c]: ptr[c + 1]]
+        trial_x, trial_room = x.copy(), headroom.copy()
+        ok = True
+        for r in rows:
+            deficit = model.min_a[c] - trial_room[r]
+            others = by_row.indices[by_row.indptr[r]: by_row.indptr[r + 1]]
+            others = others[(others != c) & (trial_x[others] > 0.0)]
+            spare = trial_x[others] - model.min_a[others]
+            for o in others[np.argsort(-spare, kind="stable")]:
+                if deficit <= 1e-9:
+                    break
+                give = min(float(trial_x[o] - model.min_a[o]), deficit)
+                if give <= 1e-9:
+                    break
+                trial_x[o] -= give
+                trial_room[idx[ptr[o]: ptr[o + 1]]] += give
+                deficit -= give
+            if deficit > 1e-9:
+                ok = False
+                break
+        if ok:
+            trial_x[c] = model.min_a[c]
+            trial_room[rows] -= model.min_a[c]
+            x[:] = trial_x
+            headroom[:] = trial_room
+            return
 
 
 def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession], start: datetime,
          *, slot_s: int = 900, budget_s: float = 2.0, solver: str = "highs-simplex",
-         voltage_v: float | None = None, fine_slots: int | None = FINE_SLOTS) -> SolveOutcome:
+         voltage_v: float | None = None, fine_slots: int | None = FINE_SLOTS,
+         mip_s: float | None = None) -> SolveOutcome:
     """Plan ``len(capacity_a)`` slots from ``start`` for ``sessions``; never raises on solver trouble.
 
     capacity_a : (n_slots, 3) [A] connection capacity in force per slot and phase (NaN counts as 0)
     fine_slots : slots decided one by one in a large model before hourly decisions (None: all)
+    mip_s : at most this long for the minimum-current MIP (``improve_with_mip``; None:
+        ``MIP_MAX_S``; 0: post-processing only), never past ``budget_s``
     """
     started = time.perf_counter()
     deadline = started + budget_s
@@ -446,7 +648,7 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
         return SolveOutcome("error", None, solver, 0.0, f"unknown solver {solver!r}")
     used = solver
     try:
-        status, x, message = _solve(model, method, deadline)
+        status, x, message = _solve(model, method, deadline, mip_s)
     except Exception as exc:  # a solver crash must leave the allocator in charge, not kill the caller
         status, x, message = "error", None, f"{solver} failed: {exc!r}"
     if x is None and status == "error" and method != "pulp-cbc":

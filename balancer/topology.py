@@ -82,6 +82,24 @@ class Topology:
         return cached
 
     @property
+    def charger_node_x8(self) -> IntArray:
+        """``charger_node * 8``: where each charger's row starts in a table of 8 entries per node."""
+        cached: IntArray | None = self.__dict__.get("_charger_node_x8")
+        if cached is None:
+            cached = self.charger_node << 3
+            object.__setattr__(self, "_charger_node_x8", cached)
+        return cached
+
+    @property
+    def mixed_priority(self) -> bool:
+        """True when the chargers do not all have the same priority."""
+        cached: bool | None = self.__dict__.get("_mixed_priority")
+        if cached is None:
+            cached = bool(self.n_chargers and np.ptp(self.priority) > 0)
+            object.__setattr__(self, "_mixed_priority", cached)
+        return cached
+
+    @property
     def node_path(self) -> IntArray:
         """(n_levels, n_nodes): the node at each depth above a node (the node itself at its own depth).
 

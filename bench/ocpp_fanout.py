@@ -4,7 +4,14 @@ Measures the server's CPU and RSS while every charger sends MeterValues every 10
 fan-out time of a new limit to all chargers (``OcppServer.apply`` on 1,000 schedules: from the
 decision to the last CALLRESULT, timed inside the server process). In the same run, a bare aiohttp
 websocket server sends the same SetChargingProfile frames to bare clients that answer at once,
-without the ``ocpp`` package: the transport's floor. Run: .venv/bin/python bench/ocpp_fanout.py [N]
+without the ``ocpp`` package: the transport's floor.
+
+Churn (issue 11 item 6): ``--churn SECONDS`` instead measures how many SetChargingProfile calls
+each charger gets per hour in a steady state where every decision (one a second) moves each
+charger's limit by up to 0.3 A around its own level (steps of 0.1 A, as the measured draws and
+the headroom make them move) with the slot an hour ahead at half of it: what the deadband
+(1 A, the default) is there to absorb.
+Run: .venv/bin/python bench/ocpp_fanout.py [N] [--churn SECONDS]
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ def ocpp_server(conn: Any, n: int) -> None:
     _raise_nofile()
     from adapters.ocpp.server import OcppServer
     from balancer.config import parse_config
+    from balancer.control import slot_floor
     from balancer.events import ChargerSchedule
 
     config = parse_config({"sites": [{"id": "s", "grid_limit_a": 100000, "fallback_kw": 1000, "chargers": [
@@ -46,12 +54,19 @@ def ocpp_server(conn: Any, n: int) -> None:
             command = await loop.run_in_executor(None, conn.recv)
             if command == "stop":
                 break
+            if str(command).startswith("churn:"):
+                conn.send(await churn(server, float(str(command).split(":")[1])))
+                continue
             limit = float(command)
             now = datetime.now(UTC)
-            schedules = [ChargerSchedule(cid, now, limit, ((now, limit), (now + timedelta(hours=1), limit / 2)),
+            # The slot an hour ahead starts on a slot boundary, as the controller's do: a decision
+            # that lowers both is then a pure decrease (with "now + 1 h" the minutes between the old
+            # and the new decision's hour would be an increase, and go in a second phase).
+            ahead = slot_floor(now) + timedelta(hours=1)
+            schedules = [ChargerSchedule(cid, now, limit, ((now, limit), (ahead, limit / 2)),
                                          6.0, transaction_id=link.transaction_id)
                          for cid, link in server.links.items()]
-            ready = sum(1 for link in server.links.values() if link.connected and link.transaction_id)
+            ready = sum(1 for link in server.links.values() if link.pusher.ready and link.transaction_id)
             started = time.perf_counter()
             await server.apply(schedules)
             conn.send({"seconds": time.perf_counter() - started, "chargers_with_session": ready,
@@ -59,6 +74,36 @@ def ocpp_server(conn: Any, n: int) -> None:
         await server.stop()
 
     asyncio.run(main())
+
+
+async def churn(server: Any, seconds: float, interval_s: float = 1.0) -> dict[str, Any]:
+    """Decisions every ``interval_s`` jittering each limit by up to 0.3 A; pushes per charger per hour."""
+    import random
+
+    from balancer.control import slot_floor
+    from balancer.events import ChargerSchedule
+
+    rng = random.Random(7)
+    links = [link for link in server.links.values() if link.pusher.ready and link.transaction_id]
+    base = {link.charger_id: 10.0 + k % 7 for k, link in enumerate(links)}
+    decisions, pushes0 = 0, server.counters["pushes"]
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        tick = time.perf_counter()
+        now = datetime.now(UTC)
+        ahead = slot_floor(now) + timedelta(hours=1)
+        schedules = []
+        for link in links:
+            limit = round(base[link.charger_id] + rng.choice((-3, -2, -1, 0, 1, 2, 3)) / 10, 1)
+            schedules.append(ChargerSchedule(link.charger_id, now, limit, ((now, limit), (ahead, round(limit / 2, 1))),
+                                             6.0, transaction_id=link.transaction_id))
+        await server.apply(schedules)
+        decisions += 1
+        await asyncio.sleep(max(0.0, interval_s - (time.perf_counter() - tick)))
+    elapsed = time.perf_counter() - started
+    pushes = server.counters["pushes"] - pushes0
+    return {"chargers": len(links), "seconds": round(elapsed, 1), "decisions": decisions, "pushes": pushes,
+            "pushes_per_charger_per_hour": round(pushes / max(len(links), 1) / elapsed * 3600, 1)}
 
 
 def bare_server(conn: Any, n: int) -> None:
@@ -132,7 +177,7 @@ def measure(pid: int, seconds: float) -> dict[str, float]:
     return {"cpu_percent": round(proc.cpu_percent(None), 1), "rss_mb": round(proc.memory_info().rss / 2**20, 1)}
 
 
-async def run(n: int) -> dict[str, Any]:
+async def run(n: int, churn_s: float = 0.0) -> dict[str, Any]:
     from adapters.ocpp.simulator import SimCar, SimulatedCharger
 
     out: dict[str, Any] = {"chargers": n}
@@ -154,6 +199,16 @@ async def run(n: int) -> dict[str, Any]:
         await asyncio.sleep(0.5)
     out["sessions_started"] = sum(1 for s in sims if s.transaction_id)
     loop = asyncio.get_running_loop()
+    if churn_s:
+        parent.send("16")  # everyone holds a limit first
+        await loop.run_in_executor(None, parent.recv)
+        parent.send(f"churn:{churn_s}")
+        out["churn"] = await loop.run_in_executor(None, parent.recv)
+        parent.send("stop")
+        for sim in sims:
+            await sim.stop()
+        proc.join(10)
+        return out
     out["server_meter_values_every_10s"] = await loop.run_in_executor(None, measure, proc.pid, 20.0)
     for label, limit in (("first_push", "16"), ("fan_out_decrease", "10")):
         parent.send(limit)
@@ -188,8 +243,14 @@ def main() -> None:
     from bench.common import machine
 
     _raise_nofile()
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    result = asyncio.run(run(n))
+    args = sys.argv[1:]
+    churn_s = 0.0
+    if "--churn" in args:
+        k = args.index("--churn")
+        churn_s = float(args[k + 1])
+        del args[k:k + 2]
+    n = int(args[0]) if args else 1000
+    result = asyncio.run(run(n, churn_s))
     print(json.dumps({"benchmark": "ocpp_fanout", "machine": machine(), **result}, indent=1))
 
 

@@ -32,32 +32,49 @@ from adapters.highs_quiet import silence_highs_banner
 from balancer.allocate import node_load_a
 from balancer.plan import PlanSession, build_model, plan
 from balancer.topology import Topology, phase_mask
-from bench.quality_metrics import summarise
+from bench.quality_metrics import churn_summary, summarise
 from bench.scenarios import SITE_TYPES, Scenario, generate
-from bench.strategies import STRATEGIES, Present
+from bench.strategies import FACTORIES, STRATEGIES, Present
 
 STEP_S = 900
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def windows(s: Scenario) -> tuple[np.ndarray, np.ndarray]:
+def windows(s: Scenario, step_s: int = STEP_S) -> tuple[np.ndarray, np.ndarray]:
     """First and last+1 step of every car (rounded inward to whole steps)."""
     t0 = s.start.timestamp()
-    first = np.array([math.ceil((c.arrival.timestamp() - t0) / STEP_S) for c in s.cars])
-    end = np.array([math.floor((c.departure.timestamp() - t0) / STEP_S) for c in s.cars])
-    return np.clip(first, 0, 96), np.clip(end, 0, 96)
+    n_steps = 96 * STEP_S // step_s
+    first = np.array([math.ceil((c.arrival.timestamp() - t0) / step_s) for c in s.cars])
+    end = np.array([math.floor((c.departure.timestamp() - t0) / step_s) for c in s.cars])
+    return np.clip(first, 0, n_steps), np.clip(end, 0, n_steps)
 
 
-def simulate(s: Scenario, strategy: str, limits_fn=None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def simulate(s: Scenario, strategy: str, limits_fn=None, step_s: int = STEP_S,  # type: ignore[no-untyped-def]
+             sleepy_share: float = 0.0) -> dict[str, float]:
+    """One day online; ``step_s`` the control step (the plan's slots stay 15 minutes). Besides
+    energy: sessions completed, pauses (drew, then nothing while still present and short),
+    resumes and limit changes (profile pushes) per car. ``sleepy_share`` of the cars (drawn from
+    the scenario's seed) fall asleep at their first pause and never draw again (as Renault Zoe,
+    Dacia Spring, Fiat 500e are reported to); the strategy is not told, as a charger would not."""
     topo = Topology.from_site(s.site)
     n = topo.n_chargers
-    first, end = windows(s)
+    first, end = windows(s, step_s)
     delivered = np.zeros(len(s.cars))
     node_cap = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(float)
     loads, caps, used_short, times = [], [], [], []
     sub_min = 0
-    for k in range(96):
-        now = s.start + timedelta(seconds=k * STEP_S)
+    decide = limits_fn or fresh_strategy(strategy)
+    was_on = np.zeros(len(s.cars), dtype=bool)
+    started_car = np.zeros(len(s.cars), dtype=bool)
+    last_limit = np.zeros(len(s.cars))
+    pauses = np.zeros(len(s.cars), dtype=int)
+    resumes = np.zeros(len(s.cars), dtype=int)
+    pushes = np.zeros(len(s.cars), dtype=int)
+    sleepy = np.random.default_rng(s.seed + 1000).uniform(size=len(s.cars)) < sleepy_share
+    asleep = np.zeros(len(s.cars), dtype=bool)
+    for k in range(96 * STEP_S // step_s):
+        slot = k * step_s // STEP_S
+        now = s.start + timedelta(seconds=k * step_s)
         here = np.zeros(n, dtype=bool)
         car_of = np.full(n, -1)
         for j, c in enumerate(s.cars):
@@ -72,43 +89,64 @@ def simulate(s: Scenario, strategy: str, limits_fn=None) -> dict[str, float]:  #
         laxity = np.array([((d - now).total_seconds() - r / p * 3600) if d is not None and p > 0 else np.inf
                            for d, r, p in zip(departure, remaining, power, strict=True)])
         arrival_s = np.array([s.cars[j].arrival.timestamp() if j >= 0 else np.inf for j in car_of])
-        present = Present(now, topo, s.capacity_a[k], s.capacity_a[k:], here, max_a, phases, remaining, arrival_s,
-                          departure, laxity)
+        requested = np.array([s.cars[j].energy_wh if j >= 0 else 0.0 for j in car_of])
+        present = Present(now, topo, s.capacity_a[slot], s.capacity_a[slot:], here, max_a, phases, remaining,
+                          arrival_s, departure, laxity, requested)
         started = time.perf_counter()
-        limit = limits_fn(k, present) if limits_fn else STRATEGIES[strategy](present)
+        limit = decide(k, present)
         times.append(time.perf_counter() - started)
         sub_min += int(np.sum((limit > 1e-9) & (limit < topo.min_current_a - 1e-9)))
         draw = np.where(here & (np.minimum(limit, max_a) >= topo.min_current_a - 1e-9), np.minimum(limit, max_a), 0.0)
         # A car takes no more than it still needs in this step.
-        need_a = np.where(here, remaining / (phases * 230.0 * STEP_S / 3600), 0.0)
+        need_a = np.where(here, remaining / (phases * 230.0 * step_s / 3600), 0.0)
         draw = np.minimum(draw, need_a)
+        for i in np.flatnonzero(here):
+            j = car_of[i]
+            if asleep[j]:
+                draw[i] = 0.0
+            on = draw[i] > 0
+            asleep[j] |= sleepy[j] and was_on[j] and not on
+            pushes[j] += abs(limit[i] - last_limit[j]) > 1e-9
+            pauses[j] += was_on[j] and not on
+            resumes[j] += on and not was_on[j] and started_car[j]
+            was_on[j], last_limit[j] = on, limit[i]
+            started_car[j] |= on
         mask = phase_mask(topo, phases)
         load = node_load_a(topo, draw, mask)
         cap = node_cap.copy()
-        cap[0] = np.minimum(cap[0], s.capacity_a[k])
+        cap[0] = np.minimum(cap[0], s.capacity_a[slot])
         loads.append(load)
         caps.append(cap)
         demand = node_load_a(topo, np.where(here, max_a, 0.0), mask)[0].max()
         if demand > cap[0].max():
             used_short.append(float(load[0].max() / cap[0].max()))
         for i in np.flatnonzero(here):
-            delivered[car_of[i]] += draw[i] * phases[i] * 230.0 * STEP_S / 3600
-    return summarise([c.energy_wh for c in s.cars], delivered, np.array(loads), np.array(caps), used_short, times,
-                     sub_min)
+            delivered[car_of[i]] += draw[i] * phases[i] * 230.0 * step_s / 3600
+    out = summarise([c.energy_wh for c in s.cars], delivered, np.array(loads), np.array(caps), used_short, times,
+                    sub_min)
+    out.update(churn_summary([c.energy_wh for c in s.cars], delivered, pauses, resumes, pushes))
+    out["asleep"] = float(asleep.sum())
+    return out
 
 
-def foresight_sessions(s: Scenario) -> list[PlanSession]:
+def fresh_strategy(name: str):  # type: ignore[no-untyped-def]
+    """A strategy as ``(step, present) -> limits``, with state of its own for this day."""
+    fn = FACTORIES[name]() if name in FACTORIES else STRATEGIES[name]
+    return lambda k, p: fn(p)
+
+
+def foresight_sessions(s: Scenario, step_s: int = STEP_S) -> list[PlanSession]:
     """Every car of the day as a session over exactly the steps it is counted in."""
-    first, end = windows(s)
-    return [PlanSession(c.charger_id, s.start + timedelta(seconds=int(f) * STEP_S),
-                        s.start + timedelta(seconds=int(e) * STEP_S), c.energy_wh, max_current_a=c.max_current_a,
+    first, end = windows(s, step_s)
+    return [PlanSession(c.charger_id, s.start + timedelta(seconds=int(f) * step_s),
+                        s.start + timedelta(seconds=int(e) * step_s), c.energy_wh, max_current_a=c.max_current_a,
                         phases=c.phases) for c, f, e in zip(s.cars, first, end, strict=True) if e > f]
 
 
-def upper_bound_wh(s: Scenario) -> float:
+def upper_bound_wh(s: Scenario, step_s: int = STEP_S) -> float:
     """Most energy any limit-keeping strategy can deliver: the foresight LP, energy only, no minimums."""
     topo = Topology.from_site(s.site)
-    model = build_model(topo, s.capacity_a, foresight_sessions(s), s.start)
+    model = build_model(topo, s.capacity_a, foresight_sessions(s, step_s), s.start)
     # Maximise the energy of the current columns (kWh), nothing else; the model caps it at the need.
     cost = np.zeros(model.a.shape[1])
     cost[: model.n_x] = -model.wh_per_a / 1000.0

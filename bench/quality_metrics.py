@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["jain_index", "shares", "summarise", "violations"]
+__all__ = ["churn_summary", "jain_index", "shares", "summarise", "violations"]
 
 
 def jain_index(values: Sequence[float]) -> float:
@@ -42,3 +42,18 @@ def summarise(requested: Sequence[float], delivered: Sequence[float], load_a: np
             "capacity_used_when_short": float(np.mean(used_when_short)) if len(used_when_short) else float("nan"),
             "jain": jain_index(each), "decision_ms_median": float(np.median(times) * 1000),
             "decision_ms_p95": float(np.percentile(times, 95) * 1000), "limits_between_0_and_min": sub_min_limits}
+
+
+COMPLETE_WH = 100.0
+"""A session counts as completed when it left less than this short of its request (0.1 kWh)."""
+
+
+def churn_summary(requested: Sequence[float], delivered: Sequence[float], pauses: Sequence[int],
+                  resumes: Sequence[int], pushes: Sequence[int]) -> dict[str, float]:
+    """Sessions completed (< 0.1 kWh short) and pauses, resumes, limit changes per car."""
+    req = np.asarray(requested, dtype=float)
+    got = np.asarray(delivered, dtype=float)
+    n = max(len(req), 1)
+    return {"cars": float(len(req)), "completed": float(np.sum(got >= req - COMPLETE_WH)),
+            "pauses_per_car": float(np.sum(pauses) / n), "resumes_per_car": float(np.sum(resumes) / n),
+            "pushes_per_car": float(np.sum(pushes) / n)}

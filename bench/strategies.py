@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from balancer.allocate import AllocationRequest, allocate
 from balancer.plan import PlanSession, plan
 from balancer.topology import Topology, phase_mask
 
-__all__ = ["STRATEGIES", "Present"]
+__all__ = ["FACTORIES", "STRATEGIES", "Present", "make_lp_plus_allocator"]
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Present:
     arrival_s: np.ndarray         # (n,) seconds since start
     departure: list[datetime | None]
     laxity_s: np.ndarray          # (n,)
+    requested_wh: np.ndarray | None = None  # (n,) each car's whole request
 
 
 def _node_capacity(p: Present) -> np.ndarray:
@@ -104,19 +106,57 @@ def allocator_alone(p: Present) -> np.ndarray:
     return allocate(_request(p, None)).limit_a
 
 
-def lp_plus_allocator(p: Present) -> np.ndarray:
-    """Online: plan the cars present now over the rest of the day, allocate with the plan's target."""
+def lp_plus_allocator(p: Present, guard: Any = None) -> np.ndarray:
+    """Online: plan the cars present now over the rest of the day, allocate with the plan's target
+    (through the controller's ``min_pause_s`` / ``min_charge_s`` guard when one is given)."""
     topo = p.topology
     slot_start = p.now
-    sessions = [PlanSession(topo.charger_ids[i], p.now, p.departure[i] or p.now + timedelta(hours=24),
-                            float(p.remaining_wh[i]), max_current_a=float(p.max_a[i]), phases=int(p.phases[i]))
-                for i in np.flatnonzero(p.here & (p.remaining_wh > 0))]
+    extra: dict[str, Any] = {}
+    sessions = []
+    for i in np.flatnonzero(p.here & (p.remaining_wh > 0)):
+        if p.requested_wh is not None and "requested_wh" in PlanSession.__dataclass_fields__:
+            extra = {"requested_wh": float(p.requested_wh[i])}  # (a baseline checkout may not know it)
+        sessions.append(PlanSession(topo.charger_ids[i], p.now, p.departure[i] or p.now + timedelta(hours=24),
+                                    float(p.remaining_wh[i]), max_current_a=float(p.max_a[i]),
+                                    phases=int(p.phases[i]), **extra))
     target = None
     if sessions:
-        outcome = plan(topo, p.capacity_ahead, sessions, slot_start, budget_s=5.0)
+        # Without the minimum-current MIP (``mip_s`` 0, where the checkout knows it): 288 replans a
+        # day at up to MIP_MAX_S each; bench/quality_mip.py measures what it adds.
+        mip = {"mip_s": 0.0} if "mip_s" in plan.__code__.co_varnames else {}
+        outcome = plan(topo, p.capacity_ahead, sessions, slot_start, budget_s=5.0, **mip)
         if outcome.plan is not None:
             target = np.where(p.here, outcome.plan.first_slot(), np.nan)
+    if guard is not None:
+        return np.asarray(allocate_holding(_request(p, target), guard, p.now.timestamp()).limit_a)
     return allocate(_request(p, target)).limit_a
+
+
+def make_lp_plus_allocator(min_pause_s: float | None = None,
+                           min_charge_s: float | None = None) -> Callable[[Present], np.ndarray]:
+    """``lp_plus_allocator`` with a churn guard of its own (defaults: the controller's); a
+    balancer without ``balancer.churn`` (an older checkout measured as the baseline) gets none."""
+    from balancer.model import ControlSettings
+
+    defaults = ControlSettings()
+    if not hasattr(defaults, "min_pause_s"):
+        return lp_plus_allocator
+    from balancer.churn import ChurnGuard
+    pause = defaults.min_pause_s if min_pause_s is None else min_pause_s
+    charge = defaults.min_charge_s if min_charge_s is None else min_charge_s
+    guards: dict[int, ChurnGuard] = {}
+
+    def run(p: Present) -> np.ndarray:
+        guard = guards.setdefault(0, ChurnGuard(p.topology.n_chargers, pause, charge))
+        return lp_plus_allocator(p, guard)
+
+    return run
+
+
+def allocate_holding(request: AllocationRequest, guard: Any, now_s: float) -> Any:
+    from balancer.churn import allocate_holding as holding
+
+    return holding(request, guard, now_s)
 
 
 STRATEGIES: dict[str, Callable[[Present], np.ndarray]] = {
@@ -128,3 +168,8 @@ STRATEGIES: dict[str, Callable[[Present], np.ndarray]] = {
     "our allocator alone": allocator_alone,
     "our LP + allocator": lp_plus_allocator,
 }
+
+FACTORIES: dict[str, Callable[[], Callable[[Present], np.ndarray]]] = {
+    "our LP + allocator": make_lp_plus_allocator,
+}
+"""Strategies with state across the steps of one day: a fresh one per simulated day."""

@@ -1,4 +1,8 @@
-"""Write the larger example configs (depot-40.yaml, carpark-300.yaml). Run: python configs/generate_examples.py"""
+"""Write the larger example configs (depot-40.yaml, carpark-300.yaml). Run: python configs/generate_examples.py
+
+Passwords and tokens are ``${VAR}``: set from the environment when the service starts
+(see configs/README.md), never committed.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ def depot() -> dict:
     for i in range(40):
         row = rows[i % len(rows)]["id"]
         charger = {"id": f"DEP{i + 1:03d}", "circuit": row, "max_current_a": 32, "min_current_a": 6,
-                   "priority": 2 if i < 8 else 1, "password": f"depot-charger-{i + 1:03d}-secret"}
+                   "priority": 2 if i < 8 else 1, "password": f"${{DEP{i + 1:03d}_PASSWORD}}"}
         if i % 5 == 4:
             charger.update(phases=1, phase=("L1", "L2", "L3")[i % 3])
         else:
@@ -28,8 +32,8 @@ def depot() -> dict:
                        "fallback_kw": 60, "rotation_period_s": 900, "circuits": feeders + rows,
                        "chargers": chargers}],
             "ocpp": {"host": "0.0.0.0", "port": 9000, "heartbeat_interval_s": 300},
-            "http": {"host": "127.0.0.1", "port": 8080},
-            "oscp": {"token": "change-me-depot-oscp-token", "heartbeat_interval_s": 60},
+            "http": {"host": "127.0.0.1", "port": 8080, "admin_token": "${ADMIN_TOKEN}"},
+            "oscp": {"token": "${OSCP_TOKEN}", "heartbeat_interval_s": 60},
             "state_dir": "./state/depot"}
 
 
@@ -46,8 +50,9 @@ def carpark() -> dict:
         chargers.append(charger)
     return {"sites": [{"id": "carpark", "voltage_v": 230, "grid_limit_a": 630, "fallback_kw": 150,
                        "circuits": levels + bays, "chargers": chargers}],
-            "ocpp": {"host": "0.0.0.0", "port": 9000}, "http": {"host": "127.0.0.1", "port": 8080},
-            "oscp": {"token": "change-me-carpark-oscp-token"}, "state_dir": "./state/carpark"}
+            "ocpp": {"host": "0.0.0.0", "port": 9000},
+            "http": {"host": "127.0.0.1", "port": 8080, "admin_token": "${ADMIN_TOKEN}"},
+            "oscp": {"token": "${OSCP_TOKEN}"}, "state_dir": "./state/carpark"}
 
 
 if __name__ == "__main__":

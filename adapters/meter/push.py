@@ -90,14 +90,17 @@ def parse_meter_push(data: Any, now: datetime, stale_after_s: float) -> tuple[Cu
 
 
 def meter_push_handler(sink: MeterSink, now: Callable[[], datetime],
-                       max_body_bytes: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The aiohttp handler (the admin API's bearer guard goes around it)."""
+                       max_body_bytes: int | Callable[[], int],
+                       ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler (the admin API's bearer guard goes around it); ``max_body_bytes`` may be
+    read from the running config at each request."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         site_id = request.match_info["site_id"]
         try:
             stale_after_s = sink.push_settings(site_id)
-            data = loads(await read_body(request, max_body_bytes))
+            limit = max_body_bytes() if callable(max_body_bytes) else max_body_bytes
+            data = loads(await read_body(request, limit))
             current_a, at = parse_meter_push(data, now(), stale_after_s)
             sink.push_reading(site_id, current_a, at)
         except BadBody as exc:

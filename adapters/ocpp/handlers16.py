@@ -6,7 +6,6 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import (
     Action,
@@ -15,6 +14,7 @@ from ocpp.v16.enums import (
     RegistrationStatus,
 )
 
+from adapters.ocpp.routing import after, on
 from balancer.events import ChargerStatus, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
         status = self.link.authorize_status()
         existing = self.link.transaction_id
         tx = int(existing) if existing is not None and existing.isdigit() else next(_TX_IDS)
+        answer = self.link.upstream_answer
+        if answer is not None:  # local controller mode: the CSMS's answer decides, with its id
+            tx = int(answer.get("transactionId", tx))
+            status = str((answer.get("idTagInfo") or {}).get("status", AuthorizationStatus.invalid))
         if status == AuthorizationStatus.accepted:
             self.link.transaction_started(str(tx))
             self.link.emit(SessionStarted(self.link.charger_id, self.link.now(), transaction_id=str(tx),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint, call_result
 from ocpp.v201.enums import Action
 
+from adapters.ocpp.routing import after, on
 from balancer.events import ChargerStatus, NeedsUpdated, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:

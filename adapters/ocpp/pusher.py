@@ -1,12 +1,17 @@
 """Getting a safe limit into one charger: capabilities, failsafe, profiles, retries, obedience.
 
 One ``Pusher`` per charger. At most one call is in flight per charger; the newest decision wins
-(an older one still waiting is dropped). A decrease is always pushed; an increase only past the
-deadband or when the schedule ahead changes shape. Rejected, CALLERROR and timeouts are retried
-with exponential backoff; a charger that rejects TxProfile gets the schedule as a
-TxDefaultProfile on its EVSE instead. Every push and its result is reported (``ProfileResult``).
-After an accepted push the composite schedule is read back, and measured currents are compared
-with the limit: a charger that does not follow is flagged (``ObedienceChanged``).
+(an older one still waiting is dropped). ``plan`` compares a decision with what the charger holds,
+now and in every slot ahead (``steps``): a decrease anywhere is pushed in the fan-out's first
+phase as min(held, new), an increase in its second (``fanout``); an increase within the deadband
+at most every ``SMALL_INCREASE_AFTER_S``. Rejected, CALLERROR and timeouts are retried with
+exponential backoff; a charger that rejects TxProfile gets the schedule as a TxDefaultProfile on
+its EVSE instead; one that refuses its decrease altogether, or does not answer it, is flagged,
+reserved at its real draw and retried in the background (``refused``). Every push and its result
+is reported (``ProfileResult``, and ``LimitConfirmed`` when accepted). After an accepted push the
+composite schedule is read back, and measured currents are compared with the limit: a charger
+that does not follow is flagged (``ObedienceChanged``) and trusted again only after following it
+for a while (``observe``).
 
 Idle chargers (no transaction) hold the controller's *idle limit* as a stack-1 default, above the
 stack-0 failsafe: what a car plugging in may draw until its TxProfile arrives. With
@@ -26,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -41,8 +48,16 @@ from adapters.ocpp.profiles import (
     Capabilities,
     charging_profile,
 )
+from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, value_at
 from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
-from balancer.events import ChargerOnline, ChargerSchedule, MeterSample, ObedienceChanged, ProfileResult
+from balancer.events import (
+    ChargerOnline,
+    ChargerSchedule,
+    LimitConfirmed,
+    MeterSample,
+    ObedienceChanged,
+    ProfileResult,
+)
 
 if TYPE_CHECKING:
     from adapters.ocpp.server import ChargerLink
@@ -56,6 +71,17 @@ BACKOFF_S = 0.5
 OBEY_TOLERANCE_A = 1.0
 OBEY_SAMPLES = 3
 OBEY_GRACE_S = 20.0
+TRUST_SAMPLES = 5
+TRUST_AFTER_S = 60.0
+"""A charger flagged as not obeying is trusted again only after its measured current has followed
+its limit in this many samples in a row, spanning at least this long (issue 19 item 7)."""
+SMALL_INCREASE_AFTER_S = 120.0
+"""An increase within ``deadband_a`` of what the charger holds (now and in every slot ahead) is
+sent at most this often: fewer pushes against a little current left unused meanwhile."""
+RETRY_TRY_S = 4.0
+RETRY_EVERY_S = 5.0
+"""A charger that refuses profiles (or is silent) is retried in the background: one call per
+try, answered within ``RETRY_TRY_S``, every ``RETRY_EVERY_S``."""
 READ_BACK_DELAY_S = 2.0
 READ_BACK_MAX_WAIT_S = 30.0
 
@@ -81,7 +107,8 @@ class Pusher:
         self.lock = asyncio.Lock()
         self.obeys = True
         self.over_samples = 0
-        self.last_change = time.monotonic()
+        self.last_change = -math.inf
+        """When its limit last changed (service clock [s]): readings wait ``OBEY_GRACE_S`` after it."""
         self.last_push: dict[str, Any] | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
         self._tx_refused: str | None = None
@@ -91,6 +118,28 @@ class Pusher:
         self.registered = False
         """The charger booted, or showed it is registered already, on this connection."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.refusing = False
+        """Its last decrease was refused or not answered in time: its real draw is reserved
+        (flagged as not obeying) and it is retried in the background, never waited for."""
+        self.last_draw_a: float | None = None
+        """The highest phase current of its last meter sample [A] (None: none yet)."""
+        self._draw_unknown = False
+        self.reserved_a = 0.0
+        """The draw reported for it when it was found refusing (what the controller reserves)."""
+        self._limit_sent_at = -math.inf
+        self._floor: tuple[tuple[Any, float], ...] | None = None
+        """Pointwise minimum of the decisions since its limit last changed: how far a small
+        increase goes."""
+        """When its stack-1 limit last changed (service clock [s]): small increases wait for
+        ``SMALL_INCREASE_AFTER_S`` after it."""
+        self._try_timeout: float | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self._follow_n = 0
+        self._follow_since = 0.0
+        self.call_started = 0.0
+        self._tx_moved = False
+        """Its last limit push stopped because its transaction changed meanwhile (no refusal)."""
+        """When its call in flight was sent (monotonic): the fan-out waits that long at most."""
 
     # ----------------------------------------------------------------- lifecycle hooks
     def _spawn(self, coro: Any) -> None:
@@ -217,41 +266,74 @@ class Pusher:
         return self.held_a is not None and self.held_tx == tx and abs(self.held_a - schedule.limit_a) < 1e-9 \
             and tuple(self.held_periods[1:]) == tuple(schedule.periods[1:])
 
-    def offer(self, schedule: ChargerSchedule) -> str:
-        """Take a new decision; says whether it is a "decrease", an "increase" or "none" to send.
+    def _limit_target(self, schedule: ChargerSchedule) -> tuple[bool, str | None, Periods | None, bool] | None:
+        """What a decision changes in the stack-1 profile that governs what the car may draw:
+        (idle, tx, allowed, same). ``idle``: the idle default is that profile (TxProfile strategy,
+        no transaction); ``allowed``: the periods the charger may draw by now (None: not known);
+        ``same``: the new schedule replaces the profile it draws by (else the session's first
+        TxProfile takes over from the idle default). None: nothing to send (a session just ended
+        here and the controller has not seen it yet)."""
+        tx = self._link_tx()
+        if self._separate_idle():
+            idle = self.idle_periods if self.idle_a is not None and self.idle_periods else None
+            if tx is None:
+                return None if schedule.transaction_id is not None else (True, None, idle, True)
+            if self.held_tx == tx and self.held_a is not None and self.held_periods:
+                return False, tx, self.held_periods, True
+            return False, tx, idle, False
+        if self.held_a is None or not self.held_periods:
+            return False, tx, None, False
+        return False, tx, self.held_periods, self.held_tx == tx
 
-        Compared with what the charger may draw now (``_allowed_a``): for an idle charger its idle
-        default, during a session its TxProfile, or the idle default until that TxProfile is held.
-        So a lower idle limit is a decrease, sent and accepted before any increase, and a session's
-        first TxProfile above the idle limit waits for the decreases like any increase.
-        """
+    def _clock_s(self) -> float:
+        """The service's clock [s]: the policy timers run on it (``balancer demo`` accelerates it)."""
+        return self.link.now().timestamp()
+
+    def _small_increase_due(self) -> bool:
+        return self._clock_s() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S
+
+    def plan(self, schedule: ChargerSchedule) -> tuple[bool, bool]:
+        """(decrease, increase): whether this decision lowers what the charger may draw now or in
+        any slot ahead (sent in the fan-out's first phase, as min(held, new)), and whether it
+        raises it anywhere (sent in the second phase, once every decrease is accepted).
+
+        The deadband is the distance from what the charger holds, in every slot: a raise within
+        it is sent at most every ``SMALL_INCREASE_AFTER_S``, a decrease always (a decrease that
+        only undoes an unsent small increase is none: the charger never held that increase).
+        A failsafe goes with the decreases when it is new (every charger holds one before its
+        limit) or lower, with the increases when higher. The idle default at 0 A under a session's
+        TxProfile goes in the second phase: it does not govern what the car draws then."""
+        if not self.link.connected or not self.ready:
+            return False, False
+        decrease = self.failsafe_a is None or schedule.failsafe_a < self.failsafe_a - EPS_A
+        increase = self.failsafe_a is not None and schedule.failsafe_a > self.failsafe_a + EPS_A
+        target = self._limit_target(schedule)
+        if target is not None:
+            _idle, _tx, allowed, same = target
+            if allowed is None:
+                decrease = True
+            else:
+                drop, rise = drop_a(allowed, schedule.periods), raise_a(allowed, schedule.periods)
+                decrease = drop > EPS_A or (not same and rise <= EPS_A)
+                if rise > EPS_A and (not same or rise > self.link.server.config.ocpp.deadband_a):
+                    increase = True
+                elif rise > EPS_A and self._small_increase_due() and self._floor is not None \
+                        and raise_a(allowed, pointwise_min(self._floor, schedule.periods)) > EPS_A:
+                    increase = True  # a small one, of what every decision since the last change kept
+        if self._idle_zero_due(schedule):
+            increase = True
+        return decrease, increase
+
+    def offer(self, schedule: ChargerSchedule) -> str:
+        """Take a new decision; says what there is to send: "decrease", "increase", "both" or
+        "none" (see ``plan``)."""
         self.desired = schedule
         self.version += 1
-        if not self.link.connected or not self.ready:
-            return "none"
-        if self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > 1e-9:
-            return "decrease"
-        tx = self._link_tx()
-        separate = self._separate_idle()
-        if separate and tx is None and schedule.transaction_id is not None:
-            return "none"  # the session just ended here; the controller has not seen it yet
-        limit = schedule.limit_a
-        current = self._allowed_a()
-        if current is None or limit < current - 1e-9:
-            return "decrease"
-        if self._idle_zero_due(schedule):
-            return "decrease"
-        if separate and tx is None:
-            held_periods = self.idle_periods
-        elif self.held_tx != tx:
-            return "increase" if limit > current + 1e-9 else "decrease"
-        else:
-            held_periods = self.held_periods
-        if limit > current + self.link.server.config.ocpp.deadband_a:
-            return "increase"
-        if tuple(schedule.periods[1:]) != tuple(held_periods[1:]):
-            return "increase" if limit >= current else "decrease"
-        return "none"
+        self._floor = tuple(schedule.periods) if self._floor is None else \
+            pointwise_min(self._floor, schedule.periods)
+        decrease, increase = self.plan(schedule)
+        return {(True, True): "both", (True, False): "decrease", (False, True): "increase"}.get(
+            (decrease, increase), "none")
 
     # ----------------------------------------------------------------- pushing
     def _connected_cp(self) -> Any:
@@ -269,41 +351,131 @@ class Pusher:
         package's schema check and serialising (``trusted_call``), most of the CPU of a 1,000-charger
         fan-out. The simulator, which validates everything it receives, tests these profiles."""
         payload = set_profile_payload(self.link.protocol or "ocpp1.6", evse, profile)
-        response = await call_trusted(self._connected_cp(), "SetChargingProfile", payload)
+        response = await call_trusted(self._connected_cp(), "SetChargingProfile", payload, timeout=self._try_timeout)
         return str(response.get("status", "Error"))
 
-    async def push(self) -> bool:
-        """Send the newest decision; True when the charger holds it (or nothing needed sending)."""
+    async def push(self, schedule: ChargerSchedule | None = None, phase: int = 0, *,
+                   background: bool = False) -> bool:
+        """Send a decision (the newest when None); True when the charger holds what this phase
+        sends (or nothing needed sending).
+
+        ``phase`` 1: only what lowers the charger's limit, now or ahead: min(held, new) of the
+        profile it draws by. ``phase`` 2: the decision itself, failsafe and idle default included;
+        skipped when a newer decision came meanwhile (its own fan-out sends it, decreases first).
+        ``phase`` 0: the decision at once (the background retries of a refusing charger).
+        ``background``: one call, answered within ``RETRY_TRY_S``."""
         async with self.lock:
-            schedule = self.desired
+            schedule = schedule or self.desired
+            if phase == 2 and schedule is not self.desired:
+                return True
             if schedule is None or not self.link.connected or not self.ready:
                 return False
-            charger = self.link.charger
+            self._try_timeout = RETRY_TRY_S if background else None
+            self._tx_moved = False
+            try:
+                return await self._push(schedule, phase)
+            finally:
+                self._try_timeout = None
+
+    async def _push(self, schedule: ChargerSchedule, phase: int) -> bool:
+        charger = self.link.charger
+        lower = self.failsafe_a is None or schedule.failsafe_a < self.failsafe_a - EPS_A
+        if (lower or phase != 1) and (self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > EPS_A):
             volts = self.link.server.voltage.get(charger.id, 230.0)
-            version_name = self.link.protocol or "ocpp1.6"
-            if self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > 1e-9:
-                failsafe = ChargerSchedule(charger.id, schedule.at, schedule.failsafe_a,
-                                           ((schedule.at, schedule.failsafe_a),), schedule.failsafe_a,
-                                           phases=schedule.phases)
-                profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
-                                           profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
-                                           integer_amps=charger.integer_amps, version=version_name)
-                if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
-                    self.failsafe_a = schedule.failsafe_a
-            tx = self._link_tx()
-            if self._separate_idle() and tx is None:
-                if schedule.transaction_id is not None:
-                    return self.failsafe_a is not None  # see offer(): wait for the controller
-                return await self._push_idle(schedule, schedule.periods)
-            ok = True
-            if not self._holds(schedule, tx):
-                ok = await self._push_limit(schedule, tx)
-                if not ok:
-                    return False
-            if self._idle_zero_due(schedule):
-                # Whether it lands does not change what the car may draw now (its TxProfile).
+            failsafe = ChargerSchedule(charger.id, schedule.at, schedule.failsafe_a,
+                                       ((schedule.at, schedule.failsafe_a),), schedule.failsafe_a,
+                                       phases=schedule.phases)
+            profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
+                                       profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
+                                       integer_amps=charger.integer_amps, version=self.link.protocol or "ocpp1.6")
+            if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
+                self.failsafe_a = schedule.failsafe_a
+        target = self._limit_target(schedule)
+        if target is None:
+            return self.failsafe_a is not None  # see _limit_target: wait for the controller
+        idle, tx, allowed, same = target
+        send: ChargerSchedule | None = schedule
+        if allowed is not None and phase in (1, 2):
+            rise, drop = raise_a(allowed, schedule.periods), drop_a(allowed, schedule.periods)
+            if phase == 1:
+                if drop <= EPS_A and (same or rise > EPS_A):
+                    send = None  # nothing to lower: whatever rises waits for the second phase
+                elif rise > EPS_A:
+                    step = pointwise_min(allowed, schedule.periods)
+                    send = dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
+            elif same and rise <= EPS_A:
+                send = None if drop <= EPS_A else schedule
+            elif same and rise <= self.link.server.config.ocpp.deadband_a:
+                # A small increase: only as far as every decision since the last change went
+                # (limits that jitter by tenths of an ampere settle instead of following each one).
+                low = pointwise_min(self._floor or schedule.periods, schedule.periods)
+                send = dataclasses.replace(schedule, limit_a=low[0][1], periods=low) \
+                    if self._small_increase_due() and raise_a(allowed, low) > EPS_A else None
+        if send is None:
+            if phase != 1 and not idle and self._idle_zero_due(schedule):
                 await self._push_idle(schedule, schedule.idle_periods)
-            return ok
+            return True
+        if idle:
+            return await self._push_idle(send, send.periods)
+        ok = True
+        if not self._holds(send, tx):
+            ok = await self._push_limit(send, tx)
+            if not ok:
+                return False
+        if phase != 1 and self._idle_zero_due(schedule):
+            # Whether it lands does not change what the car may draw now (its TxProfile).
+            await self._push_idle(schedule, schedule.idle_periods)
+        return ok
+
+    def start_push(self, schedule: ChargerSchedule, phase: int) -> asyncio.Task[bool]:
+        """``push`` as a task of this charger's: it goes on (and is cancelled on a disconnect) when
+        the fan-out stops waiting for it."""
+        self.call_started = time.monotonic()
+        task = asyncio.get_running_loop().create_task(self.push(schedule, phase))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ----------------------------------------------------------------- refusing chargers
+    def refused(self, why: str) -> None:
+        """Its decrease in a fan-out was refused or not answered in time (``fanout``): reserve
+        its real draw (flag it as not obeying; its measured current, or its maximum while none is
+        known), retry it in the background, and let no fan-out wait for it again until it accepts.
+        A charger that went offline meanwhile is the offline reserve's business instead."""
+        moved, self._tx_moved = self._tx_moved, False
+        if moved or not self.link.connected or (self.last_push or {}).get("result") == "Offline":
+            return
+        self.refusing = True
+        self._follow_n = 0
+        self._draw_unknown = self.last_draw_a is None
+        draw = self.link.charger.max_current_a if self.last_draw_a is None else self.last_draw_a
+        self.reserved_a = draw
+        detail = f"refuses its limits ({why}): its draw of {draw:.1f} A is reserved"
+        if self.obeys:
+            self._set_obeys(False, draw, detail)
+        else:  # already flagged: say what it draws now
+            self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), False, draw, detail))
+        self.retry_in_background()
+
+    def retry_in_background(self) -> None:
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.get_running_loop().create_task(self._retry_loop())
+            self._tasks.add(self._retry)
+            self._retry.add_done_callback(self._tasks.discard)
+
+    async def _retry_loop(self) -> None:
+        """Until it accepts: the newest decision, capped at the draw reserved for it (what it may
+        draw is counted at that, so accepting a limit must not let it draw more)."""
+        while self.refusing and self.link.connected:
+            schedule = self.desired
+            if schedule is not None:
+                capped = tuple((t, min(v, self.reserved_a)) for t, v in schedule.periods)
+                if await self.push(dataclasses.replace(schedule, limit_a=capped[0][1], periods=capped),
+                                   background=True):
+                    self.refusing = False
+                    log.info("charger %s accepts limits again", self.link.charger_id)
+                    return
+            await asyncio.sleep(RETRY_EVERY_S)
 
     def _max_purpose(self) -> str:
         return "ChargePointMaxProfile" if (self.link.protocol or "ocpp1.6") == "ocpp1.6" \
@@ -349,6 +521,13 @@ class Pusher:
             # runs at most twice). Only a Rejected answer says so, never a timeout or a CALLERROR;
             # the next transaction, or a reconnect, tries the TxProfile again.
             self._tx_refused = tx
+            if not self.tx_profile_refused:
+                # The charger's transaction changed while the call was out (it ended, or another
+                # began): ``_limit_profile`` would pick the TxProfile again, and a charger without
+                # that transaction rejects it again, round after round. The next decision brings
+                # the profile for the transaction it has now.
+                self._tx_moved = True
+                break
         if ok and profile_id == IDLE_PROFILE_ID:
             # The fallback replaced the idle default: it holds this limit until the next push.
             self.idle_a = schedule.limit_a
@@ -357,8 +536,12 @@ class Pusher:
             self.held_a = schedule.limit_a
             self.held_periods = tuple(schedule.periods)
             self.held_tx = tx
-            self.last_change = time.monotonic()
+            self.last_change = self._clock_s()
             self.over_samples = 0
+            self._limit_sent_at = self._clock_s()
+            self._floor = None
+            self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), schedule.limit_a,
+                                          tuple(schedule.periods), purpose))
             self._spawn(self._read_back(schedule.limit_a, evse if evse else charger.evse_id))
         return ok
 
@@ -378,6 +561,10 @@ class Pusher:
         if ok:
             self.idle_a = idle.limit_a
             self.idle_periods = idle.periods
+            self._limit_sent_at = self._clock_s()
+            self._floor = None
+            self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), idle.limit_a, tuple(idle.periods),
+                                          "idle TxDefaultProfile"))
         elif tx is not None:
             self._idle_refused = (tx, tuple(periods[1:]))
         return ok
@@ -385,8 +572,9 @@ class Pusher:
     async def _send(self, profile: dict[str, Any], evse: int, limit_a: float, purpose: str, *,
                     idle: bool = False) -> bool:
         detail = ""
-        for attempt in range(RETRIES):
+        for attempt in range(1 if self._try_timeout is not None else RETRIES):
             result = "Error"
+            self.call_started = time.monotonic()
             try:
                 result = await self._set_profile(profile, evse)
             except TimeoutError:
@@ -488,24 +676,46 @@ class Pusher:
                 return
         self.composite_a = first
         # A newer push may have raised the limit meanwhile: compare with the higher of the two.
-        held = max(limit_a, self.held_a or 0.0)
-        self._set_obeys(first <= held + 0.1, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
+        # So may the schedule have moved on to a later, higher period since (the read-back waits).
+        ahead = value_at(self.held_periods, self.link.now()) if self.held_periods else 0.0
+        held = max(limit_a, self.held_a or 0.0, ahead)
+        if first > held + 0.1:
+            # Only ever flags: trust comes back from what it draws (``observe``), not from a schedule.
+            self._follow_n = 0
+            self._set_obeys(False, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
 
     def observe(self, sample: MeterSample) -> None:
-        """Compare measured current with the limit the charger holds."""
-        if self.held_a is None or time.monotonic() - self.last_change < OBEY_GRACE_S:
-            return
+        """Compare measured current with the limit the charger holds.
+
+        Flagged after ``OBEY_SAMPLES`` samples in a row over it; trusted again only after
+        ``TRUST_SAMPLES`` samples in a row within it spanning ``TRUST_AFTER_S`` (a charger that
+        ignores its limit may draw less for a while: a car ramping, a full battery)."""
         drawn = max((c for c in sample.current_a if c is not None), default=None)
         if drawn is None:
             return
+        self.last_draw_a = drawn
+        if self.refusing and self._draw_unknown:
+            # Reserved at its maximum until a reading came: now at what it really draws.
+            self._draw_unknown = False
+            self.reserved_a = drawn
+            self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), False, drawn,
+                                            f"refuses its limits: its draw of {drawn:.1f} A is reserved"))
+        if self.held_a is None or self._clock_s() - self.last_change < OBEY_GRACE_S:
+            return
+        now = self._clock_s()
         if drawn > self.held_a + max(OBEY_TOLERANCE_A, 0.1 * self.held_a):
+            self._follow_n = 0
             self.over_samples += 1
             if self.over_samples >= OBEY_SAMPLES:
                 self._set_obeys(False, drawn, f"draws {drawn:.1f} A over its {self.held_a:.1f} A limit")
         else:
             self.over_samples = 0
-            if not self.obeys:
-                self._set_obeys(True, drawn, "follows its limit again")
+            if self._follow_n == 0:
+                self._follow_since = now
+            self._follow_n += 1
+            if not self.obeys and not self.refusing and self._follow_n >= TRUST_SAMPLES \
+                    and now - self._follow_since >= TRUST_AFTER_S:
+                self._set_obeys(True, drawn, f"has followed its limit for {now - self._follow_since:.0f} s")
 
     def _set_obeys(self, obeys: bool, draw_a: float, detail: str) -> None:
         if obeys == self.obeys:
@@ -517,7 +727,8 @@ class Pusher:
     def status(self) -> dict[str, Any]:
         return {"limit_a": self.held_a, "obeys": self.obeys, "capabilities": self.caps.as_dict(),
                 "last_push": self.last_push, "failsafe_a": self.failsafe_a, "composite_a": self.composite_a,
-                "idle_limit_a": self.idle_a}
+                "idle_limit_a": self.idle_a,
+                "refuses_profiles": self.refusing}
 
 
 def _int(value: Any, default: int) -> int:

@@ -28,12 +28,14 @@ from ocpp.v16.enums import Action as Action16
 from ocpp.v201.enums import Action as Action201
 
 from adapters.clock import utc_now
+from adapters.ocpp.fanout import fan_out
 from adapters.ocpp.frames import MAX_DEPTH, bad_date_times, frame_id, too_deep, translate_error
 from adapters.ocpp.handlers16 import ChargePoint16
 from adapters.ocpp.handlers201 import ChargePoint201
 from adapters.ocpp.loglimit import LimitedLogger, LogLimiter
 from adapters.ocpp.meter import MeterReader
 from adapters.ocpp.pusher import Pusher
+from adapters.ocpp.upstream import Relay, UpstreamHub
 from balancer.events import ChargerOffline, ChargerSchedule, Event, MeterSample
 from balancer.model import Charger, Config
 
@@ -73,8 +75,15 @@ class FrameGuard:
         self.rate = rate_per_s
         self.tokens = rate_per_s * 2
         self.stamp = time.monotonic()
+        self.relay: Relay | None = None
+        """Local controller mode: the charger's link to the CSMS, which sees every frame both ways."""
 
     async def send(self, message: str) -> None:
+        if self.relay is not None:
+            held = self.relay.outbound(message)
+            if held is None:
+                return
+            message = held
         if message.startswith("[4"):  # the package refusing a CALL (schema, missing handler)
             self.link.server.counters["bad_frames"] += 1
             message = translate_error(self.link.protocol, message)
@@ -166,6 +175,8 @@ class ChargerLink:
         self.pusher = Pusher(self)
         self.meter = MeterReader(self)
         self.status = "unknown"
+        self.upstream_answer: dict[str, Any] | None = None
+        """Local controller mode: the CSMS's answer to the charger's call the handlers now observe."""
 
     @property
     def ocpp_logger(self) -> LimitedLogger:
@@ -191,6 +202,8 @@ class ChargerLink:
             log.exception("event handler failed for %r", event)
 
     def authorize_status(self) -> str:
+        if self.server.upstream is not None:  # asked only while the CSMS cannot answer (ocpp/upstream.py)
+            return "Accepted" if self.server.upstream.settings.offline_authorize == "accept" else "Invalid"
         return "Accepted" if self.server.config.ocpp.authorize == "accept_all" else "Blocked"
 
     def booted(self) -> None:
@@ -224,6 +237,8 @@ class OcppServer:
         self.now = now
         self.links: dict[str, ChargerLink] = {}
         self.voltage: dict[str, float] = {}
+        self.site_of: dict[str, str] = {}
+        self._site_locks: dict[str, asyncio.Lock] = {}
         self._update_links(config)
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -238,11 +253,14 @@ class OcppServer:
         self.quiet.set()
         self.read_back_slots = asyncio.Semaphore(READ_BACKS_AT_ONCE)
         """How many composite-schedule read-backs may be in flight across all chargers."""
+        self.upstream = UpstreamHub(self) if config.ocpp.upstream is not None else None
+        """Local controller mode (DESIGN 3.11): chargers forwarded to the operator's CSMS."""
 
     def _update_links(self, config: Config) -> None:
         for site in config.sites:
             for charger in site.chargers:
                 self.voltage[charger.id] = site.voltage_v
+                self.site_of[charger.id] = site.id
                 if charger.id in self.links:
                     self.links[charger.id].charger = charger
                 else:
@@ -281,6 +299,8 @@ class OcppServer:
                 await ws.close()
         for link in self.links.values():
             link.pusher.cancel()
+        if self.upstream is not None:
+            await self.upstream.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -327,6 +347,8 @@ class OcppServer:
         cp = cls(charger_id, guard, link, response_timeout=ocpp.response_timeout_s)
         link.cp = cp
         link.connected = True
+        relay = self.upstream.attach(link, guard, request.headers.get("Authorization")) if self.upstream else None
+        guard.relay = relay
         # ChargerOnline comes from the pusher once the charger has booted (or shown it is
         # registered already) and its capabilities are read: no profile before (Pusher.on_boot).
         link.pusher.on_connect()
@@ -334,7 +356,8 @@ class OcppServer:
             while True:
                 raw = await guard.recv()
                 try:
-                    await cp.route_message(raw)
+                    if relay is None or await relay.inbound(raw):
+                        await cp.route_message(raw)
                 except Exception as exc:  # nothing a charger sends may end the loop
                     self.log_limiter.log(log, logging.WARNING, charger_id, "failed", "charger %s: message failed: %r",
                                          charger_id, exc)
@@ -344,6 +367,8 @@ class OcppServer:
             pass
         finally:
             self._sockets.discard(ws)
+            if relay is not None:
+                await relay.close()
             if link.cp is cp:
                 link.connected = False
                 link.pusher.on_disconnect()
@@ -351,30 +376,21 @@ class OcppServer:
         return ws
 
     async def apply(self, schedules: Sequence[ChargerSchedule]) -> None:
-        """Push decisions: every decrease sent and accepted before any increase is sent."""
-        decreases, increases = [], []
+        """Push decisions: every decrease, now and in the slots ahead, sent and accepted before any
+        increase is sent (``fanout``); the fan-outs of one site one after the other."""
+        items = []
         for schedule in schedules:
             link = self.links.get(schedule.charger_id)
-            if link is None:
-                continue
-            kind = link.pusher.offer(schedule)
-            if kind == "decrease":
-                decreases.append(link)
-            elif kind == "increase":
-                increases.append(link)
-        if not decreases and not increases:
+            if link is not None and link.pusher.offer(schedule) != "none":
+                items.append((link, schedule))
+        if not items:
             return
         self._fanouts += 1
         self.quiet.clear()
         try:
-            if decreases:
-                results = await asyncio.gather(*(link.pusher.push() for link in decreases))
-                if not all(results):
-                    # A decrease that did not land: hold the increases back; the next decision brings
-                    # them again (and the controller reserves what the charger may still draw).
-                    return
-            if increases:
-                await asyncio.gather(*(link.pusher.push() for link in increases))
+            site = self.site_of.get(items[0][0].charger_id, "")
+            async with self._site_locks.setdefault(site, asyncio.Lock()):
+                await fan_out(items)
         finally:
             self._fanouts -= 1
             if self._fanouts == 0:
@@ -384,5 +400,6 @@ class OcppServer:
         link = self.links.get(charger_id)
         if link is None:
             return {}
+        upstream = {} if self.upstream is None else self.upstream.status(charger_id)
         return {"connected": link.connected, "protocol": link.protocol, "transaction_id": link.transaction_id,
-                **link.pusher.status()}
+                **link.pusher.status(), **upstream}

@@ -16,7 +16,9 @@ read-only values refused). A 2.0.1 session: StatusNotification Occupied, then Tr
 Started with seqNo 0, Updated 1, 2, ..., Ended, then StatusNotification Available. Switchable
 misbehaviours show how a CSMS copes: rejecting 0 A, ignoring profiles, rejecting TxProfile,
 rejecting every profile, never answering the CSMS's calls, dropping the connection, answering
-late. Used by the tests, the benchmarks, ``balancer demo`` and ``balancer simulate``.
+late. Every accepted profile is logged with its arrival time (``hold_log``), so a test can replay
+what a fleet held at every instant (``adapters.ocpp.held_ledger``). Used by the tests, the
+benchmarks, ``balancer demo`` and ``balancer simulate``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,7 +37,6 @@ from typing import Any
 import aiohttp
 import ocpp.messages
 from ocpp.exceptions import InternalError
-from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
@@ -45,8 +47,9 @@ from ocpp.v201 import call_result as result201
 from ocpp.v201.enums import Action as Action201
 
 from adapters.clock import utc_now
+from adapters.ocpp.routing import after, on
 
-__all__ = ["Fleet", "Misbehaviour", "SimCar", "SimulatedCharger"]
+__all__ = ["AcceptedProfile", "Fleet", "Misbehaviour", "SessionRecord", "SimCar", "SimulatedCharger"]
 
 log = logging.getLogger(__name__)
 VOLTAGE_V = 230.0
@@ -97,19 +100,41 @@ class Misbehaviour:
     """Takes only W-unit schedules (reported as such by GetConfiguration/GetVariables); A is Rejected."""
 
 
+@dataclass(frozen=True)
+class AcceptedProfile:
+    """A SetChargingProfile the charger accepted: when it arrived, for which EVSE, the profile in full."""
+
+    at: datetime
+    evse: int
+    profile: dict[str, Any]
+
+
+@dataclass
+class SessionRecord:
+    """One transaction as the charger saw it (``stopped_at`` None while it runs)."""
+
+    transaction_id: str
+    started_at: datetime
+    stopped_at: datetime | None = None
+    reason: str | None = None
+
+
 class _WsConnection:
     """The ``recv``/``send`` object the ``ocpp`` package needs, over an aiohttp client websocket."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, wire: deque[tuple[str, str]]) -> None:
         self.ws = ws
+        self.wire = wire
 
     async def recv(self) -> str:
         msg = await self.ws.receive()
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise ConnectionResetError("websocket closed")
+        self.wire.append(("in", str(msg.data)))
         return str(msg.data)
 
     async def send(self, message: str) -> None:
+        self.wire.append(("out", message))
         await self.ws.send_str(message)
 
 
@@ -177,7 +202,14 @@ class ProfileStore:
 
 
 class SimulatedCharger:
-    """One charger with (optionally) a car, connected to ``url``/``charger_id``."""
+    """One charger with (optionally) a car, connected to ``url``/``charger_id``.
+
+    ``drop_connection()`` closes the websocket now (it reconnects with back-off, keeping its
+    profiles and its transaction, as a real charger does). For checks from the charger's side it
+    logs every profile it accepted in full with its arrival time (``accepted_log``), every
+    ClearChargingProfile it applied (``clear_log``) and its sessions (``session_log``);
+    ``held_limit_at(t)`` replays them to tell what it held at any instant (``bench/chaos.py``).
+    """
 
     def __init__(self, charger_id: str, url: str, *, protocol: str = "ocpp1.6", car: SimCar | None = None,
                  clock: Callable[[], datetime] = utc_now, password: str | None = None, max_current_a: float = 32.0,
@@ -199,10 +231,22 @@ class SimulatedCharger:
         self.misbehaviour = misbehaviour or Misbehaviour()
         self.store = ProfileStore()
         self.profile_log: list[dict[str, Any]] = []
+        self.hold_log: list[tuple[datetime, int, dict[str, Any] | None]] = []
+        """What it holds, as it changes: (time, connector/EVSE, the accepted profile), and
+        (time, 0, None) when a session's end drops its TxProfiles. Replayed in order by
+        ``adapters.ocpp.held_ledger`` to sum what a fleet holds at every instant and slot."""
         self.draw_log: list[tuple[datetime, float]] = []
         self.energy_wh = 0.0
         self.session_wh = 0.0
         self.draw_a = 0.0
+        self.accepted_log: list[AcceptedProfile] = []
+        """Every profile accepted, in arrival order, in full (schedules, start, stack level)."""
+        self.clear_log: list[tuple[datetime, str | None, int | None]] = []
+        """Every ClearChargingProfile applied: (arrival, purpose, profile id)."""
+        self.session_log: list[SessionRecord] = []
+        self.drops = 0
+        """Connections closed by ``drop_connection`` (or ``drop_every_s``)."""
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.transaction_id: str | None = None
         self._starting = False
         self.done = False
@@ -230,6 +274,9 @@ class SimulatedCharger:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
+        self.wire: deque[tuple[str, str]] = deque(maxlen=2000)
+        """The last frames on the wire, ("out" or "in", frame as sent or received): what a
+        protocol analyser would show, for tests of what reaches the CSMS unchanged."""
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -269,7 +316,8 @@ class SimulatedCharger:
                                             auth=auth, heartbeat=30.0, max_msg_size=0) as ws:
             if ws.protocol != self.protocol:
                 raise ConnectionError(f"server did not accept {self.protocol}")
-            connection = _WsConnection(ws)
+            connection = _WsConnection(ws, self.wire)
+            self._ws = ws
             cls = _Client16 if self.protocol == "ocpp1.6" else _Client201
             self._cp = cls(self.charger_id, connection, self)
             if not self.validate:
@@ -284,6 +332,45 @@ class SimulatedCharger:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
+
+    async def drop_connection(self) -> bool:
+        """Close the websocket now (a network blip); the charger reconnects with back-off.
+
+        Installed profiles and the running transaction survive, as on a real charger. False when
+        it was not connected.
+        """
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        self.drops += 1
+        await ws.close()
+        return True
+
+    def clear_profiles(self, purpose: str | None, profile_id: int | None) -> int:
+        """Apply a ClearChargingProfile (logged for ``held_limit_at``); how many were removed."""
+        self.clear_log.append((self.clock(), purpose, profile_id))
+        return self.store.clear(purpose, profile_id)
+
+    def held_limit_at(self, t: datetime) -> float | None:
+        """What the charger held at ``t`` [A per phase], replayed from its logs: the composite of
+        the profiles accepted and not cleared by then, with its transaction (if one ran at ``t``).
+        None: no profile applied (the charger may draw its maximum)."""
+        store = ProfileStore()
+        events: list[tuple[datetime, int, Any]] = [(a.at, 0, a) for a in self.accepted_log if a.at <= t]
+        events += [(at, 1, (purpose, pid)) for at, purpose, pid in self.clear_log if at <= t]
+        events += [(rec.stopped_at, 2, None) for rec in self.session_log
+                   if rec.stopped_at is not None and rec.stopped_at <= t]
+        for _, kind, item in sorted(events, key=lambda e: (e[0], e[1])):
+            if kind == 0:
+                store.install(item.evse, item.profile)
+            elif kind == 1:
+                store.clear(*item)
+            else:
+                store.drop_tx()
+        has_tx = any(rec.started_at <= t and (rec.stopped_at is None or t < rec.stopped_at)
+                     for rec in self.session_log)
+        phases = self.car.phases if self.car else 3
+        return store.limit_at(t, 1, has_tx, phases)
 
     async def _boot(self, reason: str = "PowerUp") -> None:
         self.boots += 1
@@ -365,6 +452,7 @@ class SimulatedCharger:
                 await self._heartbeat()
             drop = self.misbehaviour.drop_every_s
             if drop and asyncio.get_running_loop().time() - connected_at >= drop:
+                self.drops += 1
                 await ws.close()
                 return
             await asyncio.sleep(self.tick_s)
@@ -428,12 +516,14 @@ class SimulatedCharger:
             finally:
                 self._starting = False
             self.transaction_id = str(response.transaction_id)
+            self.session_log.append(SessionRecord(self.transaction_id, self.clock()))
             await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
         else:
             # Plugging in occupies the connector before the transaction starts (E02: cable first).
             await self._cp.call(call201.StatusNotification(timestamp=_iso(now), connector_status="Occupied",
                                                            evse_id=1, connector_id=1))
             self.transaction_id = f"{self.charger_id}-{next(self._tx_numbers)}-{int(now.timestamp())}"
+            self.session_log.append(SessionRecord(self.transaction_id, self.clock()))
             self._tx_seq = itertools.count(0)
             await self._cp.call(call201.TransactionEvent(
                 event_type="Started", timestamp=_iso(now), trigger_reason="CablePluggedIn", seq_no=next(self._tx_seq),
@@ -451,10 +541,15 @@ class SimulatedCharger:
 
     async def _stop_transaction(self, now: datetime, reason: str) -> None:
         tx = self.transaction_id
+        if self.session_log and self.session_log[-1].stopped_at is None:
+            self.session_log[-1].stopped_at = self.clock()
+            self.session_log[-1].reason = reason
+        self.draw_log.append((self.clock(), 0.0))
         self.transaction_id = None
         self.done = True
         self.draw_a = 0.0
         self.store.drop_tx()
+        self.hold_log.append((self.clock(), 0, None))
         if self.protocol == "ocpp1.6":
             await self._cp.call(call16.StopTransaction(meter_stop=int(self.energy_wh), timestamp=_iso(now),
                                                        transaction_id=int(tx or 0), reason=reason))
@@ -466,6 +561,24 @@ class SimulatedCharger:
                 meter_value=[self._meter_value(now)]))
             await self._cp.call(call201.StatusNotification(timestamp=_iso(now), connector_status="Available",
                                                            evse_id=1, connector_id=1))
+
+    def remote_start_status(self) -> str:
+        """Accepted when a car is plugged in (or due) and no transaction runs: it starts now."""
+        ok = self.car is not None and self.transaction_id is None and not self.done and not self._starting
+        return "Accepted" if ok else "Rejected"
+
+    def remote_start(self) -> None:
+        if self.remote_start_status() == "Accepted" and self.car is not None:
+            now = self.clock()
+            if self.car.arrival > now:
+                self.car.arrival = now  # the next tick starts the transaction
+
+    def remote_stop_status(self, transaction_id: str) -> str:
+        return "Accepted" if self.transaction_id is not None and self.transaction_id == transaction_id else "Rejected"
+
+    async def remote_stop(self, transaction_id: str) -> None:
+        if self.transaction_id is not None and self.transaction_id == transaction_id:
+            await self._stop_transaction(self.clock(), "Remote")
 
     def _sampled(self) -> list[dict[str, Any]]:
         car = self.car
@@ -530,11 +643,13 @@ class SimulatedCharger:
             record["result"] = "Rejected"
         else:
             self.store.install(evse, profile)
+            self.hold_log.append((self.clock(), evse, profile))
             record["result"] = "Accepted"
             # A charger enforces an accepted limit at once (its PWM signal), not at the next tick
             # of this simulation: else a decrease accepted before an increase could still be drawn
             # after the increase, which no charger does.
             self._advance(self.clock())
+            self.accepted_log.append(AcceptedProfile(record["at"], evse, profile))
         self.profile_log.append(record)
         if record["result"] == "Rejected":
             self.rejected_calls += 1
@@ -659,7 +774,7 @@ class _Client16(Cp16):  # type: ignore[misc]
 
     @on(Action16.clear_charging_profile)
     async def clear_profile(self, **kw: Any) -> Any:
-        n = self.sim.store.clear(kw.get("charging_profile_purpose"), kw.get("id"))
+        n = self.sim.clear_profiles(kw.get("charging_profile_purpose"), kw.get("id"))
         return result16.ClearChargingProfile(status="Accepted" if n else "Unknown")
 
     @on(Action16.get_composite_schedule)
@@ -700,11 +815,19 @@ class _Client16(Cp16):  # type: ignore[misc]
 
     @on(Action16.remote_start_transaction)
     async def remote_start(self, id_tag: str, **kw: Any) -> Any:
-        return result16.RemoteStartTransaction(status="Rejected")
+        return result16.RemoteStartTransaction(status=self.sim.remote_start_status())
+
+    @after(Action16.remote_start_transaction)
+    async def remote_started(self, id_tag: str, **kw: Any) -> None:
+        self.sim.remote_start()
 
     @on(Action16.remote_stop_transaction)
     async def remote_stop(self, transaction_id: int) -> Any:
-        return result16.RemoteStopTransaction(status="Rejected")
+        return result16.RemoteStopTransaction(status=self.sim.remote_stop_status(str(transaction_id)))
+
+    @after(Action16.remote_stop_transaction)
+    async def remote_stopped(self, transaction_id: int) -> None:
+        await self.sim.remote_stop(str(transaction_id))
 
     @on(Action16.reset)
     async def reset(self, type: str) -> Any:
@@ -728,7 +851,7 @@ class _Client201(Cp201):  # type: ignore[misc]
     @on(Action201.clear_charging_profile)
     async def clear_profile(self, **kw: Any) -> Any:
         criteria = kw.get("charging_profile_criteria") or {}
-        n = self.sim.store.clear(criteria.get("charging_profile_purpose"), kw.get("charging_profile_id"))
+        n = self.sim.clear_profiles(criteria.get("charging_profile_purpose"), kw.get("charging_profile_id"))
         return result201.ClearChargingProfile(status="Accepted" if n else "Unknown")
 
     @on(Action201.get_composite_schedule)
@@ -794,11 +917,19 @@ class _Client201(Cp201):  # type: ignore[misc]
 
     @on(Action201.request_start_transaction)
     async def remote_start(self, id_token: dict[str, Any], remote_start_id: int, **kw: Any) -> Any:
-        return result201.RequestStartTransaction(status="Rejected")
+        return result201.RequestStartTransaction(status=self.sim.remote_start_status())
+
+    @after(Action201.request_start_transaction)
+    async def remote_started(self, id_token: dict[str, Any], remote_start_id: int, **kw: Any) -> None:
+        self.sim.remote_start()
 
     @on(Action201.request_stop_transaction)
     async def remote_stop(self, transaction_id: str, **kw: Any) -> Any:
-        return result201.RequestStopTransaction(status="Rejected")
+        return result201.RequestStopTransaction(status=self.sim.remote_stop_status(transaction_id))
+
+    @after(Action201.request_stop_transaction)
+    async def remote_stopped(self, transaction_id: str, **kw: Any) -> None:
+        await self.sim.remote_stop(transaction_id)
 
     @on(Action201.reset)
     async def reset(self, type: str, **kw: Any) -> Any:

@@ -28,15 +28,18 @@ def set_profile_payload(version: str, evse: int, profile: dict[str, Any]) -> dic
     return {"evseId": evse, "chargingProfile": profile}
 
 
-async def call_trusted(cp: ChargePoint, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+async def call_trusted(cp: ChargePoint, action: str, payload: dict[str, Any],
+                       timeout: float | None = None) -> dict[str, Any]:
     """Send ``action`` with a payload already in its wire shape; the response payload in snake_case.
+
+    ``timeout`` [s] replaces the charger's response timeout for this call (None: keep it).
 
     Raises the package's OCPPError for a CALLERROR and TimeoutError when no answer comes in time.
     """
     call = Call(unique_id=str(cp._unique_id_generator()), action=action, payload=payload)
     async with cp._call_lock:
         await cp._send(call.to_json())
-        response = await cp._get_specific_response(call.unique_id, cp._response_timeout)
+        response = await cp._get_specific_response(call.unique_id, cp._response_timeout if timeout is None else timeout)
     if response.message_type_id == MessageType.CallError:
         raise response.to_exception()
     result: dict[str, Any] = camel_to_snake_case(response.payload)

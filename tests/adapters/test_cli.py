@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,18 +13,21 @@ import numpy as np
 import pytest
 import yaml
 
+from balancer.model import LimitCode
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 
 
-def balancer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def balancer(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "adapters.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("name", ["office-4.yaml", "depot-40.yaml", "carpark-300.yaml"])
 def test_check_config_examples(name: str) -> None:
-    done = balancer("check-config", str(CONFIGS / name))
+    names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", (CONFIGS / name).read_text())
+    done = balancer("check-config", str(CONFIGS / name), env={var: f"{var.lower()}-3f9c" for var in names})
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK:") and len(done.stdout.strip().splitlines()) == 1
 
@@ -70,6 +74,16 @@ def test_plan_json_on_every_example(name: str, group: str, tmp_path: Path) -> No
         assert planned > 0.9 * sum(s["requested_wh"] for s in body["sessions"])
         for limits in body["chargers"].values():
             assert all(v == 0 or v >= 6 for v in limits["limit_a"])
+        # Each session says why it gets what it gets in its first slot (DESIGN 3.6).
+        codes = {c.value for c in LimitCode}
+        for session in body["sessions"]:
+            reason = session["limit_reason"]
+            assert set(reason) == {"code", "node", "phase", "detail"} and reason["code"] in codes
+            paused = session["first_slot_limit_a"] == 0
+            assert paused == (reason["code"] in ("plan", "priority", "paused_min_not_admitted")), session
+            assert (reason["node"] is not None) == (reason["code"] in ("capacity", "plan", "priority",
+                                                                       "paused_min_not_admitted"))
+        assert {"plan", "capacity"} <= {s["limit_reason"]["code"] for s in body["sessions"]}
 
 
 def test_plan_of_a_large_site_decides_per_hour_after_two_hours(tmp_path: Path) -> None:
@@ -96,6 +110,9 @@ def test_plan_table_and_bad_files(tmp_path: Path) -> None:
     done = balancer("plan", "--config", str(CONFIGS / "depot-40.yaml"), "--forecast", str(forecast),
                     "--sessions", str(CONFIGS / "examples" / "sessions-depot.json"), "--start", "2026-03-02T12:00:00Z")
     assert done.returncode == 0 and "session    requested kWh" in done.stdout
+    assert "reason (first slot)" in done.stdout
+    session_rows = [line.split() for line in done.stdout.splitlines() if re.match(r"DEP\d{3} ", line)]
+    assert len(session_rows) == 30 and all(row[4] in {c.value for c in LimitCode} for row in session_rows)
     rows = [re.findall(r"\d+\.\d", line) for line in done.stdout.splitlines() if re.match(r"\d\d:\d\d ", line)]
     assert len(rows) == 24
     loads = [(np.array(row[0:3], dtype=float), np.array(row[3:6], dtype=float)) for row in rows]
@@ -155,7 +172,8 @@ def test_version_and_help_with_examples() -> None:
     assert done.returncode == 0 and re.fullmatch(r"balancer \d+\.\d+\.\d+\S*\n", done.stdout)
     for command in ("check-config", "plan", "serve", "demo", "simulate"):
         text = balancer(command, "--help").stdout
-        assert "example:\n  balancer " in text or "balancer serve --config" in text, command
+        # The example may set the config's ${VAR} secrets first: "ADMIN_TOKEN=... balancer ...".
+        assert re.search(r"example:\n  (?:[A-Z_]+=\S+ )*balancer ", text), command
         options = re.findall(r"^  (--[a-z-]+)([^\n]*)\n((?:\s{10,}\S[^\n]*\n)*)", text, re.M)
         for option, rest, more in options:
             help_text = rest + more

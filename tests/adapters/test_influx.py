@@ -76,3 +76,26 @@ async def test_v2_write_to_a_v2_protocol_server(tmp_path: Path) -> None:
         assert vm.export('{__name__="charger_limit_a", charger="CP1"}')[0]["values"] == [16]
     finally:
         vm.stop()
+
+
+async def test_limit_reason_is_a_tag_panels_can_group_by(tmp_path: Path) -> None:
+    server = InfluxServer(tmp_path / "influx").start()
+    try:
+        server.create_db("balancer")
+        settings = InfluxSettings(url=server.url, api="v1", database="balancer", flush_interval_s=0.1)
+        sink = InfluxSink(settings, tmp_path / "spill")
+        await sink.start()
+        for k, (cid, reason, limit) in enumerate([("CP1", "capacity", 10.0), ("CP2", "car_max", 13.0),
+                                                  ("CP3", "", 0.0)]):
+            sink.write([charger_point("depot", cid, T0 + timedelta(seconds=k), protocol="ocpp1.6", limit_a=limit,
+                                      measured_a=[0, 0, 0], power_w=None, energy_wh=None, soc_pct=None,
+                                      state="charging", connected=True, obeys=True, limit_reason=reason)])
+        await wait_for(lambda: sink.stats()["written_points"] == 3)
+        await sink.stop()
+        result = server.query('SHOW TAG VALUES FROM "charger" WITH KEY = "limit_reason"', "balancer")
+        assert sorted(v[1] for v in result["results"][0]["series"][0]["values"]) == ["capacity", "car_max"]
+        result = server.query('SELECT sum("limit_a") FROM "charger" GROUP BY "limit_reason"', "balancer")
+        sums = {s["tags"]["limit_reason"]: s["values"][0][1] for s in result["results"][0]["series"]}
+        assert sums == {"capacity": 10.0, "car_max": 13.0, "": 0.0}
+    finally:
+        server.stop()

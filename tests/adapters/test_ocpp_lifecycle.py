@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from adapters.ocpp.simulator import Misbehaviour
@@ -45,6 +47,9 @@ async def test_transient_errors_do_not_switch_the_profile_kind(env: Env, protoco
     await env.online(cid)
     await env.server.apply([schedule(cid, 12.0)])
     assert [e.result for e in env.of(ProfileResult) if e.detail.startswith("TxProfile")] == ["CallError"] * 3
+    # Its decrease did not land: flagged, its draw reserved, retried in the background until it
+    # takes a limit again (no higher than the draw reserved for it).
+    await wait_for(lambda: not env.server.links[cid].pusher.refusing)
     await env.server.apply([schedule(cid, 12.0)])
     await wait_for(lambda: sim.draw_a == pytest.approx(12.0))
     assert [(r["purpose"], r["result"]) for r in sim.profile_log if r["limits"] == [12.0]] == [
@@ -92,3 +97,23 @@ async def test_charge_point_max_is_not_capped_by_the_failsafe(protocol: str, mon
         # The balancer gone, the station maximum at stack 0 (the failsafe) is what remains.
         sim.store.clear(profile_id=2)
         assert sim.limit_now(sim.clock()) == pytest.approx(6.4)
+
+
+async def test_a_transaction_ending_during_a_rejected_tx_profile_is_no_endless_loop(env: Env) -> None:
+    """A TxProfile Rejected while the charger's transaction ended meanwhile: the fallback logic
+    asked for the TxProfile again (the refusal was noted for a transaction that no longer runs),
+    round after round without end (the storms of thousands of rejections in ``balancer demo``)."""
+    sim = env.charger("A16", "ocpp1.6", misbehaviour=Misbehaviour(rejects_tx_profile=True, answer_delay_s=0.3))
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
+    link = env.server.links["A16"]
+    tx = link.transaction_id
+    assert tx is not None
+    push = asyncio.get_running_loop().create_task(env.server.apply([schedule("A16", 12.0, transaction_id=tx)]))
+    await wait_for(lambda: link.pusher.last_push is not None)  # the failsafe is out, the TxProfile next
+    link.transaction_ended(tx)  # the session ends while the TxProfile is on its way
+    await asyncio.sleep(2.0)
+    rejected = [r for r in sim.profile_log if r["purpose"] == "TxProfile" and r["result"] == "Rejected"]
+    assert len(rejected) <= 1
+    assert not link.pusher.refusing  # a moved transaction is no refusal
+    push.cancel()

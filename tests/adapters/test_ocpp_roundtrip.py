@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from adapters.ocpp.simulator import Misbehaviour
@@ -65,7 +67,9 @@ async def test_decreases_are_accepted_before_increases_are_sent(env: Env) -> Non
     assert pushes[0].at <= pushes[1].at
 
 
-async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env) -> None:
+async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapters.ocpp.pusher as pusher
+
     env.charger("A16", "ocpp1.6")
     await wait_for(lambda: env.of(SessionStarted))
     await env.online("A16")
@@ -73,8 +77,26 @@ async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env) -> 
     n = len(env.of(ProfileResult))
     await env.server.apply([schedule("A16", 16.5)])  # within the 1 A deadband: nothing sent
     assert len(env.of(ProfileResult)) == n
-    await env.server.apply([schedule("A16", 15.9)])  # a decrease always goes out
+    await env.server.apply([schedule("A16", 16.2)])  # undoes an unsent increase: nothing either
+    assert len(env.of(ProfileResult)) == n
+    # Slots ahead count too: a small rise an hour ahead waits; a small fall there goes out.
+    await env.server.apply([schedule("A16", 16.0, ahead=[(3600, 16.8)])])
+    assert len(env.of(ProfileResult)) == n
+    await env.server.apply([schedule("A16", 16.0, ahead=[(3600, 15.8)])])
     assert len(env.of(ProfileResult)) == n + 1
+    await env.server.apply([schedule("A16", 15.9)])  # a decrease always goes out
+    assert len(env.of(ProfileResult)) == n + 2
+    monkeypatch.setattr(pusher, "SMALL_INCREASE_AFTER_S", 0.0)  # small increases: once due, sent
+    await env.server.apply([schedule("A16", 16.5)])
+    assert len(env.of(ProfileResult)) == n + 3 and env.server.charger_status("A16")["limit_a"] == 16.5
+    # A small increase goes as far as every decision since the last change did, not to the newest.
+    monkeypatch.setattr(pusher, "SMALL_INCREASE_AFTER_S", 0.5)
+    for limit in (16.9, 16.7):
+        await env.server.apply([schedule("A16", limit)])
+    assert len(env.of(ProfileResult)) == n + 3
+    await asyncio.sleep(0.6)
+    await env.server.apply([schedule("A16", 17.0)])
+    assert len(env.of(ProfileResult)) == n + 4 and env.server.charger_status("A16")["limit_a"] == 16.7
 
 
 async def test_integer_amps_and_tx_profile_refused_falls_back_to_tx_default(env: Env) -> None:
@@ -135,3 +157,29 @@ async def test_composite_read_back_flags_a_charger_holding_more(env: Env, protoc
     await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
     flagged = next(e for e in env.of(ObedienceChanged) if not e.obeys)
     assert flagged.draw_a == pytest.approx(20.0) and "composite schedule" in flagged.detail
+
+
+async def test_trust_comes_back_only_after_following_for_a_while(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19 item 7: the composite read-back never clears the flag (it said 'holds 7 A' while the
+    car drew 32 A); only TRUST_SAMPLES readings in a row within the limit over TRUST_AFTER_S do."""
+    import adapters.ocpp.pusher as pusher
+
+    monkeypatch.setattr(pusher, "OBEY_GRACE_S", 0.0)
+    monkeypatch.setattr(pusher, "READ_BACK_DELAY_S", 0.0)
+    monkeypatch.setattr(pusher, "TRUST_AFTER_S", 2.0)
+    sim = env.charger("D201", "ocpp2.0.1", misbehaviour=Misbehaviour(ignores_profiles=True))
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("D201")
+    await env.server.apply([schedule("D201", 8.0)])
+    await wait_for(lambda: any(not e.obeys for e in env.of(ObedienceChanged)))
+    await env.server.apply([schedule("D201", 7.0)])  # its composite reads back 7 A: no news of its draw
+    await wait_for(lambda: env.server.charger_status("D201")["composite_a"] == pytest.approx(7.0))
+    await asyncio.sleep(0.5)
+    assert [e.obeys for e in env.of(ObedienceChanged)] == [False]
+    sim.misbehaviour.ignores_profiles = False  # it follows from now on
+    await wait_for(lambda: sim.draw_a == pytest.approx(7.0))
+    followed = asyncio.get_running_loop().time()
+    await wait_for(lambda: env.server.charger_status("D201")["obeys"], timeout=10)
+    assert asyncio.get_running_loop().time() - followed >= 1.9
+    trusted = env.of(ObedienceChanged)[-1]
+    assert trusted.obeys and "followed its limit" in trusted.detail

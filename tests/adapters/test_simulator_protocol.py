@@ -239,3 +239,40 @@ async def test_201_transaction_occupied_first_and_seq_no_from_0(csms: RecordingC
         assert [p["seqNo"] for a, p in events if a == "TransactionEvent"][:2] == [0, 1]
     finally:
         await sim.stop()
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+async def test_logs_replay_what_the_charger_held_and_a_dropped_connection_keeps_it(
+        csms: RecordingCsms, protocol: str) -> None:
+    """The charger-side account of the chaos bench: every accepted profile logged in full with its
+    arrival, clears and sessions logged, and the replay equals what the charger held live."""
+    sim = await charger(csms, protocol)
+    v16 = protocol == "ocpp1.6"
+    try:
+        started = sim.session_log[-1].started_at
+        assert sim.session_log[-1].transaction_id == sim.transaction_id
+        assert sim.held_limit_at(started) is None  # nothing held yet: it may draw its maximum
+        for limit in (16.0, 10.0):
+            reply = await csms.call("SetChargingProfile", profile16(limit) if v16 else profile201(limit))
+            assert reply[2]["status"] == "Accepted"
+        first, second = sim.accepted_log
+        assert first.at < second.at and first.profile["charging_profile_purpose"] == "TxDefaultProfile"
+        schedule = second.profile["charging_schedule"]
+        schedule = schedule[0] if isinstance(schedule, list) else schedule
+        assert schedule["charging_schedule_period"][0]["limit"] == 10.0  # the schedule in full
+        assert sim.held_limit_at(first.at) == 16.0
+        assert sim.held_limit_at(second.at) == 10.0 == sim.limit_now(datetime.now(UTC))
+
+        # A network blip: the same transaction and profiles after the reconnect.
+        tx, boots = sim.transaction_id, sim.boots
+        assert await sim.drop_connection()
+        await wait_for(lambda: sim.boots > boots and sim.connected.is_set())
+        assert sim.drops == 1 and sim.transaction_id == tx
+        assert sim.limit_now(datetime.now(UTC)) == 10.0
+
+        reply = await csms.call("ClearChargingProfile", {"id": 5} if v16 else {"chargingProfileId": 5})
+        assert reply[2]["status"] == "Accepted"
+        cleared_at = sim.clear_log[-1][0]
+        assert sim.held_limit_at(cleared_at) is None and sim.held_limit_at(second.at) == 10.0
+    finally:
+        await sim.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ def problems(data: Any, env: dict[str, str] | None = None) -> list[str]:
 
 @pytest.mark.parametrize("name", ["office-4.yaml", "depot-40.yaml", "carpark-300.yaml"])
 def test_examples_are_valid(name: str) -> None:
-    config = parse_config(yaml.safe_load((CONFIGS / name).read_text()), {})
+    text = (CONFIGS / name).read_text()
+    env = {var: f"value-of-{var}" for var in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)}
+    config = parse_config(yaml.safe_load(text), env)
     assert config.sites and config.sites[0].chargers
 
 

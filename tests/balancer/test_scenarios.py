@@ -3,7 +3,9 @@
 A scenario holds a ``description``, a ``site`` (a config site entry, see configs/README.md), the
 situation and what is ``expected``. ``kind: allocate``: ``capacity_a`` [L1, L2, L3] at the connection
 now and the ``cars`` plugged in (charger id -> optional ``max_current_a``, ``phases``, ``target_a``);
-expected ``limits_a`` per charger (others 0) and optionally ``status``. ``kind: plan``: ``start``,
+expected ``limits_a`` per charger (others 0), optionally ``status``, and optionally ``reasons``
+(charger id -> "code [node phase]", DESIGN 3.6: ``capacity row-1 L1``, ``charger_max``; the
+connection is named by the site id). ``kind: plan``: ``start``,
 ``capacity_a`` (one value per phase for every slot, or ``[from_slot, to_slot, [L1, L2, L3]]``
 entries over a default), ``sessions`` as for ``balancer plan --sessions``; expected
 ``planned_wh`` (charger id -> [low, high]), ``zero_slots`` (charger id -> [from, to): no
@@ -24,6 +26,7 @@ import yaml
 from balancer.allocate import AllocationRequest, allocate, node_load_a
 from balancer.config import parse_config
 from balancer.plan import PlanSession, plan
+from balancer.reasons import allocation_limit
 from balancer.topology import Topology, phase_mask
 from tests.balancer.test_plan import check_plan
 
@@ -60,6 +63,10 @@ def run_allocate(data: dict[str, Any], topo: Topology) -> None:
                                                                                   strict=True))))
     if "status" in expected:
         assert out.status == expected["status"]
+    for cid, text in expected.get("reasons", {}).items():
+        limit = allocation_limit(topo, out, topo.index(cid))
+        got = " ".join(x for x in (limit.code.value, limit.node, limit.phase) if x)
+        assert got == text, (cid, got, limit.detail)
 
 
 def slot_capacity(spec: Any, topo: Topology) -> np.ndarray:

@@ -60,3 +60,11 @@ def test_upper_bound_is_never_beaten_by_a_strategy_that_keeps_the_limits(kind: s
                    perfect_foresight(scenario)):
         assert result["violations"] == 0
         assert result["delivered"] <= bound + 1e-6
+
+
+def test_churn_summary_counts_completed_sessions_and_per_car_rates() -> None:
+    from bench.quality_metrics import churn_summary
+
+    out = churn_summary([1000.0, 2000.0], [950.0, 1000.0], [3, 1], [2, 1], [10, 4])
+    assert out["completed"] == 1.0  # 50 Wh short counts, 1 kWh short does not
+    assert out["pauses_per_car"] == 2.0 and out["resumes_per_car"] == 1.5 and out["pushes_per_car"] == 7.0

@@ -34,9 +34,11 @@ async def page_rows(page: Page) -> dict[str, dict[str, str]]:
 
 
 def reason_shown(charger: dict[str, Any], text: str) -> bool:
-    """The reason cell shows the API's ``limit_reason`` code first (then node and phase), or "-"."""
-    reason = charger.get("limit_reason")
-    return text == "-" if not reason else text.split(" ")[0] == reason["code"]
+    """The reason cell shows the API's ``limit_reason`` code first (then node and phase); every
+    charger has one (DESIGN 3.6)."""
+    reason = charger["limit_reason"]
+    return bool(reason["code"]) and text.split(" ")[0] == reason["code"] and (
+        not reason["node"] or reason["node"] in text)
 
 
 async def test_status_page_shows_limits_and_follows_a_forecast_change(tmp_path: Path) -> None:
@@ -86,11 +88,21 @@ async def test_status_page_shows_limits_and_follows_a_forecast_change(tmp_path: 
             headers = await page.eval_on_selector_all("table.chargers th", "ths => ths.map(t => t.textContent)")
             assert "reason" in headers and "limit A" in headers and "last push" in headers
             first = {cid: float(row["limit"]) for cid, row in (await page_rows(page)).items()}
+            first_reasons = {cid: row["reason"] for cid, row in (await page_rows(page)).items()}
 
             assert await cp.send_forecast("depot", blocks(13.8)) == 204  # 20 A per phase
             await wait_until_page_shows(20.0)  # the page refreshes itself, no reload
             now = {cid: float(row["limit"]) for cid, row in (await page_rows(page)).items()}
             assert sum(now.values()) <= 20.0 + 1e-6 < sum(first.values())
+            # 20 A for four cars of 6 A minimum: one waits, and its row says why.
+            reasons = {cid: row["reason"].split(" ")[0] for cid, row in (await page_rows(page)).items()}
+            paused = [cid for cid, limit in now.items() if limit == 0]
+            assert paused and all(reasons[cid] in ("paused_min_not_admitted", "plan", "priority") for cid in paused)
+            assert {reasons[cid] for cid in now if cid not in paused} <= {"capacity", "not_drawing"}, reasons
+            changed = [cid for cid in paused if first_reasons[cid].split(" ")[0] != reasons[cid]]
+            assert changed, (first_reasons, reasons)
+            log = (tmp_path / "service.log").read_text()
+            assert any(f"charger {cid}: limit reason " in log for cid in changed), log[-2000:]
             OUT.mkdir(exist_ok=True)
             await page.screenshot(path=str(OUT / "status.png"), full_page=True)
             await browser.close()

@@ -1,0 +1,57 @@
+"""Decreases before increases, on whole schedules (pure functions, no I/O).
+
+A charger's stack-1 profile is a step function of absolute time: (start, limit [A]) periods, each
+limit holding until the next start, the last one for ever. What a charger may draw now AND in every
+slot ahead is what it holds; a new schedule is an *increase* when it is higher than that anywhere
+from now on, a *decrease* when it is lower anywhere. A schedule can be both (lower now, higher in
+an hour): the fan-out (``OcppServer.apply``) first pushes the pointwise minimum of what the charger
+holds and the new schedule, which is a pure decrease, and only once every charger's decrease is
+accepted the new schedule itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+__all__ = ["Periods", "breakpoints", "drop_a", "pointwise_min", "raise_a", "value_at"]
+
+Periods = Sequence[tuple[datetime, float]]
+EPS_A = 1e-9
+
+
+def value_at(periods: Periods, t: datetime) -> float:
+    """The limit in force at ``t`` (before the first start: the first limit)."""
+    value = periods[0][1]
+    for start, limit in periods:
+        if start > t:
+            break
+        value = limit
+    return value
+
+
+def breakpoints(held: Periods, new: Periods) -> list[datetime]:
+    """Every instant from the new schedule's start on where either schedule may change."""
+    start = new[0][0]
+    return sorted({start} | {t for t, _ in (*held, *new) if t > start})
+
+
+def pointwise_min(held: Periods, new: Periods) -> tuple[tuple[datetime, float], ...]:
+    """min(held, new) at every instant from ``new``'s start on, as periods (equal neighbours merged)."""
+    out: list[tuple[datetime, float]] = []
+    for t in breakpoints(held, new):
+        value = min(value_at(held, t), value_at(new, t))
+        if out and abs(out[-1][1] - value) <= EPS_A:
+            continue
+        out.append((t, value))
+    return tuple(out)
+
+
+def raise_a(held: Periods, new: Periods) -> float:
+    """How far ``new`` goes above ``held`` at its highest point from now on [A] (0: nowhere)."""
+    return max(0.0, max(value_at(new, t) - value_at(held, t) for t in breakpoints(held, new)))
+
+
+def drop_a(held: Periods, new: Periods) -> float:
+    """How far ``new`` goes below ``held`` at its lowest point from now on [A] (0: nowhere)."""
+    return max(0.0, max(value_at(held, t) - value_at(new, t) for t in breakpoints(held, new)))

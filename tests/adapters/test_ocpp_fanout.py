@@ -1,0 +1,104 @@
+"""Decreases before increases, from the chargers' side: the limits they hold, replayed in arrival
+order (``held_ledger``), never sum above the capacity, now or in any slot ahead (DESIGN 4;
+issue 11 items 1 and 10)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from adapters.ocpp.held_ledger import held_sums, worst_excess
+from adapters.ocpp.simulator import Misbehaviour, SimCar, SimulatedCharger
+from balancer.events import ObedienceChanged
+from tests.adapters.fanout_site import ControlledSite, site_config
+from tests.adapters.ocpp_env import wait_for
+
+CHANGE_WINDOW = timedelta(seconds=5)
+"""While a capacity change goes out, the chargers may hold up to the higher of the two."""
+
+
+def _charger(site: ControlledSite, i: int, *, arrival_s: float, misbehaviour: Misbehaviour) -> SimulatedCharger:
+    now = datetime.now(UTC)
+    protocol = "ocpp1.6" if i % 2 == 0 else "ocpp2.0.1"
+    car = SimCar(arrival=now + timedelta(seconds=arrival_s), departure=now + timedelta(hours=6), energy_wh=40000,
+                 max_current_a=32.0, iso15118=protocol == "ocpp2.0.1")
+    sim = SimulatedCharger(f"CP{i}", site.url, protocol=protocol, car=car, meter_interval_s=0.5, tick_s=0.05,
+                           misbehaviour=misbehaviour, seed=i)
+    site.chargers.append(sim)
+    sim.start()
+    return sim
+
+
+def _capacity_bound(site: ControlledSite):  # type: ignore[no-untyped-def]
+    changes = [c[0] for c in site.capacity[1:]]
+
+    def bound(at: datetime, t: datetime) -> float:
+        cap = site.capacity_at(at, t)
+        for changed in changes:
+            if changed <= at <= changed + CHANGE_WINDOW:
+                cap = max(cap, site.capacity_at(changed - timedelta(microseconds=1), t))
+        return cap
+    return bound
+
+
+async def test_held_limits_never_sum_above_capacity_with_slow_chargers() -> None:
+    """Six chargers answering in 0.5-1 s, 1.6 and 2.0.1 mixed, two taking only W: three sessions
+    start while three run, then the capacity changes (lower now and higher ahead, then up)."""
+    rng = random.Random(11)
+    config = site_config([{"id": f"CP{i}", "max_current_a": 32} for i in range(6)])
+    site = ControlledSite(config, now_a=40.0, ahead_a=20.0)
+    await site.start()
+    try:
+        sims = [_charger(site, i, arrival_s=-1.0 if i < 3 else 8.0,
+                         misbehaviour=Misbehaviour(answer_delay_s=rng.uniform(0.5, 1.0), watts_only=i in (1, 4)))
+                for i in range(6)]
+        await wait_for(lambda: all(s.hold_log for s in sims), timeout=20)
+        settled = datetime.now(UTC) + timedelta(seconds=3)
+        await wait_for(lambda: sum(1 for s in sims if s.transaction_id) == 6, timeout=20)
+        await asyncio.sleep(4)
+        site.set_capacity(30.0, 30.0)  # lower now, higher in the slots ahead
+        await asyncio.sleep(5)
+        site.set_capacity(40.0, 24.0)
+        await asyncio.sleep(5)
+        assert all(s.rejected_calls == 0 for s in sims)
+        assert sum(1 for s in sims for r in s.profile_log if r["purpose"] == "TxProfile") >= 6
+        worst = worst_excess(held_sums(sims, since=settled, until=site.horizon_end()), _capacity_bound(site))
+        assert worst is None, worst
+        # And every car draws what its charger holds: the chargers did get their increases.
+        assert sum(s.limit_now(datetime.now(UTC)) or 0.0 for s in sims) > 30.0
+    finally:
+        await site.stop()
+
+
+@pytest.mark.parametrize("kind", ["rejects_profiles", "silent"])
+async def test_a_refusing_charger_is_reserved_and_stalls_no_one(kind: str) -> None:
+    """One of six refuses every profile (or never answers): what it draws is reserved, the other
+    five make room for it within 40 A, and a raise to 150 A reaches them."""
+    config = site_config([{"id": f"CP{i}", "max_current_a": 32} for i in range(6)], grid_limit_a=200)
+    site = ControlledSite(config, now_a=40.0)
+    await site.start()
+    try:
+        sims = [_charger(site, i, arrival_s=-1.0, misbehaviour=Misbehaviour(**{kind: True}) if i == 0
+                         else Misbehaviour(answer_delay_s=0.3)) for i in range(6)]
+        bad, others = sims[0], sims[1:]
+        await wait_for(lambda: site.controller.states["CP0"].obeys is False, timeout=30)
+        assert site.server.charger_status("CP0")["obeys"] is False
+        flagged = [e for e in site.events if isinstance(e, ObedienceChanged) and not e.obeys]
+        assert flagged and flagged[-1].draw_a is not None
+
+        def site_load() -> float:
+            now = datetime.now(UTC)
+            return bad.draw_a + sum(s.limit_now(now) or 0.0 for s in others)
+
+        await wait_for(lambda: bad.draw_a > 20 and site_load() <= 40.0 + 1e-6, timeout=15)
+        await asyncio.sleep(2)
+        assert site_load() <= 40.0 + 1e-6
+        site.set_capacity(150.0)
+        await wait_for(lambda: all((s.limit_now(datetime.now(UTC)) or 0.0) >= 20.0 for s in others), timeout=10)
+        assert bad.draw_a + sum(s.limit_now(datetime.now(UTC)) or 0.0 for s in others) <= 150.0 + 1e-6
+        assert site.server.charger_status("CP0")["refuses_profiles"]  # still: reserved, no one waits for it
+    finally:
+        await site.stop()
