@@ -29,6 +29,7 @@ from adapters.config_file import load_config, placeholder_secrets
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.logs import setup_logging
+from adapters.meter.hub import MeterHub, meter_fields, meter_point
 from adapters.metrics import (
     charger_point,
     event_point,
@@ -114,11 +115,14 @@ class Service:
 
             self.influx = InfluxSink(config.influxdb, spill_dir=self.state_dir / "influx-spill")
         self.oscp_client: Any = None
+        self.meters = MeterHub(config, self.controllers, self.store, now=now, urgent=self._capacity_changed,
+                               wake=self._wake_soon)
         if config.oscp.capacity_provider is not None:
             from adapters.oscp.client import OscpClient
 
             self.oscp_client = OscpClient(config, self.store, now=now,
-                                          site_energy_wh=self._site_energy_wh)
+                                          site_energy_wh=self._site_energy_wh,
+                                          site_import_wh=self.meters.energy_wh)
             client = self.oscp_client
             self.fp.on_handshake = lambda body, request_id: client.handshake_acknowledge(request_id)
         self._wake = asyncio.Event()
@@ -157,7 +161,8 @@ class Service:
             self.ocpi.add_routes(app, admin_token=self.config.http.admin_token)
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
                          listen_host=self.config.http.host,
-                         max_body_bytes=lambda: self.config.http.max_body_bytes)
+                         max_body_bytes=lambda: self.config.http.max_body_bytes,
+                         meter_sink=self.meters, now=self.now)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
@@ -166,6 +171,7 @@ class Service:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         await self.ocpp.start()
+        await self.meters.start()
         if self.ocpi is not None:
             await self.ocpi.start()
             self.ocpi.restore()  # the caps and preferences of sessions that still run
@@ -190,6 +196,7 @@ class Service:
         for task in list(self._push_tasks):
             task.cancel()
         self._persist()
+        await self.meters.stop()
         await self.ocpp.stop()
         if self.ocpi is not None:
             await self.ocpi.stop()
@@ -232,6 +239,9 @@ class Service:
             # next interval step uses them; waking on each would re-decide the site back to back.
             # A confirmed limit is what the decision that sent it counted on already.
             return
+        self._wake.set()
+
+    def _wake_soon(self) -> None:
         self._wake.set()
 
     def _capacity_changed(self, site_id: str) -> None:
@@ -405,6 +415,9 @@ class Service:
             chargers_connected=sum(1 for c in status.chargers if c["connected"]),
             voltage_v=site.voltage_v,
         )]
+        metered = meter_point(site.id, now, status)
+        if metered is not None:
+            points.append(metered)
         wired = wired_phases(site)
         for c in status.chargers:
             points.append(charger_point(
@@ -486,6 +499,7 @@ class Service:
             self.controllers[site.id].reconfigure(site)
         self.ocpp.update_config(new)
         self.fp.update_config(new)
+        self._tasks.append(asyncio.ensure_future(self.meters.update_config(new)))
         if self.ocpi is not None:
             self.ocpi.update_config(new)
         self.config = new
@@ -533,6 +547,7 @@ class Service:
             "allocation_status": status.allocation_status,
             "plan_status": controller.plan_status,
             "plan_message": controller.plan_message,
+            **meter_fields(status),
             "chargers": chargers,
         }
 

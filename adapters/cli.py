@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between MeterValues (default 10), e.g. 1")
     p.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (0: run until Ctrl-C), e.g. 600")
+    p.add_argument("--meter-port", type=int, default=None,
+                   help="also serve a site meter over Modbus TCP on this port (0: a free one), measuring a "
+                        "building with a noon peak plus what the fleet draws, e.g. 1502")
+    p.add_argument("--meter-map", choices=("sunspec", "sdm630"), default="sunspec",
+                   help="register map of that meter (default sunspec: model 203 at 40000), e.g. sdm630")
+    p.add_argument("--meter-host", default="127.0.0.1", help="where that meter listens (default 127.0.0.1)")
     p.set_defaults(func=_simulate)
     return parser
 

@@ -4,10 +4,12 @@ The real service (OCPP server, OSCP endpoint, planner, allocator, admin API) run
 with an accelerated clock; a simulated grid operator sends a 24 h forecast with a peak-hours dip
 and heartbeats, then goes silent for 90 minutes in the night (fallback takes over) and comes back;
 a simulated fleet of chargers (OCPP 1.6J and 2.0.1 mixed) has cars arriving in the evening and
-leaving in the morning. Over OCPI 2.2.1 a simulated driver's app (eMSP) sets the first car's
-departure and energy need (a car without ISO 15118), and a smart-charging service provider (SCSP)
-caps the third car's session at 10 A. The demo checks the physics from the chargers' side: what the simulated
-cars really draw is compared with the capacity in force, every sample.
+leaving in the morning. A building shares the connection (a site meter on Modbus TCP, served by
+``adapters.meter.simulator``, with a noon peak of 40 A). Over OCPI 2.2.1 a simulated driver's app
+(eMSP) sets the first car's departure and energy need (a car without ISO 15118), and a
+smart-charging service provider (SCSP) caps the third car's session at 10 A. The demo checks the
+physics from the chargers' side: what the simulated cars really draw plus the building's load is
+compared with the capacity in force, every sample.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from adapters.app import Service
 from adapters.clock import AcceleratedClock
 from adapters.config_file import load_config
+from adapters.meter.simulator import MeterSimulator, noon_peak_profile
 from adapters.ocpi.simulator import OcpiParty
 from adapters.ocpp.simulator import Fleet, Misbehaviour
 from adapters.oscp.endpoint import BASE_PATH
@@ -44,8 +47,10 @@ OCPI_TOKEN_A = {"app": "demo-ocpi-app-token-a", "scsp": "demo-ocpi-scsp-token-a"
 OCPI_CAP_A = 10.0
 
 
-def demo_config(n_chargers: int, state_dir: str, influx: dict[str, Any] | None = None) -> Config:
-    """A depot: 100 A connection, two 63 A feeders, ``n_chargers`` 3-phase 32 A chargers."""
+def demo_config(n_chargers: int, state_dir: str, influx: dict[str, Any] | None = None,
+                meter_port: int | None = None) -> Config:
+    """A depot: 100 A connection, two 63 A feeders, ``n_chargers`` 3-phase 32 A chargers; with
+    ``meter_port`` a site meter (SunSpec over Modbus TCP on loopback) at the connection."""
     chargers = [{"id": f"CP{i + 1:03d}", "circuit": "feeder-a" if i % 2 == 0 else "feeder-b",
                  "max_current_a": 32, "min_current_a": 6, "priority": 2 if i % 5 == 0 else 1}
                 for i in range(n_chargers)]
@@ -62,6 +67,12 @@ def demo_config(n_chargers: int, state_dir: str, influx: dict[str, Any] | None =
     }
     if influx:
         data["influxdb"] = influx
+    if meter_port is not None:
+        # The clock runs 1,440x: staleness in simulated seconds, polling in wall seconds; the
+        # building's load changes slowly, frozen-value detection would see it as frozen.
+        data["sites"][0]["meter"] = {"source": "modbus", "host": "127.0.0.1", "port": meter_port, "map": "sunspec",
+                                     "poll_s": 0.05, "stale_after_s": 900, "frozen_after_s": 0,
+                                     "fallback_base_load_a": [40, 40, 40], "margin_a": 1}
     return parse_config(data)
 
 
@@ -144,8 +155,13 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
     start = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     clock = AcceleratedClock(start, DAY_S / seconds)
     result = DemoResult()
+    drawn: list[Any] = []
+    building = noon_peak_profile(base_a=8.0, peak_a=40.0, width_h=3.0)
+    meter = MeterSimulator("sunspec", profile=building, now=clock, noise_a=0.05,
+                           chargers_a=lambda: drawn[0].total_draw_a() if drawn else [0.0, 0.0, 0.0])
+    await meter.start()
     with tempfile.TemporaryDirectory(prefix="balancer-demo-") as state_dir:
-        config = demo_config(n_chargers, state_dir, influx)
+        config = demo_config(n_chargers, state_dir, influx, meter_port=meter.port)
         service = Service(config, now=clock, control_interval_s=config.control.interval_s)
         await service.start()
         cp = GridOperatorSimulator(fp_url=f"http://127.0.0.1:{service.http_port}{BASE_PATH}",
@@ -153,6 +169,7 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
         await cp.start()
         fleet = Fleet.evening_depot(f"ws://127.0.0.1:{service.ocpp.port}/ocpp", n_chargers, start=start,
                                     clock=clock, meter_interval_s=300.0, tick_s=0.05)
+        drawn.append(fleet)
         if len(fleet.chargers) > 5:
             # One charger refuses TxProfile, as some real ones do: the balancer falls back to a
             # TxDefaultProfile for it, and the refusal shows on the dashboard's push-failure panel.
@@ -162,7 +179,7 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
         parties = asyncio.create_task(_ocpi_parties(f"http://127.0.0.1:{service.http_port}", fleet, stop, result))
         await fleet.start()
         controller = service.controllers["demo-depot"]
-        last_capacity: tuple[float, ...] = ()
+        last_capacity: tuple[float | int, ...] = ()
         changed_at = 0.0
         loop = asyncio.get_running_loop()
         next_print = 0.0
@@ -172,15 +189,20 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
                 now = clock()
                 status = controller.status(now)
                 capacity = tuple(round(c, 3) for c in status.capacity_a)
-                if capacity != last_capacity:
-                    last_capacity, changed_at = capacity, loop.time()
+                # What the chargers may share: the capacity less the building's load as metered. A
+                # step in either is followed within 5 s (DESIGN 3.8, 4): the grace starts there.
+                cut = status.meter.cut_a if status.meter is not None else (0.0, 0.0, 0.0)
+                share = tuple(round(c - k) for c, k in zip(capacity, cut, strict=True))
+                if share != last_capacity:
+                    last_capacity, changed_at = share, loop.time()
                 draw = fleet.total_draw_a()
+                non_ev = building(now)
                 limits = [0.0, 0.0, 0.0]
                 for c in status.chargers:
                     if c["connected"] and c["transaction_id"]:
                         for k in range(3):
                             limits[k] += c["limit_a"]
-                over = max(d - cap for d, cap in zip(draw, capacity, strict=True))
+                over = max(d + non_ev - cap for d, cap in zip(draw, capacity, strict=True))
                 settled = loop.time() - changed_at > GRACE_WALL_S
                 if over > 0.5 and settled:
                     result.violations += 1
@@ -195,13 +217,14 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
                         result.ocpi["CP003 highest limit held under the cap"] = max(
                             held, result.ocpi.get("CP003 highest limit held under the cap", 0.0))
                 result.samples.append({"t": now, "capacity": capacity, "draw": draw, "source": status.capacity_source,
-                                       "per_charger": [c.draw_a for c in fleet.chargers]})
+                                       "per_charger": [c.draw_a for c in fleet.chargers], "building": non_ev})
                 if loop.time() >= next_print:
                     next_print = loop.time() + max(seconds / 40, 0.5)
                     frac = (now - start).total_seconds() / DAY_S
                     charging = sum(1 for c in fleet.chargers if c.draw_a)
                     out.write(f"\r[{_bar(frac)}] {now:%a %H:%M} capacity {capacity[0]:5.1f} A "
-                              f"({status.capacity_source:17s}) drawn {max(draw):5.1f} A  cars charging {charging:2d}")
+                              f"({status.capacity_source:17s}) building {non_ev:4.1f} A drawn {max(draw):5.1f} A  "
+                              f"cars charging {charging:2d}")
                     if not out.isatty():
                         out.write("\n")
                     out.flush()
@@ -215,6 +238,7 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
             result.pushes = int(service.counters["pushes"])
             result.push_failures = int(service.counters["push_failures"])
             await service.stop()
+            await meter.stop()
         out.write("\n")
     for sim in fleet.chargers:
         if sim.car is not None:
@@ -230,7 +254,8 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
 def _summary(result: DemoResult, out: Any) -> None:
     requested = sum(result.requested_wh.values())
     delivered = sum(result.delivered_wh.values())
-    peak_draw = max((max(s["draw"]) for s in result.samples), default=0.0)
+    peak_draw = max((max(s["draw"]) + s.get("building", 0.0) for s in result.samples), default=0.0)
+    peak_building = max((s.get("building", 0.0) for s in result.samples), default=0.0)
     peak_cap = max((max(s["capacity"]) for s in result.samples), default=0.0)
     worst = min(((result.delivered_wh[k] / v, k) for k, v in result.requested_wh.items() if v > 0), default=(1.0, "-"))
     out.write("\n  car       requested kWh  delivered kWh   share\n")
@@ -240,7 +265,8 @@ def _summary(result: DemoResult, out: Any) -> None:
     share = 100 * delivered / max(requested, 1)
     out.write(f"  {'total':8s} {requested / 1000:14.1f} {delivered / 1000:14.1f} {share:6.1f} %\n\n")
     out.write(f"  worst car:                       {worst[1]} at {100 * worst[0]:.1f} %\n")
-    out.write(f"  peak draw / peak capacity:       {peak_draw:.1f} A / {peak_cap:.1f} A per phase\n")
+    out.write(f"  peak draw / peak capacity:       {peak_draw:.1f} A / {peak_cap:.1f} A per phase"
+              f" (cars + building, the building peaking at {peak_building:.1f} A)\n")
     out.write(f"  limit violations (sum of limits > capacity): {result.limit_violations}\n")
     out.write(f"  draw above capacity after {GRACE_WALL_S:.0f} s:   {result.violations}"
               f" (worst {result.worst_overshoot_a:.1f} A)\n")
@@ -266,7 +292,10 @@ def _plot(result: DemoResult, fleet: Fleet, path: str) -> None:
     phases = np.array([min(c.car.phases, 3) if c.car else 3 for c in fleet.chargers])
     fig, ax = plt.subplots(figsize=(12, 5))
     # Every car loads L1 (the demo's single-phase cars are wired to L1), so L1 is the busiest phase.
-    ax.stackplot(times, per, alpha=0.8, linewidth=0)
+    building = np.array([s.get("building", 0.0) for s in result.samples])
+    colors = ["#999999"] + [f"C{k % 10}" for k in range(len(per))]
+    ax.stackplot(times, building, *per, alpha=0.8, linewidth=0, colors=colors)
+    ax.plot(times, building, color="#555555", linewidth=1, label="building (non-EV load, site meter)")
     ax.plot(times, [s["capacity"][0] for s in result.samples], color="black", linewidth=2,
             label="capacity in force (L1)")
     fallback = [s["source"] != "forecast" for s in result.samples]

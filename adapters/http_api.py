@@ -14,7 +14,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from adapters.clock import utc_now
 from adapters.http_body import BadBody, error_response, loads, read_body, token_matches
+from adapters.meter.push import MeterSink, meter_push_handler
 from adapters.status_page import add_status_page_routes
 
 __all__ = ["AdminBackend", "add_admin_routes"]
@@ -51,7 +53,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token: str | None,
-                     listen_host: str, max_body_bytes: int | Callable[[], int] = 1_048_576) -> None:
+                     listen_host: str, max_body_bytes: int | Callable[[], int] = 1_048_576,
+                     meter_sink: MeterSink | None = None, now: Callable[[], datetime] = utc_now) -> None:
     """Register ``/healthz``, ``/metrics``, ``/api/v1/...`` and the status page on ``app``.
 
     ``max_body_bytes``: the limit, or a function reading it from the running config (a reload
@@ -124,6 +127,9 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
     app.router.add_get("/api/v1/sites/{site_id}", guard(site, write=False))
     app.router.add_get("/api/v1/sites/{site_id}/plan", guard(plan, write=False))
     app.router.add_post("/api/v1/sessions/{charger_id}/needs", guard(needs, write=True))
+    if meter_sink is not None:
+        app.router.add_post("/api/v1/sites/{site_id}/meter",
+                            guard(meter_push_handler(meter_sink, now, max_body_bytes), write=True))
 
 
 _NEEDS_KEYS = {"energy_wh", "departure", "max_current_a", "phases"}

@@ -154,6 +154,9 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
                                [({}, ocpi.outbox_size())]))
     families.append(Family("balancer_control_step_seconds", "gauge", "Duration of the last control step",
                            [({}, service.last_step_s)]))
+    meters = getattr(service, "meters", None)  # the site meters (adapters.meter.hub), when the service has any
+    if meters is not None:
+        families += meters.families(now)
     if service.influx is not None:
         for name, value in service.influx.stats().items():
             kind, help_text = INFLUX_HELP.get(name, ("gauge", f"InfluxDB writer: {name}"))

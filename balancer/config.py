@@ -25,6 +25,7 @@ from balancer.model import (
     ControlSettings,
     HttpSettings,
     InfluxSettings,
+    MeterSettings,
     OcpiLocation,
     OcpiSettings,
     OcppSettings,
@@ -170,6 +171,20 @@ _SITE = {
     "headroom_a": _Field("number", default=2.0, non_negative=True),
     "circuits": _Field("any", default=[]),
     "chargers": _Field("any", default=[]),
+    "meter": _Field("any"),
+}
+_METER = {
+    "source": _Field("enum", required=True, choices=("modbus", "http")),
+    "host": _Field("str"),
+    "port": _Field("int", default=502, positive=True),
+    "unit_id": _Field("int", default=1, non_negative=True),
+    "map": _Field("enum", default="sunspec", choices=("sunspec", "sdm630")),
+    "poll_s": _Field("number", default=1.0, positive=True),
+    "timeout_s": _Field("number", default=2.0, positive=True),
+    "stale_after_s": _Field("number", default=10.0, positive=True),
+    "fallback_base_load_a": _Field("any", required=True),
+    "margin_a": _Field("number", default=1.0, non_negative=True),
+    "frozen_after_s": _Field("number", default=60.0, non_negative=True),
 }
 _CIRCUIT = {
     "id": _Field("str", required=True, ident=True),
@@ -412,11 +427,50 @@ def _parse_site(raw: Any, path: str, problems: list[Problem]) -> Site | None:
     circuits = _parse_circuits(got["circuits"] or [], f"{path}.circuits", problems)
     chargers = _parse_chargers(got["chargers"] or [], f"{path}.chargers", circuits, got["grid_limit_a"],
                                problems)
+    meter = None if got["meter"] is None else _parse_meter(got["meter"], f"{path}.meter", got["grid_limit_a"],
+                                                           problems)
     if len(problems) > before:
         return None
-    fields = {k: v for k, v in got.items() if k not in ("circuits", "chargers")}
+    fields = {k: v for k, v in got.items() if k not in ("circuits", "chargers", "meter")}
+    fields["meter"] = meter
     fields["oscp_group_id"] = fields["oscp_group_id"] or ""
     return Site(circuits=tuple(circuits), chargers=tuple(chargers), **fields)
+
+
+def _parse_meter(raw: Any, path: str, grid_limit_a: float | None, problems: list[Problem]) -> MeterSettings | None:
+    """``sites[].meter`` (DESIGN 3.8): where the site meter is read and what is assumed while it is stale."""
+    before = len(problems)
+    got = _read_mapping(raw, _METER, path, problems)
+    if got is None:
+        return None
+    if got["source"] == "modbus" and not got["host"]:
+        problems.append(Problem(f"{path}.host", "is required when source is modbus"))
+    if got["port"] is not None and got["port"] > 65535:
+        problems.append(Problem(f"{path}.port", f"must be <= 65535, got {got['port']!r}"))
+    if got["unit_id"] is not None and got["unit_id"] > 247:
+        problems.append(Problem(f"{path}.unit_id", f"must be <= 247, got {got['unit_id']!r}"))
+    base = got["fallback_base_load_a"]
+    fallback: list[float] = []
+    if base is not None:
+        if isinstance(base, (int, float)) and not isinstance(base, bool):
+            base = [base] * 3
+        if not isinstance(base, list) or len(base) != 3:
+            problems.append(Problem(f"{path}.fallback_base_load_a",
+                                    f"must be a list of 3 currents [L1, L2, L3] or one number, got {base!r}"))
+        else:
+            spec = _Field("number", non_negative=True)
+            for k, value in enumerate(base):
+                checked = _check_value(value, spec, f"{path}.fallback_base_load_a[{k}]", problems)
+                if checked is None:
+                    continue
+                if grid_limit_a is not None and checked > grid_limit_a:
+                    problems.append(Problem(f"{path}.fallback_base_load_a[{k}]",
+                                            f"must be <= grid_limit_a {grid_limit_a:g}, got {checked!r}"))
+                fallback.append(float(checked))
+    if len(problems) > before or len(fallback) != 3:
+        return None
+    fields = {**got, "host": got["host"] or "", "fallback_base_load_a": tuple(fallback)}
+    return MeterSettings(**fields)
 
 
 def _section(raw: Any, fields: Mapping[str, _Field], path: str, problems: list[Problem],

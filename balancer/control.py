@@ -44,12 +44,14 @@ from balancer.events import (
     ProfileResult,
     SessionStarted,
     SessionStopped,
+    SiteMeterReading,
     Tick,
 )
 from balancer.external_cap import cap_at, capped_periods
 from balancer.model import CapacitySource, ControlSettings, Limit, LimitCode, Site
 from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.reasons import charger_limits
+from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
@@ -95,6 +97,9 @@ class ChargerState:
     car_phases: int | None = None
     measured_a: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     measured_at: datetime | None = None
+    prev_measured_a: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """The measurement before ``measured_a``: with a site meter, what a charger drew before a meter
+    reading that is older than its last measurement is at most the lower of the two."""
     power_w: float | None = None
     soc_pct: float | None = None
     held_a: float = 0.0
@@ -182,6 +187,8 @@ class SiteStatus:
     chargers: tuple[dict[str, Any], ...]
     idle_allocated_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Per-phase sum of the idle limits [A]: what cars plugging into idle chargers may draw."""
+    meter: MeterView | None = None
+    """The site meter as control used it (DESIGN 3.8); None without a meter."""
 
 
 class Controller:
@@ -208,6 +215,10 @@ class Controller:
         self._reason_changes: dict[str, tuple[ReasonKey, Limit]] = {}
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self._last_at: datetime | None = None
+        self.meter = MeterTracker(site.meter, site.grid_limit_a) if site.meter is not None else None
+        self.meter_view: MeterView | None = None
+        self.non_ev_forecast: tuple[datetime, FloatArray] | None = None
+        """Non-EV load per slot from a start (n_slots, 3) [A], for the planner (``forecast.non_ev``)."""
         self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- configuration
@@ -240,6 +251,10 @@ class Controller:
         self.failsafe_a = self._failsafe_limits()
         self.plan = None
         self._replan_due = True
+        tracker = self.meter
+        self.meter = None if site.meter is None else MeterTracker(site.meter, site.grid_limit_a)
+        if tracker is not None and self.meter is not None:
+            self.meter.last_a, self.meter.last_at = tracker.last_a, tracker.last_at
         self._churn = self._churn_guard()
 
     # ----------------------------------------------------------------- capacity
@@ -290,6 +305,10 @@ class Controller:
     def handle(self, event: Event) -> None:
         """Update the state from one event. Unknown chargers are ignored (the adapter refuses them)."""
         if isinstance(event, Tick):
+            return
+        if isinstance(event, SiteMeterReading):
+            if event.site_id == self.site.id and self.meter is not None:
+                self.meter.update(event.current_a, event.at)
             return
         state = self.states.get(event.charger_id)
         if state is None:
@@ -372,7 +391,7 @@ class Controller:
                 for k, current in enumerate(event.current_a):
                     if current is not None:
                         grid["RST".index(charger.phase_rotation[k])] = max(0.0, current)
-            state.measured_a = grid
+            state.prev_measured_a, state.measured_a = state.measured_a, grid
             state.measured_at = event.at
             if charger.phases == 3 and state.car_phases is None:
                 drawing = [c for c in event.current_a if c is not None and c > 1.0]
@@ -433,10 +452,33 @@ class Controller:
                 phases=phases, weight=float(topo.priority[i]) or 1.0,
             ))
         capacity = self.capacity_ahead(start, horizon)
+        if self.meter is not None:
+            capacity = np.maximum(capacity - self._non_ev_ahead(start, horizon, now, export=True), 0.0)
         capacity = self._minus_reserved(capacity, now)
         return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
                            budget_s=self.settings.planner_budget_s,
                            fine_slots=self.settings.plan_fine_slots)
+
+    def _non_ev_ahead(self, start: datetime, n_slots: int, now: datetime, *, export: bool) -> FloatArray:
+        """Non-EV load plus margin per slot from ``start`` (n_slots, 3) [A]: the forecast where known
+        (``non_ev_forecast``), at least the non-EV load of now in the current slot, else now's.
+        ``export`` False counts no PV export (negative non-EV load) in the slots after this one."""
+        assert self.meter is not None
+        cap_now, _ = self.capacity_now(now)
+        view = self.meter_view if self.meter_view is not None else self.meter_now(now, cap_now)
+        assert view is not None
+        out = np.repeat(view.non_ev_load_a[None, :], n_slots, axis=0)
+        if self.non_ev_forecast is not None:
+            f_start, values = self.non_ev_forecast
+            offset = int((start - f_start).total_seconds() // SLOT_S)
+            index = offset + np.arange(n_slots)
+            valid = (index >= 0) & (index < len(values))
+            out[valid] = values[index[valid]]
+            if n_slots:
+                out[0] = np.maximum(out[0], view.non_ev_load_a)
+        if not export:
+            out[1:] = np.maximum(out[1:], 0.0)
+        return np.asarray(out + self.meter.settings.margin_a, dtype=np.float64)
 
     def accept_plan(self, outcome: SolveOutcome) -> None:
         """Keep a plan from the planner; any status other than optimal leaves the allocator alone."""
@@ -523,11 +565,38 @@ class Controller:
         load = self._reserved_load_a(now)
         return np.asarray(np.maximum(0.0, capacity - load[None, :]), dtype=np.float64)
 
+    def meter_now(self, now: datetime, cap_now: FloatArray) -> MeterView | None:
+        """The site meter's non-EV load and the chargers' share of ``cap_now`` (None: no meter)."""
+        if self.meter is None:
+            return None
+        topo = self.topology
+        measured = np.array([self.states[cid].measured_a for cid in topo.charger_ids],
+                            dtype=np.float64).reshape(-1, 3)
+        meter_at = self.meter.last_at
+        newer = np.array([meter_at is not None and s.measured_at is not None and s.measured_at > meter_at
+                          for s in (self.states[cid] for cid in topo.charger_ids)], dtype=bool)
+        if newer.any():
+            # A car may have ramped up after the meter reading: subtract no more than it drew before.
+            previous = np.array([self.states[cid].prev_measured_a for cid in topo.charger_ids],
+                                dtype=np.float64).reshape(-1, 3)
+            measured = np.where(newer[:, None], np.minimum(measured, previous), measured)
+        limits = np.array([self.states[cid].limit_a for cid in topo.charger_ids], dtype=np.float64)
+        states = [self.states[cid] for cid in topo.charger_ids]
+        usable = np.array([s.connected and s.measured_at is not None
+                           and abs((now - s.measured_at).total_seconds()) <= CHARGER_MEASUREMENT_MAX_AGE_S
+                           for s in states], dtype=bool)
+        capped = np.array([s.obeys for s in states], dtype=bool)
+        return self.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped))
+
     def _node_capacity(self, now: datetime) -> tuple[FloatArray, FloatArray, str]:
         topo = self.topology
         cap_now, source = self.capacity_now(now)
         capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
         capacity[0, :] = np.minimum(capacity[0, :], cap_now)
+        self.meter_view = self.meter_now(now, cap_now)
+        if self.meter_view is not None:
+            # The chargers share what the non-EV load leaves of the connection (DESIGN 3.8).
+            capacity[0, :] = np.minimum(topo.node_limit_a[0], cap_now - self.meter_view.cut_a)
         reserve, mask = self._reserved_a(now)
         if topo.n_chargers:
             capacity -= np.asarray(topo.ancestors @ (reserve[:, None] * mask))
@@ -648,6 +717,11 @@ class Controller:
         cap_now, _ = self.capacity_now(now)
         ahead = self.capacity_ahead(start, horizon)
         load = self._reserved_load_a(now)
+        if self.meter_view is not None:
+            # Ahead, the non-EV load of now is assumed to stay, and PV export to stop.
+            cap_now = cap_now - self.meter_view.cut_a
+            now_load = self.meter_view.non_ev_load_a + self.meter.settings.margin_a if self.meter else 0.0
+            ahead = ahead - np.maximum(self._non_ev_ahead(start, horizon, now, export=False), now_load)
         net_now = np.maximum(cap_now - load, 1e-9)
         ratio = np.clip(np.min((ahead - load[None, :]) / net_now[None, :], axis=1), 0.0, 1.0)
         rows: dict[str, FloatArray] = {}
@@ -789,6 +863,7 @@ class Controller:
             plan_status=self.plan_status,
             chargers=tuple(chargers),
             idle_allocated_a=(float(idle_allocated[0]), float(idle_allocated[1]), float(idle_allocated[2])),
+            meter=self.meter_now(now, cap_now),
         )
 
     def snapshot(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ __all__ = [
     "ProfileResult",
     "SessionStarted",
     "SessionStopped",
+    "SiteMeterReading",
     "Tick",
 ]
 
@@ -148,6 +149,17 @@ class ObedienceChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteMeterReading:
+    """The site meter at the grid connection (DESIGN 3.8): net current per *grid* phase [A], import
+    positive, export negative; None where the meter does not measure that phase. ``at`` is when it
+    was measured (the poll for Modbus, the pushed timestamp for HTTP)."""
+
+    site_id: str
+    at: datetime
+    current_a: tuple[float | None, float | None, float | None]
+
+
+@dataclass(frozen=True, slots=True)
 class ExternalCapSet:
     """A cap on the session of one charger set by another party (an OCPI ChargingProfile).
 
@@ -183,6 +195,7 @@ Event = (
     | ProfileResult
     | LimitConfirmed
     | ObedienceChanged
+    | SiteMeterReading
     | ExternalCapSet
     | Tick
 )

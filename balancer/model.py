@@ -27,6 +27,7 @@ __all__ = [
     "Limit",
     "LimitCode",
     "LimitSource",
+    "MeterSettings",
     "OcpiLocation",
     "OcpiSettings",
     "OcppSettings",
@@ -168,6 +169,23 @@ class Charger:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterSettings:
+    """The site meter at the grid connection (DESIGN 3.8); see ``balancer.site_meter``."""
+
+    source: str = "modbus"
+    host: str = "127.0.0.1"
+    port: int = 502
+    unit_id: int = 1
+    map: str = "sunspec"
+    poll_s: float = 1.0
+    timeout_s: float = 2.0
+    stale_after_s: float = 10.0
+    fallback_base_load_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    margin_a: float = 1.0
+    frozen_after_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     """One grid connection with its fuse tree and chargers."""
 
@@ -180,6 +198,7 @@ class Site:
     oscp_group_id: str = ""
     rotation_period_s: float = 900.0
     headroom_a: float = 2.0
+    meter: MeterSettings | None = None
 
     @property
     def group_id(self) -> str:

@@ -31,6 +31,14 @@ def build_fleet(args: Any) -> Fleet:
 
 async def _run(args: Any) -> int:
     fleet = build_fleet(args)
+    meter = None
+    if getattr(args, "meter_port", None) is not None:
+        from adapters.meter.simulator import MeterSimulator, noon_peak_profile
+
+        meter = MeterSimulator(args.meter_map, host=args.meter_host, port=args.meter_port,
+                               profile=noon_peak_profile(), chargers_a=fleet.total_draw_a, noise_a=0.05)
+        await meter.start()
+        print(f"site meter ({args.meter_map}) on {args.meter_host}:{meter.port}, unit id 1", flush=True)
     await fleet.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,6 +62,8 @@ async def _run(args: Any) -> int:
         if args.duration and loop.time() - started >= args.duration:
             break
     await fleet.stop()
+    if meter is not None:
+        await meter.stop()
     print("summary:")
     for c in fleet.chargers:
         last = c.profile_log[-1] if c.profile_log else None

@@ -41,12 +41,15 @@ class OscpClient:
     """Sends our messages to the Capacity Provider through the outbox."""
 
     def __init__(self, config: Config, store: StateStore, *, now: Callable[[], datetime] = utc_now,
-                 site_energy_wh: Callable[[str], float] | None = None, base_backoff_s: float = 1.0) -> None:
+                 site_energy_wh: Callable[[str], float] | None = None, base_backoff_s: float = 1.0,
+                 site_import_wh: Callable[[str], float | None] | None = None) -> None:
         assert config.oscp.capacity_provider is not None
         self.config = config
         self.store = store
         self.now = now
         self.site_energy_wh = site_energy_wh or (lambda site_id: 0.0)
+        self.site_import_wh = site_import_wh or (lambda site_id: None)
+        """The net import at the connection from a site meter [Wh], None without one."""
         self.base_backoff_s = base_backoff_s
         self.cp = config.oscp.capacity_provider
         self._session: aiohttp.ClientSession | None = None
@@ -99,9 +102,13 @@ class OscpClient:
     def measurements(self) -> None:
         now = iso(self.now())
         for site in self.config.sites:
-            self._send("update_group_measurements", {"group_id": site.group_id, "measurements": [
-                {"value": round(self.site_energy_wh(site.id), 1), "phase": "ALL", "unit": "WH", "direction": "IMPORT",
-                 "energy_type": "FLEXIBLE", "measure_time": now}]})
+            measurements = [{"value": round(self.site_energy_wh(site.id), 1), "phase": "ALL", "unit": "WH",
+                             "direction": "IMPORT", "energy_type": "FLEXIBLE", "measure_time": now}]
+            total = self.site_import_wh(site.id)
+            if total is not None:  # a site meter: the whole connection's net import
+                measurements.append({"value": round(total, 1), "phase": "ALL", "unit": "WH", "direction": "IMPORT",
+                                     "energy_type": "TOTAL", "measure_time": now})
+            self._send("update_group_measurements", {"group_id": site.group_id, "measurements": measurements})
 
     def compliance_error(self, site_id: str, message: str, start: datetime, end: datetime,
                          capacity_a: Sequence[float], correlation_id: str | None = None) -> None:

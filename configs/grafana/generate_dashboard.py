@@ -112,6 +112,19 @@ def plan_phase_panel(k: int) -> dict[str, Any]:
                       overrides=[dashed(".* capacity$")], timeFrom="+24h", interval="15m", step=True)
 
 
+def meter_phase_panel(k: int) -> dict[str, Any]:
+    n = k + 1
+    query = (f'SELECT mean("net_import_a_l{n}") AS "net import", mean("non_ev_load_a_l{n}") AS "non-EV load", '
+             f'mean("measured_a_l{n}") AS "chargers", mean("capacity_a_l{n}") AS "capacity" FROM "site" '
+             f'WHERE {SITE} AND $timeFilter GROUP BY time($__interval), "site" fill(null)')
+    return timeseries(f"Site meter {PHASES[k]}: net import, non-EV load, chargers",
+                      [target("A", query, "$tag_site $col")],
+                      description=f"Sites with a meter (DESIGN 3.8), grid phase {PHASES[k]}: the net current at the "
+                                  "connection (import positive, export negative), the load that is not the "
+                                  "chargers' (building, PV), what the chargers draw, and the capacity (dashed).",
+                      overrides=[dashed(".* capacity$")])
+
+
 def annotation(name: str, color: str, kinds: str) -> dict[str, Any]:
     query = (f'SELECT "result", "kind", "charger" FROM "event" WHERE "kind" =~ /{kinds}/ AND {SITE} '
              'AND $timeFilter')
@@ -125,6 +138,8 @@ def panels() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for k in range(3):
         out.append(site_phase_panel(k))
+    for k in range(3):
+        out.append(meter_phase_panel(k))
     out.append(state_timeline(
         "Capacity source", [target("A", f'SELECT max("source_code") AS "source" FROM "site" WHERE {SITE} '
                                         'AND $timeFilter GROUP BY time($__interval), "site" fill(previous)',
@@ -165,7 +180,7 @@ def panels() -> list[dict[str, Any]]:
     row: list[dict[str, Any]] = []
     for panel in out:
         row.append(panel)
-        thirds = panel["title"].startswith(("Site L", "Chargers on L", "Plan L"))
+        thirds = panel["title"].startswith(("Site L", "Site meter L", "Chargers on L", "Plan L"))
         width = 3 if thirds else 2
         if len(row) == width or panel is out[-1]:
             for i, p in enumerate(row):

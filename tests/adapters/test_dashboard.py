@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from adapters.influx import InfluxSink
+from adapters.meter.hub import meter_point
 from adapters.metrics import (
     EVENT_KINDS,
     SOURCE_CODES,
@@ -31,8 +32,10 @@ from adapters.metrics import (
     site_point,
     wired_phases,
 )
+from balancer.control import SiteStatus
 from balancer.model import Charger, InfluxSettings, Site
 from balancer.plan import Plan
+from balancer.site_meter import MeterView
 from tests.dashboard import (
     DASHBOARD,
     annotation_queries,
@@ -93,6 +96,13 @@ async def _fill(server: InfluxServer, tmp: Path) -> None:
                                       state="charging", connected=True, obeys=k < 25, grid_phases=wired[c.id])
                         for c in site.chargers])
             sink.write([service_point(t, outbox_messages=k // 10)])
+            view = MeterView(meter_a=np.array([cap + 10.0] * 3), non_ev_load_a=np.array([25.0] * 3), fresh=True,
+                             cut_a=np.array([26.0] * 3))
+            status = SiteStatus(site.id, t, (cap, cap, cap), cap * 690, source, (cap - 10,) * 3, (cap - 15,) * 3,
+                                "ok", "optimal", (), meter=view)
+            metered = meter_point(site.id, t, status)
+            assert metered is not None
+            sink.write([metered])
         start = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 15)
         ids = tuple(c.id for c in site.chargers)
         limits = np.array([[LIMITS[cid]] * 96 for cid in ids])

@@ -71,6 +71,27 @@ async def test_measurements_report_site_energy(tmp_path: Path) -> None:
         await wait_for(lambda: cp.messages("update_group_measurements"))
         body = cp.messages("update_group_measurements")[0]
         assert body["group_id"] == "grp-1" and body["measurements"][0]["value"] == 1234.5
+        assert len(body["measurements"]) == 1  # no site meter: no TOTAL measurement
+    finally:
+        await client.stop()
+        await cp.stop()
+        store.close()
+
+
+async def test_measurements_report_net_import_with_a_site_meter(tmp_path: Path) -> None:
+    cp = GridOperatorSimulator(fp_url="http://127.0.0.1:9/unused", fp_token="x")
+    await cp.start()
+    config = config_for(tmp_path, capacity_provider={"base_url": cp.base_url, "token": "cp-secret"},
+                        measurement_interval_s=3600)
+    store = StateStore(tmp_path / "state.sqlite")
+    client = OscpClient(config, store, now=lambda: T0, site_energy_wh=lambda site: 1234.5,
+                        site_import_wh=lambda site: 9876.54)
+    await client.start()
+    try:
+        client.measurements()
+        await wait_for(lambda: cp.messages("update_group_measurements"))
+        measurements = cp.messages("update_group_measurements")[0]["measurements"]
+        assert [(m["energy_type"], m["value"]) for m in measurements] == [("FLEXIBLE", 1234.5), ("TOTAL", 9876.5)]
     finally:
         await client.stop()
         await cp.stop()
