@@ -585,14 +585,21 @@ class OcpiCpo:
     def _answer(self, request: web.Request, result: str) -> web.Response:
         return ocpi_response(request, {"result": result, "timeout": self.settings.profile_timeout_s})
 
-    async def profile_put(self, request: web.Request, party: str | None) -> web.Response:
-        session_id = request.match_info["session_id"]
-        profile = parse_set_profile(await self._body(request))
+    def _profile_session(self, request: web.Request, party: str | None,
+                         session_id: str) -> tuple[str, str, ChargerState] | web.Response:
+        """The session a ChargingProfiles request is about, or the answer refusing it (TOO_OFTEN
+        before the lookup, so a party over its rate learns nothing, then UNKNOWN_SESSION)."""
         if self._too_often(party):
             return self._answer(request, "TOO_OFTEN")
         found = self._session(session_id)
-        if found is None:
-            return self._answer(request, "UNKNOWN_SESSION")
+        return self._answer(request, "UNKNOWN_SESSION") if found is None else found
+
+    async def profile_put(self, request: web.Request, party: str | None) -> web.Response:
+        session_id = request.match_info["session_id"]
+        profile = parse_set_profile(await self._body(request))
+        found = self._profile_session(request, party, session_id)
+        if isinstance(found, web.Response):
+            return found
         site_id, cid, state = found
         now = self.now()
         record = self._profile_record(session_id, site_id, cid, state, profile, party, now)
@@ -667,11 +674,9 @@ class OcpiCpo:
             raise OcpiError(f"duration must be an integer number of seconds (1 to 604800), got {raw!r}",
                             "duration")
         response_url = parse_url(request.query.get("response_url"), "response_url")
-        if self._too_often(party):
-            return self._answer(request, "TOO_OFTEN")
-        found = self._session(session_id)
-        if found is None:
-            return self._answer(request, "UNKNOWN_SESSION")
+        found = self._profile_session(request, party, session_id)
+        if isinstance(found, web.Response):
+            return found
         site_id, cid, _ = found
         now = self.now()
         body = {"result": "ACCEPTED", "profile": self._active_profile(site_id, cid, int(raw), now)}
@@ -681,11 +686,9 @@ class OcpiCpo:
     async def profile_delete(self, request: web.Request, party: str | None) -> web.Response:
         session_id = request.match_info["session_id"]
         response_url = parse_url(request.query.get("response_url"), "response_url")
-        if self._too_often(party):
-            return self._answer(request, "TOO_OFTEN")
-        found = self._session(session_id)
-        if found is None:
-            return self._answer(request, "UNKNOWN_SESSION")
+        found = self._profile_session(request, party, session_id)
+        if isinstance(found, web.Response):
+            return found
         _, cid, state = found
         now = self.now()
         self.store.delete_json(f"ocpi:profile:{session_id}", flush=False)
