@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,10 @@ from adapters.oscp.provider import FlexibilityProvider
 from adapters.planner_worker import planner_executor
 from adapters.prometheus import service_metrics_text
 from adapters.store import StateStore, private_dir
-from balancer.control import SLOT_S, Controller, PlanRequest, SiteStatus, slot_floor
+from balancer.control import Controller, PlanRequest, SiteStatus
 from balancer.errors import InvalidInput
 from balancer.events import (
+    CapacityUpdated,
     Event,
     LimitConfirmed,
     MeterSample,
@@ -60,6 +61,7 @@ from balancer.events import (
 from balancer.grid_reports import adjust_blocks, compliance_problem, known_needs_wh
 from balancer.model import Config
 from balancer.plan import SolveOutcome, plan
+from balancer.timeline import SLOT, SLOT_S, horizon_slots, slot_floor
 
 __all__ = ["Service", "run_serve"]
 
@@ -278,10 +280,10 @@ class Service:
                 self.influx.write([service_point(self.now(), outbox_messages=self.store.outbox_size())])
 
     def _refresh_capacity(self, controller: Controller, now: datetime) -> None:
-        start = slot_floor(now)
-        n_slots = self.config.control.plan_horizon_h * 4
-        capacity, sources = self.fp.capacity_slots(controller.site.id, start, n_slots)
-        controller.set_capacity(start, capacity, sources)
+        """Hand the controller a new capacity timeline when there is one (``TimelineFeed``)."""
+        timeline = self.fp.timeline(controller.site.id, now)
+        if timeline is not None:
+            controller.handle(CapacityUpdated(controller.site.id, timeline))
 
     def _step(self, site_id: str) -> None:
         """Decide and push one site.
@@ -367,7 +369,7 @@ class Service:
         now = self.now()
         blocks = adjust_blocks(requested_wh=requested, planned_wh=planned, capacity_a=request.capacity_a,
                                planned_load_a=outcome.plan.limit_a.sum(axis=0), start=request.start,
-                               slot=timedelta(seconds=SLOT_S), grid_limit_a=controller.site.grid_limit_a,
+                               slot=SLOT, grid_limit_a=controller.site.grid_limit_a,
                                last_sent=self._adjusted.get(site_id), now=now)
         if blocks:
             self._adjusted[site_id] = now
@@ -397,7 +399,7 @@ class Service:
         if self.influx is not None:
             self.influx.write([event_point(site.id, now, kind="compliance_error", ok=False, result=message)])
         if self.oscp_client is not None:
-            self.oscp_client.compliance_error(site.id, message, slot, slot + timedelta(minutes=15),
+            self.oscp_client.compliance_error(site.id, message, slot, slot + SLOT,
                                               status.capacity_a)
 
     def _write_metrics(self, controller: Controller, status: SiteStatus, now: datetime) -> None:
@@ -557,9 +559,9 @@ class Service:
             return None
         now = self.now()
         start = slot_floor(now)
-        n_slots = self.config.control.plan_horizon_h * 4
+        n_slots = horizon_slots(self.config.control.plan_horizon_h)
         capacity = controller.capacity_ahead(start, n_slots)
-        body: dict[str, Any] = {"site": site_id, "start": start.isoformat(), "slot_minutes": 15,
+        body: dict[str, Any] = {"site": site_id, "start": start.isoformat(), "slot_minutes": SLOT_S // 60,
                                 "status": controller.plan_status, "message": controller.plan_message,
                                 "capacity_a": np.round(capacity, 2).tolist(), "chargers": {},
                                 "hourly_from_slot": None}
