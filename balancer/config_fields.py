@@ -19,6 +19,7 @@ __all__ = ["Field", "check_value", "complete", "duplicates", "id_problem", "join
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
+
 def substitute_env(data: Any, env: Mapping[str, str], problems: list[Problem], path: str = "") -> Any:
     """Replace ``${VAR}`` in every string of ``data``; an unset variable is a problem."""
     if isinstance(data, str):
