@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from balancer.model import LIMIT_CODES, LimitCode, floor_to
+from balancer.model import LIMIT_CODES, LimitCode
+from balancer.rounding import floor_to
 from balancer.topology import Topology
 
 __all__ = ["Allocation", "AllocationRequest", "allocate", "code_number", "node_load_a"]

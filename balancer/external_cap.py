@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from balancer.model import floor_to
+from balancer.rounding import floor_to
 
 __all__ = ["cap_at", "capped_periods"]
 

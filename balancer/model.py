@@ -6,14 +6,11 @@ the hot paths turn it into numpy arrays (``balancer.problem``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import overload
 
-import numpy as np
-import numpy.typing as npt
+from balancer.rounding import floor_to
 
 __all__ = [
     "CONNECTION",
@@ -49,27 +46,6 @@ ROTATIONS = ("RST", "RTS", "SRT", "STR", "TRS", "TSR")
 
 CONNECTION = ""
 """Circuit id of the grid connection itself (the root of the fuse tree)."""
-
-
-@overload
-def floor_to(value: float, step: float, min_a: float | None = None) -> float: ...
-
-
-@overload
-def floor_to(value: npt.NDArray[np.float64], step: float | npt.NDArray[np.float64],
-             min_a: float | npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]: ...
-
-
-def floor_to(value: float | npt.NDArray[np.float64], step: float | npt.NDArray[np.float64],
-             min_a: float | npt.NDArray[np.float64] | None = None) -> float | npt.NDArray[np.float64]:
-    """A limit rounded down to a charger's step, robust to float noise (4.0000001 -> 4.0); with
-    ``min_a``, 0 where the result is below the charger's minimum. The one place limits are floored."""
-    if isinstance(value, np.ndarray):
-        out = np.floor(value / step + 1e-9) * step
-        return out if min_a is None else np.where(out >= min_a, out, 0.0)
-    assert not isinstance(step, np.ndarray) and not isinstance(min_a, np.ndarray)
-    rounded = math.floor(value / step + 1e-9) * step
-    return rounded if min_a is None or rounded >= min_a else 0.0
 
 
 class CapacitySource(StrEnum):

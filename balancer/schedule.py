@@ -16,8 +16,8 @@ import numpy.typing as npt
 from balancer.allocation_inputs import reserved_load_a
 from balancer.events import ChargerSchedule
 from balancer.external_cap import capped_periods
-from balancer.model import floor_to
 from balancer.planning import non_ev_ahead
+from balancer.rounding import floor_to
 from balancer.timeline import SLOT_S, horizon_slots, slot_floor
 
 if TYPE_CHECKING:

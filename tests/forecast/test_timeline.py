@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from balancer.control import Controller
 from balancer.events import CapacityUpdated
-from balancer.model import Charger, Site, floor_to
+from balancer.model import Charger, Site
+from balancer.rounding import floor_to
 from balancer.timeline import SLOT, SLOT_S, CapacityTimeline, horizon_slots, slot_floor
 from forecast.blocks import CapacityForecast, ForecastedBlock
 from forecast.book import ForecastBook
