@@ -50,7 +50,9 @@ from adapters.store import private_dir
 from balancer.model import UpstreamSettings
 
 if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink, FrameGuard, OcppServer
+    from adapters.ocpp.guard import FrameGuard
+    from adapters.ocpp.link import ChargerLink
+    from adapters.ocpp.server import OcppServer
 
 __all__ = ["Relay", "UpstreamHub"]
 
@@ -161,7 +163,7 @@ class Relay:
         self.link = link
         self.guard = guard
         self.charger_id = link.charger_id
-        self.version = link.protocol or "ocpp1.6"
+        self.dialect = link.dialect
         self.remote_id = link.charger.upstream_id or link.charger_id
         self.authorization = authorization
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -272,12 +274,12 @@ class Relay:
     async def _connect_and_serve(self) -> bool:
         url = f"{self.settings.url.rstrip('/')}/{self.remote_id}"
         ws = await asyncio.wait_for(
-            self.hub.session().ws_connect(url, protocols=(self.version,), headers=self._headers(), heartbeat=30.0,
-                                          max_msg_size=0, ssl=self.hub.ssl_context()),
+            self.hub.session().ws_connect(url, protocols=(self.dialect.subprotocol,), headers=self._headers(),
+                                          heartbeat=30.0, max_msg_size=0, ssl=self.hub.ssl_context()),
             self.settings.answer_timeout_s)
-        if ws.protocol != self.version:
+        if ws.protocol != self.dialect.subprotocol:
             await ws.close()
-            raise ConnectionError(f"CSMS did not accept subprotocol {self.version}")
+            raise ConnectionError(f"CSMS did not accept subprotocol {self.dialect.subprotocol}")
         self.hub.counters["upstream_connects"] += 1
         self.ws = ws
         self.first_try.set()
@@ -347,7 +349,7 @@ class Relay:
             uid, action = str(frame[1]), str(frame[2])
             future: asyncio.Future[list[Any]] = loop.create_future()
             self.replay_waiters[uid] = future
-            if not await self._to_csms(map_tx(self.version, item.frame, self.tx_out)):
+            if not await self._to_csms(map_tx(self.dialect, item.frame, self.tx_out)):
                 return
             try:
                 answer = await asyncio.wait_for(future, self.settings.answer_timeout_s)
@@ -380,19 +382,19 @@ class Relay:
             await self._csms_answer(frame, raw)
 
     async def _csms_call(self, uid: str, action: str, payload: dict[str, Any], raw: str) -> None:
-        if action == "SetChargingProfile" and is_station_max(self.version, payload):
-            if station_max_cap_a(self.version, payload, self.voltage_v) is None:
+        if action == "SetChargingProfile" and is_station_max(self.dialect, payload):
+            if station_max_cap_a(self.dialect, payload, self.voltage_v) is None:
                 log.warning("charger %s: CSMS station maximum without a usable period refused: %r", self.charger_id,
                             raw[:500])
                 await self._to_csms(json.dumps([3, uid, {"status": "Rejected"}]))
                 return
-            profile = payload.get("csChargingProfiles" if self.version == "ocpp1.6" else "chargingProfile") or {}
+            profile = self.dialect.profile_of(payload) or {}
             key = profile.get("chargingProfileId", profile.get("id"))
             self.csms_max[key if isinstance(key, (int, str)) else repr(key)] = payload
             await self._to_csms(json.dumps([3, uid, {"status": "Accepted"}]))
             self._spawn(self._reassert())
             return
-        if action == "ClearChargingProfile" and clears_station_max(self.version, payload):
+        if action == "ClearChargingProfile" and clears_station_max(self.dialect, payload):
             status = "Accepted" if self.csms_max else "Unknown"
             self.csms_max.clear()
             await self._to_csms(json.dumps([3, uid, {"status": status}]))
@@ -401,11 +403,11 @@ class Relay:
         if uid in self.own:
             await self._to_csms(json.dumps([4, uid, "GenericError", "message id in use, send again", {}]))
             return
-        if action == "ClearChargingProfile" and clear_reaches_ours(self.version, payload):
+        if action == "ClearChargingProfile" and clear_reaches_ours(self.dialect, payload):
             self._spawn(self._narrowed_clear(uid, payload))
             return
         self.from_csms.add(uid)
-        await self._to_charger(map_tx(self.version, raw, self.tx_in))
+        await self._to_charger(map_tx(self.dialect, raw, self.tx_in))
 
     async def _narrowed_clear(self, uid: str, payload: dict[str, Any]) -> None:
         """A CSMS ClearChargingProfile naming no id or purpose would take the balancer's station
@@ -416,12 +418,7 @@ class Relay:
         self.csms_max.clear()
         cp = self.link.cp
         for purpose in ("TxDefaultProfile", "TxProfile"):
-            if self.version == "ocpp1.6":
-                narrowed = {**payload, "chargingProfilePurpose": purpose}
-            else:
-                criteria = payload.get("chargingProfileCriteria")
-                narrowed = {**payload, "chargingProfileCriteria": {
-                    **(criteria if isinstance(criteria, dict) else {}), "chargingProfilePurpose": purpose}}
+            narrowed = self.dialect.narrow_clear(payload, purpose)
             if cp is None:
                 break
             with contextlib.suppress(Exception):
@@ -440,7 +437,7 @@ class Relay:
             return
         if entry.timer is not None:
             entry.timer.cancel()
-        start16 = self.version == "ocpp1.6" and entry.action == "StartTransaction"
+        start16 = self.dialect.csms_names_transactions and entry.action == "StartTransaction"
         remote_tx = frame[2].get("transactionId") if frame[0] == 3 and isinstance(frame[2], dict) else None
         if entry.answered:
             # Answered by the balancer already (a slow CSMS): consumed; its transaction id mapped.
@@ -493,10 +490,10 @@ class Relay:
                 await asyncio.wait_for(self.first_try.wait(), self.settings.answer_timeout_s)
         entry = _Forwarded(action, raw)
         self.forwarded[uid] = entry
-        if self.online and await self._to_csms(map_tx(self.version, raw, self.tx_out)):
+        if self.online and await self._to_csms(map_tx(self.dialect, raw, self.tx_out)):
             entry.expect_csms = True
             entry.timer = asyncio.get_running_loop().call_later(self.settings.answer_timeout_s, self._timed_out, uid)
-            if action == "BootNotification" or (self.version == "ocpp1.6" and action == "StartTransaction"):
+            if action == "BootNotification" or (self.dialect.csms_names_transactions and action == "StartTransaction"):
                 # Observed once the CSMS answers (``_csms_answer``): the balancer's calls wait for
                 # the charger to be accepted, and a 1.6 session is known by the CSMS's id.
                 return False
@@ -518,7 +515,7 @@ class Relay:
 
     async def _answer_locally(self, entry: _Forwarded) -> None:
         entry.answered = entry.local = True
-        if entry.expect_csms and self.version == "ocpp1.6" and entry.action == "StartTransaction":
+        if entry.expect_csms and self.dialect.csms_names_transactions and entry.action == "StartTransaction":
             # The charger now uses the balancer's transaction id, which the CSMS cannot know before
             # it answers: later calls wait in the queue until then, and go out mapped.
             self.online = False
@@ -535,17 +532,17 @@ class Relay:
         if message.startswith("[2"):
             frame = json.loads(message)
             self.own.add(frame[1])
-            if frame[2] == "SetChargingProfile" and is_station_max(self.version, frame[3]):
+            if frame[2] == "SetChargingProfile" and is_station_max(self.dialect, frame[3]):
                 level = frame[3].pop(REASSERT, None)
                 if level is not None:
                     frame[3] = self.our_max.get(level, frame[3])
                 else:
-                    profile = frame[3]["csChargingProfiles" if self.version == "ocpp1.6" else "chargingProfile"]
+                    profile = frame[3][self.dialect.profile_key]
                     self.our_max[int(profile["stackLevel"])] = frame[3]
-                caps = [c for c in (station_max_cap_a(self.version, p, self.voltage_v)
+                caps = [c for c in (station_max_cap_a(self.dialect, p, self.voltage_v)
                                     for p in self.csms_max.values()) if c is not None]
                 cap = min(caps) if caps else None
-                frame[3] = clamp_station_max(self.version, frame[3], cap, self.voltage_v)
+                frame[3] = clamp_station_max(self.dialect, frame[3], cap, self.voltage_v)
                 return json.dumps(frame, separators=(",", ":"))
             return message
         try:
