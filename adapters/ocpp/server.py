@@ -44,7 +44,7 @@ READ_BACKS_AT_ONCE = 20
 
 
 class OcppServer:
-    """The chargers' websocket server."""
+    """The chargers' websocket server: the OCPP implementation of ``balancer.ports.ChargerPort``."""
 
     def __init__(self, config: Config, on_event: Callable[[Event], None],
                  now: Callable[[], datetime] = utc_now) -> None:
@@ -190,6 +190,9 @@ class OcppServer:
                 link.pusher.on_disconnect()
                 link.emit(ChargerOffline(charger_id, self.now()))
         return ws
+
+    def owns(self, charger_id: str) -> bool:
+        return charger_id in self.links
 
     async def apply(self, schedules: Sequence[ChargerSchedule]) -> None:
         """Push decisions: every decrease, now and in the slots ahead, sent and accepted before any
