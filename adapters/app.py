@@ -94,7 +94,7 @@ class Service:
         self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
         self.chargers: ChargerPort = self.ocpp
         """Every charger is reached through this port (``balancer.ports``); the OCPP server is the
-        one transport today. Another goes in here (``adapters.charger_ports``), nothing else changes."""
+        one transport today (README, "Architecture": adding one)."""
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink
