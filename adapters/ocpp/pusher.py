@@ -692,4 +692,3 @@ class Pusher:
                 "last_push": self.last_push, "failsafe_a": self.failsafe_a, "composite_a": self.composite_a,
                 "idle_limit_a": self.idle_a,
                 "refuses_profiles": self.refusing}
-
