@@ -109,6 +109,10 @@ class Service:
             self.ocpi = OcpiCpo(config, self.store, self.controllers, self._on_event, now)
         self.fp = FlexibilityProvider(config, self.store, now=now, on_capacity_changed=self._capacity_changed)
         self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
+        for controller in self.controllers.values():  # flags survive a restart (issue 11 item 10)
+            for cid, state in controller.states.items():
+                if not state.obeys and cid in self.ocpp.links:
+                    self.ocpp.links[cid].pusher.restore_flag(state.draw_a)
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink

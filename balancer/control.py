@@ -532,7 +532,13 @@ class Controller:
         for i, cid in enumerate(topo.charger_ids):
             state = self.states[cid]
             if not state.connected:
+                # Not under control (offline, or connected and not yet booted and read): what it
+                # may hold, and in a session at least what it was last seen drawing.
                 reserve[i] = self._offline_reserve_a(i, state, now)
+                if state.transaction_id is not None or not state.obeys:
+                    reserve[i] = max(reserve[i], max(state.measured_a))
+                if not state.obeys:
+                    reserve[i] = max(reserve[i], state.draw_a or 0.0)
             elif not state.obeys:
                 reserve[i] = max(state.draw_a or 0.0, max(state.measured_a))
         return reserve, topo.charger_phase_mask.astype(np.float64)

@@ -36,11 +36,13 @@ import logging
 import math
 import time
 from collections import deque
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ocpp.v16 import call as call16
 from ocpp.v201 import call as call201
 
+from adapters.clock import Clock
 from adapters.ocpp.profiles import (
     DYNAMIC_PROFILE_ID,
     FAILSAFE_PROFILE_ID,
@@ -48,7 +50,7 @@ from adapters.ocpp.profiles import (
     Capabilities,
     charging_profile,
 )
-from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, value_at
+from adapters.ocpp.steps import EPS_A, Periods, drop_a, peak_between, pointwise_min, raise_a, raise_now_a, value_at
 from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
 from balancer.events import (
     ChargerOnline,
@@ -69,8 +71,9 @@ log = logging.getLogger(__name__)
 RETRIES = 3
 BACKOFF_S = 0.5
 OBEY_TOLERANCE_A = 1.0
-OBEY_SAMPLES = 3
 OBEY_GRACE_S = 20.0
+"""How long a car may take to come down to a lower limit [s]: a reading above every limit the
+charger held within this long flags it at once (its draw is reserved before others are raised)."""
 TRUST_SAMPLES = 5
 TRUST_AFTER_S = 60.0
 """A charger flagged as not obeying is trusted again only after its measured current has followed
@@ -89,8 +92,10 @@ READ_BACK_MAX_WAIT_S = 30.0
 class Pusher:
     """Push manager of one charger (see the module docstring)."""
 
-    def __init__(self, link: ChargerLink) -> None:
+    def __init__(self, link: ChargerLink, clock: Clock | None = None) -> None:
         self.link = link
+        self.clock: Clock = clock or link.now
+        """The service's clock: timestamps and the policy timers (a test passes a fake one)."""
         self.desired: ChargerSchedule | None = None
         self.version = 0
         self.held_a: float | None = None
@@ -106,9 +111,14 @@ class Pusher:
         self.caps = Capabilities()
         self.lock = asyncio.Lock()
         self.obeys = True
-        self.over_samples = 0
-        self.last_change = -math.inf
-        """When its limit last changed (service clock [s]): readings wait ``OBEY_GRACE_S`` after it."""
+        self._allowed_log: deque[tuple[datetime, Periods | None]] = deque(maxlen=64)
+        """(since when, schedule) of what its profiles let it draw (None: not known), newest last:
+        a reading is judged against the highest of them within ``OBEY_GRACE_S``."""
+        self.refusal: str | None = None
+        """Why it is not waited for: "rejected" (Rejected or CALLERROR answers) or "no_answer"
+        (none in time; a late Accepted clears it at once). None while it takes its limits."""
+        self._flagged_by: str | None = None
+        """What flagged it as not obeying: "refusal", "draw" or "composite" (None: obeys)."""
         self.last_push: dict[str, Any] | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=50)
         self._tx_refused: str | None = None
@@ -160,6 +170,34 @@ class Pusher:
         self.idle_periods = ()
         self.failsafe_a = None
         self.composite_a = None
+        self._note_allowed()
+
+    def _allowed_periods(self) -> Periods | None:
+        """The schedule of the profile the car draws by now (None: not known)."""
+        if self._separate_idle():
+            tx = self._link_tx()
+            if tx is None or self.held_tx != tx:
+                return self.idle_periods if self.idle_a is not None and self.idle_periods else None
+        return self.held_periods if self.held_a is not None and self.held_periods else None
+
+    def _note_allowed(self) -> None:
+        self._allowed_log.append((self.clock(), self._allowed_periods()))
+
+    def peak_allowed_a(self, now: datetime) -> float | None:
+        """The highest limit its profiles let it draw at any moment of the last ``OBEY_GRACE_S``
+        (None: what it held then is not fully known): a car above it follows none of them."""
+        since = now - timedelta(seconds=OBEY_GRACE_S)
+        log_ = list(self._allowed_log)
+        peak: float | None = None
+        for k, (start, periods) in enumerate(log_):
+            end = log_[k + 1][0] if k + 1 < len(log_) else now
+            if end < since:
+                continue
+            if periods is None:
+                return None
+            value = peak_between(periods, max(start, since), max(end, since))
+            peak = value if peak is None else max(peak, value)
+        return peak
 
     def on_connect(self) -> None:
         # After a reconnect nothing is known about what the charger holds: the first decision
@@ -202,6 +240,7 @@ class Pusher:
             # the charger drops it. What the charger may draw now is its idle default.
             self.held_a = None
             self.held_periods = ()
+        self._note_allowed()
 
     async def _after_boot(self) -> None:
         """No profile goes out before this: a charger that accepts only W gets W profiles from
@@ -211,7 +250,7 @@ class Pusher:
         if not self.link.connected:
             return
         self.ready = True
-        self.link.emit(ChargerOnline(self.link.charger_id, self.link.now(), self.link.protocol or "ocpp1.6"))
+        self.link.emit(ChargerOnline(self.link.charger_id, self.clock(), self.link.protocol or "ocpp1.6"))
 
     # ----------------------------------------------------------------- decisions in
     @property
@@ -287,7 +326,7 @@ class Pusher:
 
     def _clock_s(self) -> float:
         """The service's clock [s]: the policy timers run on it (``balancer demo`` accelerates it)."""
-        return self.link.now().timestamp()
+        return self.clock().timestamp()
 
     def _small_increase_due(self) -> bool:
         return self._clock_s() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S
@@ -315,7 +354,8 @@ class Pusher:
             else:
                 drop, rise = drop_a(allowed, schedule.periods), raise_a(allowed, schedule.periods)
                 decrease = drop > EPS_A or (not same and rise <= EPS_A)
-                if rise > EPS_A and (not same or rise > self.link.server.config.ocpp.deadband_a):
+                if rise > EPS_A and (not same or raise_now_a(allowed, schedule.periods)
+                                     > self.link.server.config.ocpp.deadband_a):
                     increase = True
                 elif rise > EPS_A and self._small_increase_due() and self._floor is not None \
                         and raise_a(allowed, pointwise_min(self._floor, schedule.periods)) > EPS_A:
@@ -405,7 +445,7 @@ class Pusher:
                     send = dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
             elif same and rise <= EPS_A:
                 send = None if drop <= EPS_A else schedule
-            elif same and rise <= self.link.server.config.ocpp.deadband_a:
+            elif same and raise_now_a(allowed, schedule.periods) <= self.link.server.config.ocpp.deadband_a:
                 # A small increase: only as far as every decision since the last change went
                 # (limits that jitter by tenths of an ampere settle instead of following each one).
                 low = pointwise_min(self._floor or schedule.periods, schedule.periods)
@@ -438,24 +478,50 @@ class Pusher:
 
     # ----------------------------------------------------------------- refusing chargers
     def refused(self, why: str) -> None:
-        """Its decrease in a fan-out was refused or not answered in time (``fanout``): reserve
-        its real draw (flag it as not obeying; its measured current, or its maximum while none is
-        known), retry it in the background, and let no fan-out wait for it again until it accepts.
-        A charger that went offline meanwhile is the offline reserve's business instead."""
+        """Its decrease in a fan-out was refused, or not answered in time (``fanout``): reserve
+        what it may draw (flag it as not obeying; the higher of its measured current and what its
+        profiles let it draw, or its maximum while neither is known), retry it in the background,
+        and let no fan-out wait for it again until it accepts. A Rejected or CALLERROR answer is a
+        refusal; no answer (yet) is not: a late Accepted clears the flag at once. A charger that
+        went offline meanwhile is the offline reserve's business instead."""
         moved, self._tx_moved = self._tx_moved, False
         if moved or not self.link.connected or (self.last_push or {}).get("result") == "Offline":
             return
+        answered = why in ("Rejected", "NotSupported", "CallError", "Error")
+        self.refusal = "rejected" if answered else "no_answer"
         self.refusing = True
         self._follow_n = 0
-        self._draw_unknown = self.last_draw_a is None
-        draw = self.link.charger.max_current_a if self.last_draw_a is None else self.last_draw_a
+        peak = self.peak_allowed_a(self.clock())
+        self._draw_unknown = self.last_draw_a is None and peak is None
+        if self.last_draw_a is None and peak is None:
+            draw = self.link.charger.max_current_a
+        else:
+            draw = max(self.last_draw_a or 0.0, peak or 0.0)
         self.reserved_a = draw
-        detail = f"refuses its limits ({why}): its draw of {draw:.1f} A is reserved"
+        detail = f"refuses its limits ({why}): its draw of {draw:.1f} A is reserved" if answered \
+            else f"no answer to its limit ({why}): {draw:.1f} A reserved until it answers"
         if self.obeys:
-            self._set_obeys(False, draw, detail)
+            self._set_obeys(False, draw, detail, by="refusal")
         else:  # already flagged: say what it draws now
-            self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), False, draw, detail))
+            self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), False, draw, detail))
         self.retry_in_background()
+
+    def _answered_late(self) -> None:
+        """A call it had not answered in time is Accepted: it was slow, it does not refuse."""
+        if self.refusal != "no_answer":
+            return
+        self.refusing = False
+        self.refusal = None
+        if self._flagged_by == "refusal":
+            self._set_obeys(True, self.last_draw_a or 0.0, "answered late: it takes its limits")
+
+    def restore_flag(self, draw_a: float | None) -> None:
+        """After a restart: the controller's persisted state says it did not obey (refused its
+        limits, or drew more): flagged from the start, so no reading or answer has to find it
+        again; its reserve is the controller's (the draw it persisted)."""
+        self.obeys = False
+        self._flagged_by = "restored"
+        self.reserved_a = self.link.charger.max_current_a if draw_a is None else draw_a
 
     def retry_in_background(self) -> None:
         if self._retry is None or self._retry.done():
@@ -473,6 +539,7 @@ class Pusher:
                 if await self.push(dataclasses.replace(schedule, limit_a=capped[0][1], periods=capped),
                                    background=True):
                     self.refusing = False
+                    self.refusal = None
                     log.info("charger %s accepts limits again", self.link.charger_id)
                     return
             await asyncio.sleep(RETRY_EVERY_S)
@@ -536,11 +603,10 @@ class Pusher:
             self.held_a = schedule.limit_a
             self.held_periods = tuple(schedule.periods)
             self.held_tx = tx
-            self.last_change = self._clock_s()
-            self.over_samples = 0
+            self._note_allowed()
             self._limit_sent_at = self._clock_s()
             self._floor = None
-            self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), schedule.limit_a,
+            self.link.emit(LimitConfirmed(self.link.charger_id, self.clock(), schedule.limit_a,
                                           tuple(schedule.periods), purpose))
             self._spawn(self._read_back(schedule.limit_a, evse if evse else charger.evse_id))
         return ok
@@ -561,9 +627,10 @@ class Pusher:
         if ok:
             self.idle_a = idle.limit_a
             self.idle_periods = idle.periods
+            self._note_allowed()
             self._limit_sent_at = self._clock_s()
             self._floor = None
-            self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), idle.limit_a, tuple(idle.periods),
+            self.link.emit(LimitConfirmed(self.link.charger_id, self.clock(), idle.limit_a, tuple(idle.periods),
                                           "idle TxDefaultProfile"))
         elif tx is not None:
             self._idle_refused = (tx, tuple(periods[1:]))
@@ -584,13 +651,14 @@ class Pusher:
             except Exception as exc:  # CALLERROR from the charger arrives as an OCPPError
                 result, detail = "CallError", f"{type(exc).__name__}: {exc}"
             self.link.server.counters["pushes"] += 1
-            record = {"at": self.link.now().isoformat(), "purpose": purpose, "limit_a": limit_a,
+            record = {"at": self.clock().isoformat(), "purpose": purpose, "limit_a": limit_a,
                       "result": result, "detail": detail, "attempt": attempt + 1}
             self.history.append(record)
             self.last_push = record
-            self.link.emit(ProfileResult(self.link.charger_id, self.link.now(), limit_a, result,
+            self.link.emit(ProfileResult(self.link.charger_id, self.clock(), limit_a, result,
                                          f"{purpose}: {detail}" if detail else purpose, idle=idle))
             if result == "Accepted":
+                self._answered_late()
                 return True
             self.link.server.counters["push_failures"] += 1
             if result in ("Rejected", "NotSupported", "Offline"):
@@ -677,19 +745,21 @@ class Pusher:
         self.composite_a = first
         # A newer push may have raised the limit meanwhile: compare with the higher of the two.
         # So may the schedule have moved on to a later, higher period since (the read-back waits).
-        ahead = value_at(self.held_periods, self.link.now()) if self.held_periods else 0.0
+        ahead = value_at(self.held_periods, self.clock()) if self.held_periods else 0.0
         held = max(limit_a, self.held_a or 0.0, ahead)
         if first > held + 0.1:
             # Only ever flags: trust comes back from what it draws (``observe``), not from a schedule.
             self._follow_n = 0
-            self._set_obeys(False, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
+            self._set_obeys(False, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A", by="composite")
 
     def observe(self, sample: MeterSample) -> None:
-        """Compare measured current with the limit the charger holds.
+        """Compare measured current with what the charger's profiles let it draw.
 
-        Flagged after ``OBEY_SAMPLES`` samples in a row over it; trusted again only after
-        ``TRUST_SAMPLES`` samples in a row within it spanning ``TRUST_AFTER_S`` (a charger that
-        ignores its limit may draw less for a while: a car ramping, a full battery)."""
+        Flagged at the first reading above every limit it held within ``OBEY_GRACE_S`` (no car
+        coming down from a higher limit explains it): its draw is reserved before anyone else is
+        raised. Trusted again only after ``TRUST_SAMPLES`` readings in a row within its limit
+        spanning ``TRUST_AFTER_S`` (a charger that ignores its limit may draw less for a while: a
+        car ramping, a full battery)."""
         drawn = max((c for c in sample.current_a if c is not None), default=None)
         if drawn is None:
             return
@@ -698,37 +768,42 @@ class Pusher:
             # Reserved at its maximum until a reading came: now at what it really draws.
             self._draw_unknown = False
             self.reserved_a = drawn
-            self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), False, drawn,
+            self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), False, drawn,
                                             f"refuses its limits: its draw of {drawn:.1f} A is reserved"))
-        if self.held_a is None or self._clock_s() - self.last_change < OBEY_GRACE_S:
+        now = self.clock()
+        peak = self.peak_allowed_a(now)
+        if peak is None:
             return
-        now = self._clock_s()
-        if drawn > self.held_a + max(OBEY_TOLERANCE_A, 0.1 * self.held_a):
+        if drawn > peak + max(OBEY_TOLERANCE_A, 0.1 * peak):
             self._follow_n = 0
-            self.over_samples += 1
-            if self.over_samples >= OBEY_SAMPLES:
-                self._set_obeys(False, drawn, f"draws {drawn:.1f} A over its {self.held_a:.1f} A limit")
-        else:
-            self.over_samples = 0
-            if self._follow_n == 0:
-                self._follow_since = now
-            self._follow_n += 1
-            if not self.obeys and not self.refusing and self._follow_n >= TRUST_SAMPLES \
-                    and now - self._follow_since >= TRUST_AFTER_S:
-                self._set_obeys(True, drawn, f"has followed its limit for {now - self._follow_since:.0f} s")
+            self._set_obeys(False, drawn, f"draws {drawn:.1f} A over its {peak:.1f} A limit", by="draw")
+            return
+        periods = self._allowed_periods()
+        allowed = value_at(periods, now) if periods else peak
+        if drawn > allowed + max(OBEY_TOLERANCE_A, 0.1 * allowed):
+            self._follow_n = 0  # still coming down to a lower limit: not following it yet
+            return
+        if self._follow_n == 0:
+            self._follow_since = now.timestamp()
+        self._follow_n += 1
+        if not self.obeys and not self.refusing and self._follow_n >= TRUST_SAMPLES \
+                and now.timestamp() - self._follow_since >= TRUST_AFTER_S:
+            self._set_obeys(True, drawn, f"has followed its limit for {now.timestamp() - self._follow_since:.0f} s")
 
-    def _set_obeys(self, obeys: bool, draw_a: float, detail: str) -> None:
+    def _set_obeys(self, obeys: bool, draw_a: float, detail: str, *, by: str | None = None) -> None:
         if obeys == self.obeys:
             return
         self.obeys = obeys
+        self._flagged_by = None if obeys else by
         log.warning("charger %s %s: %s", self.link.charger_id, "obeys" if obeys else "does NOT obey", detail)
-        self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), obeys, draw_a, detail))
+        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), obeys, draw_a, detail))
 
     def status(self) -> dict[str, Any]:
         return {"limit_a": self.held_a, "obeys": self.obeys, "capabilities": self.caps.as_dict(),
                 "last_push": self.last_push, "failsafe_a": self.failsafe_a, "composite_a": self.composite_a,
                 "idle_limit_a": self.idle_a,
-                "refuses_profiles": self.refusing}
+                "refuses_profiles": self.refusing and self.refusal == "rejected",
+                "no_answer": self.refusing and self.refusal == "no_answer"}
 
 
 def _int(value: Any, default: int) -> int:
