@@ -109,10 +109,14 @@ class Service:
             self.ocpi = OcpiCpo(config, self.store, self.controllers, self._on_event, now)
         self.fp = FlexibilityProvider(config, self.store, now=now, on_capacity_changed=self._capacity_changed)
         self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
-        for controller in self.controllers.values():  # flags survive a restart (issue 11 item 10)
+        self._share_failsafes()
+        for controller in self.controllers.values():  # flags and held limits survive a restart
             for cid, state in controller.states.items():
-                if not state.obeys and cid in self.ocpp.links:
-                    self.ocpp.links[cid].pusher.restore_flag(state.draw_a)
+                pusher = self.ocpp.links[cid].pusher if cid in self.ocpp.links else None
+                if pusher is not None and state.held_known:
+                    pusher.seed_allowed(max(state.held_a, state.limit_a, state.held_idle_a or 0.0))
+                if pusher is not None and not state.obeys:
+                    pusher.restore_flag(state.draw_a)
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink
@@ -213,6 +217,12 @@ class Service:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         log.info("service stopped")
+
+    def _share_failsafes(self) -> None:
+        """The OCPP server pushes each charger's failsafe as soon as it can (``Pusher``)."""
+        for controller in self.controllers.values():
+            for i, cid in enumerate(controller.topology.charger_ids):
+                self.ocpp.failsafe_a[cid] = float(controller.failsafe_a[i])
 
     # ----------------------------------------------------------------- events in
     def _on_event(self, event: Event) -> None:
@@ -502,6 +512,7 @@ class Service:
         for site in new.sites:
             self.controllers[site.id].reconfigure(site)
         self.ocpp.update_config(new)
+        self._share_failsafes()
         self.fp.update_config(new)
         self._tasks.append(asyncio.ensure_future(self.meters.update_config(new)))
         if self.ocpi is not None:

@@ -71,9 +71,10 @@ log = logging.getLogger(__name__)
 RETRIES = 3
 BACKOFF_S = 0.5
 OBEY_TOLERANCE_A = 1.0
-OBEY_GRACE_S = 20.0
-"""How long a car may take to come down to a lower limit [s]: a reading above every limit the
-charger held within this long flags it at once (its draw is reserved before others are raised)."""
+OBEY_GRACE_S = 10.0
+"""How long a car may take to come down to a lower limit [s] (IEC 61851-1 gives the car 5 s after
+the charger changes its signal; the rest is the charger's own delay): a reading above every limit
+the charger held within this long flags it at once (its draw is reserved before others are raised)."""
 TRUST_SAMPLES = 5
 TRUST_AFTER_S = 60.0
 """A charger flagged as not obeying is trusted again only after its measured current has followed
@@ -111,9 +112,9 @@ class Pusher:
         self.caps = Capabilities()
         self.lock = asyncio.Lock()
         self.obeys = True
-        self._allowed_log: deque[tuple[datetime, Periods | None]] = deque(maxlen=64)
-        """(since when, schedule) of what its profiles let it draw (None: not known), newest last:
-        a reading is judged against the highest of them within ``OBEY_GRACE_S``."""
+        self._allowed_log: deque[tuple[datetime, Periods]] = deque(maxlen=64)
+        """(since when, schedule) of what its profiles let it draw, newest last: a reading is
+        judged against the highest of them within ``OBEY_GRACE_S`` (none yet: not judged)."""
         self.refusal: str | None = None
         """Why it is not waited for: "rejected" (Rejected or CALLERROR answers) or "no_answer"
         (none in time; a late Accepted clears it at once). None while it takes its limits."""
@@ -170,7 +171,8 @@ class Pusher:
         self.idle_periods = ()
         self.failsafe_a = None
         self.composite_a = None
-        self._note_allowed()
+        # ``_allowed_log`` stays: a charger holds what it was given until a new limit lands, across
+        # a reconnect or a reboot too, so readings are still judged against what it was given.
 
     def _allowed_periods(self) -> Periods | None:
         """The schedule of the profile the car draws by now (None: not known)."""
@@ -181,11 +183,18 @@ class Pusher:
         return self.held_periods if self.held_a is not None and self.held_periods else None
 
     def _note_allowed(self) -> None:
-        self._allowed_log.append((self.clock(), self._allowed_periods()))
+        periods = self._allowed_periods()
+        if periods is not None:
+            self._allowed_log.append((self.clock(), periods))
+
+    def seed_allowed(self, limit_a: float) -> None:
+        """After a restart: the limit the controller persisted as held by the charger, so its
+        readings are judged from its first one on, before a new limit has landed."""
+        self._allowed_log.append((self.clock(), ((self.clock(), limit_a),)))
 
     def peak_allowed_a(self, now: datetime) -> float | None:
         """The highest limit its profiles let it draw at any moment of the last ``OBEY_GRACE_S``
-        (None: what it held then is not fully known): a car above it follows none of them."""
+        (None: none known yet): a car above it follows none of them."""
         since = now - timedelta(seconds=OBEY_GRACE_S)
         log_ = list(self._allowed_log)
         peak: float | None = None
@@ -193,8 +202,6 @@ class Pusher:
             end = log_[k + 1][0] if k + 1 < len(log_) else now
             if end < since:
                 continue
-            if periods is None:
-                return None
             value = peak_between(periods, max(start, since), max(end, since))
             peak = value if peak is None else max(peak, value)
         return peak
@@ -240,7 +247,6 @@ class Pusher:
             # the charger drops it. What the charger may draw now is its idle default.
             self.held_a = None
             self.held_periods = ()
-        self._note_allowed()
 
     async def _after_boot(self) -> None:
         """No profile goes out before this: a charger that accepts only W gets W profiles from
@@ -250,6 +256,7 @@ class Pusher:
         if not self.link.connected:
             return
         self.ready = True
+        self._spawn(self._early_failsafe())  # first in line for the charger's lock
         self.link.emit(ChargerOnline(self.link.charger_id, self.clock(), self.link.protocol or "ocpp1.6"))
 
     # ----------------------------------------------------------------- decisions in
@@ -418,18 +425,9 @@ class Pusher:
                 self._try_timeout = None
 
     async def _push(self, schedule: ChargerSchedule, phase: int) -> bool:
-        charger = self.link.charger
         lower = self.failsafe_a is None or schedule.failsafe_a < self.failsafe_a - EPS_A
         if (lower or phase != 1) and (self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > EPS_A):
-            volts = self.link.server.voltage.get(charger.id, 230.0)
-            failsafe = ChargerSchedule(charger.id, schedule.at, schedule.failsafe_a,
-                                       ((schedule.at, schedule.failsafe_a),), schedule.failsafe_a,
-                                       phases=schedule.phases)
-            profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
-                                       profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
-                                       integer_amps=charger.integer_amps, version=self.link.protocol or "ocpp1.6")
-            if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
-                self.failsafe_a = schedule.failsafe_a
+            await self._send_failsafe(schedule.failsafe_a, schedule.at, schedule.phases)
         target = self._limit_target(schedule)
         if target is None:
             return self.failsafe_a is not None  # see _limit_target: wait for the controller
@@ -466,6 +464,35 @@ class Pusher:
             # Whether it lands does not change what the car may draw now (its TxProfile).
             await self._push_idle(schedule, schedule.idle_periods)
         return ok
+
+    async def _send_failsafe(self, value_a: float, at: datetime, phases: int = 3) -> bool:
+        charger = self.link.charger
+        volts = self.link.server.voltage.get(charger.id, 230.0)
+        failsafe = ChargerSchedule(charger.id, at, value_a, ((at, value_a),), value_a, phases=phases)
+        profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
+                                   profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
+                                   integer_amps=charger.integer_amps, version=self.link.protocol or "ocpp1.6")
+        ok = await self._send(profile, 0, value_a, "failsafe")
+        if ok:
+            self.failsafe_a = value_a
+        return ok
+
+    async def _early_failsafe(self) -> None:
+        """The failsafe right after the capability read, before the controller's first decision
+        reaches the charger: a car starting a session meanwhile draws at most that (what the
+        controller reserves for a charger it has no limit of), not the charger's maximum. One
+        call, answered within ``RETRY_TRY_S``; the decision's push sends it again if it failed."""
+        value = self.link.server.failsafe_a.get(self.link.charger_id)
+        if value is None:
+            return
+        async with self.lock:
+            if self.failsafe_a is not None or not self.ready or not self.link.connected:
+                return
+            self._try_timeout = RETRY_TRY_S
+            try:
+                await self._send_failsafe(value, self.clock())
+            finally:
+                self._try_timeout = None
 
     def start_push(self, schedule: ChargerSchedule, phase: int) -> asyncio.Task[bool]:
         """``push`` as a task of this charger's: it goes on (and is cancelled on a disconnect) when

@@ -239,6 +239,9 @@ class OcppServer:
         self.now = now
         self.links: dict[str, ChargerLink] = {}
         self.voltage: dict[str, float] = {}
+        self.failsafe_a: dict[str, float] = {}
+        """Each charger's failsafe [A] (set by the service from its controllers): pushed as soon as
+        the charger's capabilities are read, before its first decision (``Pusher._early_failsafe``)."""
         self.site_of: dict[str, str] = {}
         self._site_locks: dict[str, asyncio.Lock] = {}
         self._update_links(config)
