@@ -242,6 +242,7 @@ class Pusher:
         """A transaction started or ended. The event itself wakes the controller, whose next
         decision goes out through the fan-out (``OcppServer.apply``) like any other."""
         self.held_tx = None
+        self.last_draw_a = None  # a reading from before the change says nothing of this session
         if self._separate_idle():
             # The TxProfile belongs to the transaction: at its start none is held yet, at its end
             # the charger drops it. What the charger may draw now is its idle default.
@@ -252,11 +253,16 @@ class Pusher:
         """No profile goes out before this: a charger that accepts only W gets W profiles from
         the first one on. ``ChargerOnline`` then tells the controller the charger is under control
         (until then it is reserved like an offline charger); its next decision re-pushes."""
-        await self._read_capabilities()
+        answered = await self._read_capabilities()
         if not self.link.connected:
             return
         self.ready = True
-        self._spawn(self._early_failsafe())  # first in line for the charger's lock
+        if not answered:
+            # It does not answer calls: flagged and reserved before the controller counts it as
+            # under control, so no decision raises others on a limit it will never get.
+            self.refused("no answer to the capability read")
+        else:
+            self._spawn(self._early_failsafe())  # first in line for the charger's lock
         self.link.emit(ChargerOnline(self.link.charger_id, self.clock(), self.link.protocol or "ocpp1.6"))
 
     # ----------------------------------------------------------------- decisions in
@@ -512,7 +518,7 @@ class Pusher:
         refusal; no answer (yet) is not: a late Accepted clears the flag at once. A charger that
         went offline meanwhile is the offline reserve's business instead."""
         moved, self._tx_moved = self._tx_moved, False
-        if moved or not self.link.connected or (self.last_push or {}).get("result") == "Offline":
+        if moved or not self.link.connected or why == "Offline":
             return
         answered = why in ("Rejected", "NotSupported", "CallError", "Error")
         self.refusal = "rejected" if answered else "no_answer"
@@ -694,8 +700,10 @@ class Pusher:
         return False
 
     # ----------------------------------------------------------------- capabilities
-    async def _read_capabilities(self) -> None:
+    async def _read_capabilities(self) -> bool:
+        """Read and keep the capabilities; False when the charger did not answer in time."""
         caps = Capabilities()
+        answered = True
         try:
             if self.link.protocol == "ocpp1.6":
                 keys = ["ChargeProfileMaxStackLevel", "ChargingScheduleMaxPeriods",
@@ -728,8 +736,10 @@ class Pusher:
                             "attribute_value": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC",
                         }]))
         except Exception as exc:
+            answered = not isinstance(exc, TimeoutError)
             log.info("charger %s: capabilities not read (%r); safe defaults", self.link.charger_id, exc)
         self.caps = caps
+        return answered
 
     # ----------------------------------------------------------------- obedience
     async def _read_back(self, limit_a: float, evse: int) -> None:
