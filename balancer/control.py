@@ -535,10 +535,8 @@ class Controller:
                 # Not under control (offline, or connected and not yet booted and read): what it
                 # may hold, and in a session at least what it was last seen drawing.
                 reserve[i] = self._offline_reserve_a(i, state, now)
-                if state.transaction_id is not None and not state.held_known and (
-                        state.measured_at is None or state.session_start is None
-                        or state.measured_at < state.session_start):
-                    # In a session, no limit of ours ever held, no reading since it began.
+                if state.transaction_id is not None and not state.held_known:
+                    # In a session and no limit of ours ever held: it may draw its maximum.
                     reserve[i] = float(topo.max_current_a[i])
                 if state.transaction_id is not None or not state.obeys:
                     reserve[i] = max(reserve[i], max(state.measured_a))

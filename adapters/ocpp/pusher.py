@@ -134,7 +134,6 @@ class Pusher:
         (flagged as not obeying) and it is retried in the background, never waited for."""
         self.last_draw_a: float | None = None
         """The highest phase current of its last meter sample [A] (None: none yet)."""
-        self._draw_unknown = False
         self.reserved_a = 0.0
         """The draw reported for it when it was found refusing (what the controller reserves)."""
         self._limit_sent_at = -math.inf
@@ -525,11 +524,8 @@ class Pusher:
         self.refusing = True
         self._follow_n = 0
         peak = self.peak_allowed_a(self.clock())
-        self._draw_unknown = self.last_draw_a is None and peak is None
-        if self.last_draw_a is None and peak is None:
-            draw = self.link.charger.max_current_a
-        else:
-            draw = max(self.last_draw_a or 0.0, peak or 0.0)
+        # Holding no limit of ours it may draw its maximum at any moment, whatever it draws now.
+        draw = self.link.charger.max_current_a if peak is None else max(self.last_draw_a or 0.0, peak)
         self.reserved_a = draw
         detail = f"refuses its limits ({why}): its draw of {draw:.1f} A is reserved" if answered \
             else f"no answer to its limit ({why}): {draw:.1f} A reserved until it answers"
@@ -801,12 +797,6 @@ class Pusher:
         if drawn is None:
             return
         self.last_draw_a = drawn
-        if self.refusing and self._draw_unknown:
-            # Reserved at its maximum until a reading came: now at what it really draws.
-            self._draw_unknown = False
-            self.reserved_a = drawn
-            self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), False, drawn,
-                                            f"refuses its limits: its draw of {drawn:.1f} A is reserved"))
         now = self.clock()
         peak = self.peak_allowed_a(now)
         if peak is None:
