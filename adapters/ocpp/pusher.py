@@ -30,39 +30,18 @@ none, or the same one); in between (a session just started or ended) it stays as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import math
 import time
-from collections import deque
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
-from ocpp.v16 import call as call16
-from ocpp.v201 import call as call201
-
-from adapters.clock import Clock
-from adapters.ocpp.profiles import (
-    DYNAMIC_PROFILE_ID,
-    FAILSAFE_PROFILE_ID,
-    IDLE_PROFILE_ID,
-    Capabilities,
-    charging_profile,
-)
-from adapters.ocpp.steps import EPS_A, Periods, drop_a, peak_between, pointwise_min, raise_a, raise_now_a, value_at
+from adapters.ocpp.capabilities import read_capabilities
+from adapters.ocpp.profiles import FAILSAFE_PROFILE_ID, IDLE_PROFILE_ID, charging_profile
+from adapters.ocpp.refusal import RETRY_TRY_S, Refusals
+from adapters.ocpp.steps import EPS_A, drop_a, pointwise_min, raise_a, raise_now_a
 from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
-from balancer.events import (
-    ChargerOnline,
-    ChargerSchedule,
-    LimitConfirmed,
-    MeterSample,
-    ObedienceChanged,
-    ProfileResult,
-)
-
-if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink
+from balancer.events import ChargerOnline, ChargerSchedule, LimitConfirmed, ProfileResult
 
 __all__ = ["Pusher"]
 
@@ -70,97 +49,12 @@ log = logging.getLogger(__name__)
 
 RETRIES = 3
 BACKOFF_S = 0.5
-OBEY_TOLERANCE_A = 1.0
-OBEY_GRACE_S = 10.0
-"""How long a car may take to come down to a lower limit [s] (IEC 61851-1 gives the car 5 s after
-the charger changes its signal; the rest is the charger's own delay): a reading above every limit
-the charger held within this long flags it at once (its draw is reserved before others are raised)."""
-TRUST_SAMPLES = 5
-TRUST_AFTER_S = 60.0
-"""A charger flagged as not obeying is trusted again only after its measured current has followed
-its limit in this many samples in a row, spanning at least this long (issue 19 item 7)."""
-SMALL_INCREASE_AFTER_S = 120.0
-"""An increase within ``deadband_a`` of what the charger holds (now and in every slot ahead) is
-sent at most this often: fewer pushes against a little current left unused meanwhile."""
-RETRY_TRY_S = 4.0
-RETRY_EVERY_S = 5.0
-"""A charger that refuses profiles (or is silent) is retried in the background: one call per
-try, answered within ``RETRY_TRY_S``, every ``RETRY_EVERY_S``."""
-READ_BACK_DELAY_S = 2.0
-READ_BACK_MAX_WAIT_S = 30.0
 
 
-class Pusher:
+class Pusher(Refusals):
     """Push manager of one charger (see the module docstring)."""
 
-    def __init__(self, link: ChargerLink, clock: Clock | None = None) -> None:
-        self.link = link
-        self.clock: Clock = clock or link.now
-        """The service's clock: timestamps and the policy timers (a test passes a fake one)."""
-        self.desired: ChargerSchedule | None = None
-        self.version = 0
-        self.held_a: float | None = None
-        self.held_periods: tuple[tuple[Any, float], ...] = ()
-        self.held_tx: str | None = None
-        self.idle_a: float | None = None
-        self.idle_periods: tuple[tuple[Any, float], ...] = ()
-        self._idle_refused: tuple[str | None, tuple[tuple[Any, float], ...]] | None = None
-        self.failsafe_a: float | None = None
-        self.composite_a: float | None = None
-        """What the charger's composite schedule allowed at the last read-back [A]: what it
-        really may draw, all its profiles combined (None: not read since it connected)."""
-        self.caps = Capabilities()
-        self.lock = asyncio.Lock()
-        self.obeys = True
-        self._allowed_log: deque[tuple[datetime, Periods]] = deque(maxlen=64)
-        """(since when, schedule) of what its profiles let it draw, newest last: a reading is
-        judged against the highest of them within ``OBEY_GRACE_S`` (none yet: not judged)."""
-        self.refusal: str | None = None
-        """Why it is not waited for: "rejected" (Rejected or CALLERROR answers) or "no_answer"
-        (none in time; a late Accepted clears it at once). None while it takes its limits."""
-        self._flagged_by: str | None = None
-        """What flagged it as not obeying: "refusal", "draw" or "composite" (None: obeys)."""
-        self.last_push: dict[str, Any] | None = None
-        self.history: deque[dict[str, Any]] = deque(maxlen=50)
-        self._tx_refused: str | None = None
-        """The transaction whose TxProfile the charger answered Rejected (see ``_push_limit``)."""
-        self.ready = False
-        """Booted and its capabilities read on this connection: only then do profiles go out."""
-        self.registered = False
-        """The charger booted, or showed it is registered already, on this connection."""
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.refusing = False
-        """Its last decrease was refused or not answered in time: its real draw is reserved
-        (flagged as not obeying) and it is retried in the background, never waited for."""
-        self.last_draw_a: float | None = None
-        """The highest phase current of its last meter sample [A] (None: none yet)."""
-        self.reserved_a = 0.0
-        """The draw reported for it when it was found refusing (what the controller reserves)."""
-        self._limit_sent_at = -math.inf
-        self._floor: tuple[tuple[Any, float], ...] | None = None
-        """Pointwise minimum of the decisions since its limit last changed: how far a small
-        increase goes."""
-        """When its stack-1 limit last changed (service clock [s]): small increases wait for
-        ``SMALL_INCREASE_AFTER_S`` after it."""
-        self._try_timeout: float | None = None
-        self._retry: asyncio.Task[None] | None = None
-        self._follow_n = 0
-        self._follow_since = 0.0
-        self.call_started = 0.0
-        self._tx_moved = False
-        """Its last limit push stopped because its transaction changed meanwhile (no refusal)."""
-        """When its call in flight was sent (monotonic): the fan-out waits that long at most."""
-
     # ----------------------------------------------------------------- lifecycle hooks
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def cancel(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-
     def _forget_held(self) -> None:
         """Nothing is known about what the charger holds: the next decision re-pushes it all."""
         self.held_a = None
@@ -173,37 +67,6 @@ class Pusher:
         # ``_allowed_log`` stays: a charger holds what it was given until a new limit lands, across
         # a reconnect or a reboot too, so readings are still judged against what it was given.
 
-    def _allowed_periods(self) -> Periods | None:
-        """The schedule of the profile the car draws by now (None: not known)."""
-        if self._separate_idle():
-            tx = self._link_tx()
-            if tx is None or self.held_tx != tx:
-                return self.idle_periods if self.idle_a is not None and self.idle_periods else None
-        return self.held_periods if self.held_a is not None and self.held_periods else None
-
-    def _note_allowed(self) -> None:
-        periods = self._allowed_periods()
-        if periods is not None:
-            self._allowed_log.append((self.clock(), periods))
-
-    def seed_allowed(self, limit_a: float) -> None:
-        """After a restart: the limit the controller persisted as held by the charger, so its
-        readings are judged from its first one on, before a new limit has landed."""
-        self._allowed_log.append((self.clock(), ((self.clock(), limit_a),)))
-
-    def peak_allowed_a(self, now: datetime) -> float | None:
-        """The highest limit its profiles let it draw at any moment of the last ``OBEY_GRACE_S``
-        (None: none known yet): a car above it follows none of them."""
-        since = now - timedelta(seconds=OBEY_GRACE_S)
-        log_ = list(self._allowed_log)
-        peak: float | None = None
-        for k, (start, periods) in enumerate(log_):
-            end = log_[k + 1][0] if k + 1 < len(log_) else now
-            if end < since:
-                continue
-            value = peak_between(periods, max(start, since), max(end, since))
-            peak = value if peak is None else max(peak, value)
-        return peak
 
     def on_connect(self) -> None:
         # After a reconnect nothing is known about what the charger holds: the first decision
@@ -263,129 +126,6 @@ class Pusher:
         else:
             self._spawn(self._early_failsafe())  # first in line for the charger's lock
         self.link.emit(ChargerOnline(self.link.charger_id, self.clock(), self.link.protocol or "ocpp1.6"))
-
-    # ----------------------------------------------------------------- decisions in
-    @property
-    def tx_profile_refused(self) -> bool:
-        """True while the charger's transaction is the one whose TxProfile it rejected."""
-        return self._tx_refused is not None and self._tx_refused == self._link_tx()
-
-    def _link_tx(self) -> str | None:
-        """The charger's transaction: what it told this server; before it told anything (after a
-        restart of the balancer), the transaction the controller restored, which the newest
-        decision carries. A 1.6 charger says nothing of a running transaction until its next
-        meter values, and its limit must not wait for them."""
-        tx = self.link.transaction_id
-        if tx is None and not self.link.tx_known and self.desired is not None:
-            return self.desired.transaction_id
-        return tx
-
-    def _separate_idle(self) -> bool:
-        """True when the idle limit is a profile of its own (``IDLE_PROFILE_ID``): TxProfile
-        strategy on a charger that takes TxProfiles. Else one stack-1 profile carries both."""
-        return self.link.charger.profile_strategy == "TxProfile" and not self.tx_profile_refused
-
-    def _allowed_a(self) -> float | None:
-        """What the charger may draw now by the profiles it holds [A] (None: not known)."""
-        if not self._separate_idle():
-            return self.held_a
-        tx = self._link_tx()
-        if tx is not None and self.held_tx == tx:
-            return self.held_a
-        return self.idle_a  # no TxProfile (yet): the car draws by the idle default
-
-    def _idle_zero_due(self, schedule: ChargerSchedule) -> bool:
-        """True when the session's TxProfile is held and the idle default still has to go to 0 A
-        (or follow a new horizon): ``schedule.idle_periods`` for a charger in a transaction."""
-        tx = self._link_tx()
-        want = schedule.idle_periods
-        if not self._separate_idle() or tx is None or schedule.transaction_id != tx or not want:
-            return False
-        if self.held_tx != tx:
-            return False
-        if self._holds_idle(want):
-            return False
-        return self._idle_refused != (tx, tuple(want[1:]))  # a refused one is not sent again
-
-    def _holds_idle(self, periods: tuple[tuple[Any, float], ...]) -> bool:
-        """True when the idle default the charger holds is exactly these periods."""
-        return self.idle_a is not None and abs(self.idle_a - periods[0][1]) < 1e-9 \
-            and tuple(periods[1:]) == tuple(self.idle_periods[1:])
-
-    def _holds(self, schedule: ChargerSchedule, tx: str | None) -> bool:
-        """True when the stack-1 profile the charger holds is exactly this schedule."""
-        return self.held_a is not None and self.held_tx == tx and abs(self.held_a - schedule.limit_a) < 1e-9 \
-            and tuple(self.held_periods[1:]) == tuple(schedule.periods[1:])
-
-    def _limit_target(self, schedule: ChargerSchedule) -> tuple[bool, str | None, Periods | None, bool] | None:
-        """What a decision changes in the stack-1 profile that governs what the car may draw:
-        (idle, tx, allowed, same). ``idle``: the idle default is that profile (TxProfile strategy,
-        no transaction); ``allowed``: the periods the charger may draw by now (None: not known);
-        ``same``: the new schedule replaces the profile it draws by (else the session's first
-        TxProfile takes over from the idle default). None: nothing to send (a session just ended
-        here and the controller has not seen it yet)."""
-        tx = self._link_tx()
-        if self._separate_idle():
-            idle = self.idle_periods if self.idle_a is not None and self.idle_periods else None
-            if tx is None:
-                return None if schedule.transaction_id is not None else (True, None, idle, True)
-            if self.held_tx == tx and self.held_a is not None and self.held_periods:
-                return False, tx, self.held_periods, True
-            return False, tx, idle, False
-        if self.held_a is None or not self.held_periods:
-            return False, tx, None, False
-        return False, tx, self.held_periods, self.held_tx == tx
-
-    def _clock_s(self) -> float:
-        """The service's clock [s]: the policy timers run on it (``balancer demo`` accelerates it)."""
-        return self.clock().timestamp()
-
-    def _small_increase_due(self) -> bool:
-        return self._clock_s() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S
-
-    def plan(self, schedule: ChargerSchedule) -> tuple[bool, bool]:
-        """(decrease, increase): whether this decision lowers what the charger may draw now or in
-        any slot ahead (sent in the fan-out's first phase, as min(held, new)), and whether it
-        raises it anywhere (sent in the second phase, once every decrease is accepted).
-
-        The deadband is the distance from what the charger holds, in every slot: a raise within
-        it is sent at most every ``SMALL_INCREASE_AFTER_S``, a decrease always (a decrease that
-        only undoes an unsent small increase is none: the charger never held that increase).
-        A failsafe goes with the decreases when it is new (every charger holds one before its
-        limit) or lower, with the increases when higher. The idle default at 0 A under a session's
-        TxProfile goes in the second phase: it does not govern what the car draws then."""
-        if not self.link.connected or not self.ready:
-            return False, False
-        decrease = self.failsafe_a is None or schedule.failsafe_a < self.failsafe_a - EPS_A
-        increase = self.failsafe_a is not None and schedule.failsafe_a > self.failsafe_a + EPS_A
-        target = self._limit_target(schedule)
-        if target is not None:
-            _idle, _tx, allowed, same = target
-            if allowed is None:
-                decrease = True
-            else:
-                drop, rise = drop_a(allowed, schedule.periods), raise_a(allowed, schedule.periods)
-                decrease = drop > EPS_A or (not same and rise <= EPS_A)
-                if rise > EPS_A and (not same or raise_now_a(allowed, schedule.periods)
-                                     > self.link.server.config.ocpp.deadband_a):
-                    increase = True
-                elif rise > EPS_A and self._small_increase_due() and self._floor is not None \
-                        and raise_a(allowed, pointwise_min(self._floor, schedule.periods)) > EPS_A:
-                    increase = True  # a small one, of what every decision since the last change kept
-        if self._idle_zero_due(schedule):
-            increase = True
-        return decrease, increase
-
-    def offer(self, schedule: ChargerSchedule) -> str:
-        """Take a new decision; says what there is to send: "decrease", "increase", "both" or
-        "none" (see ``plan``)."""
-        self.desired = schedule
-        self.version += 1
-        self._floor = tuple(schedule.periods) if self._floor is None else \
-            pointwise_min(self._floor, schedule.periods)
-        decrease, increase = self.plan(schedule)
-        return {(True, True): "both", (True, False): "decrease", (False, True): "increase"}.get(
-            (decrease, increase), "none")
 
     # ----------------------------------------------------------------- pushing
     def _connected_cp(self) -> Any:
@@ -508,95 +248,6 @@ class Pusher:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # ----------------------------------------------------------------- refusing chargers
-    def refused(self, why: str) -> None:
-        """Its decrease in a fan-out was refused, or not answered in time (``fanout``): reserve
-        what it may draw (flag it as not obeying; the higher of its measured current and what its
-        profiles let it draw, or its maximum while neither is known), retry it in the background,
-        and let no fan-out wait for it again until it accepts. A Rejected or CALLERROR answer is a
-        refusal; no answer (yet) is not: a late Accepted clears the flag at once. A charger that
-        went offline meanwhile is the offline reserve's business instead."""
-        moved, self._tx_moved = self._tx_moved, False
-        if moved or not self.link.connected or why == "Offline":
-            return
-        answered = why in ("Rejected", "NotSupported", "CallError", "Error")
-        self.refusal = "rejected" if answered else "no_answer"
-        self.refusing = True
-        self._follow_n = 0
-        peak = self.peak_allowed_a(self.clock())
-        # Holding no limit of ours it may draw its maximum at any moment, whatever it draws now.
-        draw = self.link.charger.max_current_a if peak is None else max(self.last_draw_a or 0.0, peak)
-        self.reserved_a = draw
-        detail = f"refuses its limits ({why}): its draw of {draw:.1f} A is reserved" if answered \
-            else f"no answer to its limit ({why}): {draw:.1f} A reserved until it answers"
-        if self.obeys:
-            self._set_obeys(False, draw, detail, by="refusal")
-        else:  # already flagged: say what it draws now
-            self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), False, draw, detail))
-        self.retry_in_background()
-
-    def _answered_late(self) -> None:
-        """A call it had not answered in time is Accepted: it was slow, it does not refuse."""
-        if self.refusal != "no_answer":
-            return
-        self.refusing = False
-        self.refusal = None
-        if self._flagged_by == "refusal":
-            self._set_obeys(True, self.last_draw_a or 0.0, "answered late: it takes its limits")
-
-    def restore_flag(self, draw_a: float | None) -> None:
-        """After a restart: the controller's persisted state says it did not obey (refused its
-        limits, or drew more): flagged from the start, so no reading or answer has to find it
-        again; its reserve is the controller's (the draw it persisted)."""
-        self.obeys = False
-        self._flagged_by = "restored"
-        self.reserved_a = self.link.charger.max_current_a if draw_a is None else draw_a
-
-    def retry_in_background(self) -> None:
-        if self._retry is None or self._retry.done():
-            self._retry = asyncio.get_running_loop().create_task(self._retry_loop())
-            self._tasks.add(self._retry)
-            self._retry.add_done_callback(self._tasks.discard)
-
-    async def _retry_loop(self) -> None:
-        """Until it accepts: the newest decision, capped at the draw reserved for it (what it may
-        draw is counted at that, so accepting a limit must not let it draw more)."""
-        while self.refusing and self.link.connected:
-            schedule = self.desired
-            if schedule is not None:
-                capped = tuple((t, min(v, self.reserved_a)) for t, v in schedule.periods)
-                if await self.push(dataclasses.replace(schedule, limit_a=capped[0][1], periods=capped),
-                                   background=True):
-                    self.refusing = False
-                    self.refusal = None
-                    log.info("charger %s accepts limits again", self.link.charger_id)
-                    return
-            await asyncio.sleep(RETRY_EVERY_S)
-
-    def _max_purpose(self) -> str:
-        return "ChargePointMaxProfile" if (self.link.protocol or "ocpp1.6") == "ocpp1.6" \
-            else "ChargingStationMaxProfile"
-
-    def _failsafe_purpose(self) -> str:
-        """The failsafe's purpose (stack 0, EVSE 0). A charger draws the minimum of its station
-        maximum and its Tx/TxDefault profile (PROTOCOLS.md B.3, B.4): with the limit in a
-        stack-1 station maximum, a TxDefault failsafe would cap it at the failsafe. So there the
-        failsafe is a station maximum too, which the stack-1 one overrides (higher stack wins
-        within a purpose) and which applies alone once that one's schedule is gone."""
-        return self._max_purpose() if self.link.charger.profile_strategy == "ChargePointMax" else "TxDefaultProfile"
-
-    def _limit_profile(self, tx: str | None) -> tuple[str, int, str | None, int]:
-        """(purpose, evse, transaction id, profile id) of the stack-1 profile carrying the limit."""
-        charger = self.link.charger
-        if charger.profile_strategy == "ChargePointMax":
-            return self._max_purpose(), 0, None, DYNAMIC_PROFILE_ID
-        if charger.profile_strategy == "TxProfile":
-            if tx is not None and not self.tx_profile_refused:
-                return "TxProfile", charger.evse_id, tx, DYNAMIC_PROFILE_ID
-            # A charger that refuses TxProfile carries the limit in its idle default (same purpose,
-            # stack level and EVSE: one profile, so the same id that replaces it everywhere).
-            return "TxDefaultProfile", charger.evse_id, None, IDLE_PROFILE_ID
-        return "TxDefaultProfile", charger.evse_id, None, DYNAMIC_PROFILE_ID
 
     async def _push_limit(self, schedule: ChargerSchedule, tx: str | None) -> bool:
         charger = self.link.charger
@@ -695,135 +346,9 @@ class Pusher:
             await asyncio.sleep(BACKOFF_S * 2**attempt)
         return False
 
-    # ----------------------------------------------------------------- capabilities
     async def _read_capabilities(self) -> bool:
-        """Read and keep the capabilities; False when the charger did not answer in time."""
-        caps = Capabilities()
-        answered = True
-        try:
-            if self.link.protocol == "ocpp1.6":
-                keys = ["ChargeProfileMaxStackLevel", "ChargingScheduleMaxPeriods",
-                        "ChargingScheduleAllowedChargingRateUnit", "MaxChargingProfilesInstalled",
-                        "MeterValueSampleInterval", "MeterValuesSampledData"]
-                response = await self._call(call16.GetConfiguration(key=keys))
-                values = {item["key"]: item.get("value") for item in response.configuration_key or []}
-                caps = _caps16(values)
-                sampled = str(values.get("MeterValuesSampledData") or "")
-                if "Current.Import" not in sampled:
-                    with contextlib.suppress(Exception):
-                        await self._call(call16.ChangeConfiguration(
-                            key="MeterValuesSampledData",
-                            value="Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"))
-            else:
-                names = [("SmartChargingCtrlr", "PeriodsPerSchedule"), ("SmartChargingCtrlr", "RateUnit"),
-                         ("SmartChargingCtrlr", "ProfileStackLevel"), ("SampledDataCtrlr", "TxUpdatedInterval"),
-                         ("SampledDataCtrlr", "TxUpdatedMeasurands")]
-                response = await self._call(call201.GetVariables(get_variable_data=[
-                    {"component": {"name": c}, "variable": {"name": v}} for c, v in names]))
-                values = {item["variable"]["name"]: item.get("attribute_value")
-                          for item in response.get_variable_result or [] if item.get("attribute_status") == "Accepted"}
-                caps = _caps201(values)
-                measurands = str(values.get("TxUpdatedMeasurands") or "")
-                if "Current.Import" not in measurands:
-                    with contextlib.suppress(Exception):
-                        await self._call(call201.SetVariables(set_variable_data=[{
-                            "component": {"name": "SampledDataCtrlr"},
-                            "variable": {"name": "TxUpdatedMeasurands"},
-                            "attribute_value": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC",
-                        }]))
-        except Exception as exc:
-            answered = not isinstance(exc, TimeoutError)
-            log.info("charger %s: capabilities not read (%r); safe defaults", self.link.charger_id, exc)
-        self.caps = caps
+        self.caps, answered = await read_capabilities(self.link, self._call)
         return answered
-
-    # ----------------------------------------------------------------- obedience
-    async def _read_back(self, limit_a: float, evse: int) -> None:
-        """Compare the charger's composite schedule with what it accepted.
-
-        Deferred a little, then taken a few at a time across the server, each only while no
-        fan-out of new limits is under way: a charger has one call in flight at a time, so a
-        read-back still waiting for its answer would hold up that charger's next limit, and a
-        thousand at once would take the CPU the new limits need. The call skips the ocpp package's
-        schema check (``trusted_call``); the answer is checked here for what is used of it, and
-        anything unreadable is logged and ignored.
-        """
-        server = self.link.server
-        await asyncio.sleep(READ_BACK_DELAY_S)
-        async with server.read_back_slots:
-            with contextlib.suppress(TimeoutError):  # a charger stuck in retries must not hold it forever
-                await asyncio.wait_for(server.quiet.wait(), READ_BACK_MAX_WAIT_S)
-            cp = self.link.cp
-            if cp is None or not self.link.connected:
-                return
-            try:
-                # 1.6 names the connector and answers "chargingSchedule"; 2.0.1 the EVSE, "schedule".
-                where, answer = ("connectorId", "charging_schedule") if self.link.protocol == "ocpp1.6" \
-                    else ("evseId", "schedule")
-                response = await call_trusted(cp, "GetCompositeSchedule",
-                                              {where: evse, "duration": 900, "chargingRateUnit": "A"})
-                schedule = response.get(answer)
-                if response.get("status") != "Accepted" or not isinstance(schedule, dict):
-                    return
-                periods = schedule.get("charging_schedule_period")
-                if not isinstance(periods, list) or not periods or not isinstance(periods[0], dict):
-                    return
-                first = float(periods[0]["limit"])
-                if schedule.get("charging_rate_unit") == "W":
-                    volts = server.voltage.get(self.link.charger_id, 230.0)
-                    first = first / (volts * int(periods[0].get("number_phases") or 3))
-            except Exception as exc:
-                log.debug("charger %s: composite schedule not read: %r", self.link.charger_id, exc)
-                return
-        self.composite_a = first
-        # A newer push may have raised the limit meanwhile: compare with the higher of the two.
-        # So may the schedule have moved on to a later, higher period since (the read-back waits).
-        ahead = value_at(self.held_periods, self.clock()) if self.held_periods else 0.0
-        held = max(limit_a, self.held_a or 0.0, ahead)
-        if first > held + 0.1:
-            # Only ever flags: trust comes back from what it draws (``observe``), not from a schedule.
-            self._follow_n = 0
-            self._set_obeys(False, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A", by="composite")
-
-    def observe(self, sample: MeterSample) -> None:
-        """Compare measured current with what the charger's profiles let it draw.
-
-        Flagged at the first reading above every limit it held within ``OBEY_GRACE_S`` (no car
-        coming down from a higher limit explains it): its draw is reserved before anyone else is
-        raised. Trusted again only after ``TRUST_SAMPLES`` readings in a row within its limit
-        spanning ``TRUST_AFTER_S`` (a charger that ignores its limit may draw less for a while: a
-        car ramping, a full battery)."""
-        drawn = max((c for c in sample.current_a if c is not None), default=None)
-        if drawn is None:
-            return
-        self.last_draw_a = drawn
-        now = self.clock()
-        peak = self.peak_allowed_a(now)
-        if peak is None:
-            return
-        if drawn > peak + max(OBEY_TOLERANCE_A, 0.1 * peak):
-            self._follow_n = 0
-            self._set_obeys(False, drawn, f"draws {drawn:.1f} A over its {peak:.1f} A limit", by="draw")
-            return
-        periods = self._allowed_periods()
-        allowed = value_at(periods, now) if periods else peak
-        if drawn > allowed + max(OBEY_TOLERANCE_A, 0.1 * allowed):
-            self._follow_n = 0  # still coming down to a lower limit: not following it yet
-            return
-        if self._follow_n == 0:
-            self._follow_since = now.timestamp()
-        self._follow_n += 1
-        if not self.obeys and not self.refusing and self._follow_n >= TRUST_SAMPLES \
-                and now.timestamp() - self._follow_since >= TRUST_AFTER_S:
-            self._set_obeys(True, drawn, f"has followed its limit for {now.timestamp() - self._follow_since:.0f} s")
-
-    def _set_obeys(self, obeys: bool, draw_a: float, detail: str, *, by: str | None = None) -> None:
-        if obeys == self.obeys:
-            return
-        self.obeys = obeys
-        self._flagged_by = None if obeys else by
-        log.warning("charger %s %s: %s", self.link.charger_id, "obeys" if obeys else "does NOT obey", detail)
-        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), obeys, draw_a, detail))
 
     def status(self) -> dict[str, Any]:
         return {"limit_a": self.held_a, "obeys": self.obeys, "capabilities": self.caps.as_dict(),
@@ -833,24 +358,3 @@ class Pusher:
                 "no_answer": self.refusing and self.refusal == "no_answer"}
 
 
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return default
-
-
-def _caps16(values: dict[str, Any]) -> Capabilities:
-    units_raw = str(values.get("ChargingScheduleAllowedChargingRateUnit") or "Current")
-    units = tuple(u for u, name in (("A", "Current"), ("W", "Power")) if name in units_raw) or ("A",)
-    return Capabilities(max_periods=max(1, _int(values.get("ChargingScheduleMaxPeriods"), 24)),
-                        rate_units=units, max_stack_level=_int(values.get("ChargeProfileMaxStackLevel"), 8),
-                        meter_interval_s=_int(values.get("MeterValueSampleInterval"), 60), source="GetConfiguration")
-
-
-def _caps201(values: dict[str, Any]) -> Capabilities:
-    units_raw = str(values.get("RateUnit") or "A")
-    units = tuple(u for u in ("A", "W") if u in units_raw.split(",") or u == units_raw) or ("A",)
-    return Capabilities(max_periods=max(1, _int(values.get("PeriodsPerSchedule"), 24)), rate_units=units,
-                        max_stack_level=_int(values.get("ProfileStackLevel"), 8),
-                        meter_interval_s=_int(values.get("TxUpdatedInterval"), 60), source="GetVariables")

@@ -110,7 +110,7 @@ async def test_the_failsafe_lands_right_after_the_capability_read(env: Env) -> N
     env.server.failsafe_a["A16"] = 6.0
     sim = env.charger("A16", "ocpp1.6", car=False)
     await env.online("A16")
-    await wait_for(lambda: any(r["result"] == "Accepted" for r in sim.profile_log))
+    await wait_for(lambda: env.of(ProfileResult))  # no decision was applied at all
     first = sim.profile_log[0]
     assert first["purpose"] == "TxDefaultProfile" and first["limits"] == [6.0]
     assert [e.detail for e in env.of(ProfileResult)] == ["failsafe"]
