@@ -246,8 +246,9 @@ class Service:
         if isinstance(event, ObedienceChanged) and self.influx is not None and charger_id is not None:
             self.influx.write([obedience_point(self._site_of(charger_id), event.at, charger=charger_id,
                                                obeys=event.obeys, draw_a=event.draw_a, detail=event.detail)])
-        if isinstance(event, (SessionStarted, SessionStopped)):
-            self._persist_soon.set()  # a session must survive a crash right after it starts or stops
+        if isinstance(event, (SessionStarted, SessionStopped, ObedienceChanged)):
+            # A session, or a charger's flag, must survive a crash right after it changes.
+            self._persist_soon.set()
         if isinstance(event, (MeterSample, LimitConfirmed)):
             # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
             # next interval step uses them; waking on each would re-decide the site back to back.
