@@ -30,15 +30,11 @@ none, or the same one); in between (a session just started or ended) it stays as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from datetime import datetime
 from typing import Any
-
-from ocpp.v16 import call as call16
-from ocpp.v201 import call as call201
 
 from adapters.ocpp.capabilities import read_capabilities
 from adapters.ocpp.profiles import FAILSAFE_PROFILE_ID, IDLE_PROFILE_ID, charging_profile
@@ -53,7 +49,6 @@ log = logging.getLogger(__name__)
 
 RETRIES = 3
 BACKOFF_S = 0.5
-VERIFY_AFTER_S = 2.0
 
 
 class Pusher(Refusals):
@@ -115,22 +110,6 @@ class Pusher(Refusals):
             # the charger drops it. What the charger may draw now is its idle default.
             self.held_a = None
             self.held_periods = ()
-        if self.link.transaction_id is not None and self.ready:
-            self._spawn(self._verify_draw())
-
-    async def _verify_draw(self) -> None:
-        """Ask for a reading ``VERIFY_AFTER_S`` after a session starts (or a charger in a session
-        is back under control): a car that ignores its limit shows in seconds, not after a
-        meter interval of a minute, and its draw is reserved from then on (``observe``)."""
-        await asyncio.sleep(VERIFY_AFTER_S)
-        if not self.link.connected or not self.obeys or self.refusing:
-            return
-        evse = self.link.charger.evse_id
-        request = call16.TriggerMessage(requested_message="MeterValues", connector_id=evse) \
-            if self.link.protocol == "ocpp1.6" else \
-            call201.TriggerMessage(requested_message="MeterValues", evse={"id": evse})
-        with contextlib.suppress(Exception):  # a charger that cannot is judged at its next reading
-            await self._call(request)
 
     async def _after_boot(self) -> None:
         """No profile goes out before this: a charger that accepts only W gets W profiles from
@@ -147,8 +126,6 @@ class Pusher(Refusals):
         else:
             self._spawn(self._early_failsafe())  # first in line for the charger's lock
         self.link.emit(ChargerOnline(self.link.charger_id, self.clock(), self.link.protocol or "ocpp1.6"))
-        if answered and self._link_tx() is not None:
-            self._spawn(self._verify_draw())
 
     # ----------------------------------------------------------------- pushing
     def _connected_cp(self) -> Any:
