@@ -248,7 +248,6 @@ class Pusher(Refusals):
         task.add_done_callback(self._tasks.discard)
         return task
 
-
     async def _push_limit(self, schedule: ChargerSchedule, tx: str | None) -> bool:
         charger = self.link.charger
         volts = self.link.server.voltage.get(charger.id, 230.0)

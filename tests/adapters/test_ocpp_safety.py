@@ -167,3 +167,20 @@ def test_a_restart_keeps_the_flag_and_what_the_charger_held(tmp_path: Path) -> N
     finally:
         second.store.close()
         second._executor.shutdown()
+
+
+async def test_a_charger_dropping_during_an_increase_holds_up_no_next_decision() -> None:
+    """The second phase's calls are the charger's own tasks: a charger whose connection drops
+    while its increase is out no longer holds the site's fan-out for the response timeout (10 s
+    here), during which the next decision's decreases would have waited (seen in the chaos run
+    after a reconnect storm: no profile at all for 10 s, a decrease reached after 11.7 s)."""
+    async with running_env(ocpp_config(CHARGERS, response_timeout_s=10.0)) as env:
+        sim = env.charger("A16", "ocpp1.6", misbehaviour=Misbehaviour(answer_delay_s=1.0))
+        await wait_for(lambda: env.of(SessionStarted))
+        await env.online("A16")
+        await wait_for(lambda: not env.server.links["A16"].pusher.lock.locked(), timeout=15)
+        await env.server.apply([schedule("A16", 10.0)])
+        increase = asyncio.ensure_future(env.server.apply([schedule("A16", 20.0)]))
+        await asyncio.sleep(0.4)  # its TxProfile of 20 A is out, unanswered
+        await sim.drop_connection()
+        await asyncio.wait_for(increase, 4.0)
