@@ -1,15 +1,20 @@
 """Getting a safe limit into one charger: capabilities, failsafe, profiles, retries, obedience.
 
-One ``Pusher`` per charger. At most one call is in flight per charger; the newest decision wins
-(an older one still waiting is dropped). ``plan`` compares a decision with what the charger holds,
-now and in every slot ahead (``steps``): a decrease anywhere is pushed in the fan-out's first
-phase as min(held, new), an increase in its second (``fanout``); an increase within the deadband
-at most every ``SMALL_INCREASE_AFTER_S``. Rejected, CALLERROR and timeouts are retried with
-exponential backoff; a charger that rejects TxProfile gets the schedule as a TxDefaultProfile on
-its EVSE instead; one that refuses its decrease altogether, or does not answer it, is flagged,
-reserved at its real draw and retried in the background (``refused``). Every push and its result
-is reported (``ProfileResult``, and ``LimitConfirmed`` when accepted). After an accepted push the
-composite schedule is read back, and measured currents are compared with the limit: a charger
+One ``Pusher`` per charger, built in layers by job: ``push_plan`` (what it knows of the charger,
+and what a decision changes), ``obedience`` (readings and read-backs, the flag), ``refusal``
+(chargers that refuse or do not answer), ``capabilities``, and here the calls themselves and the
+connection's life. The policy timers read ``clock`` (the service's; a test passes a fake one).
+At most one call is in flight per charger; the newest decision wins (an older one still waiting
+is dropped). ``plan`` compares a decision with what the charger holds, now and in every slot
+ahead (``steps``): a decrease anywhere is pushed in the fan-out's first phase as min(held, new),
+an increase in its second (``fanout``); an increase now within the deadband, or a rise only in
+the slots ahead, at most every ``SMALL_INCREASE_AFTER_S``. The failsafe goes out right after the
+capability read. Rejected, CALLERROR and timeouts are retried with exponential backoff; a charger
+that rejects TxProfile gets the schedule as a TxDefaultProfile on its EVSE instead; one that
+refuses its decrease altogether, or does not answer it (or the capability read), is flagged,
+reserved and retried in the background (``refused``). Every push and its result is reported
+(``ProfileResult``, and ``LimitConfirmed`` when accepted). After an accepted push the composite
+schedule is read back, and every reading is compared with the limits the charger held: a charger
 that does not follow is flagged (``ObedienceChanged``) and trusted again only after following it
 for a while (``observe``).
 
