@@ -28,6 +28,9 @@ OBEY_GRACE_S = 10.0
 """How long a car may take to come down to a lower limit [s] (IEC 61851-1 gives the car 5 s after
 the charger changes its signal; the rest is the charger's own delay): a reading above every limit
 the charger held within this long flags it at once (its draw is reserved before others are raised)."""
+TRUST_MARGIN_A = 0.5
+"""A flagged charger's reading counts as following its limit only this close to it [A]: trusted
+again by the wider tolerance, a car drawing a little over its limit went uncounted."""
 TRUST_SAMPLES = 5
 TRUST_AFTER_S = 60.0
 """A charger flagged as not obeying is trusted again only after its measured current has followed
@@ -150,8 +153,10 @@ class Obedience(LimitPlan):
             return
         periods = self._allowed_periods()
         allowed = value_at(periods, now) if periods else peak
-        if drawn > allowed + max(OBEY_TOLERANCE_A, 0.1 * allowed):
-            self._follow_n = 0  # still coming down to a lower limit: not following it yet
+        if drawn > allowed + (TRUST_MARGIN_A if not self.obeys else max(OBEY_TOLERANCE_A, 0.1 * allowed)):
+            # Still coming down to a lower limit, or (flagged) not close enough to it: a flagged
+            # charger drawing 32 A under a 30 A limit is within the tolerance, not following it.
+            self._follow_n = 0
             return
         if self._follow_n == 0:
             self._follow_since = now.timestamp()
