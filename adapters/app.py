@@ -96,6 +96,14 @@ class Service:
         self.chargers: ChargerPort = self.ocpp
         """Every charger is reached through this port (``balancer.ports``); the OCPP server is the
         one transport today (README, "Architecture": adding one)."""
+        self.share_failsafes()
+        for controller in self.controllers.values():  # flags and held limits survive a restart
+            for cid, state in controller.states.items():
+                pusher = self.ocpp.links[cid].pusher if cid in self.ocpp.links else None
+                if pusher is not None and state.held_known:
+                    pusher.seed_allowed(max(state.held_a, state.limit_a, state.held_idle_a or 0.0))
+                if pusher is not None and not state.obeys:
+                    pusher.restore_flag(state.draw_a)
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink
@@ -194,6 +202,12 @@ class Service:
         self.store.close()
         log.info("service stopped")
 
+    def share_failsafes(self) -> None:
+        """The OCPP server pushes each charger's failsafe as soon as it can (``Pusher``)."""
+        for controller in self.controllers.values():
+            for i, cid in enumerate(controller.topology.charger_ids):
+                self.ocpp.failsafe_a[cid] = float(controller.failsafe_a[i])
+
     # ----------------------------------------------------------------- events in
     def _on_event(self, event: Event) -> None:
         self.counters["events"] += 1
@@ -216,8 +230,9 @@ class Service:
         if isinstance(event, ObedienceChanged) and self.influx is not None and charger_id is not None:
             self.influx.write([obedience_point(self._site_of(charger_id), event.at, charger=charger_id,
                                                obeys=event.obeys, draw_a=event.draw_a, detail=event.detail)])
-        if isinstance(event, (SessionStarted, SessionStopped)):
-            self.persister.soon()  # a session must survive a crash right after it starts or stops
+        if isinstance(event, (SessionStarted, SessionStopped, ObedienceChanged)):
+            # A session, or a charger's flag, must survive a crash right after it changes.
+            self.persister.soon()
         if isinstance(event, (MeterSample, LimitConfirmed)):
             # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
             # next interval step uses them; waking on each would re-decide the site back to back.

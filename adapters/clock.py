@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["AcceleratedClock", "utc_now"]
+__all__ = ["AcceleratedClock", "Clock", "utc_now"]
+
+Clock = Callable[[], datetime]
+"""What reads the time (aware UTC): ``utc_now``, an ``AcceleratedClock``, a test's fake clock."""
 
 
 def utc_now() -> datetime:

@@ -68,6 +68,7 @@ def reload_config(service: Service) -> bool:
     for site in new.sites:
         service.controllers[site.id].reconfigure(site)
     service.chargers.update_config(new)
+    service.share_failsafes()
     service.fp.update_config(new)
     service.spawn(service.meters.update_config(new))
     if service.ocpi is not None:

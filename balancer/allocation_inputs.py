@@ -85,7 +85,16 @@ def reserved_a(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArray]:
     for i, cid in enumerate(topo.charger_ids):
         state = ctl.states[cid]
         if not state.connected:
+            # Not under control (offline, or connected and not yet booted and read): what it
+            # may hold, and in a session at least what it was last seen drawing.
             reserve[i] = offline_reserve_a(ctl, i, state, now)
+            if state.transaction_id is not None and not state.held_known:
+                # In a session and no limit of ours ever held: it may draw its maximum.
+                reserve[i] = float(topo.max_current_a[i])
+            if state.transaction_id is not None or not state.obeys:
+                reserve[i] = max(reserve[i], max(state.measured_a))
+            if not state.obeys:
+                reserve[i] = max(reserve[i], state.draw_a or 0.0)
         elif not state.obeys:
             reserve[i] = max(state.draw_a or 0.0, max(state.measured_a))
     return reserve, topo.charger_phase_mask.astype(np.float64)

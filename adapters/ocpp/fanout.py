@@ -91,5 +91,9 @@ async def fan_out(items: Sequence[tuple[ChargerLink, ChargerSchedule]]) -> bool:
                      len(failed), len(tasks))
             return False
     if second:
-        await asyncio.gather(*(link.pusher.push(schedule, 2) for link, schedule in second))
+        # Tasks of the chargers' own: a disconnect cancels its call at once (a call to a closed
+        # connection would wait out the response timeout), and the next decision's decreases wait
+        # for no slow charger's increase longer than the first phase waits for a decrease.
+        raises = [link.pusher.start_push(schedule, 2) for link, schedule in second]
+        await asyncio.wait(raises, timeout=PHASE1_WAIT_S + PHASE1_WAIT_PER_CHARGER_S * len(raises))
     return True

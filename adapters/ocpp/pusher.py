@@ -1,15 +1,20 @@
 """Getting a safe limit into one charger: capabilities, failsafe, profiles, retries, obedience.
 
-One ``Pusher`` per charger. At most one call is in flight per charger; the newest decision wins
-(an older one still waiting is dropped). ``plan`` compares a decision with what the charger holds,
-now and in every slot ahead (``steps``): a decrease anywhere is pushed in the fan-out's first
-phase as min(held, new), an increase in its second (``fanout``); an increase within the deadband
-at most every ``SMALL_INCREASE_AFTER_S``. Rejected, CALLERROR and timeouts are retried with
-exponential backoff; a charger that rejects TxProfile gets the schedule as a TxDefaultProfile on
-its EVSE instead; one that refuses its decrease altogether, or does not answer it, is flagged,
-reserved at its real draw and retried in the background (``refused``). Every push and its result
-is reported (``ProfileResult``, and ``LimitConfirmed`` when accepted). After an accepted push the
-composite schedule is read back, and measured currents are compared with the limit: a charger
+One ``Pusher`` per charger, built in layers by job: ``push_plan`` (what it knows of the charger,
+and what a decision changes), ``obedience`` (readings and read-backs, the flag), ``refusal``
+(chargers that refuse or do not answer), ``capabilities``, and here the calls themselves and the
+connection's life. The policy timers read ``clock`` (the service's; a test passes a fake one).
+At most one call is in flight per charger; the newest decision wins (an older one still waiting
+is dropped). ``plan`` compares a decision with what the charger holds, now and in every slot
+ahead (``steps``): a decrease anywhere is pushed in the fan-out's first phase as min(held, new),
+an increase in its second (``fanout``); an increase now within the deadband, or a rise only in
+the slots ahead, at most every ``SMALL_INCREASE_AFTER_S``. The failsafe goes out right after the
+capability read. Rejected, CALLERROR and timeouts are retried with exponential backoff; a charger
+that rejects TxProfile gets the schedule as a TxDefaultProfile on its EVSE instead; one that
+refuses its decrease altogether, or does not answer it (or the capability read), is flagged,
+reserved and retried in the background (``refused``). Every push and its result is reported
+(``ProfileResult``, and ``LimitConfirmed`` when accepted). After an accepted push the composite
+schedule is read back, and every reading is compared with the limits the charger held: a charger
 that does not follow is flagged (``ObedienceChanged``) and trusted again only after following it
 for a while (``observe``).
 
@@ -30,34 +35,18 @@ none, or the same one); in between (a session just started or ended) it stays as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import math
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
-from adapters.ocpp.profiles import (
-    DYNAMIC_PROFILE_ID,
-    FAILSAFE_PROFILE_ID,
-    IDLE_PROFILE_ID,
-    Capabilities,
-    charging_profile,
-)
-from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, value_at
+from adapters.ocpp.capability_read import read_capabilities
+from adapters.ocpp.profiles import FAILSAFE_PROFILE_ID, IDLE_PROFILE_ID, charging_profile
+from adapters.ocpp.refusal import RETRY_TRY_S, Refusals
+from adapters.ocpp.steps import EPS_A, drop_a, pointwise_min, raise_a, raise_now_a
 from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
-from balancer.events import (
-    ChargerOnline,
-    ChargerSchedule,
-    LimitConfirmed,
-    MeterSample,
-    ObedienceChanged,
-    ProfileResult,
-)
-
-if TYPE_CHECKING:
-    from adapters.ocpp.link import ChargerLink
+from balancer.events import ChargerOnline, ChargerSchedule, LimitConfirmed, ProfileResult
 
 __all__ = ["Pusher"]
 
@@ -65,89 +54,12 @@ log = logging.getLogger(__name__)
 
 RETRIES = 3
 BACKOFF_S = 0.5
-OBEY_TOLERANCE_A = 1.0
-OBEY_SAMPLES = 3
-OBEY_GRACE_S = 20.0
-TRUST_SAMPLES = 5
-TRUST_AFTER_S = 60.0
-"""A charger flagged as not obeying is trusted again only after its measured current has followed
-its limit in this many samples in a row, spanning at least this long (issue 19 item 7)."""
-SMALL_INCREASE_AFTER_S = 120.0
-"""An increase within ``deadband_a`` of what the charger holds (now and in every slot ahead) is
-sent at most this often: fewer pushes against a little current left unused meanwhile."""
-RETRY_TRY_S = 4.0
-RETRY_EVERY_S = 5.0
-"""A charger that refuses profiles (or is silent) is retried in the background: one call per
-try, answered within ``RETRY_TRY_S``, every ``RETRY_EVERY_S``."""
-READ_BACK_DELAY_S = 2.0
-READ_BACK_MAX_WAIT_S = 30.0
 
 
-class Pusher:
+class Pusher(Refusals):
     """Push manager of one charger (see the module docstring)."""
 
-    def __init__(self, link: ChargerLink) -> None:
-        self.link = link
-        self.desired: ChargerSchedule | None = None
-        self.version = 0
-        self.held_a: float | None = None
-        self.held_periods: tuple[tuple[Any, float], ...] = ()
-        self.held_tx: str | None = None
-        self.idle_a: float | None = None
-        self.idle_periods: tuple[tuple[Any, float], ...] = ()
-        self._idle_refused: tuple[str | None, tuple[tuple[Any, float], ...]] | None = None
-        self.failsafe_a: float | None = None
-        self.composite_a: float | None = None
-        """What the charger's composite schedule allowed at the last read-back [A]: what it
-        really may draw, all its profiles combined (None: not read since it connected)."""
-        self.caps = Capabilities()
-        self.lock = asyncio.Lock()
-        self.obeys = True
-        self.over_samples = 0
-        self.last_change = -math.inf
-        """When its limit last changed (service clock [s]): readings wait ``OBEY_GRACE_S`` after it."""
-        self.last_push: dict[str, Any] | None = None
-        self.history: deque[dict[str, Any]] = deque(maxlen=50)
-        self._tx_refused: str | None = None
-        """The transaction whose TxProfile the charger answered Rejected (see ``_push_limit``)."""
-        self.ready = False
-        """Booted and its capabilities read on this connection: only then do profiles go out."""
-        self.registered = False
-        """The charger booted, or showed it is registered already, on this connection."""
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.refusing = False
-        """Its last decrease was refused or not answered in time: its real draw is reserved
-        (flagged as not obeying) and it is retried in the background, never waited for."""
-        self.last_draw_a: float | None = None
-        """The highest phase current of its last meter sample [A] (None: none yet)."""
-        self._draw_unknown = False
-        self.reserved_a = 0.0
-        """The draw reported for it when it was found refusing (what the controller reserves)."""
-        self._limit_sent_at = -math.inf
-        self._floor: tuple[tuple[Any, float], ...] | None = None
-        """Pointwise minimum of the decisions since its limit last changed: how far a small
-        increase goes."""
-        """When its stack-1 limit last changed (service clock [s]): small increases wait for
-        ``SMALL_INCREASE_AFTER_S`` after it."""
-        self._try_timeout: float | None = None
-        self._retry: asyncio.Task[None] | None = None
-        self._follow_n = 0
-        self._follow_since = 0.0
-        self.call_started = 0.0
-        self._tx_moved = False
-        """Its last limit push stopped because its transaction changed meanwhile (no refusal)."""
-        """When its call in flight was sent (monotonic): the fan-out waits that long at most."""
-
     # ----------------------------------------------------------------- lifecycle hooks
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def cancel(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-
     def _forget_held(self) -> None:
         """Nothing is known about what the charger holds: the next decision re-pushes it all."""
         self.held_a = None
@@ -157,6 +69,9 @@ class Pusher:
         self.idle_periods = ()
         self.failsafe_a = None
         self.composite_a = None
+        # ``_allowed_log`` stays: a charger holds what it was given until a new limit lands, across
+        # a reconnect or a reboot too, so readings are still judged against what it was given.
+
 
     def on_connect(self) -> None:
         # After a reconnect nothing is known about what the charger holds: the first decision
@@ -194,6 +109,7 @@ class Pusher:
         """A transaction started or ended. The event itself wakes the controller, whose next
         decision goes out through the fan-out (``OcppServer.apply``) like any other."""
         self.held_tx = None
+        self.last_draw_a = None  # a reading from before the change says nothing of this session
         if self._separate_idle():
             # The TxProfile belongs to the transaction: at its start none is held yet, at its end
             # the charger drops it. What the charger may draw now is its idle default.
@@ -204,133 +120,17 @@ class Pusher:
         """No profile goes out before this: a charger that accepts only W gets W profiles from
         the first one on. ``ChargerOnline`` then tells the controller the charger is under control
         (until then it is reserved like an offline charger); its next decision re-pushes."""
-        await self._read_capabilities()
+        answered = await self._read_capabilities()
         if not self.link.connected:
             return
         self.ready = True
-        self.link.emit(ChargerOnline(self.link.charger_id, self.link.now(), self.link.dialect.subprotocol))
-
-    # ----------------------------------------------------------------- decisions in
-    @property
-    def tx_profile_refused(self) -> bool:
-        """True while the charger's transaction is the one whose TxProfile it rejected."""
-        return self._tx_refused is not None and self._tx_refused == self._link_tx()
-
-    def _link_tx(self) -> str | None:
-        """The charger's transaction: what it told this server; before it told anything (after a
-        restart of the balancer), the transaction the controller restored, which the newest
-        decision carries. A 1.6 charger says nothing of a running transaction until its next
-        meter values, and its limit must not wait for them."""
-        tx = self.link.transaction_id
-        if tx is None and not self.link.tx_known and self.desired is not None:
-            return self.desired.transaction_id
-        return tx
-
-    def _separate_idle(self) -> bool:
-        """True when the idle limit is a profile of its own (``IDLE_PROFILE_ID``): TxProfile
-        strategy on a charger that takes TxProfiles. Else one stack-1 profile carries both."""
-        return self.link.charger.profile_strategy == "TxProfile" and not self.tx_profile_refused
-
-    def _allowed_a(self) -> float | None:
-        """What the charger may draw now by the profiles it holds [A] (None: not known)."""
-        if not self._separate_idle():
-            return self.held_a
-        tx = self._link_tx()
-        if tx is not None and self.held_tx == tx:
-            return self.held_a
-        return self.idle_a  # no TxProfile (yet): the car draws by the idle default
-
-    def _idle_zero_due(self, schedule: ChargerSchedule) -> bool:
-        """True when the session's TxProfile is held and the idle default still has to go to 0 A
-        (or follow a new horizon): ``schedule.idle_periods`` for a charger in a transaction."""
-        tx = self._link_tx()
-        want = schedule.idle_periods
-        if not self._separate_idle() or tx is None or schedule.transaction_id != tx or not want:
-            return False
-        if self.held_tx != tx:
-            return False
-        if self._holds_idle(want):
-            return False
-        return self._idle_refused != (tx, tuple(want[1:]))  # a refused one is not sent again
-
-    def _holds_idle(self, periods: tuple[tuple[Any, float], ...]) -> bool:
-        """True when the idle default the charger holds is exactly these periods."""
-        return self.idle_a is not None and abs(self.idle_a - periods[0][1]) < 1e-9 \
-            and tuple(periods[1:]) == tuple(self.idle_periods[1:])
-
-    def _holds(self, schedule: ChargerSchedule, tx: str | None) -> bool:
-        """True when the stack-1 profile the charger holds is exactly this schedule."""
-        return self.held_a is not None and self.held_tx == tx and abs(self.held_a - schedule.limit_a) < 1e-9 \
-            and tuple(self.held_periods[1:]) == tuple(schedule.periods[1:])
-
-    def _limit_target(self, schedule: ChargerSchedule) -> tuple[bool, str | None, Periods | None, bool] | None:
-        """What a decision changes in the stack-1 profile that governs what the car may draw:
-        (idle, tx, allowed, same). ``idle``: the idle default is that profile (TxProfile strategy,
-        no transaction); ``allowed``: the periods the charger may draw by now (None: not known);
-        ``same``: the new schedule replaces the profile it draws by (else the session's first
-        TxProfile takes over from the idle default). None: nothing to send (a session just ended
-        here and the controller has not seen it yet)."""
-        tx = self._link_tx()
-        if self._separate_idle():
-            idle = self.idle_periods if self.idle_a is not None and self.idle_periods else None
-            if tx is None:
-                return None if schedule.transaction_id is not None else (True, None, idle, True)
-            if self.held_tx == tx and self.held_a is not None and self.held_periods:
-                return False, tx, self.held_periods, True
-            return False, tx, idle, False
-        if self.held_a is None or not self.held_periods:
-            return False, tx, None, False
-        return False, tx, self.held_periods, self.held_tx == tx
-
-    def _clock_s(self) -> float:
-        """The service's clock [s]: the policy timers run on it (``balancer demo`` accelerates it)."""
-        return self.link.now().timestamp()
-
-    def _small_increase_due(self) -> bool:
-        return self._clock_s() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S
-
-    def plan(self, schedule: ChargerSchedule) -> tuple[bool, bool]:
-        """(decrease, increase): whether this decision lowers what the charger may draw now or in
-        any slot ahead (sent in the fan-out's first phase, as min(held, new)), and whether it
-        raises it anywhere (sent in the second phase, once every decrease is accepted).
-
-        The deadband is the distance from what the charger holds, in every slot: a raise within
-        it is sent at most every ``SMALL_INCREASE_AFTER_S``, a decrease always (a decrease that
-        only undoes an unsent small increase is none: the charger never held that increase).
-        A failsafe goes with the decreases when it is new (every charger holds one before its
-        limit) or lower, with the increases when higher. The idle default at 0 A under a session's
-        TxProfile goes in the second phase: it does not govern what the car draws then."""
-        if not self.link.connected or not self.ready:
-            return False, False
-        decrease = self.failsafe_a is None or schedule.failsafe_a < self.failsafe_a - EPS_A
-        increase = self.failsafe_a is not None and schedule.failsafe_a > self.failsafe_a + EPS_A
-        target = self._limit_target(schedule)
-        if target is not None:
-            _idle, _tx, allowed, same = target
-            if allowed is None:
-                decrease = True
-            else:
-                drop, rise = drop_a(allowed, schedule.periods), raise_a(allowed, schedule.periods)
-                decrease = drop > EPS_A or (not same and rise <= EPS_A)
-                if rise > EPS_A and (not same or rise > self.link.server.config.ocpp.deadband_a):
-                    increase = True
-                elif rise > EPS_A and self._small_increase_due() and self._floor is not None \
-                        and raise_a(allowed, pointwise_min(self._floor, schedule.periods)) > EPS_A:
-                    increase = True  # a small one, of what every decision since the last change kept
-        if self._idle_zero_due(schedule):
-            increase = True
-        return decrease, increase
-
-    def offer(self, schedule: ChargerSchedule) -> str:
-        """Take a new decision; says what there is to send: "decrease", "increase", "both" or
-        "none" (see ``plan``)."""
-        self.desired = schedule
-        self.version += 1
-        self._floor = tuple(schedule.periods) if self._floor is None else \
-            pointwise_min(self._floor, schedule.periods)
-        decrease, increase = self.plan(schedule)
-        return {(True, True): "both", (True, False): "decrease", (False, True): "increase"}.get(
-            (decrease, increase), "none")
+        if not answered:
+            # It does not answer calls: flagged and reserved before the controller counts it as
+            # under control, so no decision raises others on a limit it will never get.
+            self.refused("no answer to the capability read")
+        else:
+            self._spawn(self._early_failsafe())  # first in line for the charger's lock
+        self.link.emit(ChargerOnline(self.link.charger_id, self.clock(), self.link.dialect.subprotocol))
 
     # ----------------------------------------------------------------- pushing
     def _connected_cp(self) -> Any:
@@ -375,18 +175,9 @@ class Pusher:
                 self._try_timeout = None
 
     async def _push(self, schedule: ChargerSchedule, phase: int) -> bool:
-        charger = self.link.charger
         lower = self.failsafe_a is None or schedule.failsafe_a < self.failsafe_a - EPS_A
         if (lower or phase != 1) and (self.failsafe_a is None or abs(self.failsafe_a - schedule.failsafe_a) > EPS_A):
-            volts = self.link.server.voltage.get(charger.id, 230.0)
-            failsafe = ChargerSchedule(charger.id, schedule.at, schedule.failsafe_a,
-                                       ((schedule.at, schedule.failsafe_a),), schedule.failsafe_a,
-                                       phases=schedule.phases)
-            profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
-                                       profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
-                                       integer_amps=charger.integer_amps, version=self.link.dialect)
-            if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
-                self.failsafe_a = schedule.failsafe_a
+            await self._send_failsafe(schedule.failsafe_a, schedule.at, schedule.phases)
         target = self._limit_target(schedule)
         if target is None:
             return self.failsafe_a is not None  # see _limit_target: wait for the controller
@@ -402,7 +193,7 @@ class Pusher:
                     send = dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
             elif same and rise <= EPS_A:
                 send = None if drop <= EPS_A else schedule
-            elif same and rise <= self.link.server.config.ocpp.deadband_a:
+            elif same and raise_now_a(allowed, schedule.periods) <= self.link.server.config.ocpp.deadband_a:
                 # A small increase: only as far as every decision since the last change went
                 # (limits that jitter by tenths of an ampere settle instead of following each one).
                 low = pointwise_min(self._floor or schedule.periods, schedule.periods)
@@ -424,6 +215,35 @@ class Pusher:
             await self._push_idle(schedule, schedule.idle_periods)
         return ok
 
+    async def _send_failsafe(self, value_a: float, at: datetime, phases: int = 3) -> bool:
+        charger = self.link.charger
+        volts = self.link.server.voltage.get(charger.id, 230.0)
+        failsafe = ChargerSchedule(charger.id, at, value_a, ((at, value_a),), value_a, phases=phases)
+        profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
+                                   profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
+                                   integer_amps=charger.integer_amps, version=self.link.dialect)
+        ok = await self._send(profile, 0, value_a, "failsafe")
+        if ok:
+            self.failsafe_a = value_a
+        return ok
+
+    async def _early_failsafe(self) -> None:
+        """The failsafe right after the capability read, before the controller's first decision
+        reaches the charger: a car starting a session meanwhile draws at most that (what the
+        controller reserves for a charger it has no limit of), not the charger's maximum. One
+        call, answered within ``RETRY_TRY_S``; the decision's push sends it again if it failed."""
+        value = self.link.server.failsafe_a.get(self.link.charger_id)
+        if value is None:
+            return
+        async with self.lock:
+            if self.failsafe_a is not None or not self.ready or not self.link.connected:
+                return
+            self._try_timeout = RETRY_TRY_S
+            try:
+                await self._send_failsafe(value, self.clock())
+            finally:
+                self._try_timeout = None
+
     def start_push(self, schedule: ChargerSchedule, phase: int) -> asyncio.Task[bool]:
         """``push`` as a task of this charger's: it goes on (and is cancelled on a disconnect) when
         the fan-out stops waiting for it."""
@@ -432,71 +252,6 @@ class Pusher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    # ----------------------------------------------------------------- refusing chargers
-    def refused(self, why: str) -> None:
-        """Its decrease in a fan-out was refused or not answered in time (``fanout``): reserve
-        its real draw (flag it as not obeying; its measured current, or its maximum while none is
-        known), retry it in the background, and let no fan-out wait for it again until it accepts.
-        A charger that went offline meanwhile is the offline reserve's business instead."""
-        moved, self._tx_moved = self._tx_moved, False
-        if moved or not self.link.connected or (self.last_push or {}).get("result") == "Offline":
-            return
-        self.refusing = True
-        self._follow_n = 0
-        self._draw_unknown = self.last_draw_a is None
-        draw = self.link.charger.max_current_a if self.last_draw_a is None else self.last_draw_a
-        self.reserved_a = draw
-        detail = f"refuses its limits ({why}): its draw of {draw:.1f} A is reserved"
-        if self.obeys:
-            self._set_obeys(False, draw, detail)
-        else:  # already flagged: say what it draws now
-            self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), False, draw, detail))
-        self.retry_in_background()
-
-    def retry_in_background(self) -> None:
-        if self._retry is None or self._retry.done():
-            self._retry = asyncio.get_running_loop().create_task(self._retry_loop())
-            self._tasks.add(self._retry)
-            self._retry.add_done_callback(self._tasks.discard)
-
-    async def _retry_loop(self) -> None:
-        """Until it accepts: the newest decision, capped at the draw reserved for it (what it may
-        draw is counted at that, so accepting a limit must not let it draw more)."""
-        while self.refusing and self.link.connected:
-            schedule = self.desired
-            if schedule is not None:
-                capped = tuple((t, min(v, self.reserved_a)) for t, v in schedule.periods)
-                if await self.push(dataclasses.replace(schedule, limit_a=capped[0][1], periods=capped),
-                                   background=True):
-                    self.refusing = False
-                    log.info("charger %s accepts limits again", self.link.charger_id)
-                    return
-            await asyncio.sleep(RETRY_EVERY_S)
-
-    def _max_purpose(self) -> str:
-        return self.link.dialect.station_max_purpose
-
-    def _failsafe_purpose(self) -> str:
-        """The failsafe's purpose (stack 0, EVSE 0). A charger draws the minimum of its station
-        maximum and its Tx/TxDefault profile (PROTOCOLS.md B.3, B.4): with the limit in a
-        stack-1 station maximum, a TxDefault failsafe would cap it at the failsafe. So there the
-        failsafe is a station maximum too, which the stack-1 one overrides (higher stack wins
-        within a purpose) and which applies alone once that one's schedule is gone."""
-        return self._max_purpose() if self.link.charger.profile_strategy == "ChargePointMax" else "TxDefaultProfile"
-
-    def _limit_profile(self, tx: str | None) -> tuple[str, int, str | None, int]:
-        """(purpose, evse, transaction id, profile id) of the stack-1 profile carrying the limit."""
-        charger = self.link.charger
-        if charger.profile_strategy == "ChargePointMax":
-            return self._max_purpose(), 0, None, DYNAMIC_PROFILE_ID
-        if charger.profile_strategy == "TxProfile":
-            if tx is not None and not self.tx_profile_refused:
-                return "TxProfile", charger.evse_id, tx, DYNAMIC_PROFILE_ID
-            # A charger that refuses TxProfile carries the limit in its idle default (same purpose,
-            # stack level and EVSE: one profile, so the same id that replaces it everywhere).
-            return "TxDefaultProfile", charger.evse_id, None, IDLE_PROFILE_ID
-        return "TxDefaultProfile", charger.evse_id, None, DYNAMIC_PROFILE_ID
 
     async def _push_limit(self, schedule: ChargerSchedule, tx: str | None) -> bool:
         charger = self.link.charger
@@ -531,11 +286,10 @@ class Pusher:
             self.held_a = schedule.limit_a
             self.held_periods = tuple(schedule.periods)
             self.held_tx = tx
-            self.last_change = self._clock_s()
-            self.over_samples = 0
+            self._note_allowed()
             self._limit_sent_at = self._clock_s()
             self._floor = None
-            self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), schedule.limit_a,
+            self.link.emit(LimitConfirmed(self.link.charger_id, self.clock(), schedule.limit_a,
                                           tuple(schedule.periods), purpose))
             self._spawn(self._read_back(schedule.limit_a, evse if evse else charger.evse_id))
         return ok
@@ -556,9 +310,10 @@ class Pusher:
         if ok:
             self.idle_a = idle.limit_a
             self.idle_periods = idle.periods
+            self._note_allowed()
             self._limit_sent_at = self._clock_s()
             self._floor = None
-            self.link.emit(LimitConfirmed(self.link.charger_id, self.link.now(), idle.limit_a, tuple(idle.periods),
+            self.link.emit(LimitConfirmed(self.link.charger_id, self.clock(), idle.limit_a, tuple(idle.periods),
                                           "idle TxDefaultProfile"))
         elif tx is not None:
             self._idle_refused = (tx, tuple(periods[1:]))
@@ -579,13 +334,14 @@ class Pusher:
             except Exception as exc:  # CALLERROR from the charger arrives as an OCPPError
                 result, detail = "CallError", f"{type(exc).__name__}: {exc}"
             self.link.server.counters["pushes"] += 1
-            record = {"at": self.link.now().isoformat(), "purpose": purpose, "limit_a": limit_a,
+            record = {"at": self.clock().isoformat(), "purpose": purpose, "limit_a": limit_a,
                       "result": result, "detail": detail, "attempt": attempt + 1}
             self.history.append(record)
             self.last_push = record
-            self.link.emit(ProfileResult(self.link.charger_id, self.link.now(), limit_a, result,
+            self.link.emit(ProfileResult(self.link.charger_id, self.clock(), limit_a, result,
                                          f"{purpose}: {detail}" if detail else purpose, idle=idle))
             if result == "Accepted":
+                self._answered_late()
                 return True
             self.link.server.counters["push_failures"] += 1
             if result in ("Rejected", "NotSupported", "Offline"):
@@ -593,102 +349,15 @@ class Pusher:
             await asyncio.sleep(BACKOFF_S * 2**attempt)
         return False
 
-    # ----------------------------------------------------------------- capabilities
-    async def _read_capabilities(self) -> None:
-        caps = Capabilities()
-        try:
-            caps = await self.link.dialect.read_capabilities(self._call)
-        except Exception as exc:
-            log.info("charger %s: capabilities not read (%r); safe defaults", self.link.charger_id, exc)
-        self.caps = caps
-
-    # ----------------------------------------------------------------- obedience
-    async def _read_back(self, limit_a: float, evse: int) -> None:
-        """Compare the charger's composite schedule with what it accepted.
-
-        Deferred a little, then taken a few at a time across the server, each only while no
-        fan-out of new limits is under way: a charger has one call in flight at a time, so a
-        read-back still waiting for its answer would hold up that charger's next limit, and a
-        thousand at once would take the CPU the new limits need. The call skips the ocpp package's
-        schema check (``trusted_call``); the answer is checked here for what is used of it, and
-        anything unreadable is logged and ignored.
-        """
-        server = self.link.server
-        await asyncio.sleep(READ_BACK_DELAY_S)
-        async with server.read_back_slots:
-            with contextlib.suppress(TimeoutError):  # a charger stuck in retries must not hold it forever
-                await asyncio.wait_for(server.quiet.wait(), READ_BACK_MAX_WAIT_S)
-            cp = self.link.cp
-            if cp is None or not self.link.connected:
-                return
-            try:
-                dialect = self.link.dialect
-                response = await call_trusted(cp, "GetCompositeSchedule", dialect.composite_request(evse, 900))
-                schedule = response.get(dialect.composite_answer_key)
-                if response.get("status") != "Accepted" or not isinstance(schedule, dict):
-                    return
-                periods = schedule.get("charging_schedule_period")
-                if not isinstance(periods, list) or not periods or not isinstance(periods[0], dict):
-                    return
-                first = float(periods[0]["limit"])
-                if schedule.get("charging_rate_unit") == "W":
-                    volts = server.voltage.get(self.link.charger_id, 230.0)
-                    first = first / (volts * int(periods[0].get("number_phases") or 3))
-            except Exception as exc:
-                log.debug("charger %s: composite schedule not read: %r", self.link.charger_id, exc)
-                return
-        self.composite_a = first
-        # A newer push may have raised the limit meanwhile: compare with the higher of the two.
-        # So may the schedule have moved on to a later, higher period since (the read-back waits).
-        ahead = value_at(self.held_periods, self.link.now()) if self.held_periods else 0.0
-        held = max(limit_a, self.held_a or 0.0, ahead)
-        if first > held + 0.1:
-            # Only ever flags: trust comes back from what it draws (``observe``), not from a schedule.
-            self._follow_n = 0
-            self._set_obeys(False, first, f"composite schedule {first:.1f} A vs {limit_a:.1f} A")
-
-    def observe(self, sample: MeterSample) -> None:
-        """Compare measured current with the limit the charger holds.
-
-        Flagged after ``OBEY_SAMPLES`` samples in a row over it; trusted again only after
-        ``TRUST_SAMPLES`` samples in a row within it spanning ``TRUST_AFTER_S`` (a charger that
-        ignores its limit may draw less for a while: a car ramping, a full battery)."""
-        drawn = max((c for c in sample.current_a if c is not None), default=None)
-        if drawn is None:
-            return
-        self.last_draw_a = drawn
-        if self.refusing and self._draw_unknown:
-            # Reserved at its maximum until a reading came: now at what it really draws.
-            self._draw_unknown = False
-            self.reserved_a = drawn
-            self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), False, drawn,
-                                            f"refuses its limits: its draw of {drawn:.1f} A is reserved"))
-        if self.held_a is None or self._clock_s() - self.last_change < OBEY_GRACE_S:
-            return
-        now = self._clock_s()
-        if drawn > self.held_a + max(OBEY_TOLERANCE_A, 0.1 * self.held_a):
-            self._follow_n = 0
-            self.over_samples += 1
-            if self.over_samples >= OBEY_SAMPLES:
-                self._set_obeys(False, drawn, f"draws {drawn:.1f} A over its {self.held_a:.1f} A limit")
-        else:
-            self.over_samples = 0
-            if self._follow_n == 0:
-                self._follow_since = now
-            self._follow_n += 1
-            if not self.obeys and not self.refusing and self._follow_n >= TRUST_SAMPLES \
-                    and now - self._follow_since >= TRUST_AFTER_S:
-                self._set_obeys(True, drawn, f"has followed its limit for {now - self._follow_since:.0f} s")
-
-    def _set_obeys(self, obeys: bool, draw_a: float, detail: str) -> None:
-        if obeys == self.obeys:
-            return
-        self.obeys = obeys
-        log.warning("charger %s %s: %s", self.link.charger_id, "obeys" if obeys else "does NOT obey", detail)
-        self.link.emit(ObedienceChanged(self.link.charger_id, self.link.now(), obeys, draw_a, detail))
+    async def _read_capabilities(self) -> bool:
+        self.caps, answered = await read_capabilities(self.link, self._call)
+        return answered
 
     def status(self) -> dict[str, Any]:
         return {"limit_a": self.held_a, "obeys": self.obeys, "capabilities": self.caps.as_dict(),
                 "last_push": self.last_push, "failsafe_a": self.failsafe_a, "composite_a": self.composite_a,
                 "idle_limit_a": self.idle_a,
-                "refuses_profiles": self.refusing}
+                "refuses_profiles": self.refusing and self.refusal == "rejected",
+                "no_answer": self.refusing and self.refusal == "no_answer"}
+
+

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = SUBPROTOCOLS
 """The subprotocols offered at the handshake, the preferred first (``dialects.REGISTERED``)."""
+CLOSE_WAIT_S = 2.0
+"""How long a stop waits for the chargers' close frames [s]."""
 READ_BACKS_AT_ONCE = 20
 """Composite-schedule read-backs in flight at once across the server (see ``Pusher._read_back``)."""
 
@@ -53,6 +55,9 @@ class OcppServer:
         self.now = now
         self.links: dict[str, ChargerLink] = {}
         self.voltage: dict[str, float] = {}
+        self.failsafe_a: dict[str, float] = {}
+        """Each charger's failsafe [A] (set by the service from its controllers): pushed as soon as
+        the charger's capabilities are read, before its first decision (``Pusher._early_failsafe``)."""
         self.site_of: dict[str, str] = {}
         self._site_locks: dict[str, asyncio.Lock] = {}
         self._update_links(config)
@@ -110,11 +115,17 @@ class OcppServer:
         self._port = sockets[0].getsockname()[1] if sockets else self.config.ocpp.port
 
     async def stop(self) -> None:
-        for ws in list(self._sockets):
-            with contextlib.suppress(Exception):
-                await ws.close()
+        """Close every connection at once, waiting ``CLOSE_WAIT_S`` at most: one by one, each
+        waiting for its charger's close frame, 200 chargers took longer than a SIGTERM may."""
         for link in self.links.values():
             link.pusher.cancel()
+        closing = [asyncio.ensure_future(ws.close()) for ws in list(self._sockets)]
+        if closing:
+            done, late = await asyncio.wait(closing, timeout=CLOSE_WAIT_S)
+            for task in late:
+                task.cancel()
+            for task in done:  # a socket that failed to close is closed all the same
+                task.cancelled() or task.exception()
         if self.upstream is not None:
             await self.upstream.close()
         if self._runner is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-__all__ = ["Periods", "breakpoints", "drop_a", "pointwise_min", "raise_a", "value_at"]
+__all__ = ["Periods", "breakpoints", "drop_a", "peak_between", "pointwise_min", "raise_a", "raise_now_a", "value_at"]
 
 Periods = Sequence[tuple[datetime, float]]
 EPS_A = 1e-9
@@ -55,3 +55,14 @@ def raise_a(held: Periods, new: Periods) -> float:
 def drop_a(held: Periods, new: Periods) -> float:
     """How far ``new`` goes below ``held`` at its lowest point from now on [A] (0: nowhere)."""
     return max(0.0, max(value_at(held, t) - value_at(new, t) for t in breakpoints(held, new)))
+
+
+def raise_now_a(held: Periods, new: Periods) -> float:
+    """How far ``new`` goes above ``held`` at its start, the moment it is sent [A] (0: not above)."""
+    start = new[0][0]
+    return max(0.0, value_at(new, start) - value_at(held, start))
+
+
+def peak_between(periods: Periods, t0: datetime, t1: datetime) -> float:
+    """The highest limit in force at any instant of [t0, t1]."""
+    return max([value_at(periods, t0), value_at(periods, t1), *(v for t, v in periods if t0 < t <= t1)])

@@ -99,6 +99,8 @@ async def test_a_refusing_charger_is_reserved_and_stalls_no_one(kind: str) -> No
         site.set_capacity(150.0)
         await wait_for(lambda: all((s.limit_now(datetime.now(UTC)) or 0.0) >= 20.0 for s in others), timeout=10)
         assert bad.draw_a + sum(s.limit_now(datetime.now(UTC)) or 0.0 for s in others) <= 150.0 + 1e-6
-        assert site.server.charger_status("CP0")["refuses_profiles"]  # still: reserved, no one waits for it
+        status = site.server.charger_status("CP0")  # still: reserved, no one waits for it
+        # A Rejected answer is a refusal; no answer at all is not (issue 11: honest classification).
+        assert (status["refuses_profiles"], status["no_answer"]) == (kind == "rejects_profiles", kind == "silent")
     finally:
         await site.stop()

@@ -79,7 +79,7 @@ async def test_charge_point_max_is_not_capped_by_the_failsafe(protocol: str, mon
     """Issue 11 item 4: a charger draws min(station maximum, Tx/TxDefault). With the limit in a
     stack-1 maximum, the failsafe must not be a TxDefault below it; the status reports what the
     charger's composite schedule allows."""
-    import adapters.ocpp.pusher as pusher
+    import adapters.ocpp.obedience as pusher
 
     monkeypatch.setattr(pusher, "READ_BACK_DELAY_S", 0.0)
     cid = "M16" if protocol == "ocpp1.6" else "M201"

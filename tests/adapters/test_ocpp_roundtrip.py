@@ -68,7 +68,7 @@ async def test_decreases_are_accepted_before_increases_are_sent(env: Env) -> Non
 
 
 async def test_deadband_skips_small_increases_but_never_a_decrease(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    import adapters.ocpp.pusher as pusher
+    import adapters.ocpp.push_plan as pusher
 
     env.charger("A16", "ocpp1.6")
     await wait_for(lambda: env.of(SessionStarted))
@@ -111,7 +111,7 @@ async def test_integer_amps_and_tx_profile_refused_falls_back_to_tx_default(env:
 
 
 async def test_disobedient_charger_is_flagged(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    import adapters.ocpp.pusher as pusher
+    import adapters.ocpp.obedience as pusher
 
     monkeypatch.setattr(pusher, "OBEY_GRACE_S", 0.0)
     env.charger("D201", "ocpp2.0.1", misbehaviour=Misbehaviour(ignores_profiles=True))
@@ -142,7 +142,7 @@ async def test_reconnect_keeps_the_transaction_and_repushes(env: Env) -> None:
 @pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
 async def test_composite_read_back_flags_a_charger_holding_more(env: Env, protocol: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import adapters.ocpp.pusher as pusher
+    import adapters.ocpp.obedience as pusher
 
     monkeypatch.setattr(pusher, "READ_BACK_DELAY_S", 0.0)
     cid = "A16" if protocol == "ocpp1.6" else "B201"
@@ -162,7 +162,7 @@ async def test_composite_read_back_flags_a_charger_holding_more(env: Env, protoc
 async def test_trust_comes_back_only_after_following_for_a_while(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 19 item 7: the composite read-back never clears the flag (it said 'holds 7 A' while the
     car drew 32 A); only TRUST_SAMPLES readings in a row within the limit over TRUST_AFTER_S do."""
-    import adapters.ocpp.pusher as pusher
+    import adapters.ocpp.obedience as pusher
 
     monkeypatch.setattr(pusher, "OBEY_GRACE_S", 0.0)
     monkeypatch.setattr(pusher, "READ_BACK_DELAY_S", 0.0)

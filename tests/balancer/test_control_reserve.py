@@ -1,0 +1,48 @@
+"""What the controller reserves for chargers it does not control (issue 11 items 9 and 10): a
+charger that is not under control, or refuses, counts at what it may really draw."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from balancer.control import Controller
+from balancer.events import ChargerOffline, ChargerOnline, MeterSample, ObedienceChanged, ProfileResult, SessionStarted
+from tests.balancer.test_control import T0, connect_all, full_capacity, make_site
+
+
+def test_a_session_on_a_charger_holding_no_limit_of_ours_is_reserved_at_its_maximum() -> None:
+    """Connected but not under control yet (booted, capabilities unread; or silent): its car
+    starts a session, and no limit of ours ever landed: nothing stops it drawing 32 A."""
+    ctrl = Controller(make_site(grid_limit_a=40.0))
+    full_capacity(ctrl, 40.0)
+    connect_all(ctrl, ["CP2", "CP3"])
+    ctrl.handle(SessionStarted("CP0", T0, transaction_id="tx-silent", meter_start_wh=0.0))
+    reserve, _ = ctrl._reserved_a(T0)
+    assert reserve[0] == 32.0
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    assert sum(limits.values()) + 32.0 <= 40.0 + 1e-9
+
+
+def test_an_offline_charger_that_did_not_obey_stays_reserved_at_its_draw() -> None:
+    """A charger flagged for drawing 30 A goes offline (a reconnect, or a restart of the service
+    with its state restored): its draw stays reserved, not the limit it ignored."""
+    ctrl = Controller(make_site(grid_limit_a=40.0))
+    full_capacity(ctrl, 40.0)
+    ids = list(ctrl.topology.charger_ids)
+    connect_all(ctrl, ids)
+    first = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    ctrl.handle(ProfileResult("CP2", T0, first["CP2"], "Accepted"))
+    ctrl.handle(MeterSample("CP2", T0, (30.0, 30.0, 30.0)))
+    ctrl.handle(ObedienceChanged("CP2", T0, obeys=False, draw_a=30.0))
+    ctrl.decide(T0 + timedelta(seconds=1))
+    ctrl.handle(ChargerOffline("CP2", T0 + timedelta(seconds=2)))
+    restored = Controller(make_site(grid_limit_a=40.0))
+    restored.restore(ctrl.snapshot())
+    for c in (ctrl, restored):
+        reserve, _ = c._reserved_a(T0 + timedelta(seconds=3))
+        assert reserve[2] == 30.0
+    full_capacity(restored, 40.0)
+    for cid in ("CP0", "CP1", "CP3"):
+        restored.handle(ChargerOnline(cid, T0, "ocpp1.6"))
+    limits = {s.charger_id: s.limit_a for s in restored.decide(T0 + timedelta(seconds=3))}
+    assert sum(limits.values()) + 30.0 <= 40.0 + 1e-9
