@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -52,7 +53,14 @@ def worker(args: argparse.Namespace) -> None:
     silence_highs_banner()
     for item in args.set or []:
         key, value = item.split("=", 1)
-        setattr(plan_module, key, type(getattr(plan_module, key))(float(value)))
+        # The constant lives in balancer.plan, or since the split in one of its modules.
+        for name in ("balancer.plan", "balancer.plan_model", "balancer.plan_minimums"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, key):
+                setattr(module, key, type(getattr(module, key))(float(value)))
     names = args.strategies.split(",")
     pause, _, charge = (args.churn or "").partition(",")
     churn = {} if args.churn is None else {"min_pause_s": float(pause), "min_charge_s": float(charge or pause)}

@@ -8,7 +8,7 @@ from unittest import mock
 
 import numpy as np
 
-from balancer import plan as plan_module
+from balancer import plan_model
 from balancer.control import Controller, slot_floor
 from balancer.events import ChargerOnline, NeedsUpdated, SessionStarted
 from balancer.model import Charger, ControlSettings, Site
@@ -88,7 +88,7 @@ def test_a_single_phase_car_on_the_short_phase_keeps_its_protected_share() -> No
     topo = one_and_three_phase()
     sessions = [PlanSession("CP0", T0, T0 + timedelta(hours=4), 10000.0, phases=1),
                 PlanSession("CP1", T0, T0 + timedelta(hours=4), 44000.0)]
-    with mock.patch.object(plan_module, "PROTECT_SHARE", 1 / 16):
+    with mock.patch.object(plan_model, "PROTECT_SHARE", 1 / 16):
         out = plan(topo, np.full((96, 3), 16.0), sessions, T0)
     assert out.plan is not None
     protected = 10000.0 / 16
