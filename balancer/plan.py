@@ -23,14 +23,28 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
+import numpy.typing as npt
 
+from balancer.allocate import node_load_a
 from balancer.plan_minimums import MIP_MAX_PAIRS, MIP_MAX_S, improve_with_mip, meet_minimums
 from balancer.plan_model import FINE_SLOTS, build_model, slot_blocks
 from balancer.plan_types import FloatArray, LpModel, Plan, PlanSession, SolveOutcome
 from balancer.topology import Topology
 
-__all__ = ["FINE_SLOTS", "LpModel", "Plan", "PlanSession", "SolveOutcome", "build_model", "improve_with_mip",
-           "meet_minimums", "plan", "slot_blocks", "slot_times"]
+__all__ = [
+    "FINE_SLOTS",
+    "LpModel",
+    "Plan",
+    "PlanSession",
+    "SolveOutcome",
+    "build_model",
+    "fit_edge_slots",
+    "improve_with_mip",
+    "meet_minimums",
+    "plan",
+    "slot_blocks",
+    "slot_times",
+]
 
 
 def _solve_highs(model: LpModel, cost: FloatArray, col_hi: FloatArray, row_lo: FloatArray,
@@ -142,12 +156,59 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     limit = np.floor(limit / gran + 1e-9) * gran
     mins = topology.min_current_a[:, None]
     limit = np.where(limit >= mins - 1e-9, limit, 0.0)
+    if model.fine_share is not None and np.any(model.fine_share < 1.0 - 1e-9):
+        fit_edge_slots(topology, np.asarray(capacity_a, dtype=np.float64), limit, model, charger_of_session)
     delivered = np.zeros(len(sessions))
     rounded = limit[cell]
     np.add.at(delivered, session, np.minimum(rounded, fine_x) * model.fine_wh_per_a)
     planned = {s.charger_id: float(min(delivered[k], s.energy_wh)) for k, s in enumerate(sessions)}
     result = Plan(start, slot_s, topology.charger_ids, limit, planned, model.hourly_from_slot)
     return SolveOutcome("optimal", result, used, seconds)
+
+
+def fit_edge_slots(topology: Topology, capacity_a: FloatArray, limit: FloatArray, model: LpModel,
+                   charger_of_session: npt.NDArray[np.int64]) -> None:
+    """Keep every slot's planned limits within every node's capacity at once (in place).
+
+    The LP counts a car present for part of a slot with the share of the slot it takes
+    (``balancer.plan_model.load_share``), so in such a slot the limits of a car leaving at 05:35
+    and of a car staying can add up to more than the capacity: together they only fit one after
+    the other. A plan's limits are per slot, so there the staying cars' limits (cars there the
+    whole slot, which the allocator raises again once the other left) are lowered until the slot
+    fits, largest first, never below their minimum (else to 0); the car at the slot's edge keeps
+    its limit, so the allocator, which serves planned cars first, gives it the capacity while it is
+    there. Only lowers limits. limit : (n_chargers, n_slots) [A]
+    """
+    assert model.fine_share is not None and model.session_mask is not None
+    session = model.col_session[model.fine_col]
+    capacity = np.maximum(np.nan_to_num(capacity_a, nan=0.0), 0.0)
+    gran = topology.granularity_a
+    for t in np.unique(model.fine_slot[model.fine_share < 1.0 - 1e-9]):
+        here = model.fine_slot == t
+        chargers = charger_of_session[session[here]]
+        mask = np.zeros((topology.n_chargers, 3), dtype=bool)
+        mask[chargers] |= model.session_mask[session[here]]
+        lowest = topology.min_current_a.copy()
+        lowest[chargers] = np.maximum(lowest[chargers], model.min_a[model.fine_col[here]])
+        edge = np.zeros(topology.n_chargers, dtype=bool)
+        edge[chargers[model.fine_share[here] < 1.0 - 1e-9]] = True
+        cap = np.repeat(topology.node_limit_a[:, None], 3, axis=1).astype(np.float64)
+        cap[0] = np.minimum(cap[0], capacity[t])
+        for _ in range(2 * topology.n_chargers + 1):
+            over = node_load_a(topology, limit[:, t], mask) - cap
+            node, phase = np.unravel_index(int(np.argmax(over)), over.shape)
+            excess = float(over[node, phase])
+            if excess <= 1e-9:
+                break
+            under = np.flatnonzero((topology.ancestors[node].toarray().ravel() > 0) & mask[:, phase]
+                                   & (limit[:, t] > 0))
+            for c in under[np.lexsort((-limit[under, t], edge[under]))]:  # staying cars first
+                lowered = np.floor((limit[c, t] - excess) / gran[c] - 1e-9) * gran[c]
+                lowered = lowered if lowered >= lowest[c] - 1e-9 else 0.0
+                excess -= limit[c, t] - lowered
+                limit[c, t] = lowered
+                if excess <= 1e-9:
+                    break
 
 
 def slot_times(start: datetime, n_slots: int, slot_s: int = 900) -> list[datetime]:

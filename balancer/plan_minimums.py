@@ -147,14 +147,16 @@ def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
     # Columns are grouped by session and sorted by slot; one session's columns are in different
     # slots, so they share no node row and can be raised together.
     first = np.searchsorted(model.col_session, np.arange(n_s + 1))
-    indptr, indices = model.load.indptr, model.load.indices
+    indptr, indices, share = model.load.indptr, model.load.indices, model.load.data
     for s in short[np.argsort(-model.weight[short], kind="stable")]:
         cols = np.arange(first[s], first[s + 1])
         seg = indptr[first[s]: first[s + 1] + 1]
         rows = indices[seg[0]: seg[-1]]
+        row_share = share[seg[0]: seg[-1]]
         wh = model.wh_per_a[cols]
         mins = model.min_a[cols]
-        room = np.minimum(hi[cols] - x[cols], np.minimum.reduceat(headroom[rows], seg[:-1] - seg[0]))
+        room = np.minimum(hi[cols] - x[cols],
+                          np.minimum.reduceat(headroom[rows] / row_share, seg[:-1] - seg[0]))
         room = np.maximum(room, 0.0)
         charging = x[cols] > 0.0
         room_wh = np.where(charging, room * wh, 0.0)
@@ -175,7 +177,7 @@ def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
             left_wh -= add * wh[j] - float(taken_wh.sum())
             charging[j] = True
         x[cols] += delta
-        np.subtract.at(headroom, rows, np.repeat(delta, np.diff(seg)))
+        np.subtract.at(headroom, rows, np.repeat(delta, np.diff(seg)) * row_share)
         if left_wh > 1e-6 and not np.any(x[cols] > 0.0) and model.need_wh[s] <= float(np.max(mins * wh)) + 1e-6:
             _seat_small_need(model, x, headroom, cols)
     return x
@@ -190,36 +192,41 @@ def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: 
     give way without going below their own minimum (their spare current above it, largest first).
     Lowering never breaks a limit; the raise uses only what is then free. In place."""
     hi = model.col_hi[: model.n_x]
-    ptr, idx = model.load.indptr, model.load.indices
+    ptr, idx, share = model.load.indptr, model.load.indices, model.load.data
     by_row = model.load.tocsr()
     need_a = model.min_a[cols]
     fits = [c for c, m in zip(cols, need_a, strict=True) if hi[c] >= m and
-            np.all(headroom[idx[ptr[c]: ptr[c + 1]]] >= m - 1e-9)]
+            np.all(headroom[idx[ptr[c]: ptr[c + 1]]] >= m * share[ptr[c]: ptr[c + 1]] - 1e-9)]
     candidates = fits[:1] if fits else [c for c in cols if hi[c] >= model.min_a[c]]
     for c in candidates:
         rows = idx[ptr[c]: ptr[c + 1]]
         trial_x, trial_room = x.copy(), headroom.copy()
         ok = True
-        for r in rows:
-            deficit = model.min_a[c] - trial_room[r]
-            others = by_row.indices[by_row.indptr[r]: by_row.indptr[r + 1]]
-            others = others[(others != c) & (trial_x[others] > 0.0)]
-            spare = trial_x[others] - model.min_a[others]
-            for o in others[np.argsort(-spare, kind="stable")]:
+        own = share[ptr[c]: ptr[c + 1]]
+        for r, own_share in zip(rows, own, strict=True):
+            # In load units of row r (a current times its share of the slot).
+            deficit = model.min_a[c] * own_share - trial_room[r]
+            lo, up = by_row.indptr[r], by_row.indptr[r + 1]
+            others, other_share = by_row.indices[lo:up], by_row.data[lo:up]
+            keep = (others != c) & (trial_x[others] > 0.0)
+            others, other_share = others[keep], other_share[keep]
+            spare = (trial_x[others] - model.min_a[others]) * other_share
+            for o, o_share in zip(others[np.argsort(-spare, kind="stable")],
+                                  other_share[np.argsort(-spare, kind="stable")], strict=True):
                 if deficit <= 1e-9:
                     break
-                give = min(float(trial_x[o] - model.min_a[o]), deficit)
+                give = min(float(trial_x[o] - model.min_a[o]), deficit / o_share)
                 if give <= 1e-9:
                     break
                 trial_x[o] -= give
-                trial_room[idx[ptr[o]: ptr[o + 1]]] += give
-                deficit -= give
+                trial_room[idx[ptr[o]: ptr[o + 1]]] += give * share[ptr[o]: ptr[o + 1]]
+                deficit -= give * o_share
             if deficit > 1e-9:
                 ok = False
                 break
         if ok:
             trial_x[c] = model.min_a[c]
-            trial_room[rows] -= model.min_a[c]
+            trial_room[rows] -= model.min_a[c] * own
             x[:] = trial_x
             headroom[:] = trial_room
             return

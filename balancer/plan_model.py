@@ -46,12 +46,13 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
 from balancer.plan_types import FloatArray, IntArray, LpModel, PlanSession
 from balancer.topology import Topology
 
-__all__ = ["BLOCK_S", "FINE_SLOTS", "HOURLY_ABOVE_PAIRS", "build_model", "slot_blocks"]
+__all__ = ["BLOCK_S", "FINE_SLOTS", "HOURLY_ABOVE_PAIRS", "build_model", "load_share", "slot_blocks"]
 
 FAIR_SEGMENTS = 8
 """Each session's need is cut into this many equal segments with decreasing objective weights."""
@@ -100,6 +101,9 @@ def _session_arrays(topology: Topology, sessions: Sequence[PlanSession], start: 
     leave = np.array([(s.departure.timestamp() - t0) / slot_s for s in sessions]) if n else np.zeros(0)
     slots = np.arange(n_slots, dtype=np.float64)
     coverage = np.clip(np.minimum(leave[:, None], slots + 1) - np.maximum(arrive[:, None], slots), 0.0, 1.0)
+    # Where in each slot the car is: from ``start_in`` to ``end_in`` (fractions of the slot).
+    start_in = np.clip(arrive[:, None] - slots, 0.0, 1.0)
+    end_in = np.clip(leave[:, None] - slots, 0.0, 1.0)
     energy = np.array([max(0.0, s.energy_wh) for s in sessions], dtype=np.float64)
     requested = np.array([e if s.requested_wh is None else max(s.requested_wh, e)
                           for s, e in zip(sessions, energy, strict=True)], dtype=np.float64)
@@ -108,8 +112,28 @@ def _session_arrays(topology: Topology, sessions: Sequence[PlanSession], start: 
     full_w = np.maximum(max_a * phases * voltage_v, 1e-9)
     laxity_h = np.maximum(stay_h - energy / full_w, 0.0)
     return {"charger": charger, "max_a": max_a, "min_a": min_a, "phases": phases, "weight": weight,
-            "coverage": coverage, "energy": energy, "protected": protected, "urgency": 1.0 + 1.0 / (1.0 + laxity_h),
+            "coverage": coverage, "start_in": start_in, "end_in": end_in, "energy": energy, "protected": protected,
+            "urgency": 1.0 + 1.0 / (1.0 + laxity_h),
             "wh_per_a": phases[:, None] * voltage_v * (slot_s / 3600.0) * coverage}
+
+
+def load_share(coverage: FloatArray, start_in: FloatArray, end_in: FloatArray,
+               present: npt.NDArray[np.bool_]) -> FloatArray:
+    """How much of a slot's capacity a car's current takes, (n_sessions, n_slots) in [0, 1].
+
+    A car present for part of a slot holds its current only while there: a car leaving at 05:35
+    at 32 A takes the 05:30 slot's capacity for 5 of its 15 minutes, and a car present all slot
+    can take the rest after it left (the allocator raises it then). So a current counts with the
+    share of the slot's *window* (from the first car's arrival to the last car's departure in that
+    slot) the car covers: 1 for a car there all window long (every car, when a plan starts mid-slot
+    with every car arriving now), 1/3 for the car leaving at 05:35 next to one staying. This is the
+    slot's energy balance; the instantaneous limit is kept by the allocator and by ``plan`` lowering
+    the staying cars' planned limits in such a slot (``balancer.plan.fit_edge_slots``).
+    """
+    lo = np.where(present, start_in, np.inf).min(axis=0, initial=np.inf)
+    hi = np.where(present, end_in, -np.inf).max(axis=0, initial=-np.inf)
+    window = np.clip(hi - lo, 1e-9, 1.0)
+    return np.where(present, np.minimum(coverage / window, 1.0), 0.0)
 
 
 def slot_blocks(start: datetime, n_slots: int, slot_s: int, fine_slots: int | None) -> IntArray:
@@ -147,6 +171,9 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     # A block's current holds in each of its slots the car is present in: the block's energy per
     # ampere is the sum over those slots, and it must fit the lowest capacity of the block.
     block_wh = np.add.reduceat(arr["wh_per_a"], first_slot, axis=1) if n_slots else arr["wh_per_a"]
+    share = load_share(np.asarray(arr["coverage"], dtype=np.float64), np.asarray(arr["start_in"], dtype=np.float64),
+                       np.asarray(arr["end_in"], dtype=np.float64), present)
+    block_share = np.maximum.reduceat(share, first_slot, axis=1) if n_slots else share
     in_block = np.maximum.reduceat(present, first_slot, axis=1) if n_slots else present
     capacity = np.minimum.reduceat(capacity, first_slot, axis=0) if n_slots else capacity
     s_idx, t_idx = np.nonzero(in_block)
@@ -155,6 +182,7 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     fine_col = np.searchsorted(s_idx * n_blocks + t_idx, fine_s * n_blocks + slot_block[fine_t]).astype(np.int64)
     n_x = len(s_idx)
     wh_per_a = np.asarray(block_wh[s_idx, t_idx], dtype=np.float64)
+    col_share = np.asarray(block_share[s_idx, t_idx], dtype=np.float64)
     charger = arr["charger"][s_idx]
     n_slots = n_blocks  # from here on, the model's slots are the decision blocks
 
@@ -214,7 +242,7 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
                            g0 + np.arange(n_g)])
     # Energy rows are written in kWh so that the objective's coefficients are of order 1: with
     # costs near 1e-7 the solver's dual tolerance (1e-7) would make any plan look optimal.
-    vals = np.concatenate([np.ones(n_cap), -np.ones(len(d_cols)), -np.ones(len(child)), wh_per_a / 1000.0,
+    vals = np.concatenate([np.ones(n_cap), -col_share[d_cols], -np.ones(len(child)), wh_per_a / 1000.0,
                            -np.ones(n_g)])
     a = sp.csc_matrix((vals, (rows, cols)), shape=(n_cap + n_s, n_x + n_cap + n_g))
     row_lo = np.zeros(n_cap + n_s)
@@ -241,11 +269,12 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
         arr["weight"][seg_session] * protect * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
     ])
     key_col = np.concatenate(key_cols)
-    load = sp.csc_matrix((np.ones(len(key_col)), (key_row.ravel(), key_col)), shape=(n_cap, n_x))
+    load = sp.csc_matrix((col_share[key_col], (key_row.ravel(), key_col)), shape=(n_cap, n_x))
     return LpModel(a=a, load=load, cap_a=cap_hi, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, cost=cost,
                    col_session=s_idx, col_slot=t_idx, wh_per_a=wh_per_a,
                    min_a=np.asarray(arr["min_a"][s_idx], dtype=np.float64),
                    need_wh=need, weight=np.asarray(arr["weight"], dtype=np.float64), slot_block=slot_block,
                    fine_col=fine_col, fine_slot=fine_t.astype(np.int64),
                    fine_wh_per_a=np.asarray(arr["wh_per_a"][fine_s, fine_t], dtype=np.float64),
+                   fine_share=np.asarray(share[fine_s, fine_t], dtype=np.float64), session_mask=mask,
                    hourly_from_slot=hourly_from)

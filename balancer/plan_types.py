@@ -73,7 +73,8 @@ class LpModel:
     ``hourly_from_slot`` is the first slot decided per hour (None: none is).
 
     ``load`` (n_cap, n_x) and ``cap_a`` (n_cap,) [A] restate the node rows without flows: row ``k``
-    of ``load @ x`` is the current on one node, phase and slot, at most ``cap_a[k]``. The
+    of ``load @ x`` is the current on one node, phase and slot (each current counted with the share
+    of the slot it takes, ``balancer.plan_model.load_share``), at most ``cap_a[k]``. The
     minimum-current repair uses them to know the headroom left by a plan.
     """
 
@@ -96,6 +97,10 @@ class LpModel:
     fine_slot: IntArray
     fine_wh_per_a: FloatArray
     hourly_from_slot: int | None
+    fine_share: FloatArray | None = None
+    """Per fine pair, the share of its slot's capacity the current takes (``load_share``; None: 1)."""
+    session_mask: npt.NDArray[np.bool_] | None = None
+    """(n_sessions, 3) the grid phases each session's car loads."""
 
     @property
     def n_x(self) -> int:

@@ -173,3 +173,32 @@ def test_the_minimum_current_mip_plans_what_the_post_processing_loses() -> None:
     assert np.all(mip.plan.limit_a.sum(axis=0) <= 20.0 + 1e-9)
     assert np.all((mip.plan.limit_a == 0) | (mip.plan.limit_a >= 6.0))
     assert all(mip.plan.planned_wh[s.charger_id] <= s.energy_wh + 1e-6 for s in sessions)
+
+
+def test_a_car_leaving_at_0535_gets_the_0530_slot() -> None:
+    # The car leaving at 05:35 can take 32 A for 5 minutes; the car staying takes the 10 minutes
+    # after. Counting the leaving car's current against the whole slot, the plan gave the slot to
+    # the staying car (a full slot of energy per ampere against a third) and the leaving car 0.
+    at = datetime(2026, 3, 3, 5, 30, tzinfo=UTC)
+    topo = Topology.from_site(small_site(grid_limit_a=32.0))
+    for now in (at, at + timedelta(minutes=2)):
+        sessions = [PlanSession("CP0", now, at + timedelta(minutes=5), 20000.0),
+                    PlanSession("CP1", now, at + timedelta(hours=2), 80000.0)]
+        out = plan(topo, np.full((96, 3), 32.0), sessions, at)
+        assert out.plan is not None
+        assert out.plan.limit_a[0, 0] == 32.0
+        # ... and the slot's limits still fit the site at once: the staying car's is lowered.
+        assert out.plan.limit_a[:, 0].sum() <= 32.0
+        assert out.plan.planned_wh["CP0"] == 32.0 * 3 * 230.0 * (at + timedelta(minutes=5) - now).total_seconds() / 3600
+
+
+def test_a_car_leaving_at_0535_charges_online_until_it_leaves() -> None:
+    at = datetime(2026, 3, 3, 5, 30, tzinfo=UTC)
+    ctrl = Controller(small_site(grid_limit_a=32.0))
+    ctrl.set_capacity(slot_floor(at), np.full((96, 3), 32.0), ["forecast"] * 96)
+    start_cars(ctrl, at - timedelta(hours=6))
+    ctrl.handle(NeedsUpdated("CP0", at, energy_wh=20000.0, departure=at + timedelta(minutes=5)))
+    ctrl.handle(NeedsUpdated("CP1", at, energy_wh=80000.0, departure=at + timedelta(hours=2)))
+    replan(ctrl, at)
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(at)}
+    assert limits["CP0"] == 32.0 and limits["CP1"] == 0.0
