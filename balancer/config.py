@@ -289,6 +289,8 @@ _CONTROL = {
     "plan_fine_h": _Field("number", default=2.0, positive=True),
     "min_pause_s": _Field("number", default=0.0, non_negative=True),
     "min_charge_s": _Field("number", default=1800.0, non_negative=True),
+    "car_asleep_after_s": _Field("number", default=300.0, non_negative=True),
+    "car_wake_retry_s": _Field("number", default=1800.0, positive=True),
 }
 _TOP = {
     "sites": _Field("any", required=True),

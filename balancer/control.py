@@ -52,6 +52,7 @@ from balancer.model import CapacitySource, ControlSettings, Limit, LimitCode, Si
 from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
+from balancer.sleep import SleepWatch
 from balancer.topology import Topology, phase_mask
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
@@ -67,8 +68,9 @@ INCREASE_LAG = timedelta(seconds=60)
 """How long after a slot boundary a rise in a schedule ahead starts (see ``Controller._schedule``)."""
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
-_CHARGER_MAX, _CAR_MAX, _NOT_DRAWING, _EXTERNAL_CAP = (
-    code_number(c) for c in (LimitCode.CHARGER_MAX, LimitCode.CAR_MAX, LimitCode.NOT_DRAWING, LimitCode.EXTERNAL_CAP))
+_CHARGER_MAX, _CAR_MAX, _NOT_DRAWING, _EXTERNAL_CAP, _CAR_ASLEEP = (
+    code_number(c) for c in (LimitCode.CHARGER_MAX, LimitCode.CAR_MAX, LimitCode.NOT_DRAWING, LimitCode.EXTERNAL_CAP,
+                             LimitCode.CAR_ASLEEP))
 ReasonKey = tuple[LimitCode, str | None, str | None]
 
 
@@ -220,10 +222,28 @@ class Controller:
         self.non_ev_forecast: tuple[datetime, FloatArray] | None = None
         """Non-EV load per slot from a start (n_slots, 3) [A], for the planner (``forecast.non_ev``)."""
         self._churn = self._churn_guard()
+        self.sleep = self._sleep_watch()
 
     # ----------------------------------------------------------------- configuration
     def _churn_guard(self) -> ChurnGuard:
         return ChurnGuard(self.topology.n_chargers, self.settings.min_pause_s, self.settings.min_charge_s)
+
+    def _sleep_watch(self) -> SleepWatch:
+        return SleepWatch(self.topology.n_chargers, self.settings.car_asleep_after_s, self.settings.car_wake_retry_s)
+
+    def _watch_sleep(self, now: datetime) -> None:
+        """Tell ``self.sleep`` what every charger says now (``balancer.sleep``)."""
+        n = self.topology.n_chargers
+        wants, drawing, idle, ready = (np.zeros(n, dtype=bool) for _ in range(4))
+        for i, cid in enumerate(self.topology.charger_ids):
+            state = self.states[cid]
+            remaining = state.remaining_wh()
+            wants[i] = self._wants_current(state) and (remaining is None or remaining > 0)
+            fresh = state.measured_at is not None and (now - state.measured_at).total_seconds() <= MEASUREMENT_FRESH_S
+            drawing[i] = fresh and max(state.measured_a) > IDLE_DRAW_A
+            idle[i] = (fresh and not drawing[i]) or state.status == "SuspendedEV"
+            ready[i] = state.status in ("SuspendedEVSE", "Charging")
+        self.sleep.observe(now.timestamp(), wants, drawing, idle, ready)
 
     def _failsafe_limits(self) -> FloatArray:
         """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
@@ -256,6 +276,7 @@ class Controller:
         if tracker is not None and self.meter is not None:
             self.meter.last_a, self.meter.last_at = tracker.last_a, tracker.last_at
         self._churn = self._churn_guard()
+        self.sleep = self._sleep_watch()
 
     # ----------------------------------------------------------------- capacity
     def set_capacity(self, start: datetime, capacity_a: FloatArray, sources: list[str]) -> None:
@@ -432,8 +453,8 @@ class Controller:
         topo = self.topology
         for i, cid in enumerate(topo.charger_ids):
             state = self.states[cid]
-            if state.transaction_id is None or not self._wants_current(state):
-                continue
+            if state.transaction_id is None or not self._wants_current(state) or self.sleep.asleep[i]:
+                continue  # (an asleep car holds no capacity in anyone's plan)
             charger = self.site.chargers[i]
             remaining = state.remaining_wh()
             max_a = charger.max_current_a if state.car_max_a is None else min(charger.max_current_a, state.car_max_a)
@@ -659,7 +680,10 @@ class Controller:
             self._last_slot = slot
             self._replan_due = True
         capacity, _, _ = self._node_capacity(now)
+        self._watch_sleep(now)
         min_a, max_a, urgency, mask, max_code = self._allowance(now)
+        sleeping = self.sleep.sleeping(now.timestamp())  # its capacity goes to the others
+        max_a, max_code = np.where(sleeping, 0.0, max_a), np.where(sleeping, _CAR_ASLEEP, max_code)
         target = np.full(topo.n_chargers, np.nan)
         if self.plan is not None and self.plan.start <= now:
             k = int((now - self.plan.start).total_seconds() // self.plan.slot_s)
@@ -680,6 +704,8 @@ class Controller:
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
         )
         allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
+        before = np.array([self.states[cid].limit_a for cid in topo.charger_ids], dtype=np.float64)
+        self.sleep.record(now.timestamp(), before, allocation.limit_a, min_a)
         self.last_allocation, self.allocated_ids = allocation, topo.charger_ids
         idle_limit = self._idle_limits(capacity, allocation.limit_a, mask)
         schedules: list[ChargerSchedule] = []
@@ -851,6 +877,8 @@ class Controller:
                 "power_w": state.power_w,
                 "last_push": state.last_push,
                 "external_cap_a": state.external_cap_a(now.timestamp()),
+                "car_asleep": bool(self.sleep.asleep[i]),
+                "asleep_count": int(self.sleep.detections[i]),
             })
         return SiteStatus(
             site_id=self.site.id, at=now,
