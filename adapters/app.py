@@ -101,6 +101,7 @@ class Service:
             saved = self.store.get_json(f"controller:{site.id}")
             if isinstance(saved, dict):
                 controller.restore(saved)
+            controller.history.load(self.store.get_json(f"sessions:{site.id}"))  # the arrival forecast's
             self.controllers[site.id] = controller
         self.ocpi: Any = None
         if config.ocpi is not None:
@@ -453,6 +454,9 @@ class Service:
         try:
             for site_id, controller in self.controllers.items():
                 self.store.put_json(f"controller:{site_id}", controller.snapshot(), flush=False)
+                if controller.history.changed:
+                    self.store.put_json(f"sessions:{site_id}", controller.history.to_json(), flush=False)
+                    controller.history.changed = False
             ok = self.store.flush()
         except Exception:  # a snapshot bug must not end the persist loop; the next round tries again
             log.exception("state snapshot failed")

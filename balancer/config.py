@@ -291,6 +291,7 @@ _CONTROL = {
     "min_charge_s": _Field("number", default=1800.0, non_negative=True),
     "car_asleep_after_s": _Field("number", default=300.0, non_negative=True),
     "car_wake_retry_s": _Field("number", default=1800.0, positive=True),
+    "arrival_forecast_days": _Field("number", default=0.0, non_negative=True),
 }
 _TOP = {
     "sites": _Field("any", required=True),

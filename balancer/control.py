@@ -54,6 +54,7 @@ from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.sleep import SleepWatch
 from balancer.topology import Topology, phase_mask
+from forecast.arrivals import PastSession, SessionHistory
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
 
@@ -223,6 +224,8 @@ class Controller:
         """Non-EV load per slot from a start (n_slots, 3) [A], for the planner (``forecast.non_ev``)."""
         self._churn = self._churn_guard()
         self.sleep = self._sleep_watch()
+        self.history = SessionHistory(max(28.0, self.settings.arrival_forecast_days))
+        """Finished sessions, for the arrival forecast (``forecast.arrivals``); the service persists it."""
 
     # ----------------------------------------------------------------- configuration
     def _churn_guard(self) -> ChurnGuard:
@@ -377,6 +380,7 @@ class Controller:
         self._replan_due = True
 
     def _end_session(self, state: ChargerState, event: SessionStopped) -> None:
+        self._remember_session(state, event)
         state.transaction_id = None
         state.session_start = None
         state.need_wh = state.need_at_energy_wh = state.departure = None
@@ -386,6 +390,23 @@ class Controller:
             state.energy_wh = event.meter_stop_wh
         state.status = "Finishing" if state.status == "Charging" else state.status
         self._replan_due = True
+
+    def _remember_session(self, state: ChargerState, event: SessionStopped) -> None:
+        """A finished session into ``history``: when, the energy it took (or asked for, if more), its phases."""
+        if state.session_start is None or event.at <= state.session_start:
+            return
+        i = self.topology.index(event.charger_id)
+        delivered = state.session_delivered_wh()
+        if event.meter_stop_wh is not None and state.session_energy_start_wh is not None:
+            delivered = max(delivered, event.meter_stop_wh - state.session_energy_start_wh)
+        asked = None if state.need_wh is None else state.need_wh + max(
+            0.0, (state.need_at_energy_wh or 0.0) - (state.session_energy_start_wh or 0.0))
+        car_phases = np.full(self.topology.n_chargers, 3, dtype=np.int64)
+        car_phases[i] = state.car_phases or 3
+        mask = phase_mask(self.topology, car_phases)[i]
+        car_max = self.site.chargers[i].max_current_a if state.car_max_a is None else state.car_max_a
+        self.history.add(PastSession(state.session_start, event.at, max(delivered, asked or 0.0),
+                                     (bool(mask[0]), bool(mask[1]), bool(mask[2])), car_max))
 
     def _update_needs(self, state: ChargerState, event: NeedsUpdated) -> None:
         if event.energy_wh is not None:
@@ -476,6 +497,11 @@ class Controller:
         if self.meter is not None:
             capacity = np.maximum(capacity - self._non_ev_ahead(start, horizon, now, export=True), 0.0)
         capacity = self._minus_reserved(capacity, now)
+        if self.settings.arrival_forecast_days > 0 and horizon > 1:
+            # Room for the cars expected to arrive (slots ahead; the slot of now is the cars here's).
+            expected = self.history.expected_load_a(now, start, horizon, voltage_v=self.site.voltage_v,
+                                                    days=self.settings.arrival_forecast_days)
+            capacity[1:] = np.maximum(capacity[1:] - expected[1:], 0.0)
         return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
                            budget_s=self.settings.planner_budget_s,
                            fine_slots=self.settings.plan_fine_slots)

@@ -358,6 +358,7 @@ class ControlSettings:
     min_charge_s: float = 1800.0
     car_asleep_after_s: float = 300.0
     car_wake_retry_s: float = 1800.0
+    arrival_forecast_days: float = 0.0
 
     @property
     def plan_fine_slots(self) -> int:

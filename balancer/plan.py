@@ -202,13 +202,16 @@ def fit_edge_slots(topology: Topology, capacity_a: FloatArray, limit: FloatArray
                 break
             under = np.flatnonzero((topology.ancestors[node].toarray().ravel() > 0) & mask[:, phase]
                                    & (limit[:, t] > 0))
-            for c in under[np.lexsort((-limit[under, t], edge[under]))]:  # staying cars first
-                lowered = np.floor((limit[c, t] - excess) / gran[c] - 1e-9) * gran[c]
-                lowered = lowered if lowered >= lowest[c] - 1e-9 else 0.0
-                excess -= limit[c, t] - lowered
-                limit[c, t] = lowered
-                if excess <= 1e-9:
-                    break
+            # Staying cars down to their minimum, then the edge cars, then staying cars to 0.
+            for group, keep_min in ((~edge, True), (edge, False), (~edge, False)):
+                for c in (u for u in under[np.argsort(-limit[under, t], kind="stable")] if group[u]):
+                    if excess <= 1e-9:
+                        break
+                    lowered = np.floor((limit[c, t] - excess) / gran[c] - 1e-9) * gran[c]
+                    if lowered < lowest[c] - 1e-9:
+                        lowered = lowest[c] if keep_min else 0.0
+                    excess -= max(limit[c, t] - lowered, 0.0)
+                    limit[c, t] = min(lowered, limit[c, t])
 
 
 def slot_times(start: datetime, n_slots: int, slot_s: int = 900) -> list[datetime]:

@@ -69,9 +69,15 @@ PROTECT_SHARE = 0.0
 the car's phases times more than energy elsewhere (less what the car already got). Off: measured
 on ``bench/quality_round2.py`` over seeds 1-10, 1/16 cost the tight depot 2.5 points of energy and
 24 completed sessions (1/32: 1.4 points) for a worst car of 2-5 % instead of 0 (bench/README.md)."""
+PROTECT_MAX_WH = float("inf")
+"""At most this much of a car's request is protected [Wh]."""
 PROTECT_WEIGHT = 3.5
 """More than 3: an ampere of a short phase gives a three-phase car three times the energy it gives
 a single-phase car, and below 3 the protected share of a single-phase car would still be traded."""
+EDGE_SHARE = True
+"""Count a partly covered pair with the share of the slot it covers (``load_share``); False: whole."""
+EDGE_FIRST_SLOT_ONLY = True
+"""Count partly covered pairs by their share in the first slot only (``load_share``)."""
 HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
@@ -107,7 +113,7 @@ def _session_arrays(topology: Topology, sessions: Sequence[PlanSession], start: 
     energy = np.array([max(0.0, s.energy_wh) for s in sessions], dtype=np.float64)
     requested = np.array([e if s.requested_wh is None else max(s.requested_wh, e)
                           for s, e in zip(sessions, energy, strict=True)], dtype=np.float64)
-    protected = np.clip(PROTECT_SHARE * requested - (requested - energy), 0.0, energy)
+    protected = np.clip(np.minimum(PROTECT_SHARE * requested, PROTECT_MAX_WH) - (requested - energy), 0.0, energy)
     stay_h = coverage.sum(axis=1) * slot_s / 3600.0
     full_w = np.maximum(max_a * phases * voltage_v, 1e-9)
     laxity_h = np.maximum(stay_h - energy / full_w, 0.0)
@@ -133,7 +139,12 @@ def load_share(coverage: FloatArray, start_in: FloatArray, end_in: FloatArray,
     lo = np.where(present, start_in, np.inf).min(axis=0, initial=np.inf)
     hi = np.where(present, end_in, -np.inf).max(axis=0, initial=-np.inf)
     window = np.clip(hi - lo, 1e-9, 1.0)
-    return np.where(present, np.minimum(coverage / window, 1.0), 0.0)
+    share = np.where(present, np.minimum(coverage / window, 1.0), 0.0)
+    if not EDGE_SHARE:
+        return present.astype(np.float64)
+    if EDGE_FIRST_SLOT_ONLY and share.shape[1] > 1:
+        share[:, 1:] = present[:, 1:]
+    return share
 
 
 def slot_blocks(start: datetime, n_slots: int, slot_s: int, fine_slots: int | None) -> IntArray:

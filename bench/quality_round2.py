@@ -65,6 +65,7 @@ def worker(args: argparse.Namespace) -> None:
     pause, _, charge = (args.churn or "").partition(",")
     churn = {} if args.churn is None else {"min_pause_s": float(pause), "min_charge_s": float(charge or pause)}
     strategies.FACTORIES["our LP + allocator"] = lambda: strategies.make_lp_plus_allocator(**churn)
+    forecast_sites = set(args.forecast_sites.split(",")) if args.forecast_days else set()
     for variant, scale, sleepy in (("normal", 1.0, 0.0), ("tight", args.tight, 0.0), ("sleepy", 1.0, args.sleepy)):
         if variant == "sleepy" and not sleepy:
             continue
@@ -74,10 +75,31 @@ def worker(args: argparse.Namespace) -> None:
                 day = dataclasses.replace(base, capacity_a=base.capacity_a * scale)
                 requested = sum(c.energy_wh for c in day.cars)
                 bound = upper_bound_wh(day, args.step_s) / requested
+                if kind in forecast_sites:
+                    history = past_sessions(kind, seed, args.forecast_days)
+                    strategies.FACTORIES["our LP + allocator"] = lambda h=history: strategies.make_lp_plus_allocator(
+                        **churn, history=h, history_days=args.forecast_days)
                 for name in names:
                     r = simulate(day, name, step_s=args.step_s, sleepy_share=sleepy)
                     print(json.dumps({"variant": variant, "site": kind, "seed": seed, "strategy": name,
                                       "bound": bound, "balancer": plan_module.__file__, **r}), flush=True)
+
+
+def past_sessions(kind: str, seed: int, days: int) -> list[Any]:
+    """The site's own history for the arrival forecast: ``days`` other days of the same kind (seeds
+    no measured day uses), laid on the days before the measured one."""
+    from datetime import timedelta
+
+    from bench.scenarios import generate
+    from forecast.arrivals import PastSession
+
+    out = []
+    for j in range(1, days + 1):
+        day = generate(kind, 100_000 + 100 * seed + j)
+        shift = timedelta(days=j)
+        out += [PastSession(c.arrival - shift, c.departure - shift, c.energy_wh,
+                            (True, c.phases == 3, c.phases == 3), c.max_current_a) for c in day.cars]
+    return out
 
 
 def run_worker(root: str, label: str, strategy_names: str, args: argparse.Namespace,
@@ -158,6 +180,9 @@ def main() -> None:
     parser.add_argument("--sites", default=",".join(SITES))
     parser.add_argument("--baseline-rev", default="main")
     parser.add_argument("--set", action="append", help="planner constant for this checkout, e.g. PROTECT_SHARE=0")
+    parser.add_argument("--forecast-days", type=int, default=0,
+                        help="plan with the arrival forecast from this many past days of the site (0: without)")
+    parser.add_argument("--forecast-sites", default="carpark", help="sites planned with the arrival forecast")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--strategies", default="our LP + allocator", help=argparse.SUPPRESS)
