@@ -76,3 +76,4 @@ async def test_a_sleepy_car_is_found_asleep_and_the_other_gets_its_capacity(tmp_
         for sim in sims:
             await sim.stop()
         await service.stop()
+
