@@ -492,6 +492,7 @@ class Controller:
                 charger_id=cid, arrival=now, departure=departure, energy_wh=remaining,
                 max_current_a=max_a, min_current_a=max(charger.min_current_a, state.car_min_a or 0.0),
                 phases=phases, weight=float(topo.priority[i]) or 1.0,
+                requested_wh=remaining + state.session_delivered_wh(),  # (its protected share counts what it got)
             ))
         capacity = self.capacity_ahead(start, horizon)
         if self.meter is not None:

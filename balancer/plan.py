@@ -1,7 +1,8 @@
 """The 24 h planner: a linear program over 15-minute slots, built as sparse matrices.
 
 Variables ``x[s, t]``: per-phase current of session ``s`` in slot ``t`` [A], only where the car is
-present (partly covered first and last slots count with the covered fraction). Constraints per
+present (a partly covered slot counts the car's energy with the covered fraction, and in the first
+slot its current with the share of the slot it takes, ``load_share``). Constraints per
 slot, node and phase: the sessions below the node that load the phase draw at most its capacity
 (node 0: the capacity in force from the caller; circuits: their fuse). Per session: at most the
 car/charger maximum, and never more energy than needed.
