@@ -71,6 +71,8 @@ async def test_a_sleepy_car_is_found_asleep_and_the_other_gets_its_capacity(tmp_
             assert sims[1].limit_now(datetime.now(UTC)) == 7.2
             assert (sims[0].limit_now(datetime.now(UTC)) or 0.0) == 0.0
         assert sims[1].draw_a == 7.2 and sims[0].draw_a == 0.0
+        async with http.get(f"http://127.0.0.1:{service.http_port}/metrics") as resp:
+            assert 'balancer_cars_asleep_total{site="s"} 1' in await resp.text()
     finally:
         await http.close()
         for sim in sims:
