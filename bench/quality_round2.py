@@ -187,9 +187,28 @@ def main() -> None:
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--strategies", default="our LP + allocator", help=argparse.SUPPRESS)
     parser.add_argument("--churn", default=None, help=argparse.SUPPRESS)  # "min_pause_s[,min_charge_s]"
+    parser.add_argument("--rows", action="append", metavar="LABEL=FILE",
+                        help="tabulate the JSON lines of earlier --worker runs instead of running (repeatable); "
+                             "their 'our LP + allocator' rows are named LABEL")
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.rows:
+        rows, order = [], list(CLASSIC)
+        for item in args.rows:
+            label, _, path = item.partition("=")
+            for line in Path(path).read_text().splitlines():
+                if line.startswith("{"):
+                    row = json.loads(line)
+                    if row["strategy"] == "our LP + allocator":
+                        row["strategy"] = label
+                    rows.append(row)
+            order.append(label)
+        agg = aggregate(rows)
+        print(table(agg, list(dict.fromkeys(order))))
+        print()
+        print(json.dumps({"|".join(k): v for k, v in agg.items()}))
         return
     today = f"our LP + allocator ({args.baseline_rev})"
     ours = "our LP + allocator (this branch)"
