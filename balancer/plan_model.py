@@ -13,13 +13,13 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      fall by ``FAIR_STEP`` each, so a Wh that fills a car's first segment is worth more than one
      topping up another car's last: shortfall is spread max-min fairly to 1/8 of the need, and a
      Wh of total energy always outweighs the at most ``8 * FAIR_STEP`` gained by moving it;
-     A protected share, ``PROTECT_SHARE`` of the car's whole request (0, off, by default: it
-     cost more energy and completed sessions than it gave the worst car, see its docstring), weighs
-     ``PROTECT_WEIGHT`` (3.5) divided by the car's phases times more (a single-phase car 3.5, a
-     three-phase car 1.17, so a priority of 2 still comes first): an ampere of a short phase
-     gives a three-phase car three times the Wh it gives a single-phase car, so without it a
-     single-phase car on the binding phase is planned 0 Wh. Bound: a protected Wh is bought with
-     at most ``PROTECT_WEIGHT - 1`` Wh of other cars' energy, only where the trade is that uneven;
+     A protected share, ``PROTECT_SHARE`` (1/16) of the car's whole request but at most
+     ``PROTECT_MAX_WH`` (0.5 kWh), weighs ``PROTECT_WEIGHT`` (3.5) divided by the car's phases
+     times more (a single-phase car 3.5, a three-phase car 1.17, so a priority of 2 still comes
+     first): an ampere of a short phase gives a three-phase car three times the Wh it gives a
+     single-phase car, so without it a single-phase car on the binding phase is planned 0 Wh.
+     Bound: a protected Wh is bought with at most ``PROTECT_WEIGHT - 1`` (2.5) Wh of other cars'
+     energy, only where the trade is that uneven: at most 1.25 kWh per session;
   3. earlier delivery: a bonus of at most ``2 * EARLY_BONUS`` per Wh, larger in earlier slots (in
      a large model only within the slots decided one by one, see Resolution below), times the
      car's urgency ``1 + 1 / (1 + laxity in hours)``: among cars that can all finish, the least
@@ -65,13 +65,15 @@ EARLY_BY_URGENCY = True
 """Earlier delivery weighted by the car's urgency (module docstring); False: as before, not."""
 EARLY_PER_PHASE = False
 """Earlier delivery per phase-ampere instead of per Wh: measured worse, kept for the benchmark."""
-PROTECT_SHARE = 0.0
-"""Of every car's whole request, this share is protected: it weighs ``PROTECT_WEIGHT`` divided by
-the car's phases times more than energy elsewhere (less what the car already got). Off: measured
-on ``bench/quality_round2.py`` over seeds 1-10, 1/16 cost the tight depot 2.5 points of energy and
-24 completed sessions (1/32: 1.4 points) for a worst car of 2-5 % instead of 0 (bench/README.md)."""
-PROTECT_MAX_WH = float("inf")
-"""At most this much of a car's request is protected [Wh]."""
+PROTECT_SHARE = 1 / 16
+"""Of every car's whole request, this share (at most ``PROTECT_MAX_WH``) is protected: it weighs
+``PROTECT_WEIGHT`` divided by the car's phases times more than energy elsewhere (less what the car
+already got). Without the cap, 1/16 cost the tight depot of ``bench/quality_round2.py`` 2.5 points of
+energy and 24 completed sessions (1/32: 1.4 points); capped at 1 kWh 1.1 points, at 0.5 kWh 0.76
+(bench/README.md), for a worst car above 0 where it was 0."""
+PROTECT_MAX_WH = 500.0
+"""At most this much of a car's request is protected [Wh]: enough that no car on a short phase is
+planned nothing, small enough that the energy it costs stays below a point (``PROTECT_SHARE``)."""
 PROTECT_WEIGHT = 3.5
 """More than 3: an ampere of a short phase gives a three-phase car three times the energy it gives
 a single-phase car, and below 3 the protected share of a single-phase car would still be traded."""

@@ -83,12 +83,15 @@ def one_and_three_phase(grid_limit_a: float = 16.0) -> Topology:
 
 def test_a_single_phase_car_on_the_short_phase_keeps_its_protected_share() -> None:
     # 16 A per phase for 4 h: every ampere of L1 gives the three-phase car three times the energy,
-    # so energy first planned the single-phase car 0 Wh. (The protected share is off by default,
-    # see PROTECT_SHARE; this is what it does when set.)
+    # so energy first planned the single-phase car 0 Wh. By default it keeps 1/16 of its request
+    # (at most 0.5 kWh); without the cap 1/16 of 10 kWh.
     topo = one_and_three_phase()
     sessions = [PlanSession("CP0", T0, T0 + timedelta(hours=4), 10000.0, phases=1),
                 PlanSession("CP1", T0, T0 + timedelta(hours=4), 44000.0)]
-    with mock.patch.object(plan_model, "PROTECT_SHARE", 1 / 16):
+    out = plan(topo, np.full((96, 3), 16.0), sessions, T0)
+    assert out.plan is not None
+    assert 500.0 - 6.0 * 230.0 * 0.25 <= out.plan.planned_wh["CP0"] <= 500.0 + 500.0
+    with mock.patch.object(plan_model, "PROTECT_MAX_WH", float("inf")):
         out = plan(topo, np.full((96, 3), 16.0), sessions, T0)
     assert out.plan is not None
     protected = 10000.0 / 16
