@@ -76,7 +76,7 @@ def worker(args: argparse.Namespace) -> None:
                 requested = sum(c.energy_wh for c in day.cars)
                 bound = upper_bound_wh(day, args.step_s) / requested
                 if kind in forecast_sites:
-                    history = past_sessions(kind, seed, args.forecast_days)
+                    history = past_sessions(kind, seed, args.forecast_days, args.forecast_scale)
                     strategies.FACTORIES["our LP + allocator"] = lambda h=history: strategies.make_lp_plus_allocator(
                         **churn, history=h, history_days=args.forecast_days)
                 for name in names:
@@ -85,9 +85,9 @@ def worker(args: argparse.Namespace) -> None:
                                       "bound": bound, "balancer": plan_module.__file__, **r}), flush=True)
 
 
-def past_sessions(kind: str, seed: int, days: int) -> list[Any]:
+def past_sessions(kind: str, seed: int, days: int, scale: float = 1.0) -> list[Any]:
     """The site's own history for the arrival forecast: ``days`` other days of the same kind (seeds
-    no measured day uses), laid on the days before the measured one."""
+    no measured day uses), laid on the days before the measured one; energies times ``scale``."""
     from datetime import timedelta
 
     from bench.scenarios import generate
@@ -97,7 +97,7 @@ def past_sessions(kind: str, seed: int, days: int) -> list[Any]:
     for j in range(1, days + 1):
         day = generate(kind, 100_000 + 100 * seed + j)
         shift = timedelta(days=j)
-        out += [PastSession(c.arrival - shift, c.departure - shift, c.energy_wh,
+        out += [PastSession(c.arrival - shift, c.departure - shift, c.energy_wh * scale,
                             (True, c.phases == 3, c.phases == 3), c.max_current_a) for c in day.cars]
     return out
 
@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--forecast-days", type=int, default=0,
                         help="plan with the arrival forecast from this many past days of the site (0: without)")
     parser.add_argument("--forecast-sites", default="carpark", help="sites planned with the arrival forecast")
+    parser.add_argument("--forecast-scale", type=float, default=1.0, help="reserve this share of the forecast")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--strategies", default="our LP + allocator", help=argparse.SUPPRESS)
