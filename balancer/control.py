@@ -54,7 +54,7 @@ from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.sleep import SleepWatch
 from balancer.topology import Topology, phase_mask
-from forecast.arrivals import PastSession, SessionHistory
+from forecast.arrivals import RESERVE_SHARE, PastSession, SessionHistory
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
 
@@ -502,7 +502,7 @@ class Controller:
             # Room for the cars expected to arrive (slots ahead; the slot of now is the cars here's).
             expected = self.history.expected_load_a(now, start, horizon, voltage_v=self.site.voltage_v,
                                                     days=self.settings.arrival_forecast_days)
-            capacity[1:] = np.maximum(capacity[1:] - expected[1:], 0.0)
+            capacity[1:] = np.maximum(capacity[1:] - RESERVE_SHARE * expected[1:], 0.0)
         return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
                            budget_s=self.settings.planner_budget_s,
                            fine_slots=self.settings.plan_fine_slots)

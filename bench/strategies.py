@@ -127,9 +127,9 @@ def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, histor
         mip = {"mip_s": 0.0} if "mip_s" in plan.__code__.co_varnames else {}
         capacity = p.capacity_ahead
         if history:
-            from forecast.arrivals import expected_load_a
+            from forecast.arrivals import RESERVE_SHARE, expected_load_a
 
-            reserve = expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
+            reserve = RESERVE_SHARE * expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
             capacity = capacity.copy()
             capacity[1:] = np.maximum(capacity[1:] - reserve[1:], 0.0)  # the slot of now: the cars here
         outcome = plan(topo, capacity, sessions, slot_start, budget_s=5.0, **mip)
