@@ -244,8 +244,10 @@ class Controller:
             wants[i] = self._wants_current(state) and (remaining is None or remaining > 0)
             fresh = state.measured_at is not None and (now - state.measured_at).total_seconds() <= MEASUREMENT_FRESH_S
             drawing[i] = fresh and max(state.measured_a) > IDLE_DRAW_A
-            idle[i] = (fresh and not drawing[i]) or state.status == "SuspendedEV"
-            ready[i] = state.status in ("SuspendedEVSE", "Charging")
+            # SuspendedEVSE: the car asks for current (at 0 A the meter reads 0 whether it sleeps or not).
+            asks = state.status == "SuspendedEVSE"
+            idle[i] = not asks and ((fresh and not drawing[i]) or state.status == "SuspendedEV")
+            ready[i] = asks or (state.status == "Charging" and not fresh)
         self.sleep.observe(now.timestamp(), wants, drawing, idle, ready)
 
     def _failsafe_limits(self) -> FloatArray:

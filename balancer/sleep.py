@@ -8,8 +8,8 @@ when its limit last rose to the minimum or more; a car that has not drawn within
 below ``IDLE_DRAW_A``, or the status ``SuspendedEV``), is *asleep*: counted, reported with the
 reason ``car_asleep``, left out of the plan and given 0 A, so its capacity goes to the others.
 
-It is awake again as soon as it draws, or the charger reports ``SuspendedEVSE`` or ``Charging``
-without a meter value saying otherwise (the car asks for current). A car at 0 A cannot show that
+It is awake again as soon as it draws, or the charger reports ``SuspendedEVSE`` (the car asks for
+current; at 0 A its meter reads 0 either way), or ``Charging`` without a fresh meter value. A car at 0 A cannot show that
 it draws, so every ``car_wake_retry_s`` it is offered its minimum again, if that fits, for another
 ``car_asleep_after_s``; if it still does not draw it sleeps on (not counted again). A car without
 a fresh meter value or a status saying so is never taken for asleep: nothing is freed on a guess.

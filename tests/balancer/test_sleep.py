@@ -116,3 +116,16 @@ def test_only_a_car_offered_its_minimum_that_did_not_draw_since_is_found_asleep(
         limit = 0.0 if watch.sleeping(now)[0] or new_limit < 6.0 else new_limit
         watch.record(now, np.array([before]), np.array([limit]), np.array([6.0]))
         raises = [] if limit <= 0 else raises + ([now] if limit > before else [])
+
+
+def test_an_asleep_car_that_asks_for_current_at_0_amperes_is_awake_at_once() -> None:
+    ctrl = controller(car_asleep_after_s=300.0, car_wake_retry_s=1800.0)
+    step(ctrl, T0, {})
+    ctrl.handle(ChargerStatus("CP0", T0, "SuspendedEV"))
+    at = T0 + timedelta(seconds=300)
+    assert step(ctrl, at, {"CP0": 0.0, "CP1": 16.0})["CP0"] == 0.0 and ctrl.sleep.asleep[0]
+    # At 0 A its meter reads 0 either way: the charger's SuspendedEVSE says the car wants current.
+    at += timedelta(seconds=60)
+    ctrl.handle(ChargerStatus("CP0", at, "SuspendedEVSE"))
+    limits = step(ctrl, at, {"CP0": 0.0, "CP1": 32.0})
+    assert not ctrl.sleep.asleep[0] and limits["CP0"] >= 6.0
