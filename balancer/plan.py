@@ -30,6 +30,8 @@ from balancer.allocate import node_load_a
 from balancer.plan_minimums import MIP_MAX_PAIRS, MIP_MAX_S, improve_with_mip, meet_minimums
 from balancer.plan_model import FINE_SLOTS, build_model, slot_blocks
 from balancer.plan_types import FloatArray, LpModel, Plan, PlanSession, SolveOutcome
+from balancer.rounding import floor_to
+from balancer.timeline import SLOT_S
 from balancer.topology import Topology
 
 __all__ = [
@@ -102,7 +104,7 @@ def _solve(model: LpModel, method: str, deadline: float,
 
 
 def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession], start: datetime,
-         *, slot_s: int = 900, budget_s: float = 2.0, solver: str = "highs-simplex",
+         *, slot_s: int = SLOT_S, budget_s: float = 2.0, solver: str = "highs-simplex",
          voltage_v: float | None = None, fine_slots: int | None = FINE_SLOTS,
          mip_s: float | None = None) -> SolveOutcome:
     """Plan ``len(capacity_a)`` slots from ``start`` for ``sessions``; never raises on solver trouble.
@@ -154,7 +156,7 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     fine_x = x[model.fine_col]
     np.add.at(limit, cell, fine_x)
     gran = topology.granularity_a[:, None]
-    limit = np.floor(limit / gran + 1e-9) * gran
+    limit = floor_to(limit, gran)
     mins = topology.min_current_a[:, None]
     limit = np.where(limit >= mins - 1e-9, limit, 0.0)
     if model.fine_share is not None and np.any(model.fine_share < 1.0 - 1e-9):
@@ -215,6 +217,6 @@ def fit_edge_slots(topology: Topology, capacity_a: FloatArray, limit: FloatArray
                     limit[c, t] = min(lowered, limit[c, t])
 
 
-def slot_times(start: datetime, n_slots: int, slot_s: int = 900) -> list[datetime]:
+def slot_times(start: datetime, n_slots: int, slot_s: int = SLOT_S) -> list[datetime]:
     """Start time of every slot."""
     return [start + timedelta(seconds=k * slot_s) for k in range(n_slots)]

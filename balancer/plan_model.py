@@ -51,6 +51,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from balancer.plan_types import FloatArray, IntArray, LpModel, PlanSession
+from balancer.timeline import SLOT_S
 from balancer.topology import Topology
 
 __all__ = ["BLOCK_S", "FINE_SLOTS", "HOURLY_ABOVE_PAIRS", "build_model", "load_share", "slot_blocks"]
@@ -170,7 +171,7 @@ def slot_blocks(start: datetime, n_slots: int, slot_s: int, fine_slots: int | No
 
 
 def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession],
-                start: datetime, *, slot_s: int = 900, voltage_v: float | None = None,
+                start: datetime, *, slot_s: int = SLOT_S, voltage_v: float | None = None,
                 fine_slots: int | None = None) -> LpModel:
     """Build the LP as sparse matrices (no Python loop over sessions x slots).
 

@@ -9,8 +9,9 @@ below ``IDLE_DRAW_A``, or the status ``SuspendedEV``), is *asleep*: counted, rep
 reason ``car_asleep``, left out of the plan and given 0 A, so its capacity goes to the others.
 
 It is awake again as soon as it draws, or the charger reports ``SuspendedEVSE`` (the car asks for
-current; at 0 A its meter reads 0 either way), or ``Charging`` without a fresh meter value. A car at 0 A cannot show that
-it draws, so every ``car_wake_retry_s`` it is offered its minimum again, if that fits, for another
+current; at 0 A its meter reads 0 either way), or ``Charging`` without a fresh meter value. A car
+at 0 A cannot show that it draws, so every ``car_wake_retry_s`` it is offered its minimum again,
+if that fits, for another
 ``car_asleep_after_s``; if it still does not draw it sleeps on (not counted again). A car without
 a fresh meter value or a status saying so is never taken for asleep: nothing is freed on a guess.
 Safety: a car is only ever given less; what it may draw is counted until its limit is 0.
