@@ -85,6 +85,7 @@ class Service:
             saved = self.store.get_json(f"controller:{site.id}")
             if isinstance(saved, dict):
                 controller.restore(saved)
+            controller.history.load(self.store.get_json(f"sessions:{site.id}"))  # the arrival forecast's
             self.controllers[site.id] = controller
         self.ocpi: Any = None
         if config.ocpi is not None:

@@ -53,6 +53,28 @@ def _simulate(args: argparse.Namespace) -> int:
     return run_simulate(args)
 
 
+def _share(raw: str) -> float:
+    """A share between 0 and 1 (``--sleepy``)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {raw}")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    """A non-negative number of seconds (``--sleep-after-s``)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {raw}")
+    return value
+
+
 def _version() -> str:
     try:
         return metadata.version("ev-balancer")
@@ -130,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meter-map", choices=("sunspec", "sdm630"), default="sunspec",
                    help="register map of that meter (default sunspec: model 203 at 40000), e.g. sdm630")
     p.add_argument("--meter-host", default="127.0.0.1", help="where that meter listens (default 127.0.0.1)")
+    p.add_argument("--sleepy", type=_share, default=0.0,
+                   help="share of the cars that fall asleep after a pause and never resume in their session, "
+                        "reporting SuspendedEV (as some cars do; default 0), e.g. 0.2")
+    p.add_argument("--sleep-after-s", type=_seconds, default=0.0,
+                   help="how long a sleepy car must be paused (offered less than its minimum) before it falls "
+                        "asleep [s] (default 0: at its first pause), e.g. 60")
     p.set_defaults(func=_simulate)
     return parser
 

@@ -59,6 +59,9 @@ class Persister:
         try:
             for site_id, controller in self.controllers.items():
                 self.store.put_json(f"controller:{site_id}", controller.snapshot(), flush=False)
+                if controller.history.changed:
+                    self.store.put_json(f"sessions:{site_id}", controller.history.to_json(), flush=False)
+                    controller.history.changed = False
             ok = self.store.flush()
         except Exception:  # a snapshot bug must not end the persist loop; the next round tries again
             log.exception("state snapshot failed")

@@ -118,7 +118,10 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
     connected = gauge("balancer_charger_connected", "1 when the charger is connected")
     limits = gauge("balancer_charger_limit_amperes", "Current limit per charger")
     obeys = gauge("balancer_charger_obeys", "0 when a charger does not follow its profile")
+    asleep = Family("balancer_cars_asleep_total", "counter",
+                    "Cars found asleep: no draw within car_asleep_after_s after their limit was raised")
     for site_id, controller in service.controllers.items():
+        asleep.samples.append(({"site": site_id}, float(controller.sleep.total)))
         status = controller.status(now)
         for k, phase in enumerate(("L1", "L2", "L3")):
             cap.samples.append(({"site": site_id, "phase": phase, "source": status.capacity_source},
@@ -131,7 +134,7 @@ def service_families(service: MetricsSource, now: datetime) -> list[Family]:
             connected.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["connected"] else 0.0))
             limits.samples.append(({"site": site_id, "charger": c["id"]}, c["limit_a"]))
             obeys.samples.append(({"site": site_id, "charger": c["id"]}, 1.0 if c["obeys"] else 0.0))
-    families = [cap, alloc, meas, online, source, connected, limits, obeys]
+    families = [cap, alloc, meas, online, source, connected, limits, obeys, asleep]
     families += _counters("balancer_", service.counters, SERVICE_HELP)
     families += _counters("balancer_ocpp_", service.ocpp.counters, OCPP_HELP)
     families += _counters("balancer_oscp_", service.fp.counters, OSCP_HELP)

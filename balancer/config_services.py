@@ -93,6 +93,9 @@ CONTROL_FIELDS = {
     "plan_fine_h": Field("number", default=2.0, positive=True),
     "min_pause_s": Field("number", default=0.0, non_negative=True),
     "min_charge_s": Field("number", default=1800.0, non_negative=True),
+    "car_asleep_after_s": Field("number", default=300.0, non_negative=True),
+    "car_wake_retry_s": Field("number", default=1800.0, positive=True),
+    "arrival_forecast_days": Field("number", default=0.0, non_negative=True),
 }
 
 

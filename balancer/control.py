@@ -26,23 +26,26 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer import allocation_inputs as inputs
-from balancer.allocate import Allocation, AllocationRequest
-from balancer.charger_state import ChargerState, apply_event, is_idle
+from balancer.allocate import Allocation, AllocationRequest, code_number
+from balancer.charger_state import IDLE_DRAW_A, ChargerState, apply_event, is_idle, wants_current
 from balancer.churn import ChurnGuard, allocate_holding
-from balancer.events import CapacityUpdated, ChargerSchedule, Event, SiteMeterReading, Tick
-from balancer.model import CapacitySource, ControlSettings, Limit, Site
+from balancer.events import CapacityUpdated, ChargerSchedule, Event, SessionStopped, SiteMeterReading, Tick
+from balancer.model import CapacitySource, ControlSettings, Limit, LimitCode, Site
 from balancer.plan import Plan, SolveOutcome
 from balancer.planning import PlanRequest, plan_request
 from balancer.reasons import charger_limits
 from balancer.schedule import INCREASE_LAG, ahead, charger_schedule
 from balancer.site_meter import MeterTracker, MeterView
+from balancer.sleep import SleepWatch
 from balancer.status import ReasonKey, ReasonLog, SiteStatus, site_status
 from balancer.timeline import SLOT_S, CapacityTimeline, slot_floor
-from balancer.topology import Topology
+from balancer.topology import Topology, phase_mask
+from forecast.arrivals import PastSession, SessionHistory
 
 __all__ = ["INCREASE_LAG", "SLOT_S", "ChargerState", "Controller", "PlanRequest", "SiteStatus", "slot_floor"]
 
 FloatArray = npt.NDArray[np.float64]
+_CAR_ASLEEP = code_number(LimitCode.CAR_ASLEEP)
 
 
 class Controller:
@@ -71,10 +74,33 @@ class Controller:
         self.non_ev_forecast: tuple[datetime, FloatArray] | None = None
         """Non-EV load per slot from a start (n_slots, 3) [A], for the planner (``forecast.non_ev``)."""
         self._churn = self._churn_guard()
+        self.sleep = self._sleep_watch()
+        self.history = SessionHistory(max(28.0, self.settings.arrival_forecast_days))
+        """Finished sessions, for the arrival forecast (``forecast.arrivals``); the service persists it."""
 
     # ----------------------------------------------------------------- configuration
     def _churn_guard(self) -> ChurnGuard:
         return ChurnGuard(self.topology.n_chargers, self.settings.min_pause_s, self.settings.min_charge_s)
+
+    def _sleep_watch(self) -> SleepWatch:
+        return SleepWatch(self.topology.n_chargers, self.settings.car_asleep_after_s, self.settings.car_wake_retry_s)
+
+    def _watch_sleep(self, now: datetime) -> None:
+        """Tell ``self.sleep`` what every charger says now (``balancer.sleep``)."""
+        n = self.topology.n_chargers
+        wants, drawing, idle, ready = (np.zeros(n, dtype=bool) for _ in range(4))
+        for i, cid in enumerate(self.topology.charger_ids):
+            state = self.states[cid]
+            remaining = state.remaining_wh()
+            wants[i] = wants_current(state) and (remaining is None or remaining > 0)
+            fresh = state.measured_at is not None and \
+                (now - state.measured_at).total_seconds() <= inputs.MEASUREMENT_FRESH_S
+            drawing[i] = fresh and max(state.measured_a) > IDLE_DRAW_A
+            # SuspendedEVSE: the car asks for current (at 0 A the meter reads 0 whether it sleeps or not).
+            asks = state.status == "SuspendedEVSE"
+            idle[i] = not asks and ((fresh and not drawing[i]) or state.status == "SuspendedEV")
+            ready[i] = asks or (state.status == "Charging" and not fresh)
+        self.sleep.observe(now.timestamp(), wants, drawing, idle, ready)
 
     def reconfigure(self, site: Site) -> None:
         """Take a new config for this site: keeps the state of chargers that still exist."""
@@ -90,6 +116,7 @@ class Controller:
         if tracker is not None and self.meter is not None:
             self.meter.last_a, self.meter.last_at = tracker.last_a, tracker.last_at
         self._churn = self._churn_guard()
+        self.sleep = self._sleep_watch()
 
     # ----------------------------------------------------------------- capacity
     def take_timeline(self, timeline: CapacityTimeline) -> None:
@@ -136,8 +163,27 @@ class Controller:
         if state is None:
             return
         charger = self.site.chargers[self.topology.index(event.charger_id)]
+        if isinstance(event, SessionStopped) and state.transaction_id in (None, event.transaction_id):
+            self._remember_session(state, event)  # before ``apply_event`` forgets the session
         if apply_event(state, charger, event):
             self._replan_due = True
+
+    def _remember_session(self, state: ChargerState, event: SessionStopped) -> None:
+        """A finished session into ``history``: when, the energy it took (or asked for, if more), its phases."""
+        if state.session_start is None or event.at <= state.session_start:
+            return
+        i = self.topology.index(event.charger_id)
+        delivered = state.session_delivered_wh()
+        if event.meter_stop_wh is not None and state.session_energy_start_wh is not None:
+            delivered = max(delivered, event.meter_stop_wh - state.session_energy_start_wh)
+        asked = None if state.need_wh is None else state.need_wh + max(
+            0.0, (state.need_at_energy_wh or 0.0) - (state.session_energy_start_wh or 0.0))
+        car_phases = np.full(self.topology.n_chargers, 3, dtype=np.int64)
+        car_phases[i] = state.car_phases or 3
+        mask = phase_mask(self.topology, car_phases)[i]
+        car_max = self.site.chargers[i].max_current_a if state.car_max_a is None else state.car_max_a
+        self.history.add(PastSession(state.session_start, event.at, max(delivered, asked or 0.0),
+                                     (bool(mask[0]), bool(mask[1]), bool(mask[2])), car_max))
 
     # ----------------------------------------------------------------- planning
     @property
@@ -195,13 +241,18 @@ class Controller:
             self._last_slot = slot
             self._replan_due = True
         capacity, _, _ = inputs.node_capacity(self, now)
+        self._watch_sleep(now)
         min_a, max_a, urgency, mask, max_code = inputs.allowance(self, now)
+        sleeping = self.sleep.sleeping(now.timestamp())  # its capacity goes to the others
+        max_a, max_code = np.where(sleeping, 0.0, max_a), np.where(sleeping, _CAR_ASLEEP, max_code)
         request = AllocationRequest(
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
             target_a=self._plan_targets(now, max_a), urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
         )
         allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
+        before = np.array([self.states[cid].limit_a for cid in topo.charger_ids], dtype=np.float64)
+        self.sleep.record(now.timestamp(), before, allocation.limit_a, min_a)
         self.last_allocation, self.allocated_ids = allocation, topo.charger_ids
         idle_limit = inputs.idle_limits(self, capacity, allocation.limit_a, mask)
         schedules: list[ChargerSchedule] = []

@@ -68,7 +68,8 @@ class LimitCode(StrEnum):
     ``EXTERNAL_CAP``, ...) and, for a paused charger, ``PLAN`` (the plan held it back),
     ``PRIORITY`` (higher-priority chargers took the room) or ``PAUSED_MIN_NOT_ADMITTED``. The
     controller adds what only it knows: ``NOT_DRAWING`` (no car, or the car takes less),
-    ``RESERVED_DISOBEYING`` and ``FAILSAFE`` (offline or never connected).
+    ``RESERVED_DISOBEYING``, ``FAILSAFE`` (offline or never connected) and ``CAR_ASLEEP`` (the
+    car did not draw after its limit was raised, ``balancer.sleep``).
     """
 
     CAPACITY = "capacity"
@@ -83,6 +84,7 @@ class LimitCode(StrEnum):
     METER = "meter"
     DISCHARGE = "discharge"
     EXTERNAL_CAP = "external_cap"
+    CAR_ASLEEP = "car_asleep"
 
 
 LIMIT_CODES: tuple[LimitCode, ...] = tuple(LimitCode)
@@ -350,6 +352,9 @@ class ControlSettings:
     plan_fine_h: float = 2.0
     min_pause_s: float = 0.0
     min_charge_s: float = 1800.0
+    car_asleep_after_s: float = 300.0
+    car_wake_retry_s: float = 1800.0
+    arrival_forecast_days: float = 0.0
 
     @property
     def plan_fine_slots(self) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pulp
 
-from balancer.plan import LpModel
+from balancer.plan_types import LpModel
 
 __all__ = ["solve_pulp"]
 

@@ -18,6 +18,7 @@ from balancer.charger_state import wants_current
 from balancer.plan import PlanSession
 from balancer.timeline import SLOT_S, horizon_slots, slot_floor
 from balancer.topology import Topology
+from forecast.arrivals import RESERVE_SHARE
 
 if TYPE_CHECKING:
     from balancer.control import Controller
@@ -48,8 +49,8 @@ def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
     topo = ctl.topology
     for i, cid in enumerate(topo.charger_ids):
         state = ctl.states[cid]
-        if state.transaction_id is None or not wants_current(state):
-            continue
+        if state.transaction_id is None or not wants_current(state) or ctl.sleep.asleep[i]:
+            continue  # (an asleep car holds no capacity in anyone's plan)
         charger = ctl.site.chargers[i]
         remaining = state.remaining_wh()
         max_a = charger.max_current_a if state.car_max_a is None else min(charger.max_current_a, state.car_max_a)
@@ -66,12 +67,18 @@ def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
             charger_id=cid, arrival=now, departure=departure, energy_wh=remaining,
             max_current_a=max_a, min_current_a=max(charger.min_current_a, state.car_min_a or 0.0),
             phases=phases, weight=float(topo.priority[i]) or 1.0,
+            requested_wh=remaining + state.session_delivered_wh(),  # (its protected share counts what it got)
         ))
     capacity = ctl.capacity_ahead(start, horizon)
     if ctl.meter is not None:
         capacity = np.maximum(capacity - non_ev_ahead(ctl, start, horizon, now, export=True), 0.0)
     # Connection capacity per slot less the reserved loads on it.
     capacity = np.maximum(0.0, capacity - reserved_load_a(ctl, now)[None, :])
+    if ctl.settings.arrival_forecast_days > 0 and horizon > 1:
+        # Room for the cars expected to arrive (slots ahead; the slot of now is the cars here's).
+        expected = ctl.history.expected_load_a(now, start, horizon, voltage_v=ctl.site.voltage_v,
+                                               days=ctl.settings.arrival_forecast_days)
+        capacity[1:] = np.maximum(capacity[1:] - RESERVE_SHARE * expected[1:], 0.0)
     return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
                        budget_s=ctl.settings.planner_budget_s, fine_slots=ctl.settings.plan_fine_slots)
 

@@ -82,6 +82,8 @@ def reason_text(code: LimitCode, *, node: str | None = None, phase: str | None =
         return "offline or never connected: holds its failsafe, reserved until it reports"
     if code is LimitCode.EXTERNAL_CAP:
         return f"capped at {value_a:g} A by another party"
+    if code is LimitCode.CAR_ASLEEP:
+        return "paused: the car did not draw after its limit was raised (asleep): its capacity goes to others"
     return code.value
 
 
@@ -122,6 +124,12 @@ def charger_limits(controller: Controller, now: datetime) -> dict[str, Limit]:
                           and remaining <= 0 else f"the car draws {max(state.measured_a):.1f} A, less than "
                           f"offered: it gets that plus {controller.site.headroom_a:g} A headroom")
                 limit = Limit(limit.value_a, limit.code, limit.node, limit.phase, detail)
+            elif limit.code is LimitCode.CAR_ASLEEP:
+                watch = controller.sleep
+                limit = Limit(limit.value_a, limit.code, detail=(
+                    f"paused: the car did not draw within {watch.after_s:g} s after its limit was raised "
+                    f"(asleep, {int(watch.detections[i])} time(s) this session): its capacity goes to others "
+                    f"until it draws; offered its minimum again every {watch.retry_s:g} s"))
         out[cid] = limit
     return out
 

@@ -112,6 +112,8 @@ def site_status(ctl: Controller, now: datetime, limits: dict[str, Limit]) -> Sit
             "power_w": state.power_w,
             "last_push": state.last_push,
             "external_cap_a": state.external_cap_a(now.timestamp()),
+            "car_asleep": bool(ctl.sleep.asleep[i]),
+            "asleep_count": int(ctl.sleep.detections[i]),
         })
     return SiteStatus(
         site_id=ctl.site.id, at=now,

@@ -1,7 +1,9 @@
 """Scheduling quality: our LP + allocator against common strategies on realistic days.
 
 Run: .venv/bin/python bench/quality.py --seed 42 [--summary-seeds 10]   (prints markdown tables, writes
-bench/out/*.png)
+bench/out/*.png). Seeds 1-10, a tight variant (80 % of the capacity), sessions completed, worst car
+and pauses per car against another checkout in the same run: ``bench/quality_round2.py``, which
+simulates with this module.
 
 Each day is simulated online in 15-minute steps: at every step a strategy sees only the cars
 plugged in now (their need and departure) and sets limits; a car draws min(limit, its max) if that
@@ -174,20 +176,21 @@ def perfect_foresight(s: Scenario) -> dict[str, float]:
 
 def table(rows: list[tuple[str, str, dict[str, float]]], bounds: dict[str, float]) -> str:
     """Markdown table; ``bounds`` is each site's upper bound as a share of the requested energy."""
-    head = ("| site | strategy | delivered | vs bound | vs foresight LP | worst car | violations (worst A) "
-            "| used when short | Jain | 0<limit<min | decision ms (median / p95) |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| site | strategy | delivered | vs bound | vs foresight LP | worst car | completed | pauses / car "
+            "| violations (worst A) | used when short | Jain | 0<limit<min | decision ms (median / p95) |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     foresight = {site: r["delivered"] for site, name, r in rows if name == "perfect-foresight LP"}
     for site, name, r in rows:
         lines.append(f"| {site} | {name} | {100 * r['delivered']:.1f} % | {100 * r['delivered'] / bounds[site]:.1f} % "
                      f"| {100 * r['delivered'] / foresight[site]:.1f} % "
-                     f"| {100 * r['worst_car']:.1f} % | {r['violations']} ({r['worst_overshoot_a']:.1f}) "
+                     f"| {100 * r['worst_car']:.1f} % | {r['completed']:.0f} / {r['cars']:.0f} "
+                     f"| {r['pauses_per_car']:.2f} | {r['violations']} ({r['worst_overshoot_a']:.1f}) "
                      f"| {100 * r['capacity_used_when_short']:.1f} % | {r['jain']:.3f} | {r['limits_between_0_and_min']} "
                      f"| {r['decision_ms_median']:.2f} / {r['decision_ms_p95']:.2f} |")
         if name == "perfect-foresight LP":
             lines.append(f"| {site} | upper bound (foresight LP, energy only, no minimums) | {100 * bounds[site]:.1f} % "
-                         "| 100.0 % | | | | | | | |")
+                         "| 100.0 % | | | | | | | | | |")
     return "\n".join(lines)
 
 

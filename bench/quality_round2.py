@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -52,11 +53,19 @@ def worker(args: argparse.Namespace) -> None:
     silence_highs_banner()
     for item in args.set or []:
         key, value = item.split("=", 1)
-        setattr(plan_module, key, type(getattr(plan_module, key))(float(value)))
+        # The constant lives in balancer.plan, or since the split in one of its modules.
+        for name in ("balancer.plan", "balancer.plan_model", "balancer.plan_minimums"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, key):
+                setattr(module, key, type(getattr(module, key))(float(value)))
     names = args.strategies.split(",")
     pause, _, charge = (args.churn or "").partition(",")
     churn = {} if args.churn is None else {"min_pause_s": float(pause), "min_charge_s": float(charge or pause)}
     strategies.FACTORIES["our LP + allocator"] = lambda: strategies.make_lp_plus_allocator(**churn)
+    forecast_sites = set(args.forecast_sites.split(",")) if args.forecast_days else set()
     for variant, scale, sleepy in (("normal", 1.0, 0.0), ("tight", args.tight, 0.0), ("sleepy", 1.0, args.sleepy)):
         if variant == "sleepy" and not sleepy:
             continue
@@ -66,10 +75,31 @@ def worker(args: argparse.Namespace) -> None:
                 day = dataclasses.replace(base, capacity_a=base.capacity_a * scale)
                 requested = sum(c.energy_wh for c in day.cars)
                 bound = upper_bound_wh(day, args.step_s) / requested
+                if kind in forecast_sites:
+                    history = past_sessions(kind, seed, args.forecast_days, args.forecast_scale)
+                    strategies.FACTORIES["our LP + allocator"] = lambda h=history: strategies.make_lp_plus_allocator(
+                        **churn, history=h, history_days=args.forecast_days)
                 for name in names:
                     r = simulate(day, name, step_s=args.step_s, sleepy_share=sleepy)
                     print(json.dumps({"variant": variant, "site": kind, "seed": seed, "strategy": name,
                                       "bound": bound, "balancer": plan_module.__file__, **r}), flush=True)
+
+
+def past_sessions(kind: str, seed: int, days: int, scale: float = 1.0) -> list[Any]:
+    """The site's own history for the arrival forecast: ``days`` other days of the same kind (seeds
+    no measured day uses), laid on the days before the measured one; energies times ``scale``."""
+    from datetime import timedelta
+
+    from bench.scenarios import generate
+    from forecast.arrivals import PastSession
+
+    out = []
+    for j in range(1, days + 1):
+        day = generate(kind, 100_000 + 100 * seed + j)
+        shift = timedelta(days=j)
+        out += [PastSession(c.arrival - shift, c.departure - shift, c.energy_wh * scale,
+                            (True, c.phases == 3, c.phases == 3), c.max_current_a) for c in day.cars]
+    return out
 
 
 def run_worker(root: str, label: str, strategy_names: str, args: argparse.Namespace,
@@ -150,13 +180,36 @@ def main() -> None:
     parser.add_argument("--sites", default=",".join(SITES))
     parser.add_argument("--baseline-rev", default="main")
     parser.add_argument("--set", action="append", help="planner constant for this checkout, e.g. PROTECT_SHARE=0")
+    parser.add_argument("--forecast-days", type=int, default=0,
+                        help="plan with the arrival forecast from this many past days of the site (0: without)")
+    parser.add_argument("--forecast-sites", default="carpark", help="sites planned with the arrival forecast")
+    parser.add_argument("--forecast-scale", type=float, default=1.0, help="reserve this share of the forecast")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--strategies", default="our LP + allocator", help=argparse.SUPPRESS)
     parser.add_argument("--churn", default=None, help=argparse.SUPPRESS)  # "min_pause_s[,min_charge_s]"
+    parser.add_argument("--rows", action="append", metavar="LABEL=FILE",
+                        help="tabulate the JSON lines of earlier --worker runs instead of running (repeatable); "
+                             "their 'our LP + allocator' rows are named LABEL")
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.rows:
+        rows, order = [], list(CLASSIC)
+        for item in args.rows:
+            label, _, path = item.partition("=")
+            for line in Path(path).read_text().splitlines():
+                if line.startswith("{"):
+                    row = json.loads(line)
+                    if row["strategy"] == "our LP + allocator":
+                        row["strategy"] = label
+                    rows.append(row)
+            order.append(label)
+        agg = aggregate(rows)
+        print(table(agg, list(dict.fromkeys(order))))
+        print()
+        print(json.dumps({"|".join(k): v for k, v in agg.items()}))
         return
     today = f"our LP + allocator ({args.baseline_rev})"
     ours = "our LP + allocator (this branch)"

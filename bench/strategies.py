@@ -106,9 +106,10 @@ def allocator_alone(p: Present) -> np.ndarray:
     return allocate(_request(p, None)).limit_a
 
 
-def lp_plus_allocator(p: Present, guard: Any = None) -> np.ndarray:
+def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, history_days: float = 1.0) -> np.ndarray:
     """Online: plan the cars present now over the rest of the day, allocate with the plan's target
-    (through the controller's ``min_pause_s`` / ``min_charge_s`` guard when one is given)."""
+    (through the controller's ``min_pause_s`` / ``min_charge_s`` guard when one is given; with the
+    capacity ahead less the arrivals expected from ``history``, ``forecast.arrivals``, when given)."""
     topo = p.topology
     slot_start = p.now
     extra: dict[str, Any] = {}
@@ -124,7 +125,14 @@ def lp_plus_allocator(p: Present, guard: Any = None) -> np.ndarray:
         # Without the minimum-current MIP (``mip_s`` 0, where the checkout knows it): 288 replans a
         # day at up to MIP_MAX_S each; bench/quality_mip.py measures what it adds.
         mip = {"mip_s": 0.0} if "mip_s" in plan.__code__.co_varnames else {}
-        outcome = plan(topo, p.capacity_ahead, sessions, slot_start, budget_s=5.0, **mip)
+        capacity = p.capacity_ahead
+        if history:
+            from forecast.arrivals import RESERVE_SHARE, expected_load_a
+
+            reserve = RESERVE_SHARE * expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
+            capacity = capacity.copy()
+            capacity[1:] = np.maximum(capacity[1:] - reserve[1:], 0.0)  # the slot of now: the cars here
+        outcome = plan(topo, capacity, sessions, slot_start, budget_s=5.0, **mip)
         if outcome.plan is not None:
             target = np.where(p.here, outcome.plan.first_slot(), np.nan)
     if guard is not None:
@@ -132,15 +140,15 @@ def lp_plus_allocator(p: Present, guard: Any = None) -> np.ndarray:
     return allocate(_request(p, target)).limit_a
 
 
-def make_lp_plus_allocator(min_pause_s: float | None = None,
-                           min_charge_s: float | None = None) -> Callable[[Present], np.ndarray]:
+def make_lp_plus_allocator(min_pause_s: float | None = None, min_charge_s: float | None = None,
+                           history: Any = None, history_days: float = 1.0) -> Callable[[Present], np.ndarray]:
     """``lp_plus_allocator`` with a churn guard of its own (defaults: the controller's); a
     balancer without ``balancer.churn`` (an older checkout measured as the baseline) gets none."""
     from balancer.model import ControlSettings
 
     defaults = ControlSettings()
     if not hasattr(defaults, "min_pause_s"):
-        return lp_plus_allocator
+        return lambda p: lp_plus_allocator(p, None, history, history_days)
     from balancer.churn import ChurnGuard
     pause = defaults.min_pause_s if min_pause_s is None else min_pause_s
     charge = defaults.min_charge_s if min_charge_s is None else min_charge_s
@@ -148,7 +156,7 @@ def make_lp_plus_allocator(min_pause_s: float | None = None,
 
     def run(p: Present) -> np.ndarray:
         guard = guards.setdefault(0, ChurnGuard(p.topology.n_chargers, pause, charge))
-        return lp_plus_allocator(p, guard)
+        return lp_plus_allocator(p, guard, history, history_days)
 
     return run
 

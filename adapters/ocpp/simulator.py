@@ -79,6 +79,10 @@ class SimCar:
     phases: int = 3
     iso15118: bool = False
     battery_wh: float = 60000.0
+    sleeps_after_pause_s: float | None = None
+    """A car that falls asleep (as Renault Zoe, Dacia Spring, Fiat 500e are reported to): offered
+    less than its minimum for this long [s] (0: at once), it stops for the rest of its session and
+    draws nothing whatever the limit, reporting ``SuspendedEV``. None: it always resumes."""
 
 
 @dataclass
@@ -268,6 +272,10 @@ class SimulatedCharger:
         self.variables: dict[tuple[str, str], str] = {}
         """Device-model / configuration values the CSMS wrote (component or "" for 1.6, name)."""
         self._last_meter: datetime | None = None
+        self.asleep = False
+        """The car fell asleep (``SimCar.sleeps_after_pause_s``); reported once as SuspendedEV."""
+        self._paused_since: datetime | None = None
+        self._asleep_told = False
         self._last_tick: datetime | None = None
         self._last_heartbeat = 0.0
         self._rng = random.Random(seed)
@@ -444,6 +452,9 @@ class SimulatedCharger:
             now = self.clock()
             self._advance(now)
             await self._session_events(now)
+            if self.asleep and not self._asleep_told and self.transaction_id is not None:
+                self._asleep_told = True
+                await self._tell_asleep(now)
             if self._last_meter is None or (now - self._last_meter).total_seconds() >= self.meter_interval_s:
                 self._last_meter = now
                 if self.transaction_id is not None:
@@ -464,14 +475,18 @@ class SimulatedCharger:
 
     def _target_draw(self, now: datetime) -> float:
         car = self.car
-        if car is None or self.transaction_id is None or self.done:
+        if car is None or self.transaction_id is None or self.done or self.asleep:
             return 0.0
         limit = self.limit_now(now)
         if self.misbehaviour.ignores_profiles or limit is None:
             limit = self.max_current_a
         draw = min(limit, car.max_current_a, self.max_current_a)
         if draw < car.min_current_a:
+            self._paused_since = self._paused_since or now
+            after = car.sleeps_after_pause_s
+            self.asleep = after is not None and (now - self._paused_since).total_seconds() >= after
             return 0.0
+        self._paused_since = None
         soc = min(1.0, self.session_wh / max(car.energy_wh, 1.0))
         if soc > 0.8:  # the battery tapers the last fifth of the session
             draw = max(car.min_current_a, draw * (1.0 - soc) / 0.2)
@@ -580,6 +595,13 @@ class SimulatedCharger:
         if self.transaction_id is not None and self.transaction_id == transaction_id:
             await self._stop_transaction(self.clock(), "Remote")
 
+    async def _tell_asleep(self, now: datetime) -> None:
+        """The car stopped of its own accord: SuspendedEV (1.6 status, 2.0.1 charging state)."""
+        if self.protocol == "ocpp1.6":
+            await self._cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="SuspendedEV"))
+        else:
+            await self._send_meter(now, "ChargingStateChanged")
+
     def _sampled(self) -> list[dict[str, Any]]:
         car = self.car
         phases = min(car.phases, 3) if car else 3
@@ -611,7 +633,8 @@ class SimulatedCharger:
             await self._cp.call(call201.TransactionEvent(
                 event_type="Updated", timestamp=_iso(now), trigger_reason=trigger_reason, seq_no=next(self._tx_seq),
                 transaction_info={"transaction_id": self.transaction_id,
-                                  "charging_state": "Charging" if self.draw_a > 0 else "SuspendedEVSE"},
+                                  "charging_state": "Charging" if self.draw_a > 0 else
+                                  "SuspendedEV" if self.asleep else "SuspendedEVSE"},
                 meter_value=[self._meter_value(now)]))
 
     # ----------------------------------------------------------------- profiles in

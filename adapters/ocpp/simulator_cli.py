@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,9 +21,12 @@ def build_fleet(args: Any) -> Fleet:
     for i in range(args.chargers):
         protocol = args.protocol if args.protocol != "mixed" else ("ocpp1.6" if i % 2 == 0 else "ocpp2.0.1")
         phases = 1 if i % 4 == 3 else 3
+        # --sleepy: this share of the cars (the same ones every run) falls asleep after a pause.
+        sleepy = random.Random(i).random() < getattr(args, "sleepy", 0.0)
         car = SimCar(arrival=now + timedelta(seconds=i % 60), departure=now + timedelta(hours=8),
                      energy_wh=20000.0 / (3 / phases), max_current_a=32.0 if i % 2 else 16.0, phases=phases,
-                     iso15118=protocol == "ocpp2.0.1" and i % 3 == 0)
+                     iso15118=protocol == "ocpp2.0.1" and i % 3 == 0,
+                     sleeps_after_pause_s=getattr(args, "sleep_after_s", 0.0) if sleepy else None)
         chargers.append(SimulatedCharger(f"{args.prefix}{i + 1:03d}", args.url, protocol=protocol, car=car,
                                          password=args.password, meter_interval_s=args.meter_interval, tick_s=0.5,
                                          seed=i))
@@ -68,6 +72,7 @@ async def _run(args: Any) -> int:
     for c in fleet.chargers:
         last = c.profile_log[-1] if c.profile_log else None
         print(f"  {c.charger_id} {c.protocol:9s} energy {c.energy_wh / 1000:6.2f} kWh  profiles {len(c.profile_log):3d}"
+              f"{'  asleep' if c.asleep else ''}"
               f"  last {last['purpose'] + ' ' + str(last['limits'][:3]) + ' ' + last['result'] if last else '-'}")
     return 0
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 
 from balancer import plan as plan_module
+from balancer import plan_model
 from balancer.allocate import node_load_a
 from balancer.model import Charger, Circuit, Site
 from balancer.plan import PlanSession, build_model, meet_minimums, plan, slot_blocks
@@ -238,7 +239,7 @@ def rounding_wh(topo: Topology, sessions: list[PlanSession]) -> float:
 
 def hourly_decisions(on: bool) -> Any:
     """Force hourly decisions past fine_slots on a model this small (size threshold 0), or not."""
-    return mock.patch.object(plan_module, "HOURLY_ABOVE_PAIRS", 0 if on else plan_module.HOURLY_ABOVE_PAIRS)
+    return mock.patch.object(plan_model, "HOURLY_ABOVE_PAIRS", 0 if on else plan_model.HOURLY_ABOVE_PAIRS)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -264,8 +265,8 @@ def test_plan_invariants_and_optimum_against_linprog(site: Site, data: st.DataOb
     if not hourly and all(topo.min_current_a[topo.index(s.charger_id)] == 0 for s in sessions):
         # The protected share of each need may be bought with at most (PROTECT_WEIGHT - 1) Wh of
         # other cars' energy per Wh (module docstring): the stated bound of that trade.
-        protected = sum(s.energy_wh for s in sessions) * plan_module.PROTECT_SHARE
-        traded = (plan_module.PROTECT_WEIGHT - 1.0) * protected
+        protected = sum(s.energy_wh for s in sessions) * plan_model.PROTECT_SHARE
+        traded = (plan_model.PROTECT_WEIGHT - 1.0) * protected
         assert got >= best - rounding_wh(topo, sessions) - traded - 1e-6, (got, best, capacity[:, 0].tolist())
 
 

@@ -8,7 +8,7 @@ from unittest import mock
 
 import numpy as np
 
-from balancer import plan as plan_module
+from balancer import plan_model
 from balancer.control import Controller, slot_floor
 from balancer.events import ChargerOnline, NeedsUpdated, SessionStarted
 from balancer.model import Charger, ControlSettings, Site
@@ -83,12 +83,15 @@ def one_and_three_phase(grid_limit_a: float = 16.0) -> Topology:
 
 def test_a_single_phase_car_on_the_short_phase_keeps_its_protected_share() -> None:
     # 16 A per phase for 4 h: every ampere of L1 gives the three-phase car three times the energy,
-    # so energy first planned the single-phase car 0 Wh. (The protected share is off by default,
-    # see PROTECT_SHARE; this is what it does when set.)
+    # so energy first planned the single-phase car 0 Wh. By default it keeps 1/16 of its request
+    # (at most 0.5 kWh); without the cap 1/16 of 10 kWh.
     topo = one_and_three_phase()
     sessions = [PlanSession("CP0", T0, T0 + timedelta(hours=4), 10000.0, phases=1),
                 PlanSession("CP1", T0, T0 + timedelta(hours=4), 44000.0)]
-    with mock.patch.object(plan_module, "PROTECT_SHARE", 1 / 16):
+    out = plan(topo, np.full((96, 3), 16.0), sessions, T0)
+    assert out.plan is not None
+    assert 500.0 - 6.0 * 230.0 * 0.25 <= out.plan.planned_wh["CP0"] <= 500.0 + 500.0
+    with mock.patch.object(plan_model, "PROTECT_MAX_WH", float("inf")):
         out = plan(topo, np.full((96, 3), 16.0), sessions, T0)
     assert out.plan is not None
     protected = 10000.0 / 16
@@ -173,3 +176,34 @@ def test_the_minimum_current_mip_plans_what_the_post_processing_loses() -> None:
     assert np.all(mip.plan.limit_a.sum(axis=0) <= 20.0 + 1e-9)
     assert np.all((mip.plan.limit_a == 0) | (mip.plan.limit_a >= 6.0))
     assert all(mip.plan.planned_wh[s.charger_id] <= s.energy_wh + 1e-6 for s in sessions)
+
+
+def test_a_car_leaving_at_0535_gets_the_0530_slot() -> None:
+    # The car leaving at 05:35 can take 32 A for 5 minutes; the car staying takes the 10 minutes
+    # after. Counting the leaving car's current against the whole slot, the plan gave the slot to
+    # the staying car (a full slot of energy per ampere against a third) and the leaving car 0.
+    at = datetime(2026, 3, 3, 5, 30, tzinfo=UTC)
+    topo = Topology.from_site(small_site(grid_limit_a=32.0))
+    for now in (at, at + timedelta(minutes=2)):
+        sessions = [PlanSession("CP0", now, at + timedelta(minutes=5), 20000.0),
+                    PlanSession("CP1", now, at + timedelta(hours=2), 80000.0)]
+        out = plan(topo, np.full((96, 3), 32.0), sessions, at)
+        assert out.plan is not None
+        # The slot's limits still fit the site at once: the staying car keeps its minimum (6 A),
+        # the leaving car gets the rest (26 A less the 0.1 A step), before its departure.
+        limit = out.plan.limit_a[:, 0]
+        assert limit[0] >= 32.0 - 6.0 - 0.1 and limit[1] == 6.0 and limit.sum() <= 32.0
+        hours = (at + timedelta(minutes=5) - now).total_seconds() / 3600
+        assert np.isclose(out.plan.planned_wh["CP0"], limit[0] * 3 * 230.0 * hours)
+
+
+def test_a_car_leaving_at_0535_charges_online_until_it_leaves() -> None:
+    at = datetime(2026, 3, 3, 5, 30, tzinfo=UTC)
+    ctrl = Controller(small_site(grid_limit_a=32.0))
+    ctrl.set_capacity(slot_floor(at), np.full((96, 3), 32.0), ["forecast"] * 96)
+    start_cars(ctrl, at - timedelta(hours=6))
+    ctrl.handle(NeedsUpdated("CP0", at, energy_wh=20000.0, departure=at + timedelta(minutes=5)))
+    ctrl.handle(NeedsUpdated("CP1", at, energy_wh=80000.0, departure=at + timedelta(hours=2)))
+    replan(ctrl, at)
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(at)}
+    assert limits["CP0"] >= 25.9 and np.isclose(limits["CP1"], 32.0 - limits["CP0"])
