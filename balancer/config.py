@@ -19,6 +19,7 @@ from balancer.model import (
     PHASES,
     ROTATIONS,
     CapacityProviderSettings,
+    ClusterSettings,
     Charger,
     Circuit,
     Config,
@@ -299,6 +300,12 @@ _TOP = {
     "ocpi": _Field("any"),
     "control": _Field("any", default={}),
     "state_dir": _Field("str", default="./state"),
+    "cluster": _Field("any"),
+}
+_CLUSTER = {
+    "postgres_url": _Field("str", required=True),
+    "nats_url": _Field("str", required=True),
+    "instance_id": _Field("str", required=True, ident=True),
 }
 
 
@@ -627,11 +634,26 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         influx = _section(top["influxdb"], _INFLUX, "influxdb", problems, InfluxSettings)
     control = _section(top["control"], _CONTROL, "control", problems, ControlSettings)
     ocpi = None if top["ocpi"] is None else _parse_ocpi(top["ocpi"], problems, {s.id for s in sites})
+    cluster = None if top["cluster"] is None else _parse_cluster(top["cluster"], problems)
     if problems:
         raise InvalidConfig(problems)
     assert ocpp is not None and http is not None and oscp is not None and control is not None
     return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx, ocpi=ocpi,
-                  control=control, state_dir=top["state_dir"])
+                  control=control, state_dir=top["state_dir"], cluster=cluster)
+
+
+def _parse_cluster(raw: Any, problems: list[Problem]) -> ClusterSettings | None:
+    """The ``cluster`` section (DESIGN 3.12): where PostgreSQL and NATS are, and who this instance is."""
+    before = len(problems)
+    got = _read_mapping(raw, _CLUSTER, "cluster", problems)
+    if got is None:
+        return None
+    for key, schemes in (("postgres_url", ("postgresql://", "postgres://")), ("nats_url", ("nats://", "tls://"))):
+        if isinstance(got[key], str) and not got[key].startswith(schemes):
+            problems.append(Problem(f"cluster.{key}", f"must start with {' or '.join(schemes)}, got {got[key]!r}"))
+    if isinstance(got["instance_id"], str) and not got["instance_id"]:
+        problems.append(Problem("cluster.instance_id", "must not be empty"))
+    return ClusterSettings(**got) if len(problems) == before and _complete(got, _CLUSTER) else None
 
 
 def summary(config: Config) -> str:
