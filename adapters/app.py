@@ -45,6 +45,7 @@ from adapters.oscp.provider import FlexibilityProvider
 from adapters.planner_worker import planner_executor
 from adapters.prometheus import service_metrics_text
 from adapters.store import StateStore, private_dir
+from adapters.store_port import Store
 from balancer.control import SLOT_S, Controller, PlanRequest, SiteStatus, slot_floor
 from balancer.errors import InvalidInput
 from balancer.events import (
@@ -94,7 +95,13 @@ class Service:
         self.interval_s = control_interval_s or config.control.interval_s
         self.state_dir = Path(config.state_dir)
         private_dir(self.state_dir)
-        self.store = StateStore(self.state_dir / "state.sqlite")
+        self.cluster: Any = None  # cluster mode (DESIGN 3.12): PostgreSQL state, site ownership
+        if config.cluster is not None:
+            from adapters.cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(config, self)
+        self.store: Store = self.cluster.store if self.cluster is not None else StateStore(
+            self.state_dir / "state.sqlite")
         self.controllers: dict[str, Controller] = {}
         for site in config.sites:
             controller = Controller(site, config.control)
@@ -179,6 +186,8 @@ class Service:
             await self.influx.start()
         if self.oscp_client is not None:
             await self.oscp_client.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         self._tasks.append(asyncio.create_task(self._control_loop(), name="control-loop"))
         self._tasks.append(asyncio.create_task(self._persist_loop(), name="persist-loop"))
         if self.config_path is not None:
@@ -196,6 +205,8 @@ class Service:
         for task in list(self._push_tasks):
             task.cancel()
         self._persist()
+        if self.cluster is not None:
+            await self.cluster.stop()  # after the last snapshot: the next owner reads it
         await self.meters.stop()
         await self.ocpp.stop()
         if self.ocpi is not None:
@@ -268,6 +279,8 @@ class Service:
                 return
             started = time.perf_counter()
             for site_id in list(self.controllers):
+                if self.cluster is not None and not self.cluster.controls(site_id):
+                    continue  # another instance controls it (or nobody yet: failsafe profiles hold)
                 try:
                     self._step(site_id)
                 except Exception:  # one bad step must not stop the control loop
@@ -297,6 +310,8 @@ class Service:
         if schedules:
             task = asyncio.create_task(self.ocpp.apply(schedules))
             self._push_tasks.add(task)
+            if self.cluster is not None:
+                self.cluster.track_push(site_id, task)
             task.add_done_callback(self._push_done)
             if self._urgent:
                 return
@@ -452,7 +467,8 @@ class Service:
         """Write every controller's snapshot (and whatever else is pending); never raises."""
         try:
             for site_id, controller in self.controllers.items():
-                self.store.put_json(f"controller:{site_id}", controller.snapshot(), flush=False)
+                if self.cluster is None or self.cluster.controls(site_id):  # only its owner writes a site
+                    self.store.put_json(f"controller:{site_id}", controller.snapshot(), flush=False)
             ok = self.store.flush()
         except Exception:  # a snapshot bug must not end the persist loop; the next round tries again
             log.exception("state snapshot failed")
@@ -490,10 +506,11 @@ class Service:
             return False
         if {s.id for s in new.sites} != set(self.controllers) or new.state_dir != self.config.state_dir \
                 or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port \
-                or (new.ocpi is None) != (self.ocpi is None):
+                or (new.ocpi is None) != (self.ocpi is None) or new.cluster != self.config.cluster:
             self.counters["config_rejected"] += 1
-            log.error("config reload refused: sites, ports, state_dir and adding or removing ocpi need a restart")
-            self._config_event(ok=False, result="sites, ports, state_dir and adding or removing ocpi need a restart")
+            why = "sites, ports, state_dir, cluster and adding or removing ocpi need a restart"
+            log.error("config reload refused: %s", why)
+            self._config_event(ok=False, result=why)
             return False
         for site in new.sites:
             self.controllers[site.id].reconfigure(site)
@@ -549,6 +566,7 @@ class Service:
             "plan_message": controller.plan_message,
             **meter_fields(status),
             "chargers": chargers,
+            **({} if self.cluster is None else {"owner": self.cluster.owner(site_id)}),
         }
 
     def plan_json(self, site_id: str) -> dict[str, Any] | None:
@@ -573,6 +591,12 @@ class Service:
             hourly = result.hourly_from_slot
             body["hourly_from_slot"] = None if hourly is None else max(hourly - offset, 0)
         return body
+
+    def site_gained(self, site_id: str) -> None:
+        """This instance now controls ``site_id`` (cluster mode): decide and push it right away."""
+        self._refresh_capacity(self.controllers[site_id], self.now())
+        self._urgent = True
+        self._wake.set()
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
                   max_current_a: float | None, phases: int | None) -> None:
@@ -600,7 +624,8 @@ class Service:
                 "uptime_s": round(time.monotonic() - self._started_at, 1), "sites": len(self.controllers),
                 "state_age_seconds": round(max(now - store.saved_at, 0.0), 3),
                 "state_saved_at": datetime.fromtimestamp(store.saved_at, UTC).isoformat(),
-                "state_pending_writes": store.pending, "state_write_failures": store.failures}
+                "state_pending_writes": store.pending, "state_write_failures": store.failures,
+                **({} if self.cluster is None else {"cluster": self.cluster.status()})}
 
     def metrics_text(self) -> str:
         return service_metrics_text(self, self.now())

@@ -54,7 +54,7 @@ from adapters.ocpi.messages import (
     parse_set_profile,
     parse_url,
 )
-from adapters.store import StateStore
+from adapters.store_port import Store
 from balancer.control import ChargerState, Controller
 from balancer.events import Event, ExternalCapSet, NeedsUpdated, ProfileResult, SessionStarted, SessionStopped
 from balancer.model import Config, OcpiSettings
@@ -104,7 +104,7 @@ def _hash(token: str) -> str:
 class OcpiCpo:
     """The CPO side of OCPI for one service (see the module docstring)."""
 
-    def __init__(self, config: Config, store: StateStore, controllers: dict[str, Controller],
+    def __init__(self, config: Config, store: Store, controllers: dict[str, Controller],
                  on_event: Callable[[Event], None], now: Callable[[], datetime]) -> None:
         assert config.ocpi is not None
         self.settings: OcpiSettings = config.ocpi

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from adapters.clock import utc_now
-from adapters.store import StateStore
+from adapters.store_port import Store
 from balancer.model import Config
 from forecast.blocks import CapacityForecast
 from forecast.book import ForecastBook
@@ -39,7 +39,7 @@ def heartbeat_interval_s(required_behaviour: Any) -> float | None:
 class FlexibilityProvider:
     """Holds each site's ``ForecastBook``; every accepted change is stored before it is used."""
 
-    def __init__(self, config: Config, store: StateStore, *, now: Callable[[], datetime] = utc_now,
+    def __init__(self, config: Config, store: Store, *, now: Callable[[], datetime] = utc_now,
                  on_capacity_changed: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.store = store
@@ -47,13 +47,17 @@ class FlexibilityProvider:
         self.on_capacity_changed = on_capacity_changed or (lambda site_id: None)
         self.books: dict[str, ForecastBook] = {}
         for site in config.sites:
-            raw = store.get_json(f"forecast:{site.id}")
-            self.books[site.id] = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
+            self.reload(site.id)
         self.registration: dict[str, Any] = store.get_json("oscp:registration") or {}
         self.required_behaviour: dict[str, Any] = store.get_json("oscp:required_behaviour") or {}
         self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0}
         self.on_handshake: Callable[[dict[str, Any], str | None], None] | None = None
         self.on_register: Callable[[dict[str, Any]], None] | None = None
+
+    def reload(self, site_id: str) -> None:
+        """Take the site's book from the store (in a cluster, another instance may have written it)."""
+        raw = self.store.get_json(f"forecast:{site_id}")
+        self.books[site_id] = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
 
     def update_config(self, config: Config) -> None:
         self.config = config
