@@ -7,9 +7,11 @@ keys this instance changed are written, so instances writing different keys (eac
 owns) never overwrite each other; ``refresh()`` reads keys again that another instance may have
 written (a site's state when it is taken over).
 
-Calls are synchronous, from the event loop's thread, like SQLite's: the connection has short
-client-side timeouts (``connect_timeout``, ``tcp_user_timeout``, ``statement_timeout``), so a
-database that went away costs a write at most a few seconds, and control goes on from memory.
+Calls are synchronous, from the event loop's thread, like SQLite's, but the database work runs
+on one writer thread and the caller waits at most ``WAIT_S`` for it: a database that went away
+(or a route that silently drops packets) costs one call that long, later calls fail at once while
+that write is still stuck, and control goes on from memory. The connection also has short
+timeouts of its own (``connect_timeout``, ``tcp_user_timeout``, ``statement_timeout``).
 
 Outbox ids: each start draws a block from the ``outbox_block`` sequence and numbers its messages
 ``block << 32 | n``, so ids are unique across instances and grow within one. Each instance
@@ -22,6 +24,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import psycopg
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 3
 TCP_USER_TIMEOUT_MS = 3000
 STATEMENT_TIMEOUT_MS = 5000
+WAIT_S = 1.0
+"""How long a call waits for the database before it reports a fault and goes on from memory."""
 
 
 def connect(url: str, *, application_name: str = "balancer", autocommit: bool = True) -> psycopg.Connection[Any]:
@@ -66,6 +72,8 @@ class PgStore:
         self._kv_pending: set[str] = set()
         self._outbox: dict[int, OutboxItem] = {}
         self._outbox_pending: set[int] = set()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-store")
+        self._busy: Future[Any] | None = None  # the database call under way (maybe stuck)
         self._db: psycopg.Connection[Any] | None = connect(url, application_name=f"balancer-store:{instance_id}")
         migrate(self._db)
         self._kv = {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM kv").fetchall()}
@@ -78,9 +86,25 @@ class PgStore:
 
     def close(self) -> None:
         self.flush()
+        busy = self._busy
+        if busy is None or busy.done():
+            self._worker.submit(self._close_connection).result(timeout=WAIT_S * 5)
+        self._worker.shutdown(wait=False)
+
+    def _close_connection(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def _call(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on the writer thread; waits ``WAIT_S`` at most (raises TimeoutError then)."""
+        if self._busy is not None and not self._busy.done():
+            raise TimeoutError("the previous database call is still under way")
+        self._busy = self._worker.submit(work)
+        try:
+            return self._busy.result(timeout=WAIT_S)
+        except FutureTimeout:
+            raise TimeoutError(f"no answer from PostgreSQL within {WAIT_S:g} s") from None
 
     # ----------------------------------------------------------------- key-value
     def get_json(self, key: str) -> Any:
@@ -112,16 +136,23 @@ class PgStore:
         database did not answer (memory unchanged).
         """
         wanted = set(keys)
-        try:
+        pattern = None if prefix is None else \
+            prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+        def read() -> list[tuple[Any, ...]]:
             db = self._connection()
             rows = db.execute("SELECT key, value FROM kv WHERE key = ANY(%s)", (sorted(wanted),)).fetchall()
-            if prefix is not None:
-                pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            if pattern is not None:
                 rows += db.execute("SELECT key, value FROM kv WHERE key LIKE %s", (pattern,)).fetchall()
-                wanted |= {k for k in self._kv if k.startswith(prefix)}
-        except (psycopg.Error, OSError) as exc:
+            return rows
+
+        try:
+            rows = self._call(read)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
             self._failed(exc, self.clock())
             return False
+        if prefix is not None:
+            wanted |= {k for k in self._kv if k.startswith(prefix)}
         found = {str(k): str(v) for k, v in rows}
         for key in wanted - self._kv_pending:
             if key in found:
@@ -182,8 +213,14 @@ class PgStore:
         now = self.clock()
         try:
             if self._kv_pending or self._outbox_pending:
-                self._write(self._connection(), now)
-        except (psycopg.Error, OSError) as exc:
+                upserts = [(key, self._kv[key], now) for key in sorted(self._kv_pending) if key in self._kv]
+                deletes = [key for key in self._kv_pending if key not in self._kv]
+                gone = [i for i in sorted(self._outbox_pending) if i not in self._outbox]
+                kept = [(item.id, self.instance_id, item.path, json.dumps(item.body), json.dumps(item.headers),
+                         item.attempts, item.next_try, item.created)
+                        for item in (self._outbox.get(i) for i in sorted(self._outbox_pending)) if item is not None]
+                self._call(lambda: self._write(self._connection(), upserts, deletes, gone, kept))
+        except (psycopg.Error, OSError, TimeoutError) as exc:
             self._failed(exc, now)
             return False
         self._kv_pending.clear()
@@ -196,21 +233,18 @@ class PgStore:
             self.fault_since = None
         return True
 
-    def _write(self, db: psycopg.Connection[Any], now: float) -> None:
-        upserts = [(key, self._kv[key], now) for key in sorted(self._kv_pending) if key in self._kv]
-        deletes = [key for key in self._kv_pending if key not in self._kv]
-        rows = [self._outbox.get(i) for i in sorted(self._outbox_pending)]
+    @staticmethod
+    def _write(db: psycopg.Connection[Any], upserts: list[tuple[str, str, float]], deletes: list[str],
+               gone: list[int], kept: list[tuple[Any, ...]]) -> None:
+        """One transaction (on the writer thread, from copies: memory may change meanwhile)."""
         with db.transaction(), db.cursor() as cur:
             if upserts:
                 cur.executemany("INSERT INTO kv (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key) "
                                 "DO UPDATE SET value = excluded.value, updated = excluded.updated", upserts)
             if deletes:
                 cur.execute("DELETE FROM kv WHERE key = ANY(%s)", (deletes,))
-            gone = [i for i, item in zip(sorted(self._outbox_pending), rows, strict=True) if item is None]
             if gone:
                 cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", (gone,))
-            kept = [(item.id, self.instance_id, item.path, json.dumps(item.body), json.dumps(item.headers),
-                     item.attempts, item.next_try, item.created) for item in rows if item is not None]
             if kept:
                 cur.executemany(
                     "INSERT INTO outbox (id, instance_id, path, body, headers, attempts, next_try, created) "

@@ -14,7 +14,6 @@ import pytest
 
 from adapters.store import StateStore
 from adapters.store_port import Store
-from tests.cluster_fixtures import pg_server, pg_url  # noqa: F401 (fixtures)
 from tests.disk import fill, small_tmpfs
 
 
