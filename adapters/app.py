@@ -115,7 +115,8 @@ class Service:
 
             self.ocpi = OcpiCpo(config, self.store, self.controllers, self._on_event, now)
         self.fp = FlexibilityProvider(config, self.store, now=now, on_capacity_changed=self._capacity_changed)
-        self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
+        self.ocpp = OcppServer(config, on_event=self._on_event if self.cluster is None else self.cluster.route_event,
+                               now=now)
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink
@@ -308,7 +309,8 @@ class Service:
         self._maybe_replan(site_id, controller, now)
         schedules = controller.decide(now)
         if schedules:
-            task = asyncio.create_task(self.ocpp.apply(schedules))
+            task = asyncio.create_task(self.ocpp.apply(schedules) if self.cluster is None
+                                       else self.cluster.apply(site_id, schedules))
             self._push_tasks.add(task)
             if self.cluster is not None:
                 self.cluster.track_push(site_id, task)
@@ -604,9 +606,11 @@ class Service:
         if not site_id:
             raise KeyError(charger_id)
         state = self.controllers[site_id].states[charger_id]
-        if state.transaction_id is None:
+        owner_here = self.cluster is None or self.cluster.controls(site_id)
+        if owner_here and state.transaction_id is None:  # another instance's owner checks for itself
             raise ValueError(f"charger {charger_id!r} has no running session")
-        self._on_event(NeedsUpdated(charger_id=charger_id, at=self.now(), energy_wh=energy_wh,
+        route = self._on_event if self.cluster is None else self.cluster.route_api_event
+        route(NeedsUpdated(charger_id=charger_id, at=self.now(), energy_wh=energy_wh,
                                     departure=departure, max_current_a=max_current_a, phases=phases,
                                     source="api"))
 

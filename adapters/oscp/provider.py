@@ -51,6 +51,10 @@ class FlexibilityProvider:
         self.registration: dict[str, Any] = store.get_json("oscp:registration") or {}
         self.required_behaviour: dict[str, Any] = store.get_json("oscp:required_behaviour") or {}
         self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0}
+        self.before_change: Callable[[str], None] = lambda site_id: None
+        """Cluster mode: read the site's book from the store first (another instance may have changed it)."""
+        self.on_stored: Callable[[str], None] = lambda site_id: None
+        """Cluster mode: the site's book was stored here (its owner reads it again)."""
         self.on_handshake: Callable[[dict[str, Any], str | None], None] | None = None
         self.on_register: Callable[[dict[str, Any]], None] | None = None
 
@@ -69,19 +73,24 @@ class FlexibilityProvider:
         return None
 
     def accept_forecast(self, site_id: str, forecast: CapacityForecast) -> None:
+        self.before_change(site_id)
         book = self.books[site_id]
         book.accept(forecast, self.now())
         self.store.put_json(f"forecast:{site_id}", book.to_json())
+        self.on_stored(site_id)
         self.counters["forecasts"] += 1
         self.on_capacity_changed(site_id)
 
     def heartbeat(self, offline_mode_at: datetime) -> None:
         """A heartbeat from the grid operator: one link for every site of this deployment."""
         now = self.now()
-        for site_id, book in self.books.items():
+        for site_id in list(self.books):
+            self.before_change(site_id)
+            book = self.books[site_id]
             was_online = book.link.online(now)
             book.link.heartbeat(now, offline_mode_at)
             self.store.put_json(f"forecast:{site_id}", book.to_json())
+            self.on_stored(site_id)
             if not was_online:
                 log.info("grid operator back online for site %s", site_id)
                 self.on_capacity_changed(site_id)
