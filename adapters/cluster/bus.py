@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -189,8 +190,8 @@ class Bus:
             return
         site = token(site_id)
         self._owned[site_id] = [
-            await self.nc.subscribe(f"balancer.site.{site}.events", cb=lambda m: self._event(site_id, m)),
-            await self.nc.subscribe(f"balancer.site.{site}.changed", cb=lambda m: self._changed(site_id, m)),
+            await self.nc.subscribe(f"balancer.site.{site}.events", cb=functools.partial(self._event, site_id)),
+            await self.nc.subscribe(f"balancer.site.{site}.changed", cb=functools.partial(self._changed, site_id)),
         ]
         await self.nc.publish(f"balancer.site.{site}.sync", b"{}")
 

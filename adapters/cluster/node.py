@@ -75,7 +75,12 @@ class ClusterNode:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cluster task failed: %r", task.exception())
 
     # ----------------------------------------------------------------- events in
     def route_event(self, event: Event) -> None:
