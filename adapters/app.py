@@ -542,10 +542,14 @@ class Service:
         controller = self.controllers.get(site_id)
         if controller is None:
             return None
+        if self.cluster is not None:
+            self.cluster.refresh_view(site_id)  # another instance's site: its owner's last snapshot
         status = controller.status(self.now())
         chargers = []
         for c in status.chargers:
             live = self.ocpp.charger_status(c["id"])
+            if self.cluster is not None and not live.get("connected"):
+                live = {}  # connected to another instance, maybe: the owner's view stands
             chargers.append({**c, "protocol": live.get("protocol") or c["protocol"],
                              "connected": bool(live.get("connected", c["connected"])),
                              "obeys": live.get("obeys", c["obeys"]),
@@ -593,6 +597,9 @@ class Service:
             hourly = result.hourly_from_slot
             body["hourly_from_slot"] = None if hourly is None else max(hourly - offset, 0)
         return body
+
+    def refresh_capacity(self, site_id: str) -> None:
+        self._refresh_capacity(self.controllers[site_id], self.now())
 
     def site_gained(self, site_id: str) -> None:
         """This instance now controls ``site_id`` (cluster mode): decide and push it right away."""

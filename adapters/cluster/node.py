@@ -131,6 +131,18 @@ class ClusterNode:
         if not self.controls(site_id) and self.bus is not None:
             self.bus.site_changed(site_id, [f"forecast:{site_id}"])
 
+    def refresh_view(self, site_id: str) -> None:
+        """For the admin API on an instance that does not control the site: the owner's last
+        snapshot (written every 5 s) and the stored forecast book, read again."""
+        if self.controls(site_id):
+            return
+        if self.store.refresh([f"controller:{site_id}", f"forecast:{site_id}"]):
+            saved = self.store.get_json(f"controller:{site_id}")
+            if isinstance(saved, dict):
+                self.service.controllers[site_id].restore(saved)
+            self.service.fp.reload(site_id)
+            self.service.refresh_capacity(site_id)
+
     # ----------------------------------------------------------------- commands out
     async def apply(self, site_id: str, schedules: list[ChargerSchedule]) -> None:
         """Push one decision of an owned site to the chargers' gateways, decreases first everywhere."""

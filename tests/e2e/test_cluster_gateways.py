@@ -73,8 +73,14 @@ async def test_the_owner_controls_chargers_connected_to_another_instance(
         stats = other.get("/healthz")["cluster"]
         assert stats["events_out"] > 0 and stats["commands_in"] > 0
         assert owner.get("/healthz")["cluster"]["events_in"] > 0
-        sites = {s["id"]: s for s in other.get("/api/v1/sites")}
-        assert sites["s0"]["owner"] == owner.instance_id
+        # Both instances show the owner's sessions; the owner also knows where each is connected.
+        expected = [(c.charger_id, c.transaction_id) for c in chargers]
+        for inst in (owner, other):
+            await asyncio.to_thread(wait_for, lambda i=inst: [
+                (c["id"], c["transaction_id"]) for c in i.get("/api/v1/sites/s0")["chargers"]] == expected,
+                10, f"{inst.instance_id}'s view of s0")
+            assert inst.get("/api/v1/sites/s0")["owner"] == owner.instance_id
+        assert all(c["connected"] for c in owner.get("/api/v1/sites/s0")["chargers"])
     finally:
         for c in chargers:
             await c.stop()
