@@ -25,7 +25,7 @@ import pytest
 
 from tests.servers import free_port, require_binary
 
-__all__ = ["NatsServer", "PostgresServer", "pg_binary"]
+__all__ = ["HaProxy", "NatsServer", "PostgresServer", "pg_binary"]
 
 
 def _missing(message: str) -> None:
@@ -123,3 +123,68 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+class HaProxy:
+    """``haproxy`` in front of the instances: one frontend for OCPP websockets, one for HTTP.
+
+    Backends are checked on ``/healthz`` every 0.5 s; a connection to a dead backend is retried on
+    another one (``option redispatch``), so chargers reconnect through it as they would in production.
+    """
+
+    def __init__(self, root: Path, backends: list[tuple[str, int, int]]) -> None:
+        self.binary = require_binary("haproxy")
+        self.root = root
+        self.backends = backends  # (name, ocpp port, http port)
+        self.ocpp_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        ocpp = "\n".join(f"    server {n} 127.0.0.1:{o} check port {h} inter 500ms fall 2 rise 2"
+                         for n, o, h in self.backends)
+        http = "\n".join(f"    server {n} 127.0.0.1:{h} check inter 500ms fall 2 rise 2" for n, _, h in self.backends)
+        return f"""global
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 90s
+    timeout server 90s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend ocpp
+    bind 127.0.0.1:{self.ocpp_port}
+    default_backend ocpp
+frontend api
+    bind 127.0.0.1:{self.http_port}
+    default_backend api
+backend ocpp
+    balance leastconn
+    option httpchk GET /healthz
+{ocpp}
+backend api
+    balance roundrobin
+    option httpchk GET /healthz
+    retry-on conn-failure
+{http}
+"""
+
+    def start(self) -> HaProxy:
+        path = self.root / "haproxy.cfg"
+        path.write_text(self.config())
+        subprocess.run([self.binary, "-c", "-q", "-f", str(path)], check=True)
+        self.proc = subprocess.Popen([self.binary, "-db", "-f", str(path)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.root / "haproxy.log", "ab"))  # noqa: SIM115
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.http_port), 0.5):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("haproxy did not come up")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
