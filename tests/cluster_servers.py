@@ -94,6 +94,7 @@ class NatsServer:
     def __init__(self) -> None:
         self.binary = require_binary("nats-server")
         self.port = free_port()
+        self.monitor_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,7 +102,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
-        self.proc = subprocess.Popen([self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
+        self.proc = subprocess.Popen([self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 20
         while time.monotonic() < end:
