@@ -4,7 +4,8 @@ a forecast reaches the last charger, with 1 and with 3 instances (same run, same
 For each instance count: PostgreSQL (initdb in a temp dir), nats-server, the instances and
 HAProxy in front; a fleet of simulated chargers (every car charging, meter values every
 ``--meter-s``) connects through HAProxy. After a settling time, a window of ``--window`` seconds
-measures the CPU of the instances, of PostgreSQL and of nats-server (psutil), PostgreSQL commits
+measures the CPU of the instances (the cost per charger is what they use above their own
+cost with no charger, measured first), of PostgreSQL and of nats-server (psutil), PostgreSQL commits
 and row writes (``pg_stat_database``) and NATS messages (``/varz``). Then the grid operator lowers
 every site's forecast (through HAProxy, so mostly at instances that do not own the site) and the
 time until every site's chargers hold no more than the new capacity is taken, from the chargers'
@@ -94,6 +95,11 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
         while sum(len(i.controlled() or ()) for i in instances) < n_sites:
             assert time.monotonic() < end, "sites not owned"
             await asyncio.sleep(0.5)
+        inst_procs = [psutil.Process(i.proc.pid) for i in instances if i.proc is not None]
+        idle0 = cpu_s(inst_procs)
+        t_idle = time.monotonic()
+        await asyncio.sleep(min(window_s, 20.0))  # the instances' own cost with no charger
+        idle = (cpu_s(inst_procs) - idle0) / (time.monotonic() - t_idle)
         now = datetime.now(UTC)
         ws = f"ws://127.0.0.1:{proxy.ocpp_port}/ocpp"
         fleet = {f"s{i}": [SimulatedCharger(f"CP{i}-{j}", ws, car=SimCar(
@@ -112,7 +118,6 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
             await asyncio.sleep(0.5)
         await asyncio.sleep(10)  # settle: replans, snapshots
 
-        inst_procs = [psutil.Process(i.proc.pid) for i in instances if i.proc is not None]
         pgp, natsp = pg_procs(pg), [psutil.Process(nats.proc.pid)] if nats.proc else []
         c0 = [cpu_s([p]) for p in inst_procs]
         pg0, n0, (x0, w0), m0 = cpu_s(pgp), cpu_s(natsp), pg_counts(url), nats_msgs(nats)
@@ -135,13 +140,14 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
 
         n = len(chargers)
         inst_cpu = [(b - a) / dt for a, b in zip(c0, c1, strict=True)]
-        per_charger = sum(inst_cpu) / n  # cores per charger
+        per_charger = max(sum(inst_cpu) - idle, 0.0) / n  # cores per charger, above the idle cost
         return {
             "instances": n_instances, "sites": n_sites, "chargers": n, "meter_interval_s": meter_s,
             "window_s": round(dt, 1),
             "instance_cpu_pct": [round(100 * x, 1) for x in inst_cpu],
+            "instances_idle_cpu_pct": round(100 * idle, 1),
             "instance_cpu_us_per_charger_s": round(per_charger * 1e6, 1),
-            "chargers_per_instance_at_50pct_core": int(0.5 / per_charger) if per_charger else None,
+            "chargers_per_instance_at_50pct_core": int((0.5 - idle / n_instances) / per_charger) if per_charger else None,
             "postgres_cpu_pct": round(100 * (pg1 - pg0) / dt, 1),
             "postgres_commits_per_s": round((x1 - x0) / dt, 1),
             "postgres_row_writes_per_s": round((w1 - w0) / dt, 1),
