@@ -39,6 +39,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 
 from adapters.cluster.wire import decode, dumps, encode, loads, token
 from adapters.ocpp.fanout import PHASE1_WAIT_PER_CHARGER_S, PHASE1_WAIT_S, decreases, increases
@@ -54,12 +55,14 @@ from balancer.events import (
 if TYPE_CHECKING:
     from adapters.ocpp.server import ChargerLink, OcppServer
 
-__all__ = ["SLACK_S", "Bus"]
+__all__ = ["GONE", "SLACK_S", "Bus"]
 
 log = logging.getLogger(__name__)
 
 SLACK_S = 1.0
 """Added to every request's timeout for the trip over NATS and the gateway's own work."""
+GONE = "gone"
+"""``Bus.command``'s answer when no instance listens on the gateway's subject: it is not running."""
 KEEP_SECOND_S = 60.0
 """A gateway forgets the increases of a fan-out whose phase 2 did not come within this time."""
 
@@ -222,8 +225,9 @@ class Bus:
         self.on_changed(site_id, keys)
 
     async def command(self, gateway: str, site_id: str, epoch: int, fid: str, phase: int,
-                      schedules: list[ChargerSchedule]) -> bool:
-        """Run a phase of a fan-out on ``gateway`` (this instance itself without NATS)."""
+                      schedules: list[ChargerSchedule]) -> bool | str:
+        """Run a phase of a fan-out on ``gateway`` (this instance itself without NATS); True when
+        done, False when not (refused, timed out), ``GONE`` when that instance does not run."""
         if gateway == self.instance_id:
             return await (self.phase1(fid, schedules) if phase == 1 else self.phase2(fid))
         if self.nc is None:
@@ -235,6 +239,8 @@ class Bus:
         try:
             reply = await self.nc.request(f"balancer.gw.{token(gateway)}.push", dumps(body), timeout=timeout)
             return bool(loads(reply.data).get("ok"))
+        except NoRespondersError:
+            return GONE
         except (NatsError, TimeoutError, ValueError) as exc:
             log.warning("site %s: phase %d on gateway %s failed: %r", site_id, phase, gateway, exc)
             return False

@@ -20,7 +20,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from adapters.cluster.bus import Bus
+from adapters.cluster.bus import GONE, Bus
 from adapters.cluster.ownership import SiteOwnership
 from adapters.cluster.pg_store import PgStore
 from balancer.events import ChargerOffline, ChargerSchedule, Event
@@ -159,12 +159,48 @@ class ClusterNode:
                 await self.service.ocpp.apply(groups.get(self.instance_id, []))
                 return
             fid = uuid.uuid4().hex
-            bus = self.bus
-            done = await asyncio.gather(*(bus.command(gw, site_id, epoch, fid, 1, items)
-                                          for gw, items in groups.items()))
-            if not all(done) or not self.controls(site_id):
+            done = await self._phase(site_id, epoch, fid, 1, groups)
+            if not all(result is True for result in done.values()) or not self.controls(site_id):
                 return  # the gateways flagged what was refused; the next decision sends the increases
-            await asyncio.gather(*(bus.command(gw, site_id, epoch, fid, 2, []) for gw in groups))
+            await self._phase(site_id, epoch, fid, 2, {gw: [] for gw in groups})
+
+    async def _phase(self, site_id: str, epoch: int, fid: str, phase: int,
+                     groups: dict[str, list[ChargerSchedule]]) -> dict[str, bool | str]:
+        """One phase on every gateway at once. A gateway that stops running meanwhile (no NATS
+        responder, or its database connection gone from ``live``) is not waited for: its chargers
+        lost their websocket, so they count offline (their last limit reserved) until they are back
+        elsewhere, and the site is decided again."""
+        assert self.bus is not None
+        bus = self.bus
+        tasks = {gw: asyncio.create_task(bus.command(gw, site_id, epoch, fid, phase, items))
+                 for gw, items in groups.items()}
+        results: dict[str, bool | str] = {}
+        try:
+            while len(results) < len(tasks):
+                pending = [t for gw, t in tasks.items() if gw not in results]
+                await asyncio.wait(pending, timeout=0.2)
+                for gw, task in tasks.items():
+                    if gw in results:
+                        continue
+                    if task.done():
+                        results[gw] = task.result()
+                    elif gw != self.instance_id and gw not in self.ownership.live:
+                        task.cancel()
+                        results[gw] = GONE
+        finally:
+            for task in tasks.values():
+                task.cancel()
+        gone = [gw for gw, result in results.items() if result == GONE]
+        if gone:
+            now = self.service.now()
+            for gw in gone:
+                log.warning("site %s: gateway %s is gone; its chargers count as offline", site_id, gw)
+                for schedule in groups[gw]:
+                    self._deliver(gw, ChargerOffline(schedule.charger_id, now))
+                for cid in [c for c, g in self.gateway_of.items() if g == gw]:
+                    self._deliver(gw, ChargerOffline(cid, now))
+            self.service._wake_soon()
+        return results
 
     def controls(self, site_id: str) -> bool:
         return self.ownership.controls(site_id)

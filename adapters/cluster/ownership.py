@@ -60,7 +60,7 @@ LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE s.site_id = ANY(%(sites)s)
 """
 _LIVE = """
-SELECT count(DISTINCT application_name) FROM pg_stat_activity
+SELECT DISTINCT application_name FROM pg_stat_activity
 WHERE datname = current_database() AND application_name LIKE 'balancer:%%'
 """
 _TAKE = """
@@ -101,6 +101,8 @@ class SiteOwnership:
         """Every site's controlling instance as last seen (None: nobody holds its lock)."""
         self.epochs: dict[str, int] = {}
         self.live_instances = 0
+        self.live: set[str] = set()
+        """The instances whose lock connection is open, as of the last poll (each second)."""
         self._held: dict[str, _Held] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._confirmed_sent = 0.0  # monotonic send time of the last answered heartbeat
@@ -192,10 +194,11 @@ class SiteOwnership:
         async with asyncio.timeout(QUERY_TIMEOUT_S):
             me_row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
             rows = await (await conn.execute(_VIEW, {"ns": LOCK_NAMESPACE, "sites": self.site_ids})).fetchall()
-            live_row = await (await conn.execute(_LIVE)).fetchone()
+            live_rows = await (await conn.execute(_LIVE)).fetchall()
         self._confirmed_sent = sent
         me = me_row[0] if me_row else None
-        self.live_instances = max(int(live_row[0]) if live_row else 1, 1)
+        self.live = {str(r[0]).removeprefix("balancer:") for r in live_rows}
+        self.live_instances = max(len(self.live), 1)
         keys: dict[str, int] = {}
         mine: set[str] = set()
         for site_id, lock_key, pid, app in rows:
