@@ -60,6 +60,7 @@ class ClusterNode:
         service = self.service
         service.fp.before_change = self._fresh_book
         service.fp.on_stored = self._stored
+        service.fp.durable = lambda site_id: self.store.fault is None  # the write of the book succeeded
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
                        on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s)
         await self.bus.start()

@@ -55,6 +55,10 @@ class FlexibilityProvider:
         """Cluster mode: read the site's book from the store first (another instance may have changed it)."""
         self.on_stored: Callable[[str], None] = lambda site_id: None
         """Cluster mode: the site's book was stored here (its owner reads it again)."""
+        self.durable: Callable[[str], bool] = lambda site_id: True
+        """Whether the site's book as accepted is safe where the controlling instance reads it.
+        One process: always (it runs on what it holds in memory). Cluster mode: only once it is in
+        PostgreSQL; else the endpoint answers 503 so the grid operator sends it again."""
         self.on_handshake: Callable[[dict[str, Any], str | None], None] | None = None
         self.on_register: Callable[[dict[str, Any]], None] | None = None
 
