@@ -112,9 +112,19 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
         await grid.start()
         for site in fleet:
             await grid.send_forecast(site, blocks(kw(OLD_A_PER_CHARGER * per_site)))
-        end = time.monotonic() + 120
-        while not all(c.transaction_id and (c.limit_now(datetime.now(UTC)) or 0) >= 6 for c in chargers):
-            assert time.monotonic() < end, "fleet not charging"
+        end = time.monotonic() + 180
+        old_a = OLD_A_PER_CHARGER * per_site
+
+        def charging() -> bool:
+            t = datetime.now(UTC)
+            return all(c.transaction_id for c in chargers) and all(
+                sum(c.limit_now(t) or 0.0 for c in group) >= 0.8 * old_a for group in fleet.values())
+
+        while not charging():
+            if time.monotonic() > end:
+                t = datetime.now(UTC)
+                raise RuntimeError(f"fleet not charging: {sum(bool(c.transaction_id) for c in chargers)} sessions, "
+                                   f"{[round(sum(c.limit_now(t) or 0.0 for c in g)) for g in fleet.values()]} A")
             await asyncio.sleep(0.5)
         await asyncio.sleep(10)  # settle: replans, snapshots
 
