@@ -111,7 +111,8 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
         grid = GridOperatorSimulator(fp_url=f"http://127.0.0.1:{proxy.http_port}/oscp/fp/2.0", fp_token="oscp-token")
         await grid.start()
         for site in fleet:
-            await grid.send_forecast(site, blocks(kw(OLD_A_PER_CHARGER * per_site)))
+            status = await grid.send_forecast(site, blocks(kw(OLD_A_PER_CHARGER * per_site)))
+            assert status == 204, (site, status)
         end = time.monotonic() + 180
         old_a = OLD_A_PER_CHARGER * per_site
 
