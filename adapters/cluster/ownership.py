@@ -14,6 +14,11 @@ stopped acting on it; two rules close that gap, so no two instances ever control
   ``clean``, then unlocked). Its locks were gone at the latest when it took the lock, so the
   former owner has stopped by then.
 
+The lock connection and its checks run on a thread of their own (with its own event loop), so a
+busy service (a reconnect storm keeping its event loop seconds behind) still answers its checks and
+keeps its sites; the service's event loop only reads the outcome (``controls``, checked against
+the lease at every call) and runs ``on_gained`` / ``on_lost``.
+
 Each site's row in ``cluster_sites`` carries an ``epoch`` that grows with every take-over (a
 fencing token for logs and for the site JSON) and the ``owner``. Ownership is spread evenly: an
 instance takes unowned sites while it holds fewer than ceil(sites / live instances), and hands
@@ -29,6 +34,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,7 +81,8 @@ class _Held:
     lock_key: int
     epoch: int
     control_from: float  # monotonic time from which this instance may control the site
-    controlling: bool = False
+    releasing: bool = False  # to be handed back: not controlled any more
+    stopped: bool = False  # the service has stopped controlling it (on_lost ran): safe to unlock
 
 
 def _rank(instance_id: str, site_id: str) -> bytes:
@@ -86,8 +93,9 @@ def _rank(instance_id: str, site_id: str) -> bytes:
 class SiteOwnership:
     """Takes, holds and hands back site locks; tells the service when it gains or loses control.
 
-    ``on_gained(site_id)`` runs when this instance may control the site (after ``GRACE_S`` or a
-    clean hand-over), ``on_lost(site_id)`` the moment it may not (before any lock is given back).
+    ``on_gained(site_id)`` runs (on the service's event loop) when this instance may control the
+    site (after ``GRACE_S`` or a clean hand-over), ``on_lost(site_id)`` when it may not; a lock is
+    given back only after ``on_lost`` ran.
     """
 
     def __init__(self, url: str, instance_id: str, site_ids: Sequence[str], *,
@@ -103,50 +111,78 @@ class SiteOwnership:
         self.live_instances = 0
         self.live: set[str] = set()
         """The instances whose lock connection is open, as of the last poll (each second)."""
-        self._held: dict[str, _Held] = {}
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._confirmed_sent = 0.0  # monotonic send time of the last answered heartbeat
-        self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._held: dict[str, _Held] = {}  # written by the lock thread, under _lock
+        self._controlling: set[str] = set()  # the service's side: on_gained ran, on_lost not yet
+        self._confirmed_sent = 0.0  # monotonic send time of the last answered check
+        self._stopping = False
+        self._exit = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None  # the lock thread's
         self._watch: asyncio.Task[None] | None = None
 
-    # ----------------------------------------------------------------- queries
+    # ----------------------------------------------------------------- the service's side
+    def _lease_ok(self) -> bool:
+        return not self._stopping and time.monotonic() - self._confirmed_sent <= LEASE_S
+
     def controls(self, site_id: str) -> bool:
         """True while this instance may control the site (checked against the lease at each call)."""
+        if site_id not in self._controlling or not self._lease_ok():
+            return False
         held = self._held.get(site_id)
-        return held is not None and held.controlling and time.monotonic() - self._confirmed_sent <= LEASE_S
+        return held is not None and not held.releasing
 
     def controlled(self) -> list[str]:
-        return sorted(s for s, h in self._held.items() if h.controlling)
+        return sorted(s for s in self._controlling if self.controls(s))
 
-    # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="site-ownership")
-        self._watch = asyncio.create_task(self._deadline(), name="site-ownership-deadline")
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="site-ownership",
+                                        daemon=True)
+        self._thread.start()
+        self._watch = asyncio.create_task(self._reconcile_loop(), name="site-ownership-watch")
 
     async def stop(self) -> None:
         """Stop controlling, then hand every site back cleanly so others take over at once."""
-        for task in (self._task, self._watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        for site_id in list(self._held):
-            self._stop_controlling(site_id)
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
-                async with asyncio.timeout(3):
-                    for site_id, held in list(self._held.items()):
-                        await self._release(conn, site_id, held)
-            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
-                async with asyncio.timeout(2):
-                    await conn.close()
-        self._held.clear()
-        self._conn = None
+        self._stopping = True
+        self._reconcile()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        self._exit.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 8.0)
 
-    # ----------------------------------------------------------------- the loop
-    async def _run(self) -> None:
+    async def _reconcile_loop(self) -> None:
         while True:
+            await asyncio.sleep(0.1)
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Bring what the service controls in line with the locks held and the lease."""
+        now = time.monotonic()
+        lease_ok = self._lease_ok()
+        with self._lock:
+            held = dict(self._held)
+        wanted = {s for s, h in held.items() if lease_ok and not h.releasing and now >= h.control_from}
+        if self._controlling - wanted and not lease_ok and not self._stopping:
+            log.warning("site ownership: no answer from the database for %.1f s: giving up every site",
+                        now - self._confirmed_sent)
+        for site_id in sorted(self._controlling - wanted):
+            self._controlling.discard(site_id)
+            log.info("site %s: no longer controlled by %s", site_id, self.instance_id)
+            self.on_lost(site_id)
+        for h in held.values():
+            if (h.releasing or self._stopping) and not h.stopped:
+                h.stopped = True  # after on_lost: the lock thread may unlock it now
+        for site_id in sorted(wanted - self._controlling):
+            self._controlling.add(site_id)
+            log.info("site %s: controlled by %s (epoch %d)", site_id, self.instance_id, held[site_id].epoch)
+            self.on_gained(site_id)
+
+    # ----------------------------------------------------------------- the lock thread
+    async def _run(self) -> None:
+        while not self._exit.is_set():
             started = time.monotonic()
             try:
                 async with asyncio.timeout(QUERY_TIMEOUT_S * 4):
@@ -157,23 +193,28 @@ class SiteOwnership:
             except Exception:  # a bug here must not leave sites controlled without a lock
                 log.exception("site ownership poll failed: giving up every site")
                 await self._drop_connection()
-            await asyncio.sleep(max(POLL_S - (time.monotonic() - started), 0.05))
-
-    async def _deadline(self) -> None:
-        """Stop controlling the moment the last confirmed heartbeat is ``LEASE_S`` old."""
-        while True:
-            await asyncio.sleep(0.1)
-            now = time.monotonic()
-            if self._held and now - self._confirmed_sent > LEASE_S:
-                log.warning("site ownership: no answer from the database for %.1f s: giving up every site",
-                            now - self._confirmed_sent)
+            if self._held and time.monotonic() - self._confirmed_sent > LEASE_S:
                 await self._drop_connection()
-                continue
-            for site_id, held in self._held.items():
-                if not held.controlling and now >= held.control_from:
-                    held.controlling = True
-                    log.info("site %s: controlled by %s (epoch %d)", site_id, self.instance_id, held.epoch)
-                    self.on_gained(site_id)
+            await asyncio.to_thread(self._exit.wait, max(POLL_S - (time.monotonic() - started), 0.05))
+        await self._release_all()
+
+    async def _release_all(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            end = time.monotonic() + 3
+            while any(not h.stopped for h in self._held.values()) and time.monotonic() < end:
+                await asyncio.sleep(0.05)  # the service stops controlling first
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                async with asyncio.timeout(3):
+                    for site_id, held in list(self._held.items()):
+                        if held.stopped:
+                            await self._release(conn, site_id, held)
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await conn.close()
+        with self._lock:
+            self._held.clear()
+        self._conn = None
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(
@@ -207,16 +248,24 @@ class SiteOwnership:
                 mine.add(site_id)
             app_name = str(app) if app else None
             self.owners[site_id] = app_name.removeprefix("balancer:") if app_name else None
-        for site_id in set(self._held) - mine:  # cannot happen while the backend lives; never trust it
-            log.error("site %s: lock no longer held by this instance", site_id)
-            self._stop_controlling(site_id)
-            self._held.pop(site_id, None)
+        with self._lock:
+            for site_id in set(self._held) - mine:  # cannot happen while the backend lives; never trust it
+                log.error("site %s: lock no longer held by this instance", site_id)
+                del self._held[site_id]
+        for site_id, held in list(self._held.items()):
+            if held.releasing and held.stopped:
+                async with asyncio.timeout(QUERY_TIMEOUT_S):
+                    await self._release(conn, site_id, held)
+                with self._lock:
+                    self._held.pop(site_id, None)
+                self.owners[site_id] = None
+                log.info("site %s: handed back by %s to even out ownership", site_id, self.instance_id)
         share = math.ceil(len(self.site_ids) / self.live_instances)
-        if len(self._held) < share:
+        kept = [s for s, h in self._held.items() if not h.releasing]
+        if len(kept) < share and len(self._held) < share:
             await self._take(conn, share, keys)
-        else:
-            for _ in range(len(self._held) - share):
-                await self._hand_back_one(conn)
+        for site_id in sorted(kept, key=lambda s: _rank(self.instance_id, s), reverse=True)[:max(len(kept) - share, 0)]:
+            self._held[site_id].releasing = True  # handed back once the service has stopped it
 
     async def _take(self, conn: psycopg.AsyncConnection[Any], share: int, keys: dict[str, int]) -> None:
         free = sorted((s for s in self.site_ids if self.owners.get(s) is None and s in keys),
@@ -232,41 +281,25 @@ class SiteOwnership:
                 row = await (await conn.execute(_TAKE, {"me": self.instance_id, "site": site_id})).fetchone()
             epoch, was_clean = (int(row[0]), bool(row[1])) if row else (0, False)
             wait = 0.0 if was_clean else GRACE_S
-            self._held[site_id] = _Held(keys[site_id], epoch, time.monotonic() + wait)
+            with self._lock:
+                self._held[site_id] = _Held(keys[site_id], epoch, time.monotonic() + wait)
             self.owners[site_id] = self.instance_id
             self.epochs[site_id] = epoch
             log.info("site %s: lock taken by %s (epoch %d), control in %.1f s", site_id, self.instance_id,
                      epoch, wait)
 
-    async def _hand_back_one(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        site_id = max(self._held, key=lambda s: _rank(self.instance_id, s))
-        held = self._held[site_id]
-        self._stop_controlling(site_id)
-        async with asyncio.timeout(QUERY_TIMEOUT_S):
-            await self._release(conn, site_id, held)
-        self._held.pop(site_id, None)
-        self.owners[site_id] = None
-        log.info("site %s: handed back by %s to even out ownership", site_id, self.instance_id)
-
     async def _release(self, conn: psycopg.AsyncConnection[Any], site_id: str, held: _Held) -> None:
-        """Mark the site clean (this instance has stopped controlling it), then unlock."""
+        """Mark the site clean (the service has stopped controlling it), then unlock."""
         await conn.execute("UPDATE cluster_sites SET clean = true WHERE site_id = %s AND epoch = %s",
                            (site_id, held.epoch))
         await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, held.lock_key))
 
-    def _stop_controlling(self, site_id: str) -> None:
-        held = self._held.get(site_id)
-        if held is not None and held.controlling:
-            held.controlling = False
-            log.info("site %s: no longer controlled by %s", site_id, self.instance_id)
-            self.on_lost(site_id)
-
     async def _drop_connection(self) -> None:
-        """Stop controlling everything first; the server frees the locks when the backend ends."""
-        for site_id in list(self._held):
-            self._stop_controlling(site_id)
-            self.owners[site_id] = None
-        self._held.clear()
+        """Forget every lock (``controls`` is False at once); the server frees them when the backend ends."""
+        with self._lock:
+            for site_id in self._held:
+                self.owners[site_id] = None
+            self._held.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
