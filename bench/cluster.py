@@ -44,6 +44,21 @@ def kw(amps: float) -> float:
     return round(amps * 230 * 3 / 1000, 3)
 
 
+async def send(grid: GridOperatorSimulator, site: str, amps: float) -> None:
+    """As a grid operator does: again after a 503 (the instance could not store it, or HAProxy had
+    no instance that answered its check in time)."""
+    for _ in range(10):
+        status = await grid.send_forecast(site, blocks(kw(amps)))
+        if status == 204:
+            return
+        RETRIES[status] = RETRIES.get(status, 0) + 1
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"forecast for {site} refused: {status}")
+
+
+RETRIES: dict[int, int] = {}
+
+
 def cpu_s(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
@@ -111,8 +126,7 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
         grid = GridOperatorSimulator(fp_url=f"http://127.0.0.1:{proxy.http_port}/oscp/fp/2.0", fp_token="oscp-token")
         await grid.start()
         for site in fleet:
-            status = await grid.send_forecast(site, blocks(kw(OLD_A_PER_CHARGER * per_site)))
-            assert status == 204, (site, status)
+            await send(grid, site, OLD_A_PER_CHARGER * per_site)
         end = time.monotonic() + 180
         old_a = OLD_A_PER_CHARGER * per_site
 
@@ -141,7 +155,7 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
         new_a = NEW_A_PER_CHARGER * per_site
         posted = time.monotonic()
         for site in fleet:
-            await grid.send_forecast(site, blocks(kw(new_a)))
+            await send(grid, site, new_a)
         last_post = time.monotonic() - posted
         while any(sum(c.limit_now(datetime.now(UTC)) or 0.0 for c in group) > new_a + 1e-6
                   for group in fleet.values()):
@@ -167,6 +181,7 @@ async def run(n_instances: int, n_sites: int, per_site: int, meter_s: float, win
             "nats_msgs_per_charger_s": round((m1 - m0) / dt / n, 3),
             "forecast_posts_s": round(last_post, 3),
             "forecast_post_to_last_charger_s": round(reached, 3),
+            "forecast_retries": dict(RETRIES),
         }
     finally:
         for c in chargers:

@@ -129,7 +129,8 @@ def postgres() -> Iterator[PostgresServer]:
 class HaProxy:
     """``haproxy`` in front of the instances: one frontend for OCPP websockets, one for HTTP.
 
-    Backends are checked on ``/healthz`` every 0.5 s; a connection to a dead backend is retried on
+    Backends are checked on ``/healthz`` every second (down after 3 failures, a slow answer within 3 s
+still counts: a busy instance is not a dead one); a connection to a dead backend is retried on
     another one (``option redispatch``), so chargers reconnect through it as they would in production.
     """
 
@@ -142,9 +143,9 @@ class HaProxy:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def config(self) -> str:
-        ocpp = "\n".join(f"    server {n} 127.0.0.1:{o} check port {h} inter 500ms fall 2 rise 2"
+        ocpp = "\n".join(f"    server {n} 127.0.0.1:{o} check port {h} inter 1s fall 3 rise 2"
                          for n, o, h in self.backends)
-        http = "\n".join(f"    server {n} 127.0.0.1:{h} check inter 500ms fall 2 rise 2" for n, _, h in self.backends)
+        http = "\n".join(f"    server {n} 127.0.0.1:{h} check inter 1s fall 3 rise 2" for n, _, h in self.backends)
         return f"""global
     maxconn 4000
 defaults
@@ -153,6 +154,7 @@ defaults
     timeout client 90s
     timeout server 90s
     timeout tunnel 1h
+    timeout check 3s
     retries 3
     option redispatch
 frontend ocpp
