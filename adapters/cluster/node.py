@@ -50,6 +50,7 @@ class ClusterNode:
                                        on_gained=self._gained, on_lost=self._lost)
         self._pushes: dict[str, set[asyncio.Task[Any]]] = {}
         self._apply_locks: dict[str, asyncio.Lock] = {}
+        self._generation: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.gateway_of: dict[str, str] = {}
         """Charger id -> the instance holding its websocket, as the events of owned sites tell."""
@@ -146,9 +147,22 @@ class ClusterNode:
 
     # ----------------------------------------------------------------- commands out
     async def apply(self, site_id: str, schedules: list[ChargerSchedule]) -> None:
-        """Push one decision of an owned site to the chargers' gateways, decreases first everywhere."""
+        """Push one decision of an owned site to the chargers' gateways, decreases first everywhere.
+
+        Only the latest decision of a site is pushed (an older one waiting for the lock is
+        dropped). Before anything goes out, the site's state with the limits just decided is
+        written to PostgreSQL: an instance that takes the site over after a crash mid-push then
+        reserves, for every charger it cannot reach yet, at least the limit it may have received.
+        No write, no push (the next decision tries again).
+        """
+        self._generation[site_id] = generation = self._generation.get(site_id, 0) + 1
         async with self._apply_locks.setdefault(site_id, asyncio.Lock()):
-            if not self.controls(site_id) or self.bus is None:
+            if generation != self._generation[site_id] or not self.controls(site_id) or self.bus is None:
+                return
+            controller = self.service.controllers[site_id]
+            self.store.put_json(f"controller:{site_id}", controller.snapshot(), flush=False)
+            if not self.store.flush():
+                log.warning("site %s: limits not pushed: their record could not be written first", site_id)
                 return
             epoch = self.ownership.epochs.get(site_id, 0)
             groups: dict[str, list[ChargerSchedule]] = {}
