@@ -53,7 +53,8 @@ from balancer.events import (
 )
 
 if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink, OcppServer
+    from adapters.ocpp.link import ChargerLink
+    from adapters.ocpp.server import OcppServer
 
 __all__ = ["GONE", "SLACK_S", "Bus"]
 

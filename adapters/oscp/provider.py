@@ -13,8 +13,10 @@ import numpy.typing as npt
 from adapters.clock import utc_now
 from adapters.store_port import Store
 from balancer.model import Config
+from balancer.timeline import CapacityTimeline
 from forecast.blocks import CapacityForecast
 from forecast.book import ForecastBook
+from forecast.timeline import TimelineFeed
 
 __all__ = ["MAX_HEARTBEAT_INTERVAL_S", "FlexibilityProvider", "heartbeat_interval_s"]
 
@@ -48,6 +50,7 @@ class FlexibilityProvider:
         self.books: dict[str, ForecastBook] = {}
         for site in config.sites:
             self.reload(site.id)
+        self.feeds: dict[str, TimelineFeed] = {}
         self.registration: dict[str, Any] = store.get_json("oscp:registration") or {}
         self.required_behaviour: dict[str, Any] = store.get_json("oscp:required_behaviour") or {}
         self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0}
@@ -65,7 +68,11 @@ class FlexibilityProvider:
     def reload(self, site_id: str) -> None:
         """Take the site's book from the store (in a cluster, another instance may have written it)."""
         raw = self.store.get_json(f"forecast:{site_id}")
-        self.books[site_id] = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
+        book = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
+        old = self.books.get(site_id)
+        if old is not None:  # a new revision: the site's TimelineFeed then hands out a fresh timeline
+            book.revision = old.revision + 1
+        self.books[site_id] = book
 
     def update_config(self, config: Config) -> None:
         self.config = config
@@ -114,6 +121,12 @@ class FlexibilityProvider:
 
     def is_online(self, site_id: str) -> bool:
         return self.books[site_id].link.online(self.now())
+
+    def timeline(self, site_id: str, now: datetime) -> CapacityTimeline | None:
+        """The site's capacity in force over the planning horizon when it changed since the last
+        call (a forecast, the link, the config, or a slot boundary: ``TimelineFeed``), else None."""
+        feed = self.feeds.setdefault(site_id, TimelineFeed())
+        return feed.update(self.books[site_id], self.config.site(site_id), now, self.config.control.plan_horizon_h)
 
     def capacity_slots(self, site_id: str, start: datetime, n_slots: int) -> tuple[npt.NDArray[np.float64], list[str]]:
         return self.books[site_id].capacity_slots(self.config.site(site_id), start, n_slots, now=self.now())
