@@ -28,17 +28,18 @@ from adapters.grid_reporting import GridReporting
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.meter.hub import MeterHub
-from adapters.metrics import event_point, obedience_point, plan_points, service_point, wired_phases
+from adapters.metrics import event_point, obedience_point, service_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
 from adapters.persist import PERSIST_EVERY_S, Persister
 from adapters.planner_worker import planner_executor
 from adapters.prometheus import service_metrics_text
+from adapters.replanning import maybe_replan
 from adapters.site_points import site_points
 from adapters.store import StateStore, private_dir
 from adapters.store_port import Store
-from balancer.control import Controller, PlanRequest
+from balancer.control import Controller
 from balancer.events import (
     CapacityUpdated,
     Event,
@@ -51,21 +52,12 @@ from balancer.events import (
     SessionStopped,
 )
 from balancer.model import Config
-from balancer.plan import SolveOutcome, plan
+from balancer.plan import SolveOutcome
 from balancer.ports import ChargerPort
 
 __all__ = ["PERSIST_EVERY_S", "Service", "run_serve"]
 
 log = logging.getLogger("balancer.service")
-
-def _solve(request: PlanRequest) -> SolveOutcome:
-    """Run the LP for a request; any failure comes back as data, never as an exception."""
-    try:
-        return plan(request.topology, request.capacity_a, list(request.sessions), request.start,
-                    budget_s=request.budget_s, fine_slots=request.fine_slots)
-    except Exception as exc:  # the planner must never leave chargers without limits
-        log.exception("planner failed")
-        return SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))
 
 
 class Service:
@@ -294,7 +286,7 @@ class Service:
         controller = self.controllers[site_id]
         now = self.now()
         self._refresh_capacity(controller, now)
-        self._maybe_replan(site_id, controller, now)
+        maybe_replan(self, site_id, controller, now)
         schedules = controller.decide(now)
         if schedules:
             task = asyncio.create_task(self.chargers.apply(schedules) if self.cluster is None
@@ -322,45 +314,6 @@ class Service:
             self._wake.set()  # now the replan held back while the new limits went out
         if not task.cancelled() and task.exception() is not None:
             log.error("pushing schedules failed: %r", task.exception())
-
-    def _maybe_replan(self, site_id: str, controller: Controller, now: datetime) -> None:
-        pending = self._planning.get(site_id)
-        if pending is not None and not pending.done():
-            return
-        if self._urgent:
-            # The capacity just changed: the LP (a whole core on a large site) waits until the new
-            # limits have gone out, so the change reaches the chargers first.
-            return
-        if not controller.replan_due:
-            return
-        request = controller.plan_request(now)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, _solve, request)
-        self._planning[site_id] = future
-
-        def done(fut: asyncio.Future[SolveOutcome]) -> None:
-            if fut.cancelled():
-                return
-            try:
-                outcome = fut.result()
-            except Exception as exc:  # the worker process died: the allocator decides alone
-                outcome = SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))
-                self._executor = planner_executor()
-            self.counters["plans"] += 1
-            if outcome.status not in ("optimal", "no_sessions"):
-                self.counters["plan_failures"] += 1
-                log.warning("site %s: plan %s (%s); allocator alone decides", site_id, outcome.status,
-                            outcome.message)
-            controller.accept_plan(outcome)
-            if self.influx is not None and outcome.plan is not None:
-                car_phases = {cid: s.car_phases for cid, s in controller.states.items()}
-                self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a,
-                                              wired_phases(controller.site, car_phases)))
-            if outcome.plan is not None:
-                self.grid_reporting.maybe_adjust(site_id, controller, request, outcome)
-            self._wake.set()
-
-        future.add_done_callback(done)
 
     def _persist(self) -> None:
         self.persister.persist()
