@@ -9,9 +9,11 @@ STAMP := $(VENV)/.installed
 
 system-deps:
 	@if ! command -v influxd >/dev/null || ! command -v victoria-metrics >/dev/null || ! command -v chromium >/dev/null \
-			|| ! command -v promtool >/dev/null || ! command -v npm >/dev/null; then \
+			|| ! command -v promtool >/dev/null || ! command -v npm >/dev/null \
+			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v nats-server >/dev/null \
+			|| ! command -v haproxy >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb victoria-metrics chromium \
-			prometheus $$(command -v npm >/dev/null || echo nodejs npm) >/dev/null; \
+			prometheus postgresql nats-server haproxy $$(command -v npm >/dev/null || echo nodejs npm) >/dev/null; \
 	fi
 
 # The third-party CSMS of the local controller tests (ocpp-rpc from npm, pinned by its lock file).
@@ -24,7 +26,7 @@ $(NPM_STAMP): $(CSMS_DIR)/package-lock.json
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,cluster]"
 	touch $(STAMP)
 
 setup: system-deps $(STAMP) $(NPM_STAMP)

@@ -25,10 +25,15 @@ def site_json(service: Service, site_id: str) -> dict[str, Any] | None:
     controller = service.controllers.get(site_id)
     if controller is None:
         return None
+    cluster = service.cluster
+    if cluster is not None:
+        cluster.refresh_view(site_id)  # another instance's site: its owner's last snapshot
     status = controller.status(service.now())
     chargers = []
     for c in status.chargers:
         live = service.chargers.charger_status(c["id"])
+        if cluster is not None and not live.get("connected"):
+            live = {}  # connected to another instance, maybe: the owner's view stands
         chargers.append({**c, "protocol": live.get("protocol") or c["protocol"],
                          "connected": bool(live.get("connected", c["connected"])),
                          "obeys": live.get("obeys", c["obeys"]),
@@ -51,6 +56,7 @@ def site_json(service: Service, site_id: str) -> dict[str, Any] | None:
         "plan_message": controller.plan_message,
         **meter_fields(status),
         "chargers": chargers,
+        **({} if cluster is None else {"owner": cluster.owner(site_id)}),
     }
 
 
@@ -92,4 +98,5 @@ def health_json(service: Service) -> dict[str, Any]:
             "uptime_s": round(time.monotonic() - service.started_at, 1), "sites": len(service.controllers),
             "state_age_seconds": round(max(now - store.saved_at, 0.0), 3),
             "state_saved_at": datetime.fromtimestamp(store.saved_at, UTC).isoformat(),
-            "state_pending_writes": store.pending, "state_write_failures": store.failures}
+            "state_pending_writes": store.pending, "state_write_failures": store.failures,
+            **({} if service.cluster is None else {"cluster": service.cluster.status()})}

@@ -28,16 +28,18 @@ from adapters.grid_reporting import GridReporting
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
 from adapters.meter.hub import MeterHub
-from adapters.metrics import event_point, obedience_point, plan_points, service_point, wired_phases
+from adapters.metrics import event_point, obedience_point, service_point
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
 from adapters.persist import PERSIST_EVERY_S, Persister
 from adapters.planner_worker import planner_executor
 from adapters.prometheus import service_metrics_text
+from adapters.replanning import maybe_replan
 from adapters.site_points import site_points
 from adapters.store import StateStore, private_dir
-from balancer.control import Controller, PlanRequest
+from adapters.store_port import Store
+from balancer.control import Controller
 from balancer.events import (
     CapacityUpdated,
     Event,
@@ -50,21 +52,12 @@ from balancer.events import (
     SessionStopped,
 )
 from balancer.model import Config
-from balancer.plan import SolveOutcome, plan
+from balancer.plan import SolveOutcome
 from balancer.ports import ChargerPort
 
 __all__ = ["PERSIST_EVERY_S", "Service", "run_serve"]
 
 log = logging.getLogger("balancer.service")
-
-def _solve(request: PlanRequest) -> SolveOutcome:
-    """Run the LP for a request; any failure comes back as data, never as an exception."""
-    try:
-        return plan(request.topology, request.capacity_a, list(request.sessions), request.start,
-                    budget_s=request.budget_s, fine_slots=request.fine_slots)
-    except Exception as exc:  # the planner must never leave chargers without limits
-        log.exception("planner failed")
-        return SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))
 
 
 class Service:
@@ -78,7 +71,13 @@ class Service:
         self.interval_s = control_interval_s or config.control.interval_s
         self.state_dir = Path(config.state_dir)
         private_dir(self.state_dir)
-        self.store = StateStore(self.state_dir / "state.sqlite")
+        self.cluster: Any = None  # cluster mode (DESIGN 3.12): PostgreSQL state, site ownership
+        if config.cluster is not None:
+            from adapters.cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(config, self)
+        self.store: Store = self.cluster.store if self.cluster is not None else StateStore(
+            self.state_dir / "state.sqlite")
         self.controllers: dict[str, Controller] = {}
         for site in config.sites:
             controller = Controller(site, config.control)
@@ -93,7 +92,8 @@ class Service:
 
             self.ocpi = OcpiCpo(config, self.store, self.controllers, self._on_event, now)
         self.fp = FlexibilityProvider(config, self.store, now=now, on_capacity_changed=self._capacity_changed)
-        self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
+        self.ocpp = OcppServer(config, on_event=self._on_event if self.cluster is None else self.cluster.route_event,
+                               now=now)
         self.chargers: ChargerPort = self.ocpp
         """Every charger is reached through this port (``balancer.ports``); the OCPP server is the
         one transport today (README, "Architecture": adding one)."""
@@ -141,7 +141,8 @@ class Service:
         self.started_at = time.monotonic()
         self.grid_reporting = GridReporting(self)
         self._urgent = False
-        self.persister = Persister(self.store, self.controllers, self.counters, busy=lambda: self._urgent)
+        self.persister = Persister(self.store, self.controllers, self.counters, busy=lambda: self._urgent,
+                                   controls=self._controls)  # only a site's owner writes its snapshot
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -172,6 +173,8 @@ class Service:
             await self.influx.start()
         if self.oscp_client is not None:
             await self.oscp_client.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         self._tasks.append(asyncio.create_task(self._control_loop(), name="control-loop"))
         self._tasks.append(asyncio.create_task(self.persister.loop(), name="persist-loop"))
         if self.config_path is not None:
@@ -189,6 +192,8 @@ class Service:
         for task in list(self._push_tasks):
             task.cancel()
         self._persist()
+        if self.cluster is not None:
+            await self.cluster.stop()  # after the last snapshot: the next owner reads it
         await self.meters.stop()
         await self.chargers.stop()
         if self.ocpi is not None:
@@ -254,6 +259,9 @@ class Service:
                 return site_id
         return ""
 
+    def _controls(self, site_id: str) -> bool:
+        return self.cluster is None or bool(self.cluster.controls(site_id))
+
     def _site_energy_wh(self, site_id: str) -> float:
         controller = self.controllers[site_id]
         return float(sum(s.energy_wh or 0.0 for s in controller.states.values()))
@@ -268,6 +276,8 @@ class Service:
                 return
             started = time.perf_counter()
             for site_id in list(self.controllers):
+                if not self._controls(site_id):
+                    continue  # another instance controls it (or nobody yet: failsafe profiles hold)
                 try:
                     self._step(site_id)
                 except Exception:  # one bad step must not stop the control loop
@@ -292,11 +302,14 @@ class Service:
         controller = self.controllers[site_id]
         now = self.now()
         self._refresh_capacity(controller, now)
-        self._maybe_replan(site_id, controller, now)
+        maybe_replan(self, site_id, controller, now)
         schedules = controller.decide(now)
         if schedules:
-            task = asyncio.create_task(self.chargers.apply(schedules))
+            task = asyncio.create_task(self.chargers.apply(schedules) if self.cluster is None
+                                       else self.cluster.apply(site_id, schedules))
             self._push_tasks.add(task)
+            if self.cluster is not None:
+                self.cluster.track_push(site_id, task)
             task.add_done_callback(self._push_done)
             if self._urgent:
                 return
@@ -317,45 +330,6 @@ class Service:
             self._wake.set()  # now the replan held back while the new limits went out
         if not task.cancelled() and task.exception() is not None:
             log.error("pushing schedules failed: %r", task.exception())
-
-    def _maybe_replan(self, site_id: str, controller: Controller, now: datetime) -> None:
-        pending = self._planning.get(site_id)
-        if pending is not None and not pending.done():
-            return
-        if self._urgent:
-            # The capacity just changed: the LP (a whole core on a large site) waits until the new
-            # limits have gone out, so the change reaches the chargers first.
-            return
-        if not controller.replan_due:
-            return
-        request = controller.plan_request(now)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, _solve, request)
-        self._planning[site_id] = future
-
-        def done(fut: asyncio.Future[SolveOutcome]) -> None:
-            if fut.cancelled():
-                return
-            try:
-                outcome = fut.result()
-            except Exception as exc:  # the worker process died: the allocator decides alone
-                outcome = SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))
-                self._executor = planner_executor()
-            self.counters["plans"] += 1
-            if outcome.status not in ("optimal", "no_sessions"):
-                self.counters["plan_failures"] += 1
-                log.warning("site %s: plan %s (%s); allocator alone decides", site_id, outcome.status,
-                            outcome.message)
-            controller.accept_plan(outcome)
-            if self.influx is not None and outcome.plan is not None:
-                car_phases = {cid: s.car_phases for cid, s in controller.states.items()}
-                self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a,
-                                              wired_phases(controller.site, car_phases)))
-            if outcome.plan is not None:
-                self.grid_reporting.maybe_adjust(site_id, controller, request, outcome)
-            self._wake.set()
-
-        future.add_done_callback(done)
 
     def _persist(self) -> None:
         self.persister.persist()
@@ -381,17 +355,25 @@ class Service:
     def plan_json(self, site_id: str) -> dict[str, Any] | None:
         return plan_json(self, site_id)
 
+    def refresh_capacity(self, site_id: str) -> None:
+        self._refresh_capacity(self.controllers[site_id], self.now())
+
+    def site_gained(self, site_id: str) -> None:
+        """This instance now controls ``site_id`` (cluster mode): decide and push it right away."""
+        self.refresh_capacity(site_id)
+        self._capacity_changed(site_id)
+
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
                   max_current_a: float | None, phases: int | None) -> None:
         site_id = self._site_of(charger_id)
         if not site_id:
             raise KeyError(charger_id)
         state = self.controllers[site_id].states[charger_id]
-        if state.transaction_id is None:
+        if self._controls(site_id) and state.transaction_id is None:  # else the owner checks for itself
             raise ValueError(f"charger {charger_id!r} has no running session")
-        self._on_event(NeedsUpdated(charger_id=charger_id, at=self.now(), energy_wh=energy_wh,
-                                    departure=departure, max_current_a=max_current_a, phases=phases,
-                                    source="api"))
+        route = self._on_event if self.cluster is None else self.cluster.route_api_event
+        route(NeedsUpdated(charger_id=charger_id, at=self.now(), energy_wh=energy_wh, departure=departure,
+                           max_current_a=max_current_a, phases=phases, source="api"))
 
     def health(self) -> dict[str, Any]:
         return health_json(self)

@@ -1,6 +1,6 @@
 """Reloading the config file of a running service (SIGHUP, or the file changing on disk).
 
-An invalid file, or one that changes what needs a restart (sites, ports, state_dir, adding or
+An invalid file, or one that changes what needs a restart (sites, ports, state_dir, cluster, adding or
 removing OCPI), is refused and the running config stays; either way an annotation goes to every
 site's dashboard.
 """
@@ -60,10 +60,11 @@ def reload_config(service: Service) -> bool:
     old = service.config
     if {s.id for s in new.sites} != set(service.controllers) or new.state_dir != old.state_dir \
             or new.ocpp.port != old.ocpp.port or new.http.port != old.http.port \
-            or (new.ocpi is None) != (service.ocpi is None):
+            or (new.ocpi is None) != (service.ocpi is None) or new.cluster != old.cluster:
         service.counters["config_rejected"] += 1
-        log.error("config reload refused: sites, ports, state_dir and adding or removing ocpi need a restart")
-        _config_event(service, ok=False, result="sites, ports, state_dir and adding or removing ocpi need a restart")
+        why = "sites, ports, state_dir, cluster and adding or removing ocpi need a restart"
+        log.error("config reload refused: %s", why)
+        _config_event(service, ok=False, result=why)
         return False
     for site in new.sites:
         service.controllers[site.id].reconfigure(site)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
-from adapters.store import StateStore
+from adapters.store_port import Store
 from balancer.control import Controller
 
 __all__ = ["PERSIST_EVERY_S", "PERSIST_GAP_S", "PERSIST_YIELD_S", "Persister"]
@@ -30,9 +30,11 @@ PERSIST_YIELD_S = 1.0
 class Persister:
     """Writes every controller's snapshot; ``busy`` says limits of a capacity change are going out."""
 
-    def __init__(self, store: StateStore, controllers: Mapping[str, Controller], counters: dict[str, float],
-                 busy: Callable[[], bool]) -> None:
+    def __init__(self, store: Store, controllers: Mapping[str, Controller], counters: dict[str, float],
+                 busy: Callable[[], bool], controls: Callable[[str], bool] = lambda site_id: True) -> None:
         self.store = store
+        self.controls = controls
+        """Cluster mode: whether this instance controls a site (only its owner writes the site's snapshot)."""
         self.controllers = controllers
         self.counters = counters
         self.busy = busy
@@ -58,6 +60,8 @@ class Persister:
         """Write every controller's snapshot (and whatever else is pending); never raises."""
         try:
             for site_id, controller in self.controllers.items():
+                if not self.controls(site_id):
+                    continue
                 self.store.put_json(f"controller:{site_id}", controller.snapshot(), flush=False)
                 if controller.history.changed:
                     self.store.put_json(f"sessions:{site_id}", controller.history.to_json(), flush=False)

@@ -21,6 +21,7 @@ from balancer.config_services import (
     INFLUX_FIELDS,
     OCPP_FIELDS,
     OSCP_FIELDS,
+    parse_cluster,
     parse_ocpi,
     parse_upstream,
 )
@@ -47,6 +48,7 @@ _TOP = {
     "ocpi": Field("any"),
     "control": Field("any", default={}),
     "state_dir": Field("str", default="./state"),
+    "cluster": Field("any"),
 }
 
 
@@ -85,11 +87,12 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         influx = section(top["influxdb"], INFLUX_FIELDS, "influxdb", problems, InfluxSettings)
     control = section(top["control"], CONTROL_FIELDS, "control", problems, ControlSettings)
     ocpi = None if top["ocpi"] is None else parse_ocpi(top["ocpi"], problems, {s.id for s in sites})
+    cluster = None if top["cluster"] is None else parse_cluster(top["cluster"], problems)
     if problems:
         raise InvalidConfig(problems)
     assert ocpp is not None and http is not None and oscp is not None and control is not None
     return Config(sites=tuple(sites), ocpp=ocpp, http=http, oscp=oscp, influxdb=influx, ocpi=ocpi,
-                  control=control, state_dir=top["state_dir"])
+                  control=control, state_dir=top["state_dir"], cluster=cluster)
 
 
 def summary(config: Config) -> str:

@@ -1,5 +1,5 @@
 """The service sections of the config: OCPP (and its upstream CSMS), HTTP, OSCP, OCPI, InfluxDB,
-control. Field specs and the checks that span fields. Pure."""
+control, cluster. Field specs and the checks that span fields. Pure."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 from balancer.config_fields import Field, complete, read_mapping
 from balancer.errors import Problem
-from balancer.model import OcpiLocation, OcpiSettings, UpstreamSettings
+from balancer.model import ClusterSettings, OcpiLocation, OcpiSettings, UpstreamSettings
 
-__all__ = ["CAPACITY_PROVIDER_FIELDS", "CONTROL_FIELDS", "HTTP_FIELDS", "INFLUX_FIELDS", "OCPP_FIELDS", "OSCP_FIELDS",
-           "parse_ocpi", "parse_upstream"]
+__all__ = ["CAPACITY_PROVIDER_FIELDS", "CLUSTER_FIELDS", "CONTROL_FIELDS", "HTTP_FIELDS", "INFLUX_FIELDS",
+           "OCPP_FIELDS", "OSCP_FIELDS", "parse_cluster", "parse_ocpi", "parse_upstream"]
 
 OCPP_FIELDS = {
     "host": Field("str", default="0.0.0.0"),
@@ -183,3 +183,24 @@ def parse_upstream(raw: Any, raw_sites: Any, problems: list[Problem]) -> Upstrea
             problems.append(Problem(f"{path}.upstream_password",
                                     "is required with ocpp.upstream.auth: config and no ocpp.upstream.password"))
     return upstream
+
+
+CLUSTER_FIELDS = {
+    "postgres_url": Field("str", required=True),
+    "nats_url": Field("str", required=True),
+    "instance_id": Field("str", required=True, ident=True),
+}
+
+
+def parse_cluster(raw: Any, problems: list[Problem]) -> ClusterSettings | None:
+    """The ``cluster`` section (DESIGN 3.12): where PostgreSQL and NATS are, and who this instance is."""
+    before = len(problems)
+    got = read_mapping(raw, CLUSTER_FIELDS, "cluster", problems)
+    if got is None:
+        return None
+    for key, schemes in (("postgres_url", ("postgresql://", "postgres://")), ("nats_url", ("nats://", "tls://"))):
+        if isinstance(got[key], str) and not got[key].startswith(schemes):
+            problems.append(Problem(f"cluster.{key}", f"must start with {' or '.join(schemes)}, got {got[key]!r}"))
+    if isinstance(got["instance_id"], str) and not got["instance_id"]:
+        problems.append(Problem("cluster.instance_id", "must not be empty"))
+    return ClusterSettings(**got) if len(problems) == before and complete(got, CLUSTER_FIELDS) else None

@@ -309,6 +309,15 @@ class OcpiLocation:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Cluster mode (DESIGN 3.12): state in PostgreSQL, charger traffic between instances on NATS."""
+
+    postgres_url: str
+    nats_url: str
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class OcpiSettings:
     """OCPI 2.2.1, CPO side (DESIGN 3.10): who we are and the tokens A handed out of band."""
 
@@ -374,6 +383,7 @@ class Config:
     ocpi: OcpiSettings | None = None
     control: ControlSettings = field(default_factory=ControlSettings)
     state_dir: str = "./state"
+    cluster: ClusterSettings | None = None
 
     def site(self, site_id: str) -> Site:
         for site in self.sites:

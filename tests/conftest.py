@@ -9,3 +9,5 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
+
+pytest_plugins = ["tests.cluster_fixtures"]  # PostgreSQL and NATS servers for the cluster tests

@@ -22,7 +22,7 @@ from adapters.meter.modbus import ModbusMeter
 from adapters.meter.push import MeterPushRefused
 from adapters.metrics import Point
 from adapters.prometheus import Family
-from adapters.store import StateStore
+from adapters.store_port import Store
 from balancer.control import Controller, SiteStatus
 from balancer.events import SiteMeterReading
 from balancer.model import Config
@@ -70,7 +70,7 @@ def meter_point(site_id: str, at: datetime, status: SiteStatus) -> Point | None:
 class MeterHub:
     """Owns the meters of every site of a service."""
 
-    def __init__(self, config: Config, controllers: Mapping[str, Controller], store: StateStore, *,
+    def __init__(self, config: Config, controllers: Mapping[str, Controller], store: Store, *,
                  now: Callable[[], datetime], urgent: Callable[[str], None], wake: Callable[[], None]) -> None:
         self.config = config
         self.controllers = controllers

@@ -24,7 +24,7 @@ from adapters.http_body import loads, read_body, token_matches
 from adapters.ocpi.messages import (
     encode_token,
 )
-from adapters.store import StateStore
+from adapters.store_port import Store
 from balancer.control import Controller
 from balancer.events import Event, ProfileResult
 from balancer.model import Config, OcpiSettings
@@ -75,7 +75,7 @@ def token_hash(token: str) -> str:
 class CpoBase:
     """The CPO's state, the edge helpers and the outbox of callbacks; ``OcpiCpo`` builds on it."""
 
-    def __init__(self, config: Config, store: StateStore, controllers: dict[str, Controller],
+    def __init__(self, config: Config, store: Store, controllers: dict[str, Controller],
                  on_event: Callable[[Event], None], now: Callable[[], datetime]) -> None:
         assert config.ocpi is not None
         self.settings: OcpiSettings = config.ocpi

@@ -32,7 +32,7 @@ from balancer.events import ChargerSchedule
 if TYPE_CHECKING:
     from adapters.ocpp.link import ChargerLink
 
-__all__ = ["PHASE1_WAIT_PER_CHARGER_S", "PHASE1_WAIT_S", "fan_out"]
+__all__ = ["PHASE1_WAIT_PER_CHARGER_S", "PHASE1_WAIT_S", "decreases", "fan_out", "increases"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,18 @@ def _ok(task: asyncio.Task[Any]) -> bool:
 
 async def fan_out(items: Sequence[tuple[ChargerLink, ChargerSchedule]]) -> bool:
     """Send one decision's schedules in two phases (module docstring); True when all went out."""
+    second = await decreases(items)
+    if second is None:
+        return False
+    await increases(second)
+    return True
+
+
+async def decreases(items: Sequence[tuple[ChargerLink, ChargerSchedule]]
+                    ) -> list[tuple[ChargerLink, ChargerSchedule]] | None:
+    """Phase 1: send the decreases and wait for them; the increases to send next, or None when a
+    decrease was not accepted in time (the increases of this decision then stay back). In a
+    cluster the owner runs this on every gateway before any of them runs ``increases``."""
     first: list[tuple[ChargerLink, ChargerSchedule]] = []
     second: list[tuple[ChargerLink, ChargerSchedule]] = []
     for link, schedule in items:
@@ -89,11 +101,15 @@ async def fan_out(items: Sequence[tuple[ChargerLink, ChargerSchedule]]) -> bool:
                 link.pusher.refused(why)
             log.info("fan-out: %d of %d decreases not accepted in time; increases wait for the next decision",
                      len(failed), len(tasks))
-            return False
+            return None
+    return second
+
+
+async def increases(second: Sequence[tuple[ChargerLink, ChargerSchedule]]) -> None:
+    """Phase 2: the increases, once every decrease of the decision is held."""
     if second:
         # Tasks of the chargers' own: a disconnect cancels its call at once (a call to a closed
         # connection would wait out the response timeout), and the next decision's decreases wait
         # for no slow charger's increase longer than the first phase waits for a decrease.
         raises = [link.pusher.start_push(schedule, 2) for link, schedule in second]
         await asyncio.wait(raises, timeout=PHASE1_WAIT_S + PHASE1_WAIT_PER_CHARGER_S * len(raises))
-    return True

@@ -23,7 +23,7 @@ import aiohttp
 
 from adapters.clock import utc_now
 from adapters.oscp.provider import heartbeat_interval_s
-from adapters.store import StateStore
+from adapters.store_port import Store
 from balancer.model import Config
 
 __all__ = ["OscpClient", "iso"]
@@ -40,7 +40,7 @@ def iso(t: datetime) -> str:
 class OscpClient:
     """Sends our messages to the Capacity Provider through the outbox."""
 
-    def __init__(self, config: Config, store: StateStore, *, now: Callable[[], datetime] = utc_now,
+    def __init__(self, config: Config, store: Store, *, now: Callable[[], datetime] = utc_now,
                  site_energy_wh: Callable[[str], float] | None = None, base_backoff_s: float = 1.0,
                  site_import_wh: Callable[[str], float | None] | None = None) -> None:
         assert config.oscp.capacity_provider is not None

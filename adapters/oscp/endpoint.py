@@ -162,6 +162,8 @@ def add_oscp_routes(app: web.Application, fp: FlexibilityProvider) -> None:
         async with accepting:  # one merge per loop iteration: the others wait their turn
             fp.accept_forecast(site_id, parsed)
             await asyncio.sleep(0)
+        if not fp.durable(site_id):
+            return _error(503, "the forecast could not be stored (cluster database unreachable): send it again")
         return web.Response(status=204)
 
     routes: dict[str, tuple[str, Handler]] = {

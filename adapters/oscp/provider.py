@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from adapters.clock import utc_now
-from adapters.store import StateStore
+from adapters.store_port import Store
 from balancer.model import Config
 from balancer.timeline import CapacityTimeline
 from forecast.blocks import CapacityForecast
@@ -41,7 +41,7 @@ def heartbeat_interval_s(required_behaviour: Any) -> float | None:
 class FlexibilityProvider:
     """Holds each site's ``ForecastBook``; every accepted change is stored before it is used."""
 
-    def __init__(self, config: Config, store: StateStore, *, now: Callable[[], datetime] = utc_now,
+    def __init__(self, config: Config, store: Store, *, now: Callable[[], datetime] = utc_now,
                  on_capacity_changed: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.store = store
@@ -49,14 +49,30 @@ class FlexibilityProvider:
         self.on_capacity_changed = on_capacity_changed or (lambda site_id: None)
         self.books: dict[str, ForecastBook] = {}
         for site in config.sites:
-            raw = store.get_json(f"forecast:{site.id}")
-            self.books[site.id] = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
+            self.reload(site.id)
         self.feeds: dict[str, TimelineFeed] = {}
         self.registration: dict[str, Any] = store.get_json("oscp:registration") or {}
         self.required_behaviour: dict[str, Any] = store.get_json("oscp:required_behaviour") or {}
         self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0}
+        self.before_change: Callable[[str], None] = lambda site_id: None
+        """Cluster mode: read the site's book from the store first (another instance may have changed it)."""
+        self.on_stored: Callable[[str], None] = lambda site_id: None
+        """Cluster mode: the site's book was stored here (its owner reads it again)."""
+        self.durable: Callable[[str], bool] = lambda site_id: True
+        """Whether the site's book as accepted is safe where the controlling instance reads it.
+        One process: always (it runs on what it holds in memory). Cluster mode: only once it is in
+        PostgreSQL; else the endpoint answers 503 so the grid operator sends it again."""
         self.on_handshake: Callable[[dict[str, Any], str | None], None] | None = None
         self.on_register: Callable[[dict[str, Any]], None] | None = None
+
+    def reload(self, site_id: str) -> None:
+        """Take the site's book from the store (in a cluster, another instance may have written it)."""
+        raw = self.store.get_json(f"forecast:{site_id}")
+        book = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
+        old = self.books.get(site_id)
+        if old is not None:  # a new revision: the site's TimelineFeed then hands out a fresh timeline
+            book.revision = old.revision + 1
+        self.books[site_id] = book
 
     def update_config(self, config: Config) -> None:
         self.config = config
@@ -68,19 +84,24 @@ class FlexibilityProvider:
         return None
 
     def accept_forecast(self, site_id: str, forecast: CapacityForecast) -> None:
+        self.before_change(site_id)
         book = self.books[site_id]
         book.accept(forecast, self.now())
         self.store.put_json(f"forecast:{site_id}", book.to_json())
+        self.on_stored(site_id)
         self.counters["forecasts"] += 1
         self.on_capacity_changed(site_id)
 
     def heartbeat(self, offline_mode_at: datetime) -> None:
         """A heartbeat from the grid operator: one link for every site of this deployment."""
         now = self.now()
-        for site_id, book in self.books.items():
+        for site_id in list(self.books):
+            self.before_change(site_id)
+            book = self.books[site_id]
             was_online = book.link.online(now)
             book.link.heartbeat(now, offline_mode_at)
             self.store.put_json(f"forecast:{site_id}", book.to_json())
+            self.on_stored(site_id)
             if not was_online:
                 log.info("grid operator back online for site %s", site_id)
                 self.on_capacity_changed(site_id)

@@ -1,0 +1,266 @@
+"""The state store on PostgreSQL, for cluster mode: the same contract as the SQLite ``StateStore``.
+
+Memory is what the service runs on; the database follows it. Every key is read at start and kept
+in memory, writes go out in one transaction per ``flush()`` and a failed write stays pending and
+is retried (``fault``, ``failures``, a rate-limited log line), exactly as with SQLite. Only the
+keys this instance changed are written, so instances writing different keys (each the sites it
+owns) never overwrite each other; ``refresh()`` reads keys again that another instance may have
+written (a site's state when it is taken over).
+
+Calls are synchronous, from the event loop's thread, like SQLite's, but the database work runs
+on one writer thread and the caller waits at most ``WAIT_S`` for it: a database that went away
+(or a route that silently drops packets) costs one call that long, later calls fail at once while
+that write is still stuck, and control goes on from memory. The connection also has short
+timeouts of its own (``connect_timeout``, ``tcp_user_timeout``, ``statement_timeout``).
+
+Outbox ids: each start draws a block from the ``outbox_block`` sequence and numbers its messages
+``block << 32 | n``, so ids are unique across instances and grow within one. Each instance
+delivers the messages it enqueued (rows tagged with its ``instance_id``, read back at its next start).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import psycopg
+
+from adapters.cluster.migrations import migrate
+from adapters.store import LOG_EVERY_S, OutboxItem
+
+__all__ = ["PgStore", "connect"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 3
+TCP_USER_TIMEOUT_MS = 3000
+STATEMENT_TIMEOUT_MS = 5000
+WAIT_S = 1.0
+"""How long a call waits for the database before it reports a fault and goes on from memory."""
+
+
+def connect(url: str, *, application_name: str = "balancer", autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection that fails within seconds, never hangs, when the database is cut off."""
+    return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S,
+                           application_name=application_name, keepalives=1, keepalives_idle=2,
+                           keepalives_interval=1, keepalives_count=2, tcp_user_timeout=TCP_USER_TIMEOUT_MS,
+                           options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+
+
+class PgStore:
+    """JSON key-value state and the outbox in PostgreSQL (see the module docstring).
+
+    The database must answer at start (the migrations run then); afterwards it may come and go.
+    """
+
+    def __init__(self, url: str, instance_id: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.url = url
+        self.instance_id = instance_id
+        self.clock = clock
+        self.saved_at = clock()
+        self.fault: str | None = None
+        self.fault_since: float | None = None
+        self.failures = 0
+        self._fault_failures = 0
+        self._logged_at = 0.0
+        self._kv: dict[str, str] = {}
+        self._kv_pending: set[str] = set()
+        self._outbox: dict[int, OutboxItem] = {}
+        self._outbox_pending: set[int] = set()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-store")
+        self._busy: Future[Any] | None = None  # the database call under way (maybe stuck)
+        self._db: psycopg.Connection[Any] | None = connect(url, application_name=f"balancer-store:{instance_id}")
+        migrate(self._db)
+        self._kv = {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM kv").fetchall()}
+        for row in self._db.execute("SELECT id, path, body, headers, attempts, next_try, created FROM outbox "
+                                    "WHERE instance_id = %s ORDER BY id", (instance_id,)):
+            self._outbox[row[0]] = OutboxItem(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4],
+                                              row[5], row[6])
+        block = self._db.execute("SELECT nextval('outbox_block')").fetchone()
+        self._next_id = (int(block[0]) << 32) + 1 if block else 1
+
+    def close(self) -> None:
+        self.flush()
+        busy = self._busy
+        if busy is None or busy.done():
+            self._worker.submit(self._close_connection).result(timeout=WAIT_S * 5)
+        self._worker.shutdown(wait=False)
+
+    def _close_connection(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _call(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on the writer thread; waits ``WAIT_S`` at most (raises TimeoutError then)."""
+        if self._busy is not None and not self._busy.done():
+            raise TimeoutError("the previous database call is still under way")
+        self._busy = self._worker.submit(work)
+        try:
+            return self._busy.result(timeout=WAIT_S)
+        except FutureTimeout:
+            raise TimeoutError(f"no answer from PostgreSQL within {WAIT_S:g} s") from None
+
+    # ----------------------------------------------------------------- key-value
+    def get_json(self, key: str) -> Any:
+        text = self._kv.get(key)
+        return None if text is None else json.loads(text)
+
+    def put_json(self, key: str, value: Any, *, flush: bool = True) -> None:
+        text = json.dumps(value, separators=(",", ":"))
+        if self._kv.get(key) != text:
+            self._kv[key] = text
+            self._kv_pending.add(key)
+        if flush:
+            self.flush()
+
+    def delete_json(self, key: str, *, flush: bool = True) -> None:
+        if self._kv.pop(key, None) is not None:
+            self._kv_pending.add(key)
+        if flush:
+            self.flush()
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(k for k in self._kv if k.startswith(prefix))
+
+    def refresh(self, keys: Iterable[str] = (), prefix: str | None = None) -> bool:
+        """Read ``keys`` (and every key under ``prefix``) from the database again.
+
+        For state another instance wrote: a site taken over, a forecast stored by the instance the
+        grid operator called. Keys with a change of ours still pending keep ours. False when the
+        database did not answer (memory unchanged).
+        """
+        wanted = set(keys)
+        pattern = None if prefix is None else \
+            prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+        def read() -> list[tuple[Any, ...]]:
+            db = self._connection()
+            rows = db.execute("SELECT key, value FROM kv WHERE key = ANY(%s)", (sorted(wanted),)).fetchall()
+            if pattern is not None:
+                rows += db.execute("SELECT key, value FROM kv WHERE key LIKE %s", (pattern,)).fetchall()
+            return rows
+
+        try:
+            rows = self._call(read)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, self.clock())
+            return False
+        if prefix is not None:
+            wanted |= {k for k in self._kv if k.startswith(prefix)}
+        found = {str(k): str(v) for k, v in rows}
+        for key in wanted - self._kv_pending:
+            if key in found:
+                self._kv[key] = found[key]
+            else:
+                self._kv.pop(key, None)
+        return True
+
+    # ----------------------------------------------------------------- outbox
+    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
+        item_id = self._next_id
+        self._next_id += 1
+        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, 0.0, self.clock())
+        self._outbox_pending.add(item_id)
+        self.flush()
+        return item_id
+
+    def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
+        due = []
+        for item in self._outbox.values():
+            if item.next_try <= now:
+                due.append(item)
+                if len(due) == limit:
+                    break
+        return due
+
+    def delivered(self, item_id: int) -> None:
+        if self._outbox.pop(item_id, None) is not None:
+            self._outbox_pending.add(item_id)
+            self.flush()
+
+    def retry_later(self, item_id: int, next_try: float) -> None:
+        item = self._outbox.get(item_id)
+        if item is not None:
+            item.attempts += 1
+            item.next_try = next_try
+            self._outbox_pending.add(item_id)
+            self.flush()
+
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
+    # ----------------------------------------------------------------- writing
+    @property
+    def pending(self) -> int:
+        return len(self._kv_pending) + len(self._outbox_pending)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed or self._db.broken:
+            if self._db is not None:
+                self._db.close()
+            self._db = None
+            self._db = connect(self.url, application_name=f"balancer-store:{self.instance_id}")
+        return self._db
+
+    def flush(self) -> bool:
+        """Write everything pending in one transaction; False (and the fault kept) when that fails."""
+        now = self.clock()
+        try:
+            if self._kv_pending or self._outbox_pending:
+                upserts = [(key, self._kv[key], now) for key in sorted(self._kv_pending) if key in self._kv]
+                deletes = [key for key in self._kv_pending if key not in self._kv]
+                gone = [i for i in sorted(self._outbox_pending) if i not in self._outbox]
+                kept = [(item.id, self.instance_id, item.path, json.dumps(item.body), json.dumps(item.headers),
+                         item.attempts, item.next_try, item.created)
+                        for item in (self._outbox.get(i) for i in sorted(self._outbox_pending)) if item is not None]
+                self._call(lambda: self._write(self._connection(), upserts, deletes, gone, kept))
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, now)
+            return False
+        self._kv_pending.clear()
+        self._outbox_pending.clear()
+        self.saved_at = now
+        if self.fault is not None:
+            log.warning("state written to PostgreSQL again after %.0f s and %d failed writes",
+                        now - (self.fault_since or now), self._fault_failures)
+            self.fault = None
+            self.fault_since = None
+        return True
+
+    @staticmethod
+    def _write(db: psycopg.Connection[Any], upserts: list[tuple[str, str, float]], deletes: list[str],
+               gone: list[int], kept: list[tuple[Any, ...]]) -> None:
+        """One transaction (on the writer thread, from copies: memory may change meanwhile)."""
+        with db.transaction(), db.cursor() as cur:
+            if upserts:
+                cur.executemany("INSERT INTO kv (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key) "
+                                "DO UPDATE SET value = excluded.value, updated = excluded.updated", upserts)
+            if deletes:
+                cur.execute("DELETE FROM kv WHERE key = ANY(%s)", (deletes,))
+            if gone:
+                cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", (gone,))
+            if kept:
+                cur.executemany(
+                    "INSERT INTO outbox (id, instance_id, path, body, headers, attempts, next_try, created) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                    "attempts = excluded.attempts, next_try = excluded.next_try", kept)
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        first = self.fault is None
+        if first:
+            self.fault_since = now
+            self._fault_failures = 0
+        self.failures += 1
+        self._fault_failures += 1
+        self.fault = f"{type(exc).__name__}: {exc}"
+        if first or now - self._logged_at >= LOG_EVERY_S:
+            log.error("state not written to PostgreSQL (%s): %d failed writes in %.0f s, %d changes kept in "
+                      "memory and retried", self.fault, self._fault_failures, now - (self.fault_since or now),
+                      self.pending)
+            self._logged_at = now

@@ -1,0 +1,48 @@
+"""What the service needs of its state store, whichever engine holds it.
+
+Two implementations: ``adapters.store.StateStore`` (SQLite, one process) and
+``adapters.cluster.pg_store.PgStore`` (PostgreSQL, cluster mode, DESIGN 3.12). Both keep every
+key in memory (reads never wait for the database) and write through; a write that fails stays
+pending and is retried by the next write or ``flush()``. ``tests/test_store_conformance.py`` runs
+one suite against both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from adapters.store import OutboxItem
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    saved_at: float
+    fault: str | None
+    fault_since: float | None
+    failures: int
+
+    def get_json(self, key: str) -> Any: ...
+
+    def put_json(self, key: str, value: Any, *, flush: bool = True) -> None: ...
+
+    def delete_json(self, key: str, *, flush: bool = True) -> None: ...
+
+    def keys(self, prefix: str) -> list[str]: ...
+
+    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int: ...
+
+    def due(self, now: float, limit: int = 50) -> list[OutboxItem]: ...
+
+    def delivered(self, item_id: int) -> None: ...
+
+    def retry_later(self, item_id: int, next_try: float) -> None: ...
+
+    def outbox_size(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def flush(self) -> bool: ...
+
+    def close(self) -> None: ...
