@@ -172,6 +172,7 @@ _SITE = {
     "circuits": _Field("any", default=[]),
     "chargers": _Field("any", default=[]),
     "meter": _Field("any"),
+    "export_limit_a": _Field("number", default=0.0, non_negative=True),
 }
 _METER = {
     "source": _Field("enum", required=True, choices=("modbus", "http")),
@@ -207,6 +208,8 @@ _CHARGER = {
     "evse_id": _Field("int", default=1, positive=True),
     "upstream_id": _Field("str", ident=True),
     "upstream_password": _Field("str"),
+    "allow_discharge": _Field("bool", default=False),
+    "max_discharge_current_a": _Field("number", non_negative=True),
 }
 _OCPP = {
     "host": _Field("str", default="0.0.0.0"),
