@@ -53,6 +53,7 @@ from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
+from balancer.v2x import discharge_inputs, plan_discharge_fields
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
 
@@ -120,6 +121,10 @@ class ChargerState:
     """A cap set by another party (``ExternalCapSet``): [[start epoch s, limit A], ...]."""
     external_cap_until: float | None = None
     """When the external cap ends [epoch s]; None: with its session."""
+    car_v2x: bool = False
+    """The car offers V2X (``balancer.v2x``)."""
+    car_discharge_max_a: float | None = None
+    car_spare_wh: float | None = None
 
     def external_cap_a(self, t: float) -> float | None:
         """The external cap in force at ``t`` [epoch s] [A], or None when there is none."""
@@ -189,6 +194,10 @@ class SiteStatus:
     """Per-phase sum of the idle limits [A]: what cars plugging into idle chargers may draw."""
     meter: MeterView | None = None
     """The site meter as control used it (DESIGN 3.8); None without a meter."""
+    discharge_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Per-phase sum of what V2X chargers are told to discharge [A] (DESIGN 3.9)."""
+    allocation_message: str = ""
+    """Why the allocation is infeasible (for the compliance error), else empty."""
 
 
 class Controller:
@@ -217,6 +226,9 @@ class Controller:
         self._last_at: datetime | None = None
         self.meter = MeterTracker(site.meter, site.grid_limit_a) if site.meter is not None else None
         self.meter_view: MeterView | None = None
+        self.deficit_a: FloatArray = np.zeros(3)
+        """(3,) [A] how far non-EV and reserved loads exceed the capacity in force at the connection
+        (the last decision's): what V2X discharge carries (``balancer.v2x``)."""
         self.non_ev_forecast: tuple[datetime, FloatArray] | None = None
         """Non-EV load per slot from a start (n_slots, 3) [A], for the planner (``forecast.non_ev``)."""
         self._churn = self._churn_guard()
@@ -349,6 +361,7 @@ class Controller:
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
         state.external_cap = state.external_cap_until = None
+        state.car_v2x, state.car_discharge_max_a, state.car_spare_wh = False, None, None
         # Until its TxProfile is held the car draws by the idle default: that is what it holds.
         state.held_a = state.idle_limit_a
         if state.status in ("unknown", "Available", "Preparing"):
@@ -361,6 +374,7 @@ class Controller:
         state.need_wh = state.need_at_energy_wh = state.departure = None
         state.car_max_a = state.car_min_a = state.car_phases = None
         state.external_cap = state.external_cap_until = None
+        state.car_v2x, state.car_discharge_max_a, state.car_spare_wh = False, None, None
         if event.meter_stop_wh is not None:
             state.energy_wh = event.meter_stop_wh
         state.status = "Finishing" if state.status == "Charging" else state.status
@@ -378,6 +392,10 @@ class Controller:
             state.car_min_a = max(0.0, event.min_current_a)
         if event.phases in (1, 2, 3):
             state.car_phases = event.phases
+        if event.v2x is not None:
+            state.car_v2x = event.v2x
+            state.car_discharge_max_a = None if event.discharge_max_a is None else max(0.0, event.discharge_max_a)
+            state.car_spare_wh = event.spare_wh
         self._replan_due = True
 
     def _meter(self, charger_id: str, state: ChargerState, event: MeterSample) -> None:
@@ -598,8 +616,14 @@ class Controller:
             # The chargers share what the non-EV load leaves of the connection (DESIGN 3.8).
             capacity[0, :] = np.minimum(topo.node_limit_a[0], cap_now - self.meter_view.cut_a)
         reserve, mask = self._reserved_a(now)
-        if topo.n_chargers:
-            capacity -= np.asarray(topo.ancestors @ (reserve[:, None] * mask))
+        reserved = np.asarray(topo.ancestors @ (reserve[:, None] * mask)) if topo.n_chargers else np.zeros((1, 3))
+        capacity -= reserved
+        # What the connection lacks with no charger drawing, for V2X discharge (balancer.v2x).
+        root = capacity[0]
+        if self.meter_view is not None and self.meter is not None:
+            raw = cap_now - self.meter_view.non_ev_load_a - self.meter.settings.margin_a
+            root = np.minimum(topo.node_limit_a[0], raw) - reserved[0]
+        self.deficit_a = np.asarray(np.maximum(-root, 0.0), dtype=np.float64)
         return np.maximum(capacity, 0.0), cap_now, source
 
     def _allowance(self, now: datetime) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_],
@@ -678,6 +702,7 @@ class Controller:
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
             target_a=target, urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
+            **discharge_inputs(self, now),
         )
         allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
         self.last_allocation, self.allocated_ids = allocation, topo.charger_ids
@@ -774,6 +799,8 @@ class Controller:
             periods.extend((times[k] + INCREASE_LAG if up else times[k], float(values[k]))
                            for k, up in zip(changes.tolist(), rises.tolist(), strict=True))
             periods.append((end + INCREASE_LAG if failsafe > values[-1] else end, failsafe))
+        elif limit_a < 0:  # V2X discharge: until the end of this slot at most (balancer.v2x)
+            periods.extend(((times[1], 0.0), (end + INCREASE_LAG, failsafe)))
         if not idle and state.external_cap:  # another party's cap, from the moment it changes
             periods = capped_periods(periods, state.external_cap, state.external_cap_until,
                                      charger.min_current_a, charger.granularity_a)
@@ -818,6 +845,7 @@ class Controller:
         allocated = np.zeros(3)
         idle_allocated = np.zeros(3)
         measured = np.zeros(3)
+        discharge = np.zeros(3)
         chargers: list[dict[str, Any]] = []
         for i, cid in enumerate(topo.charger_ids):
             state = self.states[cid]
@@ -829,6 +857,8 @@ class Controller:
             counted = state.limit_a if state.obeys else max(state.draw_a or 0.0, max(state.measured_a))
             allocated += mask * (counted if state.connected else self._offline_reserve_a(i, state, now))
             measured += np.asarray(state.measured_a)
+            if state.connected and state.limit_a < 0:
+                discharge -= mask * state.limit_a
             idle_limit = state.idle_limit_a if self._is_idle(state) else 0.0
             idle_allocated += topo.charger_phase_mask[i] * idle_limit
             chargers.append({
@@ -864,6 +894,8 @@ class Controller:
             chargers=tuple(chargers),
             idle_allocated_a=(float(idle_allocated[0]), float(idle_allocated[1]), float(idle_allocated[2])),
             meter=self.meter_now(now, cap_now),
+            discharge_a=(float(discharge[0]), float(discharge[1]), float(discharge[2])),
+            allocation_message=self.last_allocation.message if self.last_allocation else "",
         )
 
     def snapshot(self) -> dict[str, Any]:
