@@ -53,7 +53,7 @@ from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
-from balancer.v2x import discharge_inputs, plan_discharge_fields
+from balancer.v2x import discharge_inputs
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
 
