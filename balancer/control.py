@@ -53,7 +53,7 @@ from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
-from balancer.v2x import discharge_inputs
+from balancer.v2x import discharge_inputs, plan_deficit, plan_discharge_fields
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
 
@@ -174,6 +174,9 @@ class PlanRequest:
     start: datetime
     budget_s: float
     fine_slots: int
+    deficit_a: FloatArray | None = None
+    """(n_slots, 3) [A] V2X: how far the non-EV load forecast exceeds the capacity (``balancer.plan_v2x``)."""
+    export_room_a: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -467,15 +470,18 @@ class Controller:
             sessions.append(PlanSession(
                 charger_id=cid, arrival=now, departure=departure, energy_wh=remaining,
                 max_current_a=max_a, min_current_a=max(charger.min_current_a, state.car_min_a or 0.0),
-                phases=phases, weight=float(topo.priority[i]) or 1.0,
+                phases=phases, weight=float(topo.priority[i]) or 1.0, **plan_discharge_fields(self, i, state),
             ))
         capacity = self.capacity_ahead(start, horizon)
+        non_ev = None
         if self.meter is not None:
-            capacity = np.maximum(capacity - self._non_ev_ahead(start, horizon, now, export=True), 0.0)
-        capacity = self._minus_reserved(capacity, now)
-        return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
+            non_ev = self._non_ev_ahead(start, horizon, now, export=True)
+            capacity = capacity - non_ev
+        capacity = capacity - self._reserved_load_a(now)[None, :]
+        deficit, export = plan_deficit(self, capacity, non_ev)
+        return PlanRequest(topology=topo, capacity_a=np.maximum(capacity, 0.0), sessions=tuple(sessions), start=start,
                            budget_s=self.settings.planner_budget_s,
-                           fine_slots=self.settings.plan_fine_slots)
+                           fine_slots=self.settings.plan_fine_slots, deficit_a=deficit, export_room_a=export)
 
     def _non_ev_ahead(self, start: datetime, n_slots: int, now: datetime, *, export: bool) -> FloatArray:
         """Non-EV load plus margin per slot from ``start`` (n_slots, 3) [A]: the forecast where known
@@ -577,11 +583,6 @@ class Controller:
         """Per-phase sum of the reserved loads at the connection, (3,) [A]."""
         reserve, mask = self._reserved_a(now)
         return np.asarray(reserve @ mask, dtype=np.float64) if len(reserve) else np.zeros(3)
-
-    def _minus_reserved(self, capacity: FloatArray, now: datetime) -> FloatArray:
-        """Connection capacity per slot (n, 3) less the reserved loads on it [A]."""
-        load = self._reserved_load_a(now)
-        return np.asarray(np.maximum(0.0, capacity - load[None, :]), dtype=np.float64)
 
     def meter_now(self, now: datetime, cap_now: FloatArray) -> MeterView | None:
         """The site meter's non-EV load and the chargers' share of ``cap_now`` (None: no meter)."""

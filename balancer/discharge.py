@@ -8,7 +8,9 @@ another, and no discharge happens without a deficit.
 
 Per phase the discharge stage fills the deficit (plus one granularity step, so that rounding down
 never leaves it uncovered) by progressive filling over the V2X chargers whose car loads a phase
-with a deficit, each in proportion to its discharge bound. A three-phase car discharges on all
+with a deficit, each in proportion to its discharge bound; where a phase is still short when
+another phase of the same cars is covered, those cars go on (the covered phase then only bounded
+by its export room). A three-phase car discharges on all
 its phases, so on a phase without deficit it may push the site into export: the connection's
 room there is the export room (``export_limit_a`` plus the non-EV load the discharge offsets).
 Fuses below the connection see the discharge current like any current: the stage fills within
@@ -91,7 +93,17 @@ def discharge_stage(topo: Topology, room: FloatArray, mask: BoolArray, deficit_a
     cap[:, 0] = np.where(deficit > 0, np.minimum(deficit + step, export), export)
     cap = np.maximum(cap, 0.0)
     hi = np.where(candidate, hi, 0.0)
-    x = fill(topo, cap, mask, np.zeros(n), hi, np.maximum(hi, step), candidate)
+    weight = np.maximum(hi, step)
+    x = fill(topo, cap, mask, np.zeros(n), hi, weight, candidate)
+    for _ in range(2):
+        # A car loading several phases stops when the first is covered; where another is still
+        # short, those cars go on, up to the export room of the phases already covered.
+        still = (deficit > 0) & ((x * mask).sum(axis=1) < deficit - 1e-9)
+        active = candidate & np.any(mask & still[:, None], axis=0)
+        if not active.any():
+            break
+        cap[:, 0] = np.where(still, np.minimum(deficit + step, export), export)
+        x = fill(topo, cap, mask, x, hi, weight, active)
     limit = np.floor(x / granularity + 1e-9) * granularity
     order = np.argsort(-hi, kind="stable")[: int(candidate.sum())]
     limit = hand_out(topo, cap, mask, limit, order, x - limit, hi, granularity)

@@ -18,7 +18,8 @@ from balancer.discharge import DISCHARGE_PROTOCOLS, discharge_bound_a
 if TYPE_CHECKING:
     from balancer.control import ChargerState, Controller
 
-__all__ = ["DISCHARGE_HOLD_S", "can_discharge", "discharge_inputs", "export_room_a", "plan_discharge_fields"]
+__all__ = ["DISCHARGE_HOLD_S", "can_discharge", "discharge_inputs", "export_room_a", "plan_deficit",
+           "plan_discharge_fields"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -74,6 +75,19 @@ def discharge_inputs(controller: Controller, now: datetime) -> dict[str, Any]:
         return {"deficit_a": deficit}
     return {"deficit_a": deficit, "discharge_max_a": _bounds(controller, now, DISCHARGE_HOLD_S),
             "export_room_a": export_room_a(controller)}
+
+
+def plan_deficit(controller: Controller, capacity_a: FloatArray,
+                 non_ev_a: FloatArray | None) -> tuple[FloatArray | None, FloatArray | None]:
+    """The planner's deficit and export room per slot (n_slots, 3) [A], or (None, None) when no
+    slot has a deficit: ``capacity_a`` is the connection's capacity less the non-EV load forecast
+    (``non_ev_a``, margin included; None without a meter) and the reserved loads."""
+    deficit = np.maximum(-np.asarray(capacity_a, dtype=np.float64), 0.0)
+    if not np.any(deficit > 0):
+        return None, None
+    non_ev = np.zeros_like(deficit) if non_ev_a is None else non_ev_a
+    export = np.maximum(controller.site.export_limit_a + non_ev, 0.0)
+    return deficit, np.asarray(export, dtype=np.float64)
 
 
 def plan_discharge_fields(controller: Controller, i: int, state: ChargerState) -> dict[str, Any]:
