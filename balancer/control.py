@@ -605,7 +605,8 @@ class Controller:
                            and abs((now - s.measured_at).total_seconds()) <= CHARGER_MEASUREMENT_MAX_AGE_S
                            for s in states], dtype=bool)
         capped = np.array([s.obeys for s in states], dtype=bool)
-        return self.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped))
+        loaded = phase_mask(topo, np.array([s.car_phases or 3 for s in states], dtype=np.int64))
+        return self.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
 
     def _node_capacity(self, now: datetime) -> tuple[FloatArray, FloatArray, str]:
         topo = self.topology

@@ -40,12 +40,15 @@ DIALECT: dict[str, dict[str, str]] = {
     "ocpp2.0.1": {"FormationViolation": "FormatViolation",
                   "OccurenceConstraintViolation": "OccurrenceConstraintViolation",
                   "NotImplemented": "NotSupported"},
+    "ocpp2.1": {"FormationViolation": "FormatViolation",
+                "OccurenceConstraintViolation": "OccurrenceConstraintViolation",
+                "NotImplemented": "NotSupported"},
 }
 """The package answers NotImplemented only for an action it knows without a handler here (or
 without a schema): "recognized but not supported", which OCPP-J calls NotSupported. Unknown
 actions never reach the package: the frame guard answers them NotImplemented itself."""
 
-_VERSION = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1"}
+_VERSION = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1", "ocpp2.1": "2.1"}
 
 
 def frame_id(data: str) -> str:

@@ -678,7 +678,7 @@ class Pusher:
         # A newer push may have raised the limit meanwhile: compare with the higher of the two.
         # So may the schedule have moved on to a later, higher period since (the read-back waits).
         ahead = value_at(self.held_periods, self.link.now()) if self.held_periods else 0.0
-        held = max(limit_a, self.held_a or 0.0, ahead)
+        held = max(limit_a, self.held_a or 0.0, ahead, 0.0)  # a V2X discharge (< 0) holds limit 0
         if first > held + 0.1:
             # Only ever flags: trust comes back from what it draws (``observe``), not from a schedule.
             self._follow_n = 0
@@ -703,7 +703,8 @@ class Pusher:
         if self.held_a is None or self._clock_s() - self.last_change < OBEY_GRACE_S:
             return
         now = self._clock_s()
-        if drawn > self.held_a + max(OBEY_TOLERANCE_A, 0.1 * self.held_a):
+        held = max(self.held_a, 0.0)  # told to discharge (V2X): drawing nothing is obeying
+        if drawn > held + max(OBEY_TOLERANCE_A, 0.1 * held):
             self._follow_n = 0
             self.over_samples += 1
             if self.over_samples >= OBEY_SAMPLES:

@@ -1,4 +1,4 @@
-"""The OCPP CSMS: ``ws://HOST:PORT/ocpp/{charger_id}``, OCPP 1.6J and 2.0.1 on one endpoint.
+"""The OCPP CSMS: ``ws://HOST:PORT/ocpp/{charger_id}``, OCPP 1.6J, 2.0.1 and 2.1 on one endpoint.
 
 Handshake: unknown ids get 404, a wrong or missing HTTP Basic password 401 (security profile 1),
 TLS when a certificate is configured (profile 2); the version comes from the subprotocol.
@@ -25,12 +25,14 @@ from typing import Any
 import ocpp.messages
 from aiohttp import WSMsgType, web
 from ocpp.v16.enums import Action as Action16
+from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 
 from adapters.clock import utc_now
 from adapters.ocpp.fanout import fan_out
 from adapters.ocpp.frames import MAX_DEPTH, bad_date_times, frame_id, too_deep, translate_error
 from adapters.ocpp.handlers16 import ChargePoint16
+from adapters.ocpp.handlers21 import ChargePoint21
 from adapters.ocpp.handlers201 import ChargePoint201
 from adapters.ocpp.loglimit import LimitedLogger, LogLimiter
 from adapters.ocpp.meter import MeterReader
@@ -43,8 +45,9 @@ __all__ = ["ChargerLink", "OcppServer"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
-KNOWN_ACTIONS = {"ocpp1.6": {a.value for a in Action16}, "ocpp2.0.1": {a.value for a in Action201}}
+PROTOCOLS = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")
+KNOWN_ACTIONS = {"ocpp1.6": {a.value for a in Action16}, "ocpp2.0.1": {a.value for a in Action201},
+                 "ocpp2.1": {a.value for a in Action21}}
 READ_BACKS_AT_ONCE = 20
 """Composite-schedule read-backs in flight at once across the server (see ``Pusher._read_back``)."""
 
@@ -343,7 +346,8 @@ class OcppServer:
         self.counters["connections"] += 1
         link.protocol = ws.ws_protocol
         guard = FrameGuard(ws, link, ocpp.max_message_bytes, ocpp.rate_limit_per_s)
-        cls = ChargePoint16 if link.protocol == "ocpp1.6" else ChargePoint201
+        cls: type[ChargePoint16 | ChargePoint201] = ChargePoint16 if link.protocol == "ocpp1.6" else \
+            ChargePoint21 if link.protocol == "ocpp2.1" else ChargePoint201
         cp = cls(charger_id, guard, link, response_timeout=ocpp.response_timeout_s)
         link.cp = cp
         link.connected = True

@@ -25,7 +25,8 @@ __all__ = ["OWN_PROFILE_ID_BASE", "clamp_station_max", "clear_reaches_ours", "cl
 OWN_PROFILE_ID_BASE = 990_000_000
 """Added to the balancer's profile ids on the charger in local controller mode."""
 
-_MAX = {"ocpp1.6": "ChargePointMaxProfile", "ocpp2.0.1": "ChargingStationMaxProfile"}
+_MAX = {"ocpp1.6": "ChargePointMaxProfile", "ocpp2.0.1": "ChargingStationMaxProfile",
+        "ocpp2.1": "ChargingStationMaxProfile"}
 
 
 def _profile(version: str, payload: dict[str, Any]) -> dict[str, Any] | None:

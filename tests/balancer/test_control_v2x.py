@@ -13,7 +13,7 @@ from balancer.control import Controller, slot_floor
 from balancer.discharge import discharge_bound_a
 from balancer.events import ChargerOnline, MeterSample, NeedsUpdated, SessionStarted, SiteMeterReading
 from balancer.grid_reports import compliance_problem
-from balancer.model import Charger, LimitCode, MeterSettings, Site
+from balancer.model import Charger, MeterSettings, Site
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 METER = MeterSettings(source="http", stale_after_s=10.0, fallback_base_load_a=(30.0, 30.0, 30.0),
@@ -143,3 +143,21 @@ def test_property_import_within_capacity_where_possible(meter: tuple[float, floa
         need_after = need_kwh * 1000.0 + (-v2g) * wh_per_a_s * 900.0
         assert need_after <= 32.0 * wh_per_a_s * (hours * 3600.0 - 900.0) + 1e-6
         assert np.any(room < 0)  # discharge only against a deficit
+
+
+def test_discharge_holds_when_the_meter_sees_the_export() -> None:
+    """The meter reading includes the car's export: the non-EV load must not look smaller for it
+    (else the next decision would stop the discharge and the peak would come back)."""
+    ctrl = office()
+    ctrl.handle(SiteMeterReading("office", T0, (50.0, 50.0, 50.0)))
+    ctrl.decide(T0)
+    given_a = ctrl.states["V2G"].limit_a
+    assert given_a < 0
+    t1 = T0 + timedelta(seconds=5)
+    for cid in ("V2G", "AC1"):
+        ctrl.handle(MeterSample(cid, t1, current_a=(0.0, 0.0, 0.0)))  # import 0: it exports
+    net = 50.0 + given_a
+    ctrl.handle(SiteMeterReading("office", t1, (net, net, net)))
+    ctrl.decide(t1)
+    assert ctrl.meter_view is not None and np.allclose(ctrl.meter_view.non_ev_load_a, 50.0)
+    assert ctrl.states["V2G"].limit_a <= -11.0
