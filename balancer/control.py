@@ -53,7 +53,7 @@ from balancer.plan import Plan, PlanSession, SolveOutcome
 from balancer.reasons import charger_limits
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterTracker, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
-from balancer.v2x import discharge_inputs, plan_deficit, plan_discharge_fields
+from balancer.v2x import discharge_draw_limits, discharge_inputs, plan_deficit, plan_discharge_fields
 
 __all__ = ["ChargerState", "Controller", "PlanRequest", "SiteStatus"]
 
@@ -123,6 +123,8 @@ class ChargerState:
     """When the external cap ends [epoch s]; None: with its session."""
     car_v2x: bool = False
     """The car offers V2X (``balancer.v2x``)."""
+    prev_limit_a: float = 0.0
+    """The limit before the last change (``limit_changed_at``): what a discharge may still be."""
     car_discharge_max_a: float | None = None
     car_spare_wh: float | None = None
 
@@ -606,6 +608,7 @@ class Controller:
                            for s in states], dtype=bool)
         capped = np.array([s.obeys for s in states], dtype=bool)
         loaded = phase_mask(topo, np.array([s.car_phases or 3 for s in states], dtype=np.int64))
+        limits = discharge_draw_limits(limits, states, meter_at)
         return self.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
 
     def _node_capacity(self, now: datetime) -> tuple[FloatArray, FloatArray, str]:
@@ -719,7 +722,7 @@ class Controller:
             if not state.connected:
                 continue
             if limit != state.limit_a:
-                state.limit_changed_at = now
+                state.limit_changed_at, state.prev_limit_a = now, state.limit_a
             state.limit_a = limit
             state.idle_limit_a = float(idle_limit[i])
             if self._is_idle(state):

@@ -7,6 +7,7 @@ room, and the planner's view of the same per slot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +19,14 @@ from balancer.discharge import DISCHARGE_PROTOCOLS, discharge_bound_a
 if TYPE_CHECKING:
     from balancer.control import ChargerState, Controller
 
-__all__ = ["DISCHARGE_HOLD_S", "can_discharge", "discharge_inputs", "export_room_a", "plan_deficit",
-           "plan_discharge_fields"]
+__all__ = ["DISCHARGE_HOLD_S", "DISCHARGE_SETTLE_S", "can_discharge", "discharge_draw_limits", "discharge_inputs",
+           "export_room_a", "plan_deficit", "plan_discharge_fields"]
 
 FloatArray = npt.NDArray[np.float64]
 
+DISCHARGE_SETTLE_S = 3.0
+"""How long after a change of discharge a meter reading is taken to show it [s] (a car ramps in
+about a second, a meter is polled every ``poll_s``)."""
 DISCHARGE_HOLD_S = 900.0
 """A discharge setpoint holds until the end of the slot at most (``Controller._schedule``): the
 bound assumes it runs a whole slot, so a car whose setpoint is not renewed still reaches its need."""
@@ -35,6 +39,22 @@ def can_discharge(controller: Controller, i: int, state: ChargerState) -> bool:
     return (charger.allow_discharge and state.car_v2x and state.connected and state.obeys
             and state.transaction_id is not None and state.protocol in DISCHARGE_PROTOCOLS
             and state.departure is not None and state.remaining_wh() is not None)
+
+
+def discharge_draw_limits(limits: FloatArray, states: Sequence[ChargerState], meter_at: datetime | None) -> FloatArray:
+    """The limits to take a meter reading's charger draw from (``site_meter.charger_draw_a``):
+    where a discharge changed less than ``DISCHARGE_SETTLE_S`` before the reading, the larger of
+    the two discharges. The reading may still show the old one: taking the smaller would hide
+    non-EV load (and the next decision would cut the discharge that carried it); the larger errs
+    on the safe side until a reading after the change comes."""
+    out = np.asarray(limits, dtype=np.float64).copy()
+    for i, state in enumerate(states):
+        changed = state.limit_changed_at
+        if changed is None or min(state.limit_a, state.prev_limit_a) >= 0:
+            continue
+        if meter_at is None or (meter_at - changed).total_seconds() < DISCHARGE_SETTLE_S:
+            out[i] = min(state.limit_a, state.prev_limit_a)
+    return out
 
 
 def export_room_a(controller: Controller) -> FloatArray:
