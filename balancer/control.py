@@ -244,12 +244,18 @@ class Controller:
 
     def _failsafe_limits(self) -> FloatArray:
         """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
-        on all its phases; the allocator guarantees the sum respects fallback, connection, fuses."""
+        on all its phases; the allocator guarantees the sum respects fallback, connection, fuses.
+        With a site meter the building keeps drawing when the balancer is gone: its
+        ``fallback_base_load_a`` (and the margin) come off the connection first (DESIGN 3.8)."""
         topo = self.topology
         if topo.n_chargers == 0:
             return np.zeros(0)
         capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
         capacity[0, :] = np.minimum(capacity[0, :], self.site.fallback_a)
+        meter = self.site.meter
+        if meter is not None:
+            base = np.asarray(meter.fallback_base_load_a, dtype=np.float64) + meter.margin_a
+            capacity[0, :] = np.maximum(capacity[0, :] - base, 0.0)
         request = AllocationRequest(
             topology=topo,
             capacity_a=capacity,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -161,3 +162,15 @@ def test_discharge_holds_when_the_meter_sees_the_export() -> None:
     ctrl.decide(t1)
     assert ctrl.meter_view is not None and np.allclose(ctrl.meter_view.non_ev_load_a, 50.0)
     assert ctrl.states["V2G"].limit_a <= -11.0
+
+
+def test_failsafe_limits_leave_room_for_the_fallback_base_load() -> None:
+    """If the balancer is gone the building still draws: the failsafe limits together stay within
+    the fallback less ``fallback_base_load_a`` and the margin (58 - 30 - 1 = 27 A per phase)."""
+    ctrl = Controller(dataclasses.replace(office().site, fallback_kw=40.0))
+    assert ctrl.site.fallback_a > 57.0
+    room = min(ctrl.site.fallback_a, ctrl.site.grid_limit_a) - 30.0 - 1.0
+    assert float(ctrl.failsafe_a.sum()) <= room + 1e-9
+    assert float(ctrl.failsafe_a.sum()) > 0.0
+    no_meter = Controller(dataclasses.replace(ctrl.site, meter=None))
+    assert float(no_meter.failsafe_a.sum()) > room
