@@ -577,7 +577,7 @@ class Service:
         return body
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
-                  max_current_a: float | None, phases: int | None) -> None:
+                  max_current_a: float | None, phases: int | None, discharge_allowed: bool | None = None) -> None:
         site_id = self._site_of(charger_id)
         if not site_id:
             raise KeyError(charger_id)
@@ -586,7 +586,7 @@ class Service:
             raise ValueError(f"charger {charger_id!r} has no running session")
         self._on_event(NeedsUpdated(charger_id=charger_id, at=self.now(), energy_wh=energy_wh,
                                     departure=departure, max_current_a=max_current_a, phases=phases,
-                                    source="api"))
+                                    source="api", v2x=discharge_allowed))
 
     def health(self) -> dict[str, Any]:
         """``status`` "ok", or "degraded" with ``reasons`` while control runs on but something is off.

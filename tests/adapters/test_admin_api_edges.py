@@ -32,7 +32,7 @@ class Backend:
         return {"site": site_id} if site_id == "s1" else None
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
-                  max_current_a: float | None, phases: int | None) -> None:
+                  max_current_a: float | None, phases: int | None, discharge_allowed: bool | None = None) -> None:
         self.needs.append((charger_id, energy_wh, departure, max_current_a, phases))
 
     def metrics_text(self) -> str:
@@ -74,6 +74,8 @@ async def test_non_ascii_bearer_token_is_403_on_every_get(api: tuple[str, Backen
     (b'{"energy_wh": ' + b"9" * 5000 + b"}", "energy_wh"),
     (b'{"max_current_a": NaN}', None),
     (b'{"max_current_a": 1' + b"0" * 400 + b"}", "max_current_a"),
+    (b'{"discharge_allowed": "yes"}', "discharge_allowed"),
+    (b'{"discharge_allowed": 1}', "discharge_allowed"),
 ])
 async def test_bad_needs_bodies_are_400(api: tuple[str, Backend], raw: bytes, field: str | None) -> None:
     url, backend = api
