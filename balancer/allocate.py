@@ -367,7 +367,7 @@ def allocate(req: AllocationRequest) -> Allocation:
         bound = np.zeros(n) if req.discharge_max_a is None else np.asarray(req.discharge_max_a, dtype=np.float64)
         export = np.zeros(3) if req.export_room_a is None else req.export_room_a
         discharge, uncovered = discharge_stage(topo, capacity_t, mask, req.deficit_a, export, bound, granularity,
-                                                _fill, _hand_out_rounding)
+                                                _fill, _admit)
         if discharge.any():
             # A discharging car charges nothing, and the fuses above it carry its current.
             wants &= discharge <= 0

@@ -35,8 +35,7 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
 Fill = Callable[[Topology, FloatArray, BoolArray, FloatArray, FloatArray, FloatArray, BoolArray], FloatArray]
-HandOut = Callable[[Topology, FloatArray, BoolArray, FloatArray, IntArray, FloatArray, FloatArray, FloatArray],
-                   FloatArray]
+Admit = Callable[[Topology, FloatArray, FloatArray, IntArray, FloatArray], BoolArray]
 
 DISCHARGE_PROTOCOLS = ("ocpp2.1",)
 """Subprotocols that can carry a discharge setpoint (a negative limit) to a charger."""
@@ -66,17 +65,41 @@ def discharge_bound_a(*, need_wh: FloatArray, seconds_left: FloatArray, charge_m
     return np.asarray(np.where(np.isfinite(bound) & (after > 0), np.maximum(bound, 0.0), 0.0), dtype=np.float64)
 
 
+def _top_up(topo: Topology, cap: FloatArray, mask: BoolArray, limit: FloatArray, cut: FloatArray, hi: FloatArray,
+            granularity: FloatArray, deficit: FloatArray, export: FloatArray, admit: Admit) -> FloatArray:
+    """One more granularity step for the cars rounding cut most, on the phases still short: only
+    as many as those phases need (a prefix per phase), admitted wherever every fuse still has room
+    and the connection's export room allows (so nothing can overfill)."""
+    step = granularity * mask
+    covered = (limit * mask).sum(axis=1)
+    short = deficit - covered
+    if not np.any(short > 1e-9):
+        return limit
+    room = np.maximum(cap - topo.tree_sum(limit * mask), 0.0)
+    room[:, 0] = np.maximum(export - covered, 0.0)
+    able = (limit + granularity <= hi + 1e-9) & np.any(mask & (short > 1e-9)[:, None], axis=0)
+    order = np.argsort(-cut, kind="stable")
+    order = order[able[order]]
+    steps = np.take(step, order, axis=1)
+    before = np.cumsum(steps, axis=1) - steps
+    order = order[np.any((before < short[:, None] - 1e-9) & (steps > 0), axis=0)]
+    if not len(order):
+        return limit
+    given = admit(topo, room, step, order, topo.tree_sum(np.take(step, order, axis=1), order))
+    return np.where(given, np.round(limit / granularity) * granularity + granularity, limit)
+
+
 def discharge_stage(topo: Topology, room: FloatArray, mask: BoolArray, deficit_a: FloatArray,
                     export_room_a: FloatArray, bound_a: FloatArray,
-                    granularity: FloatArray, fill: Fill, hand_out: HandOut) -> tuple[FloatArray, FloatArray]:
+                    granularity: FloatArray, fill: Fill, admit: Admit) -> tuple[FloatArray, FloatArray]:
     """Discharge per charger (n,) [A, >= 0] covering ``deficit_a`` (3,), and what stays uncovered (3,).
 
     room : (3, n_nodes) [A] each node's room (the connection's entry is not used: there the
         deficit, within the export room, is the target); mask : (3, n) grid phases of each car
     export_room_a : (3,) [A] how far the discharge may push each phase of the connection
     bound_a : (n,) [A] each charger's discharge bound (``discharge_bound_a``; 0: none)
-    fill, hand_out : the allocator's progressive filling and rounding hand-out (passed in, so that
-        this module does not import the allocator that calls it)
+    fill, admit : the allocator's progressive filling and prefix admission (passed in, so that this
+        module does not import the allocator that calls it)
     """
     n = topo.n_chargers
     deficit = np.maximum(np.nan_to_num(np.asarray(deficit_a, dtype=np.float64)), 0.0)
@@ -105,7 +128,7 @@ def discharge_stage(topo: Topology, room: FloatArray, mask: BoolArray, deficit_a
         cap[:, 0] = np.where(still, np.minimum(deficit + step, export), export)
         x = fill(topo, cap, mask, x, hi, weight, active)
     limit = np.floor(x / granularity + 1e-9) * granularity
-    order = np.argsort(-hi, kind="stable")[: int(candidate.sum())]
-    limit = hand_out(topo, cap, mask, limit, order, x - limit, hi, granularity)
+    for _ in range(2):  # rounding down left a phase short: one more step each, as far as needed
+        limit = _top_up(topo, cap, mask, limit, x - limit, hi, granularity, deficit, export, admit)
     covered = (limit * mask).sum(axis=1)
     return limit, np.maximum(deficit - covered, 0.0) * (deficit - covered > 1e-6)
