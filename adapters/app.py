@@ -283,6 +283,7 @@ class Service:
         n_slots = self.config.control.plan_horizon_h * 4
         capacity, sources = self.fp.capacity_slots(controller.site.id, start, n_slots)
         controller.set_capacity(start, capacity, sources)
+        controller.export_cap_a = self.fp.export_cap_a(controller.site.id)  # V2X (DESIGN 3.9)
 
     def _step(self, site_id: str) -> None:
         """Decide and push one site.

@@ -231,6 +231,8 @@ class Controller:
         self._last_at: datetime | None = None
         self.meter = MeterTracker(site.meter, site.grid_limit_a) if site.meter is not None else None
         self.meter_view: MeterView | None = None
+        self.export_cap_a: FloatArray | None = None
+        """(3,) [A] the grid operator's GENERATION forecast in force (None: none): caps V2X export."""
         self.deficit_a: FloatArray = np.zeros(3)
         """(3,) [A] how far non-EV and reserved loads exceed the capacity in force at the connection
         (the last decision's): what V2X discharge carries (``balancer.v2x``)."""

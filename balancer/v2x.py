@@ -59,10 +59,14 @@ def discharge_draw_limits(limits: FloatArray, states: Sequence[ChargerState], me
 
 def export_room_a(controller: Controller) -> FloatArray:
     """(3,) [A] how far discharge may push the connection's net current below zero now: the export
-    limit, plus the non-EV load the discharge first offsets (none known without a meter)."""
+    limit (lowered by an OSCP GENERATION forecast in force), plus the non-EV load the discharge
+    first offsets (none known without a meter)."""
     view = controller.meter_view
     non_ev = np.zeros(3) if view is None else view.non_ev_load_a
-    return np.asarray(np.maximum(controller.site.export_limit_a + non_ev, 0.0), dtype=np.float64)
+    limit = np.full(3, controller.site.export_limit_a)
+    if controller.export_cap_a is not None:
+        limit = np.minimum(limit, controller.export_cap_a)
+    return np.asarray(np.maximum(limit + non_ev, 0.0), dtype=np.float64)
 
 
 def _bounds(controller: Controller, now: datetime, hold_s: float) -> FloatArray:

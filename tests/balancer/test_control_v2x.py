@@ -174,3 +174,28 @@ def test_failsafe_limits_leave_room_for_the_fallback_base_load() -> None:
     assert float(ctrl.failsafe_a.sum()) > 0.0
     no_meter = Controller(dataclasses.replace(ctrl.site, meter=None))
     assert float(no_meter.failsafe_a.sum()) > room
+
+
+def test_a_generation_forecast_caps_the_export_of_a_discharge() -> None:
+    """A three-phase car covering an L1 peak discharges on L2 and L3 too: there the export room
+    (``export_limit_a``, lowered by the grid operator's GENERATION forecast) bounds it."""
+    ctrl = office(export_limit_a=20.0)
+    ctrl.handle(SiteMeterReading("office", T0, (55.0, 10.0, 10.0)))  # 16 A short on L1
+    ctrl.decide(T0)
+    assert -16.0 <= ctrl.states["V2G"].limit_a <= -15.0  # L2/L3 room: 20 A export + 10 A load
+    ctrl.export_cap_a = np.zeros(3)  # the grid operator takes no feed-in now
+    ctrl.decide(T0 + timedelta(seconds=1))
+    assert ctrl.states["V2G"].limit_a == -10.0  # only what the building's 10 A on L2/L3 absorbs
+    status = ctrl.status(T0 + timedelta(seconds=1))
+    assert status.allocation_status == "infeasible" and "6.0 A on L1" in status.allocation_message
+
+
+def test_forecast_book_reads_the_generation_forecast_in_force() -> None:
+    site = office().site
+    book = ForecastBook()
+    assert book.export_cap_a(site, T0) is None
+    block = ForecastedBlock(capacity=2.3, phase="ALL", unit="KW", start=T0, end=T0 + timedelta(hours=1))
+    book.accept(CapacityForecast("office", "GENERATION", (block,)), T0)
+    cap = book.export_cap_a(site, T0 + timedelta(minutes=20), T0 + timedelta(minutes=20))
+    assert cap is not None and np.allclose(cap, 2300.0 / 3 / 230.0, atol=0.05)
+    assert book.export_cap_a(site, T0 + timedelta(hours=2), T0 + timedelta(minutes=20)) is None
