@@ -15,6 +15,8 @@ from balancer.discharge import discharge_bound_a
 from balancer.events import ChargerOnline, MeterSample, NeedsUpdated, SessionStarted, SiteMeterReading
 from balancer.grid_reports import compliance_problem
 from balancer.model import Charger, MeterSettings, Site
+from forecast.blocks import CapacityForecast, ForecastedBlock
+from forecast.book import ForecastBook
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 METER = MeterSettings(source="http", stale_after_s=10.0, fallback_base_load_a=(30.0, 30.0, 30.0),
