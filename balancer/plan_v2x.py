@@ -87,6 +87,15 @@ def add_discharge(model: LpModel, sessions: Sequence[PlanSession], capacity_a: F
     if not np.any(deficit > 0) or not np.any(dis_max > 0):
         return model, None
     hi = model.col_hi[:n_x]
+    # A discharge column only where the car is there for the whole block: a block's current holds
+    # in every slot the car is present in, and a car leaving within the block would leave the later
+    # slots' deficit uncovered (for charging, leaving early only lowers the load).
+    block_len = np.bincount(model.slot_block)
+    pairs = np.bincount(model.fine_col, minlength=n_x)
+    low, high = np.full(n_x, np.inf), np.zeros(n_x)
+    np.minimum.at(low, model.fine_col, model.fine_wh_per_a)
+    np.maximum.at(high, model.fine_col, model.fine_wh_per_a)
+    whole = (pairs == block_len[model.col_slot]) & (low >= high - 1e-9)
     flex_wh = np.bincount(model.col_session, weights=hi * model.wh_per_a, minlength=n_s) - model.need_wh
     # Root rows: (phase, block) -> row index of the connection's node row.
     root = np.flatnonzero(model.cap_node == 0)
@@ -100,7 +109,7 @@ def add_discharge(model: LpModel, sessions: Sequence[PlanSession], capacity_a: F
     n_col = model.a.shape[1]
     j = n_col
     able = (dis_max > 0) & (flex_wh > 0)
-    for c in np.flatnonzero(able[model.col_session]).tolist():
+    for c in np.flatnonzero(able[model.col_session] & whole).tolist():
         s = int(model.col_session[c])
         b = int(model.col_slot[c])
         entries = a_csc.indices[a_csc.indptr[c]: a_csc.indptr[c + 1]]
