@@ -696,12 +696,10 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     delivered = np.zeros(len(sessions))
     rounded = limit[cell]
     np.add.at(delivered, session, np.minimum(rounded, fine_x) * model.fine_wh_per_a)
-    if dis.any():  # V2X: a negative limit, rounded up to the charger's step within the car's bound
+    if dis.any():  # V2X: a negative limit, its magnitude rounded down (fuses and export room hold)
         limit_dis = np.zeros_like(limit)
         np.add.at(limit_dis, cell, dis)
-        bound = np.zeros_like(limit)
-        np.maximum.at(bound, cell, discharge.max_a[model.fine_col] if discharge is not None else 0.0)
-        limit_dis = np.minimum(np.ceil(limit_dis / gran - 1e-9) * gran, np.floor(bound / gran + 1e-9) * gran)
+        limit_dis = np.floor(limit_dis / gran + 1e-6) * gran
         limit = np.where(limit_dis > 0, -limit_dis, limit)
         np.subtract.at(delivered, session, dis * model.fine_wh_per_a)
     planned = {s.charger_id: float(max(min(delivered[k], s.energy_wh), 0.0)) for k, s in enumerate(sessions)}

@@ -60,11 +60,9 @@ UNCOVERED_COST = 100.0
 @dataclass(frozen=True)
 class DischargeColumns:
     """Where the discharge columns are: ``of_x`` (n_x,) the column of ``d`` for each ``x`` column
-    (-1: none), and ``max_a`` (n_x,) its bound [A]; ``uncovered`` the slack columns."""
+    (-1: none)."""
 
     of_x: IntArray
-    max_a: FloatArray
-    uncovered: IntArray
 
 
 def add_discharge(model: LpModel, sessions: Sequence[PlanSession], capacity_a: FloatArray, deficit_a: FloatArray,
@@ -192,9 +190,7 @@ def add_discharge(model: LpModel, sessions: Sequence[PlanSession], capacity_a: F
     row_hi = np.concatenate([model.row_hi, flex_hi, np.maximum(spare[np.isfinite(spare)], 0.0) / 1000.0,
                              export[model.cap_slot[export_of], model.cap_phase[export_of]]])
     out = replace(model, a=a, col_lo=col_lo, col_hi=col_hi, cost=cost, row_lo=row_lo, row_hi=row_hi)
-    max_a = np.zeros(n_x)
-    max_a[d_cols] = d_hi
-    return out, DischargeColumns(of_x=of_x, max_a=max_a, uncovered=u_cols)
+    return out, DischargeColumns(of_x=of_x)
 
 
 def discharge_rows(columns: DischargeColumns | None, v: FloatArray, fine_col: IntArray) -> FloatArray:
