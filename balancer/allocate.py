@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from balancer.discharge import discharge_stage
+from balancer.discharge import discharge_reasons, discharge_stage
 from balancer.model import LIMIT_CODES, LimitCode
 from balancer.topology import Topology
 
@@ -72,7 +72,6 @@ _CAR_MAX = code_number(LimitCode.CAR_MAX)
 _PLAN = code_number(LimitCode.PLAN)
 _PRIORITY = code_number(LimitCode.PRIORITY)
 _PAUSED = code_number(LimitCode.PAUSED_MIN_NOT_ADMITTED)
-_DISCHARGE = code_number(LimitCode.DISCHARGE)
 
 EPS_A = 1e-9
 MAX_ROUNDS = 200
@@ -423,7 +422,7 @@ def allocate(req: AllocationRequest) -> Allocation:
                        np.isfinite(target) & ~has_target)
     if discharge.any():
         limit = np.where(discharge > 0, -discharge, limit)
-        reasons = _discharge_reasons(reasons, discharge > 0, mask, req.deficit_a)
+        reasons = discharge_reasons(reasons, discharge > 0, mask, req.deficit_a)
     if uncovered.any():
         over = ", ".join(f"{u:.1f} A on L{p + 1}" for p, u in enumerate(uncovered) if u > 0)
         return Allocation(limit, paused, "infeasible",
@@ -436,18 +435,6 @@ def allocate(req: AllocationRequest) -> Allocation:
                           f"minimums of chargers that cannot pause do not fit: {', '.join(ids)}", *reasons)
     status = "ok" if not short.any() else "short"
     return Allocation(limit, paused, status, "", *reasons)
-
-
-def _discharge_reasons(reasons: tuple[CodeArray, IntArray, CodeArray], discharging: BoolArray, mask: BoolArray,
-                       deficit_a: FloatArray | None) -> tuple[CodeArray, IntArray, CodeArray]:
-    """Discharging chargers: code ``discharge`` at the connection, on the first deficit phase they load."""
-    code, node, phase = reasons[0].copy(), reasons[1].copy(), reasons[2].copy()
-    deficit = np.zeros(3) if deficit_a is None else np.asarray(deficit_a)
-    on = mask & (deficit > 0)[:, None]
-    code[discharging] = _DISCHARGE
-    node[discharging] = 0
-    phase[discharging] = np.argmax(on, axis=0)[discharging].astype(np.int8)
-    return code, node, phase
 
 
 def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArray, short: BoolArray,

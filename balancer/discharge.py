@@ -27,13 +27,16 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from balancer.model import LIMIT_CODES, LimitCode
 from balancer.topology import Topology
 
-__all__ = ["DISCHARGE_PROTOCOLS", "discharge_bound_a", "discharge_stage"]
+__all__ = ["DISCHARGE_PROTOCOLS", "discharge_bound_a", "discharge_reasons", "discharge_stage"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
+CodeArray = npt.NDArray[np.int8]
+_DISCHARGE = LIMIT_CODES.index(LimitCode.DISCHARGE)
 Fill = Callable[[Topology, FloatArray, BoolArray, FloatArray, FloatArray, FloatArray, BoolArray], FloatArray]
 Admit = Callable[[Topology, FloatArray, FloatArray, IntArray, FloatArray], BoolArray]
 
@@ -132,3 +135,15 @@ def discharge_stage(topo: Topology, room: FloatArray, mask: BoolArray, deficit_a
         limit = _top_up(topo, cap, mask, limit, x - limit, hi, granularity, deficit, export, admit)
     covered = (limit * mask).sum(axis=1)
     return limit, np.maximum(deficit - covered, 0.0) * (deficit - covered > 1e-6)
+
+
+def discharge_reasons(reasons: tuple[CodeArray, IntArray, CodeArray], discharging: BoolArray, mask: BoolArray,
+                       deficit_a: FloatArray | None) -> tuple[CodeArray, IntArray, CodeArray]:
+    """Discharging chargers: code ``discharge`` at the connection, on the first deficit phase they load."""
+    code, node, phase = reasons[0].copy(), reasons[1].copy(), reasons[2].copy()
+    deficit = np.zeros(3) if deficit_a is None else np.asarray(deficit_a)
+    on = mask & (deficit > 0)[:, None]
+    code[discharging] = _DISCHARGE
+    node[discharging] = 0
+    phase[discharging] = np.argmax(on, axis=0)[discharging].astype(np.int8)
+    return code, node, phase
