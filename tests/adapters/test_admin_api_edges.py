@@ -33,7 +33,7 @@ class Backend:
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
                   max_current_a: float | None, phases: int | None, discharge_allowed: bool | None = None) -> None:
-        self.needs.append((charger_id, energy_wh, departure, max_current_a, phases))
+        self.needs.append((charger_id, energy_wh, departure, max_current_a, phases, discharge_allowed))
 
     def metrics_text(self) -> str:
         return "balancer_up 1\n"
@@ -88,6 +88,15 @@ async def test_bad_needs_bodies_are_400(api: tuple[str, Backend], raw: bytes, fi
         else:
             assert answer["field"].startswith(field)
     assert backend.needs == []
+
+
+async def test_needs_body_says_whether_the_car_offers_v2x(api: tuple[str, Backend]) -> None:
+    url, backend = api
+    async with aiohttp.ClientSession() as s, s.post(url + "/api/v1/sessions/CP1/needs",
+                                                     json={"energy_wh": 5000, "discharge_allowed": True},
+                                                     headers={"Authorization": "Bearer adm-token"}) as r:
+        assert r.status < 300, await r.text()
+    assert backend.needs == [("CP1", 5000.0, None, None, None, True)]
 
 
 async def test_admin_and_oscp_errors_share_one_body(api: tuple[str, Backend]) -> None:
