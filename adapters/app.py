@@ -13,41 +13,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
+from adapters.admin_backend import health_json, plan_json, site_json
 from adapters.clock import utc_now
-from adapters.config_file import load_config, placeholder_secrets
+from adapters.config_reload import reload_config, watch_config
+from adapters.grid_reporting import GridReporting
 from adapters.highs_quiet import silence_highs_banner
 from adapters.http_api import add_admin_routes
-from adapters.logs import setup_logging
-from adapters.meter.hub import MeterHub, meter_fields, meter_point
-from adapters.metrics import (
-    charger_point,
-    event_point,
-    obedience_point,
-    plan_points,
-    service_point,
-    site_point,
-    wired_phases,
-)
+from adapters.meter.hub import MeterHub
+from adapters.metrics import event_point, obedience_point, plan_points, service_point, wired_phases
 from adapters.ocpp.server import OcppServer
 from adapters.oscp.endpoint import add_oscp_routes
 from adapters.oscp.provider import FlexibilityProvider
+from adapters.persist import PERSIST_EVERY_S, Persister
 from adapters.planner_worker import planner_executor
 from adapters.prometheus import service_metrics_text
+from adapters.site_points import site_points
 from adapters.store import StateStore, private_dir
-from balancer.control import SLOT_S, Controller, PlanRequest, SiteStatus, slot_floor
-from balancer.errors import InvalidInput
+from balancer.control import Controller, PlanRequest
 from balancer.events import (
+    CapacityUpdated,
     Event,
     LimitConfirmed,
     MeterSample,
@@ -57,21 +49,13 @@ from balancer.events import (
     SessionStarted,
     SessionStopped,
 )
-from balancer.grid_reports import adjust_blocks, compliance_problem, known_needs_wh
 from balancer.model import Config
 from balancer.plan import SolveOutcome, plan
+from balancer.ports import ChargerPort
 
-__all__ = ["Service", "run_serve"]
+__all__ = ["PERSIST_EVERY_S", "Service", "run_serve"]
 
 log = logging.getLogger("balancer.service")
-
-PERSIST_EVERY_S = 5.0
-"""The controller state on disk is at most this old (plus one write) while the disk works."""
-PERSIST_GAP_S = 0.25
-"""Session events closer together than this share one snapshot (a reconnect storm writes a few)."""
-PERSIST_YIELD_S = 1.0
-"""A snapshot waits at most this long for the limits of a capacity change to go out first."""
-
 
 def _solve(request: PlanRequest) -> SolveOutcome:
     """Run the LP for a request; any failure comes back as data, never as an exception."""
@@ -110,6 +94,9 @@ class Service:
             self.ocpi = OcpiCpo(config, self.store, self.controllers, self._on_event, now)
         self.fp = FlexibilityProvider(config, self.store, now=now, on_capacity_changed=self._capacity_changed)
         self.ocpp = OcppServer(config, on_event=self._on_event, now=now)
+        self.chargers: ChargerPort = self.ocpp
+        """Every charger is reached through this port (``balancer.ports``); the OCPP server is the
+        one transport today (README, "Architecture": adding one)."""
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink
@@ -143,13 +130,10 @@ class Service:
                                            "state_saves": 0, "state_save_failures": 0, "state_write_failures": 0,
                                            "compliance_errors": 0}
         self.last_step_s = 0.0
-        self._config_mtime = self._mtime()
-        self._started_at = time.monotonic()
-        self._compliance_reported: dict[str, datetime] = {}
-        self._last_fallback: dict[str, bool] = {}
-        self._adjusted: dict[str, datetime] = {}
+        self.started_at = time.monotonic()
+        self.grid_reporting = GridReporting(self)
         self._urgent = False
-        self._persist_soon = asyncio.Event()
+        self.persister = Persister(self.store, self.controllers, self.counters, busy=lambda: self._urgent)
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -171,7 +155,7 @@ class Service:
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
-        await self.ocpp.start()
+        await self.chargers.start()
         await self.meters.start()
         if self.ocpi is not None:
             await self.ocpi.start()
@@ -181,9 +165,9 @@ class Service:
         if self.oscp_client is not None:
             await self.oscp_client.start()
         self._tasks.append(asyncio.create_task(self._control_loop(), name="control-loop"))
-        self._tasks.append(asyncio.create_task(self._persist_loop(), name="persist-loop"))
+        self._tasks.append(asyncio.create_task(self.persister.loop(), name="persist-loop"))
         if self.config_path is not None:
-            self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+            self._tasks.append(asyncio.create_task(watch_config(self), name="config-watch"))
         log.info("service started: http port %s, ocpp port %s", self.http_port, self.ocpp.port)
 
     async def stop(self) -> None:
@@ -198,7 +182,7 @@ class Service:
             task.cancel()
         self._persist()
         await self.meters.stop()
-        await self.ocpp.stop()
+        await self.chargers.stop()
         if self.ocpi is not None:
             await self.ocpi.stop()
         if self.oscp_client is not None:
@@ -234,7 +218,7 @@ class Service:
             self.influx.write([obedience_point(self._site_of(charger_id), event.at, charger=charger_id,
                                                obeys=event.obeys, draw_a=event.draw_a, detail=event.detail)])
         if isinstance(event, (SessionStarted, SessionStopped)):
-            self._persist_soon.set()  # a session must survive a crash right after it starts or stops
+            self.persister.soon()  # a session must survive a crash right after it starts or stops
         if isinstance(event, (MeterSample, LimitConfirmed)):
             # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
             # next interval step uses them; waking on each would re-decide the site back to back.
@@ -279,10 +263,11 @@ class Service:
                 self.influx.write([service_point(self.now(), outbox_messages=self.store.outbox_size())])
 
     def _refresh_capacity(self, controller: Controller, now: datetime) -> None:
-        start = slot_floor(now)
-        n_slots = self.config.control.plan_horizon_h * 4
-        capacity, sources = self.fp.capacity_slots(controller.site.id, start, n_slots)
-        controller.set_capacity(start, capacity, sources)
+        """Hand the controller a new capacity timeline when there is one (``TimelineFeed``),
+        and the export cap in force (V2X, DESIGN 3.9)."""
+        timeline = self.fp.timeline(controller.site.id, now)
+        if timeline is not None:
+            controller.handle(CapacityUpdated(controller.site.id, timeline))
         controller.export_cap_a = self.fp.export_cap_a(controller.site.id)  # V2X (DESIGN 3.9)
 
     def _step(self, site_id: str) -> None:
@@ -297,7 +282,7 @@ class Service:
         self._maybe_replan(site_id, controller, now)
         schedules = controller.decide(now)
         if schedules:
-            task = asyncio.create_task(self.ocpp.apply(schedules))
+            task = asyncio.create_task(self.chargers.apply(schedules))
             self._push_tasks.add(task)
             task.add_done_callback(self._push_done)
             if self._urgent:
@@ -308,8 +293,9 @@ class Service:
         for cid, old, limit in controller.take_reason_changes():
             log.info("charger %s: limit reason %s -> %s: %s", cid, " ".join(x for x in old if x),
                      " ".join(x for x in (limit.code, limit.node, limit.phase) if x), limit.detail)
-        self._report(controller, status, now)
-        self._write_metrics(controller, status, now)
+        self.grid_reporting.report(controller, status, now)
+        if self.influx is not None:
+            self.influx.write(site_points(controller.site, status, now, grid_online=self.fp.is_online(site_id)))
 
     def _push_done(self, task: asyncio.Task[None]) -> None:
         self._push_tasks.discard(task)
@@ -353,229 +339,34 @@ class Service:
                 self.influx.write(plan_points(site_id, outcome.plan, request.capacity_a,
                                               wired_phases(controller.site, car_phases)))
             if outcome.plan is not None:
-                self._maybe_adjust(site_id, controller, request, outcome)
+                self.grid_reporting.maybe_adjust(site_id, controller, request, outcome)
             self._wake.set()
 
         future.add_done_callback(done)
 
-    def _maybe_adjust(self, site_id: str, controller: Controller, request: PlanRequest,
-                      outcome: SolveOutcome) -> None:
-        """AdjustGroupCapacityForecast (when enabled) when the plan cannot meet the known needs."""
-        if self.oscp_client is None or not self.config.oscp.adjust_forecast or outcome.plan is None:
-            return
-        known = {cid for cid, s in controller.states.items() if s.need_wh is not None and s.transaction_id}
-        requested, planned = known_needs_wh(((s.charger_id, s.energy_wh) for s in request.sessions),
-                                            outcome.plan.planned_wh, known)
-        now = self.now()
-        blocks = adjust_blocks(requested_wh=requested, planned_wh=planned, capacity_a=request.capacity_a,
-                               planned_load_a=outcome.plan.limit_a.sum(axis=0), start=request.start,
-                               slot=timedelta(seconds=SLOT_S), grid_limit_a=controller.site.grid_limit_a,
-                               last_sent=self._adjusted.get(site_id), now=now)
-        if blocks:
-            self._adjusted[site_id] = now
-            self.oscp_client.adjust_forecast(site_id, blocks)
-            log.info("site %s: asked the grid operator for more capacity in %d slots (short %.1f kWh)",
-                     site_id, len(blocks), (requested - planned) / 1000)
-
-    def _report(self, controller: Controller, status: SiteStatus, now: datetime) -> None:
-        """Tell the grid operator when the site cannot comply (at most once per slot)."""
-        site = controller.site
-        fallback = status.capacity_source != "forecast"
-        if self._last_fallback.get(site.id) != fallback:
-            self._last_fallback[site.id] = fallback
-            if self.influx is not None:
-                self.influx.write([event_point(site.id, now, kind="fallback_on" if fallback else "fallback_off",
-                                               ok=True, result=status.capacity_source)])
-            log.info("site %s: capacity source %s", site.id, status.capacity_source)
-        slot = slot_floor(now)
-        message = compliance_problem(measured_a=status.measured_a, capacity_a=status.capacity_a,
-                                     allocation_status=status.allocation_status, slot=slot,
-                                     allocation_message=status.allocation_message,
-                                     last_reported_slot=self._compliance_reported.get(site.id))
-        if message is None:
-            return
-        self._compliance_reported[site.id] = slot
-        log.warning("site %s: cannot comply: %s", site.id, message)
-        self.counters["compliance_errors"] += 1
-        if self.influx is not None:
-            self.influx.write([event_point(site.id, now, kind="compliance_error", ok=False, result=message)])
-        if self.oscp_client is not None:
-            self.oscp_client.compliance_error(site.id, message, slot, slot + timedelta(minutes=15),
-                                              status.capacity_a)
-
-    def _write_metrics(self, controller: Controller, status: SiteStatus, now: datetime) -> None:
-        if self.influx is None:
-            return
-        site = controller.site
-        requested = sum((c["remaining_wh"] or 0.0) + c["session_delivered_wh"]
-                        for c in status.chargers if c["transaction_id"])
-        delivered = sum(c["session_delivered_wh"] for c in status.chargers if c["transaction_id"])
-        points = [site_point(
-            site.id, now, capacity_a=status.capacity_a, capacity_source=status.capacity_source,
-            allocated_a=status.allocated_a, measured_a=status.measured_a,
-            grid_online=self.fp.is_online(site.id), energy_requested_wh=requested,
-            energy_delivered_wh=delivered,
-            chargers_connected=sum(1 for c in status.chargers if c["connected"]),
-            voltage_v=site.voltage_v,
-        )]
-        metered = meter_point(site.id, now, status)
-        if metered is not None:
-            points.append(metered)
-        wired = wired_phases(site)
-        for c in status.chargers:
-            points.append(charger_point(
-                site.id, c["id"], now, protocol=c["protocol"] or "", limit_a=c["limit_a"],
-                measured_a=c["measured_a"], power_w=c["power_w"], energy_wh=c["energy_wh"],
-                soc_pct=c["soc_pct"], state=c["state"], connected=c["connected"], obeys=c["obeys"],
-                limit_reason=c["limit_reason"]["code"],
-                grid_phases=wired.get(c["id"], (0, 1, 2)),
-            ))
-        self.influx.write(points)
-
-    async def _persist_loop(self) -> None:
-        """Snapshot the controllers every ``PERSIST_EVERY_S``, and soon after a session event.
-
-        Independent of the control loop and of pushes: a charger that never answers keeps a push
-        task alive for minutes, and the state must not wait for it beyond ``PERSIST_YIELD_S``
-        (the snapshot, 10-55 ms at 200-1,000 chargers, would delay a decrease). A failed write is
-        retried here.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._persist_soon.wait(), timeout=PERSIST_EVERY_S)
-            self._persist_soon.clear()
-            deadline = loop.time() + PERSIST_YIELD_S
-            while self._urgent and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            self._persist()
-            await asyncio.sleep(PERSIST_GAP_S)
-
     def _persist(self) -> None:
-        """Write every controller's snapshot (and whatever else is pending); never raises."""
-        try:
-            for site_id, controller in self.controllers.items():
-                self.store.put_json(f"controller:{site_id}", controller.snapshot(), flush=False)
-            ok = self.store.flush()
-        except Exception:  # a snapshot bug must not end the persist loop; the next round tries again
-            log.exception("state snapshot failed")
-            ok = False
-        self.counters["state_saves" if ok else "state_save_failures"] += 1
-        self.counters["state_write_failures"] = self.store.failures
-
-    # ----------------------------------------------------------------- config reload
-    def _mtime(self) -> float:
-        if self.config_path is None:
-            return 0.0
-        try:
-            return self.config_path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    async def _watch_config(self) -> None:
-        while True:
-            await asyncio.sleep(2.0)
-            mtime = self._mtime()
-            if mtime != self._config_mtime:
-                self._config_mtime = mtime
-                self.reload_config()
+        self.persister.persist()
 
     def reload_config(self) -> bool:
         """Load the config file again; an invalid one is refused and the old one keeps running."""
-        if self.config_path is None:
-            return False
-        try:
-            new = load_config(self.config_path)
-        except InvalidInput as exc:
-            self.counters["config_rejected"] += 1
-            log.error("config reload refused, keeping the running config: %s", exc)
-            self._config_event(ok=False, result=str(exc))
-            return False
-        if {s.id for s in new.sites} != set(self.controllers) or new.state_dir != self.config.state_dir \
-                or new.ocpp.port != self.config.ocpp.port or new.http.port != self.config.http.port \
-                or (new.ocpi is None) != (self.ocpi is None):
-            self.counters["config_rejected"] += 1
-            log.error("config reload refused: sites, ports, state_dir and adding or removing ocpi need a restart")
-            self._config_event(ok=False, result="sites, ports, state_dir and adding or removing ocpi need a restart")
-            return False
-        for site in new.sites:
-            self.controllers[site.id].reconfigure(site)
-        self.ocpp.update_config(new)
-        self.fp.update_config(new)
-        self._tasks.append(asyncio.ensure_future(self.meters.update_config(new)))
-        if self.ocpi is not None:
-            self.ocpi.update_config(new)
-        self.config = new
-        self.counters["config_reloads"] += 1
-        log.info("config reloaded from %s", self.config_path)
-        self._config_event(ok=True, result=str(self.config_path))
-        self._wake.set()
-        return True
+        return reload_config(self)
 
-    def _config_event(self, *, ok: bool, result: str) -> None:
-        """A ``config_reloaded`` / ``config_rejected`` annotation on every site's dashboard."""
-        if self.influx is not None:
-            self.influx.write([event_point(site_id, self.now(), kind="config_reloaded" if ok else "config_rejected",
-                                           ok=ok, result=result) for site_id in self.controllers])
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as one of the service's tasks (cancelled at stop)."""
+        self._tasks.append(asyncio.ensure_future(work))
+
+    def wake(self) -> None:
+        self._wake.set()
 
     # ----------------------------------------------------------------- admin backend
     def site_ids(self) -> list[str]:
         return list(self.controllers)
 
     def site_json(self, site_id: str) -> dict[str, Any] | None:
-        controller = self.controllers.get(site_id)
-        if controller is None:
-            return None
-        status = controller.status(self.now())
-        chargers = []
-        for c in status.chargers:
-            live = self.ocpp.charger_status(c["id"])
-            chargers.append({**c, "protocol": live.get("protocol") or c["protocol"],
-                             "connected": bool(live.get("connected", c["connected"])),
-                             "obeys": live.get("obeys", c["obeys"]),
-                             "capabilities": live.get("capabilities"),
-                             # What its composite schedule allowed at the last read-back: all its
-                             # profiles combined, what it really may draw (None: not read yet).
-                             "composite_a": live.get("composite_a")})
-        return {
-            "id": site_id,
-            "at": status.at.isoformat(),
-            "capacity_w": round(status.capacity_w, 1),
-            "capacity_a": [round(x, 2) for x in status.capacity_a],
-            "capacity_source": status.capacity_source,
-            "allocated_a": [round(x, 2) for x in status.allocated_a],
-            "idle_allocated_a": [round(x, 2) for x in status.idle_allocated_a],
-            "measured_a": [round(x, 2) for x in status.measured_a],
-            "grid_operator_online": self.fp.is_online(site_id),
-            "allocation_status": status.allocation_status,
-            "plan_status": controller.plan_status,
-            "plan_message": controller.plan_message,
-            **meter_fields(status),
-            "chargers": chargers,
-        }
+        return site_json(self, site_id)
 
     def plan_json(self, site_id: str) -> dict[str, Any] | None:
-        controller = self.controllers.get(site_id)
-        if controller is None:
-            return None
-        now = self.now()
-        start = slot_floor(now)
-        n_slots = self.config.control.plan_horizon_h * 4
-        capacity = controller.capacity_ahead(start, n_slots)
-        body: dict[str, Any] = {"site": site_id, "start": start.isoformat(), "slot_minutes": 15,
-                                "status": controller.plan_status, "message": controller.plan_message,
-                                "capacity_a": np.round(capacity, 2).tolist(), "chargers": {},
-                                "hourly_from_slot": None}
-        result = controller.plan
-        if result is not None:
-            offset = int((start - result.start).total_seconds() // result.slot_s)
-            for j, cid in enumerate(result.charger_ids):
-                row = result.limit_a[j, max(offset, 0):]
-                body["chargers"][cid] = {"limit_a": np.round(row, 2).tolist()}
-            body["plan_start"] = result.start.isoformat()
-            hourly = result.hourly_from_slot
-            body["hourly_from_slot"] = None if hourly is None else max(hourly - offset, 0)
-        return body
+        return plan_json(self, site_id)
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
                   max_current_a: float | None, phases: int | None, discharge_allowed: bool | None = None) -> None:
@@ -590,56 +381,14 @@ class Service:
                                     source="api", v2x=discharge_allowed))
 
     def health(self) -> dict[str, Any]:
-        """``status`` "ok", or "degraded" with ``reasons`` while control runs on but something is off.
-
-        ``state_age_seconds``: how old the state on disk is, i.e. what a crash now would lose.
-        """
-        store = self.store
-        now = time.time()
-        reasons = []
-        if store.fault is not None:
-            reasons.append(f"state not persisted since {now - (store.fault_since or now):.0f} s: {store.fault}")
-        return {"status": "degraded" if reasons else "ok", "reasons": reasons,
-                "uptime_s": round(time.monotonic() - self._started_at, 1), "sites": len(self.controllers),
-                "state_age_seconds": round(max(now - store.saved_at, 0.0), 3),
-                "state_saved_at": datetime.fromtimestamp(store.saved_at, UTC).isoformat(),
-                "state_pending_writes": store.pending, "state_write_failures": store.failures}
+        return health_json(self)
 
     def metrics_text(self) -> str:
         return service_metrics_text(self, self.now())
 
 
-async def _serve(config: Config, config_path: Path) -> int:
-    service = Service(config, config_path=config_path)
-    await service.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, service.reload_config)
-    print(f"balancer serving: http://{config.http.host}:{service.http_port} "
-          f"ws://{config.ocpp.host}:{service.ocpp.port}/ocpp/{{charger_id}}", flush=True)
-    await stop.wait()
-    log.info("shutting down")
-    await service.stop()
-    return 0
-
-
 def run_serve(args: Any) -> int:
-    """``balancer serve --config PATH [--log-format json|text] [--log-level LEVEL]``."""
-    setup_logging(getattr(args, "log_format", "json"), getattr(args, "log_level", "INFO"))
-    path = Path(args.config)
-    try:
-        config = load_config(path)
-    except InvalidInput as exc:
-        print(f"{path}: {len(exc.problems)} problem(s)")
-        for problem in exc.problems:
-            print(f"  {problem}")
-        return 2
-    placeholders = placeholder_secrets(config)
-    if placeholders:
-        print(f"{path}: refusing to serve with {len(placeholders)} placeholder secret(s)", file=sys.stderr)
-        for problem in placeholders:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
-    return asyncio.run(_serve(config, path))
+    """``balancer serve``: see ``adapters.serve.run_serve`` (kept here, where it always was)."""
+    from adapters.serve import run_serve as run  # serve.py builds a Service: imported when called
+
+    return run(args)

@@ -36,7 +36,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from adapters.app import run_serve
+    from adapters.serve import run_serve
 
     return run_serve(args)
 

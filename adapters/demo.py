@@ -33,6 +33,7 @@ from adapters.clock import AcceleratedClock
 from adapters.config_file import load_config
 from adapters.meter.simulator import MeterSimulator, noon_peak_profile
 from adapters.ocpi.simulator import OcpiParty
+from adapters.ocpp.dialects.v21 import V21
 from adapters.ocpp.simulator import Fleet, Misbehaviour, SimCar, SimulatedCharger
 from adapters.oscp.endpoint import BASE_PATH
 from adapters.oscp.simulator import GridOperatorSimulator, day_profile_blocks
@@ -192,8 +193,8 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
         await cp.start()
         fleet = Fleet.evening_depot(f"ws://127.0.0.1:{service.ocpp.port}/ocpp", n_chargers, start=start,
                                     clock=clock, meter_interval_s=300.0, tick_s=0.05)
-        v2g = SimulatedCharger(V2G_ID, f"ws://127.0.0.1:{service.ocpp.port}/ocpp", protocol="ocpp2.1", clock=clock,
-                               meter_interval_s=60.0, tick_s=0.05, car=SimCar(
+        v2g = SimulatedCharger(V2G_ID, f"ws://127.0.0.1:{service.ocpp.port}/ocpp", protocol=V21.subprotocol,
+                               clock=clock, meter_interval_s=60.0, tick_s=0.05, car=SimCar(
                                    arrival=start, departure=start + timedelta(hours=5.5), energy_wh=12000.0,
                                    max_current_a=32.0, iso15118=True, discharge_a=V2G_DISCHARGE_A))
         fleet.chargers.append(v2g)

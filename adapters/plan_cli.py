@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +12,18 @@ import numpy as np
 
 from adapters.config_file import load_config
 from adapters.highs_quiet import silence_highs_banner
-from balancer.control import slot_floor
 from balancer.errors import InvalidInput, Problem
 from balancer.model import Limit, Site
 from balancer.plan import PlanSession, SolveOutcome, plan
 from balancer.reasons import session_limits
+from balancer.timeline import SLOT, horizon_slots, slot_floor
 from balancer.topology import Topology, phase_mask
 from forecast.blocks import parse_datetime, parse_update_forecast
 from forecast.book import ForecastBook
 
 __all__ = ["load_sessions", "run_plan"]
 
-N_SLOTS = 96
+N_SLOTS = horizon_slots(24)
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -103,7 +103,7 @@ def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutc
     if outcome.message:
         lines.append(f"  {outcome.message}")
     if outcome.plan is not None and outcome.plan.hourly_from_slot is not None:
-        at = start + timedelta(minutes=15 * outcome.plan.hourly_from_slot)
+        at = start + SLOT * outcome.plan.hourly_from_slot
         lines.append(f"  currents decided per hour from {at:%H:%M} on (large plan, see plan_fine_h)")
     plan_ = outcome.plan
     ids = [s.charger_id for s in sessions]
@@ -111,7 +111,7 @@ def _table(site: Site, start: datetime, capacity: np.ndarray, outcome: SolveOutc
     load = _phase_loads(site, outcome, sessions).sum(axis=1)  # (3, n_slots) at the connection
     lines.append("slot   capacity L1/L2/L3 [A]  planned L1/L2/L3 [A]  " + " ".join(f"{c:>7s}" for c in shown))
     for k in range(0, N_SLOTS, 4):
-        t = start + timedelta(minutes=15 * k)
+        t = start + SLOT * k
         row = plan_.limit_a[:, k] if plan_ is not None else np.zeros(len(site.chargers))
         index = {c: i for i, c in enumerate(plan_.charger_ids)} if plan_ is not None else {}
         cells = " ".join(f"{row[index[c]]:7.1f}" if c in index else "      -" for c in shown)
@@ -142,7 +142,7 @@ def _plot(path: str, site: Site, start: datetime, capacity: np.ndarray, outcome:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    times = [start + timedelta(minutes=15 * k) for k in range(N_SLOTS)]
+    times = [start + SLOT * k for k in range(N_SLOTS)]
     loads = _phase_loads(site, outcome, sessions)
     used = np.flatnonzero(loads.any(axis=(0, 2)))  # the same chargers, in the same colours, in every panel
     ids = [site.chargers[i].id for i in used]
@@ -168,7 +168,7 @@ def _outside_horizon(blocks: Any, sessions: list[PlanSession], start: datetime) 
 
     Without ``--start`` the horizon is now; files made for another day would silently plan zeros.
     """
-    end = start + timedelta(minutes=15 * N_SLOTS)
+    end = start + SLOT * N_SLOTS
     if blocks and not any(b.start < end and b.end > start for b in blocks):
         first = min(b.start for b in blocks)
         return (f"every forecast block lies outside the 24 h from now ({start:%Y-%m-%dT%H:%MZ}); "

@@ -51,6 +51,7 @@ import numpy.typing as npt
 
 from balancer.discharge import discharge_reasons, discharge_stage
 from balancer.model import LIMIT_CODES, LimitCode
+from balancer.rounding import floor_to
 from balancer.topology import Topology
 
 __all__ = ["Allocation", "AllocationRequest", "allocate", "code_number", "node_load_a"]
@@ -345,7 +346,7 @@ def allocate(req: AllocationRequest) -> Allocation:
     mask = np.ascontiguousarray(mask_rows.T)  # (3, n): phase-major, so reductions over phases are fast
     granularity = topo.granularity_a
     lo = np.maximum(np.asarray(req.min_a, dtype=np.float64), 0.0)
-    hi = np.floor(np.maximum(np.asarray(req.max_a, dtype=np.float64), 0.0) / granularity + 1e-9) * granularity
+    hi = floor_to(np.maximum(np.asarray(req.max_a, dtype=np.float64), 0.0), granularity)
     lo = np.ceil(lo / granularity - 1e-9) * granularity
     wants = (hi > 0) & (hi >= lo) & mask.any(axis=0)
     lo = np.where(lo > 0, lo, granularity)  # a charger at 0 A min still needs one step to count
@@ -402,7 +403,7 @@ def allocate(req: AllocationRequest) -> Allocation:
     admitted |= late
     x = np.where(late, lo, x)
     x = _fill(topo, capacity_t, mask, x, np.where(admitted, hi, 0.0), weight, admitted)
-    limit = np.floor(x / granularity + 1e-9) * granularity
+    limit = floor_to(x, granularity)
     limit = np.where(admitted & (limit >= lo - 1e-9), limit, 0.0)
     limit = _hand_out_rounding(topo, capacity_t, mask, limit, order_all, x - limit, hi, granularity)
 

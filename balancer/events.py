@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from balancer.timeline import CapacityTimeline
+
 __all__ = [
+    "CapacityUpdated",
     "ChargerOffline",
     "ChargerOnline",
     "ChargerSchedule",
@@ -184,6 +187,15 @@ class ExternalCapSet:
 
 
 @dataclass(frozen=True, slots=True)
+class CapacityUpdated:
+    """The capacity in force for a site was read anew (``forecast.timeline``): the forecasts or the
+    grid operator's link changed, or a slot boundary passed."""
+
+    site_id: str
+    timeline: CapacityTimeline
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """The clock moved on (the control interval, or a slot boundary)."""
 
@@ -203,6 +215,7 @@ Event = (
     | ObedienceChanged
     | SiteMeterReading
     | ExternalCapSet
+    | CapacityUpdated
     | Tick
 )
 

@@ -10,9 +10,10 @@ period (the failsafe at the horizon) is kept as it is.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
+
+from balancer.rounding import floor_to
 
 __all__ = ["cap_at", "capped_periods"]
 
@@ -49,8 +50,7 @@ def capped_periods(periods: Sequence[tuple[datetime, float]], cap: Sequence[Sequ
         value = body[k][1]
         limit = cap_at(cap, until, t)
         if limit is not None and limit < value:
-            value = math.floor(limit / step_a + 1e-9) * step_a if step_a > 0 else limit
-            value = value if value >= min_a else 0.0
+            value = floor_to(limit, step_a, min_a) if step_a > 0 else (limit if limit >= min_a else 0.0)
         if not out or out[-1][1] != value:
             out.append((datetime.fromtimestamp(t, tz), value))
     out.append(last)

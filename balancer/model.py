@@ -6,10 +6,11 @@ the hot paths turn it into numpy arrays (``balancer.problem``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+
+from balancer.rounding import floor_to
 
 __all__ = [
     "CONNECTION",
@@ -45,11 +46,6 @@ ROTATIONS = ("RST", "RTS", "SRT", "STR", "TRS", "TSR")
 
 CONNECTION = ""
 """Circuit id of the grid connection itself (the root of the fuse tree)."""
-
-
-def floor_to(value: float, step: float) -> float:
-    """Round ``value`` down to a multiple of ``step``, robust to float noise (4.0000001 -> 4.0)."""
-    return math.floor(value / step + 1e-9) * step
 
 
 class CapacitySource(StrEnum):

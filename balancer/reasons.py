@@ -2,7 +2,7 @@
 
 The allocator (``balancer.allocate``) finds, vectorised, a code and the binding node and phase for
 every charger; here one charger's entry becomes a ``Limit`` with names and a sentence for people.
-The controller adds the reasons only it knows (``Controller._limits``).
+The controller adds the reasons only it knows (``charger_limits``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy.typing as npt
 from balancer.allocate import Allocation, AllocationRequest, allocate
 from balancer.model import LIMIT_CODES, PHASES, Limit, LimitCode
 from balancer.plan import Plan, PlanSession
+from balancer.timeline import SLOT_S
 from balancer.topology import Topology, phase_mask
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def _meter_limit(controller: Controller, limit: Limit, p: int) -> Limit:
 
 
 def session_limits(topology: Topology, capacity_a: FloatArray, plan: Plan | None, sessions: Sequence[PlanSession],
-                   start: datetime, slot_s: int = 900) -> dict[str, Limit]:
+                   start: datetime, slot_s: int = SLOT_S) -> dict[str, Limit]:
     """What the real-time allocator would hand each planned session in its first slot, and why
     (``balancer plan``'s reason column): the cars present in that slot, the connection's capacity
     of the slot (``capacity_a`` (n_slots, 3) [A]) and the plan's targets, as the controller asks.

@@ -17,7 +17,8 @@ import numpy.typing as npt
 from balancer.discharge import DISCHARGE_PROTOCOLS, discharge_bound_a
 
 if TYPE_CHECKING:
-    from balancer.control import ChargerState, Controller
+    from balancer.charger_state import ChargerState
+    from balancer.control import Controller
 
 __all__ = ["DISCHARGE_HOLD_S", "DISCHARGE_SETTLE_S", "can_discharge", "discharge_draw_limits", "discharge_inputs",
            "export_room_a", "plan_deficit", "plan_discharge_fields"]

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer.model import Site
+from balancer.timeline import SLOT_S, CapacityTimeline, slot_floor
 from forecast.blocks import FORECAST_TYPES, CapacityForecast, ForecastedBlock, block_from_json, block_to_json
 from forecast.slots import blocks_to_slots
 
@@ -105,19 +106,31 @@ class ForecastBook:
 
     blocks: dict[str, list[ForecastedBlock]] = field(default_factory=lambda: {t: [] for t in FORECAST_TYPES})
     link: GridOperatorLink = field(default_factory=GridOperatorLink)
+    revision: int = 0
+    """Counts the changes of ``blocks`` (not persisted: a timeline's revision only compares within a run)."""
 
     def accept(self, forecast: CapacityForecast, now: datetime) -> None:
         """Merge a validated forecast in (newer replaces older where they overlap)."""
         merged = merge_blocks(self.blocks.get(forecast.type, []), forecast.blocks)
-        self.blocks[forecast.type] = [b for b in merged if b.end > now - KEEP_PAST]
+        kept = [b for b in merged if b.end > now - KEEP_PAST]
+        if kept != self.blocks.get(forecast.type):
+            self.revision += 1
+        self.blocks[forecast.type] = kept
         self.link.forecast_received(now)
 
-    def capacity_slots(self, site: Site, start: datetime, n_slots: int, slot_s: int = 900,
+    def capacity_slots(self, site: Site, start: datetime, n_slots: int, slot_s: int = SLOT_S,
                        now: datetime | None = None) -> tuple[FloatArray, list[str]]:
         """Capacity in force per slot from ``start``: (n_slots, 3) [A] and the source per slot.
 
         ``now`` is when the grid operator's link state is read (default: ``start``).
         """
+        timeline = self.timeline(site, start, n_slots, slot_s=slot_s, now=now)
+        return np.array(timeline.capacity_a), list(timeline.sources)
+
+    def timeline(self, site: Site, start: datetime, n_slots: int, *, slot_s: int = SLOT_S,
+                 now: datetime | None = None, revision: int = 0) -> CapacityTimeline:
+        """The capacity in force per slot from ``start`` as a ``CapacityTimeline`` (which applies
+        the connection's limit); ``now`` is when the link state is read (default: ``start``)."""
         grid = site.grid_limit_a
         fallback = np.full((n_slots, 3), site.fallback_a)
         sources = np.full(n_slots, "fallback_config", dtype=object)
@@ -136,7 +149,8 @@ class ForecastBook:
         main_val = np.where((cov < 1.0)[:, None], np.minimum(main_val, capacity), main_val)
         capacity[use] = main_val[use]
         sources[use] = "forecast"
-        return np.minimum(np.maximum(capacity, 0.0), grid), [str(s) for s in sources]
+        return CapacityTimeline.of(start, capacity, [str(s) for s in sources], grid_limit_a=grid,
+                                   revision=revision, slot_s=slot_s)
 
     def export_cap_a(self, site: Site, t: datetime, now: datetime | None = None) -> FloatArray | None:
         """The GENERATION forecast in force at ``t`` (3,) [A]: how much the site may feed in, the
@@ -151,9 +165,7 @@ class ForecastBook:
 
     def capacity_at(self, site: Site, t: datetime) -> tuple[FloatArray, str]:
         """Capacity in force at ``t`` (3,) [A] and its source."""
-        epoch = int(t.timestamp())
-        start = datetime.fromtimestamp(epoch - epoch % 900, tz=t.tzinfo)
-        capacity, sources = self.capacity_slots(site, start, 1, now=t)
+        capacity, sources = self.capacity_slots(site, slot_floor(t), 1, now=t)
         return capacity[0], sources[0]
 
     def to_json(self) -> dict[str, Any]:

@@ -15,19 +15,21 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
+from balancer.timeline import SLOT_S
+
 __all__ = ["SLOTS_PER_WEEK", "SLOT_S", "forecast_non_ev", "week_slot"]
 
 FloatArray = npt.NDArray[np.float64]
 
-SLOT_S = 900
-SLOTS_PER_WEEK = 7 * 96
+SLOTS_PER_DAY = 86_400 // SLOT_S
+SLOTS_PER_WEEK = 7 * SLOTS_PER_DAY
 
 
 def week_slot(epoch_s: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Index of the 15-minute slot in the UTC week (Monday 00:00 = 0), shape like ``epoch_s``."""
     # 1970-01-01 was a Thursday: day 3 of a Monday-based week.
     slots = epoch_s // SLOT_S
-    return np.asarray((slots + 3 * 96) % SLOTS_PER_WEEK, dtype=np.int64)
+    return np.asarray((slots + 3 * SLOTS_PER_DAY) % SLOTS_PER_WEEK, dtype=np.int64)
 
 
 def forecast_non_ev(history: Mapping[datetime, Sequence[float]], start: datetime, n_slots: int, *,

@@ -14,6 +14,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
+from balancer.timeline import SLOT_S
 from forecast.blocks import ForecastedBlock
 
 __all__ = ["block_amps", "blocks_amps", "blocks_to_slots"]
@@ -64,7 +65,7 @@ def blocks_amps(blocks: Sequence[ForecastedBlock], voltage_v: float) -> FloatArr
 
 
 def blocks_to_slots(blocks: Sequence[ForecastedBlock], start: datetime, n_slots: int, voltage_v: float,
-                    slot_s: int = 900) -> tuple[FloatArray, FloatArray]:
+                    slot_s: int = SLOT_S) -> tuple[FloatArray, FloatArray]:
     """Per-slot capacity and coverage.
 
     returns : capacity_a, shape (n_slots, 3) [A], the lowest of every block touching the slot

@@ -23,9 +23,10 @@ from adapters.meter.push import MeterPushRefused
 from adapters.metrics import Point
 from adapters.prometheus import Family
 from adapters.store import StateStore
-from balancer.control import Controller, SiteStatus, slot_floor
+from balancer.control import Controller, SiteStatus
 from balancer.events import SiteMeterReading
 from balancer.model import Config
+from balancer.timeline import horizon_slots, slot_floor
 from forecast.non_ev import forecast_non_ev
 
 __all__ = ["HISTORY_DAYS", "STEP_A", "MeterHub", "meter_fields", "meter_point"]
@@ -244,7 +245,7 @@ class MeterHub:
             return
         settings = controller.site.meter
         start = slot_floor(now)
-        n_slots = self.config.control.plan_horizon_h * 4
+        n_slots = horizon_slots(self.config.control.plan_horizon_h)
         last = None
         view = controller.meter_view
         if view is not None and view.fresh:

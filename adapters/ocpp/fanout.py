@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from balancer.events import ChargerSchedule
 
 if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink
+    from adapters.ocpp.link import ChargerLink
 
 __all__ = ["PHASE1_WAIT_PER_CHARGER_S", "PHASE1_WAIT_S", "fan_out"]
 

@@ -7,8 +7,9 @@
 - ``bad_date_times``: every field the message's schema declares ``"format": "date-time"`` must be
   an RFC 3339 date-time; the package's schema check does not check formats, so
   ``"timestamp": "yesterday"`` would pass.
-- ``DIALECT``: the error codes per OCPP-J version; the package answers with 2.0.1 spellings and
-  with NotImplemented where the spec says NotSupported (a known action the receiver does not do).
+- ``translate_error``: a CALLERROR's code in the connection's dialect (``dialects``): the package
+  answers with 2.0.1 spellings and with NotImplemented where the spec says NotSupported (a known
+  action the receiver does not do).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ocpp.messages
 
-__all__ = ["DIALECT", "MAX_DEPTH", "bad_date_times", "frame_id", "too_deep", "translate_error"]
+if TYPE_CHECKING:
+    from adapters.ocpp.dialects import Dialect
+
+__all__ = ["MAX_DEPTH", "bad_date_times", "frame_id", "too_deep", "translate_error"]
 
 MAX_DEPTH = 32
 """Deepest nesting accepted [levels]; the deepest OCPP 2.0.1 message has about 8."""
@@ -32,23 +36,6 @@ _FRAME_START = re.compile(r'\s*\[\s*[0-9]+\s*,\s*("(?:[^"\\]|\\.){0,100}")')
 _DATE_TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:[Zz]|[+-](\d{2}):(\d{2}))?")
 
-DIALECT: dict[str, dict[str, str]] = {
-    # code the ocpp package (or a peer of the other version) writes -> the code of this version
-    "ocpp1.6": {"FormatViolation": "FormationViolation",
-                "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
-                "NotImplemented": "NotSupported"},
-    "ocpp2.0.1": {"FormationViolation": "FormatViolation",
-                  "OccurenceConstraintViolation": "OccurrenceConstraintViolation",
-                  "NotImplemented": "NotSupported"},
-    "ocpp2.1": {"FormationViolation": "FormatViolation",
-                "OccurenceConstraintViolation": "OccurrenceConstraintViolation",
-                "NotImplemented": "NotSupported"},
-}
-"""The package answers NotImplemented only for an action it knows without a handler here (or
-without a schema): "recognized but not supported", which OCPP-J calls NotSupported. Unknown
-actions never reach the package: the frame guard answers them NotImplemented itself."""
-
-_VERSION = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1", "ocpp2.1": "2.1"}
 
 
 def frame_id(data: str) -> str:
@@ -79,8 +66,11 @@ def too_deep(data: str, value: Any) -> bool:
     return False
 
 
-def translate_error(protocol: str | None, message: str) -> str:
-    """``message`` with a CALLERROR's code written in the dialect of ``protocol``."""
+def translate_error(dialect: Dialect, message: str) -> str:
+    """``message`` with a CALLERROR's code written in ``dialect``. The package answers
+    NotImplemented only for an action it knows without a handler here (or without a schema):
+    "recognized but not supported", which OCPP-J calls NotSupported. Unknown actions never reach
+    the package: the frame guard answers them NotImplemented itself."""
     if not message.startswith("[4"):
         return message
     try:
@@ -89,7 +79,7 @@ def translate_error(protocol: str | None, message: str) -> str:
         return message
     if not isinstance(frame, list) or len(frame) < 3 or not isinstance(frame[2], str):
         return message
-    code = DIALECT.get(protocol or "", {}).get(frame[2])
+    code = dialect.translate_error(frame[2])
     if code is None:
         return message
     frame[2] = code
@@ -128,11 +118,9 @@ def _date_time_paths(schema: dict[str, Any], node: Any, path: tuple[str, ...], s
 
 
 @functools.cache
-def _paths(protocol: str, action: str) -> tuple[tuple[str, ...], ...]:
-    """Where the CALL ``action``'s payload holds date-times (``*``: every item of an array)."""
-    version = _VERSION.get(protocol)
-    if version is None:
-        return ()
+def _paths(version: str, action: str) -> tuple[tuple[str, ...], ...]:
+    """Where the CALL ``action``'s payload holds date-times (``*``: every item of an array);
+    ``version`` the ``ocpp`` package's name of it."""
     try:
         schema = ocpp.messages.get_validator(2, action, version).schema
     except (OSError, ValueError):
@@ -153,10 +141,10 @@ def _values(node: Any, path: tuple[str, ...], where: str) -> Iterator[tuple[str,
         yield from _values(node[head], rest, f"{where}.{head}" if where else head)
 
 
-def bad_date_times(protocol: str, action: str, payload: dict[str, Any]) -> list[str]:
+def bad_date_times(dialect: Dialect, action: str, payload: dict[str, Any]) -> list[str]:
     """Each date-time field of the CALL's payload that is not RFC 3339, as ``"path: value"``."""
     bad = []
-    for path in _paths(protocol, action):
+    for path in _paths(dialect.schema_version, action):
         for where, value in _values(payload, path, ""):
             # A value of the wrong type is the schema check's (TypeConstraintViolation).
             if isinstance(value, str) and not _is_date_time(value):

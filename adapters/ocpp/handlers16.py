@@ -18,7 +18,7 @@ from adapters.ocpp.routing import after, on
 from balancer.events import ChargerStatus, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink
+    from adapters.ocpp.link import ChargerLink
 
 __all__ = ["ChargePoint16"]
 

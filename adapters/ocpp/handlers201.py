@@ -12,7 +12,7 @@ from adapters.ocpp.routing import after, on
 from balancer.events import ChargerStatus, NeedsUpdated, SessionStarted, SessionStopped
 
 if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink
+    from adapters.ocpp.link import ChargerLink
 
 __all__ = ["ChargePoint201"]
 

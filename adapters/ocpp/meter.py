@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from balancer.events import MeterSample
 
 if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink
+    from adapters.ocpp.link import ChargerLink
 
 __all__ = ["MeterBounds", "MeterReader", "parse_sampled_values"]
 

@@ -6,19 +6,20 @@ takes the LOWEST limit of the periods it replaces (never coarsen upward). Limits
 one decimal (the 1.6 schema's multipleOf 0.1) or to whole amperes for ``integer_amps`` chargers;
 in W they are A x nominal voltage x numberPhases.
 
-OCPP 2.1 (DESIGN 3.9): a negative limit is a V2X discharge, sent as a period with
-``operationMode: CentralSetpoint``, a negative ``setpoint`` and ``dischargeLimit`` (their
-magnitude rounded down like any limit) and ``limit`` 0, per phase: with ``_L2``/``_L3`` values for
-a three-phase charger. Other versions never see a negative limit (clamped to 0).
+OCPP 2.1 (DESIGN 3.9, dialects with ``discharge_setpoints``): a negative limit is a V2X discharge,
+sent as a period with ``operationMode: CentralSetpoint``, a negative ``setpoint`` and
+``dischargeLimit`` (their magnitude rounded down like any limit) and ``limit`` 0, per phase: with
+``_L2``/``_L3`` values for a three-phase charger. Other versions never see a negative limit (0).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from adapters.ocpp.capabilities import Capabilities
+from adapters.ocpp.dialects import Dialect, resolve
 from balancer.events import ChargerSchedule
 
 __all__ = ["DYNAMIC_PROFILE_ID", "FAILSAFE_PROFILE_ID", "IDLE_PROFILE_ID", "Capabilities", "build_periods",
@@ -32,22 +33,6 @@ IDLE_PROFILE_ID = 3
 """TxDefaultProfile, stack level 1, for TxProfile-strategy chargers: the idle limit, what a car
 plugging in may draw before its TxProfile arrives. Its own id, so the TxProfile (same id would
 replace it) leaves it alone; a refused TxProfile falls back onto this profile."""
-
-
-@dataclass
-class Capabilities:
-    """What a charger told us at boot (or the safe defaults when it did not)."""
-
-    max_periods: int = 24
-    rate_units: tuple[str, ...] = ("A",)
-    max_stack_level: int = 8
-    meter_interval_s: int = 60
-    source: str = "default"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"max_periods": self.max_periods, "rate_units": list(self.rate_units),
-                "max_stack_level": self.max_stack_level, "meter_interval_s": self.meter_interval_s,
-                "source": self.source}
 
 
 def iso(t: datetime) -> str:
@@ -89,9 +74,8 @@ def build_periods(schedule: ChargerSchedule, *, max_periods: int, integer_amps: 
 
 
 def _schedule_body(schedule: ChargerSchedule, caps: Capabilities, *, voltage_v: float, integer_amps: bool,
-                   version: str, start: datetime) -> dict[str, Any]:
-    v21 = version == "ocpp2.1"
-    periods = build_periods(schedule, max_periods=caps.max_periods, integer_amps=integer_amps, discharge=v21)
+                   start: datetime, discharge: bool = False) -> dict[str, Any]:
+    periods = build_periods(schedule, max_periods=caps.max_periods, integer_amps=integer_amps, discharge=discharge)
     use_watts = "A" not in caps.rate_units and "W" in caps.rate_units
     phases = max(1, min(3, schedule.phases))
     out_periods = []
@@ -100,15 +84,12 @@ def _schedule_body(schedule: ChargerSchedule, caps: Capabilities, *, voltage_v: 
         period: dict[str, Any] = {"startPeriod": offset, "limit": float(value)}
         if use_watts or phases != 3:
             period["numberPhases"] = phases
-        if v21 and limit < 0:
+        if discharge and limit < 0:
             period.update(_setpoint(-math.floor(-limit * voltage_v * phases) if use_watts else limit,
                                     per_phase=phases == 3 and not use_watts))
         out_periods.append(period)
-    body: dict[str, Any] = {"startSchedule": iso(start), "chargingRateUnit": "W" if use_watts else "A",
-                            "chargingSchedulePeriod": out_periods}
-    if version in ("ocpp2.0.1", "ocpp2.1"):
-        body["id"] = 1
-    return body
+    return {"startSchedule": iso(start), "chargingRateUnit": "W" if use_watts else "A",
+            "chargingSchedulePeriod": out_periods}
 
 
 def _setpoint(value: float, *, per_phase: bool) -> dict[str, Any]:
@@ -123,22 +104,14 @@ def _setpoint(value: float, *, per_phase: bool) -> dict[str, Any]:
 
 
 def charging_profile(schedule: ChargerSchedule, caps: Capabilities, *, purpose: str, stack_level: int,
-                     profile_id: int, voltage_v: float, integer_amps: bool, version: str,
+                     profile_id: int, voltage_v: float, integer_amps: bool, version: Dialect | str,
                      transaction_id: str | None = None) -> dict[str, Any]:
-    """One charging profile in the JSON shape of ``version`` (camelCase, as on the wire)."""
+    """One charging profile in the JSON shape of ``version`` (a dialect or its subprotocol;
+    camelCase, as on the wire)."""
     start = schedule.periods[0][0]
-    body = _schedule_body(schedule, caps, voltage_v=voltage_v, integer_amps=integer_amps, version=version,
-                          start=start)
+    dialect = resolve(version)
+    body = _schedule_body(schedule, caps, voltage_v=voltage_v, integer_amps=integer_amps, start=start,
+                          discharge=dialect.discharge_setpoints)
     profile: dict[str, Any] = {"stackLevel": stack_level, "chargingProfilePurpose": purpose,
                                "chargingProfileKind": "Absolute"}
-    if version in ("ocpp2.0.1", "ocpp2.1"):
-        profile["id"] = profile_id
-        profile["chargingSchedule"] = [body]
-        if transaction_id is not None:
-            profile["transactionId"] = transaction_id
-    else:
-        profile["chargingProfileId"] = profile_id
-        profile["chargingSchedule"] = body
-        if transaction_id is not None:
-            profile["transactionId"] = int(transaction_id)
-    return profile
+    return dialect.wrap_profile(profile, body, profile_id, transaction_id)

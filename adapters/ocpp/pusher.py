@@ -38,9 +38,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ocpp.v16 import call as call16
-from ocpp.v201 import call as call201
-
 from adapters.ocpp.profiles import (
     DYNAMIC_PROFILE_ID,
     FAILSAFE_PROFILE_ID,
@@ -60,7 +57,7 @@ from balancer.events import (
 )
 
 if TYPE_CHECKING:
-    from adapters.ocpp.server import ChargerLink
+    from adapters.ocpp.link import ChargerLink
 
 __all__ = ["Pusher"]
 
@@ -211,7 +208,7 @@ class Pusher:
         if not self.link.connected:
             return
         self.ready = True
-        self.link.emit(ChargerOnline(self.link.charger_id, self.link.now(), self.link.protocol or "ocpp1.6"))
+        self.link.emit(ChargerOnline(self.link.charger_id, self.link.now(), self.link.dialect.subprotocol))
 
     # ----------------------------------------------------------------- decisions in
     @property
@@ -350,7 +347,7 @@ class Pusher:
         """SetChargingProfile with a profile we built ourselves (profiles.py): it skips the ocpp
         package's schema check and serialising (``trusted_call``), most of the CPU of a 1,000-charger
         fan-out. The simulator, which validates everything it receives, tests these profiles."""
-        payload = set_profile_payload(self.link.protocol or "ocpp1.6", evse, profile)
+        payload = set_profile_payload(self.link.dialect, evse, profile)
         response = await call_trusted(self._connected_cp(), "SetChargingProfile", payload, timeout=self._try_timeout)
         return str(response.get("status", "Error"))
 
@@ -387,7 +384,7 @@ class Pusher:
                                        phases=schedule.phases)
             profile = charging_profile(failsafe, self.caps, purpose=self._failsafe_purpose(), stack_level=0,
                                        profile_id=FAILSAFE_PROFILE_ID, voltage_v=volts,
-                                       integer_amps=charger.integer_amps, version=self.link.protocol or "ocpp1.6")
+                                       integer_amps=charger.integer_amps, version=self.link.dialect)
             if await self._send(profile, 0, schedule.failsafe_a, "failsafe"):
                 self.failsafe_a = schedule.failsafe_a
         target = self._limit_target(schedule)
@@ -478,8 +475,7 @@ class Pusher:
             await asyncio.sleep(RETRY_EVERY_S)
 
     def _max_purpose(self) -> str:
-        return "ChargePointMaxProfile" if (self.link.protocol or "ocpp1.6") == "ocpp1.6" \
-            else "ChargingStationMaxProfile"
+        return self.link.dialect.station_max_purpose
 
     def _failsafe_purpose(self) -> str:
         """The failsafe's purpose (stack 0, EVSE 0). A charger draws the minimum of its station
@@ -505,12 +501,11 @@ class Pusher:
     async def _push_limit(self, schedule: ChargerSchedule, tx: str | None) -> bool:
         charger = self.link.charger
         volts = self.link.server.voltage.get(charger.id, 230.0)
-        version_name = self.link.protocol or "ocpp1.6"
         while True:
             purpose, evse, tx_arg, profile_id = self._limit_profile(tx)
             profile = charging_profile(schedule, self.caps, purpose=purpose, stack_level=1,
                                        profile_id=profile_id, voltage_v=volts,
-                                       integer_amps=charger.integer_amps, version=version_name,
+                                       integer_amps=charger.integer_amps, version=self.link.dialect,
                                        transaction_id=tx_arg)
             # A fallback replaces the idle default (``IDLE_PROFILE_ID``): reported as such.
             ok = await self._send(profile, evse, schedule.limit_a, purpose, idle=profile_id == IDLE_PROFILE_ID)
@@ -555,7 +550,7 @@ class Pusher:
         volts = self.link.server.voltage.get(charger.id, 230.0)
         profile = charging_profile(idle, self.caps, purpose="TxDefaultProfile", stack_level=1,
                                    profile_id=IDLE_PROFILE_ID, voltage_v=volts,
-                                   integer_amps=charger.integer_amps, version=self.link.protocol or "ocpp1.6")
+                                   integer_amps=charger.integer_amps, version=self.link.dialect)
         tx = self._link_tx()
         ok = await self._send(profile, charger.evse_id, idle.limit_a, "idle TxDefaultProfile", idle=True)
         if ok:
@@ -602,36 +597,7 @@ class Pusher:
     async def _read_capabilities(self) -> None:
         caps = Capabilities()
         try:
-            if self.link.protocol == "ocpp1.6":
-                keys = ["ChargeProfileMaxStackLevel", "ChargingScheduleMaxPeriods",
-                        "ChargingScheduleAllowedChargingRateUnit", "MaxChargingProfilesInstalled",
-                        "MeterValueSampleInterval", "MeterValuesSampledData"]
-                response = await self._call(call16.GetConfiguration(key=keys))
-                values = {item["key"]: item.get("value") for item in response.configuration_key or []}
-                caps = _caps16(values)
-                sampled = str(values.get("MeterValuesSampledData") or "")
-                if "Current.Import" not in sampled:
-                    with contextlib.suppress(Exception):
-                        await self._call(call16.ChangeConfiguration(
-                            key="MeterValuesSampledData",
-                            value="Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC"))
-            else:
-                names = [("SmartChargingCtrlr", "PeriodsPerSchedule"), ("SmartChargingCtrlr", "RateUnit"),
-                         ("SmartChargingCtrlr", "ProfileStackLevel"), ("SampledDataCtrlr", "TxUpdatedInterval"),
-                         ("SampledDataCtrlr", "TxUpdatedMeasurands")]
-                response = await self._call(call201.GetVariables(get_variable_data=[
-                    {"component": {"name": c}, "variable": {"name": v}} for c, v in names]))
-                values = {item["variable"]["name"]: item.get("attribute_value")
-                          for item in response.get_variable_result or [] if item.get("attribute_status") == "Accepted"}
-                caps = _caps201(values)
-                measurands = str(values.get("TxUpdatedMeasurands") or "")
-                if "Current.Import" not in measurands:
-                    with contextlib.suppress(Exception):
-                        await self._call(call201.SetVariables(set_variable_data=[{
-                            "component": {"name": "SampledDataCtrlr"},
-                            "variable": {"name": "TxUpdatedMeasurands"},
-                            "attribute_value": "Energy.Active.Import.Register,Current.Import,Power.Active.Import,SoC",
-                        }]))
+            caps = await self.link.dialect.read_capabilities(self._call)
         except Exception as exc:
             log.info("charger %s: capabilities not read (%r); safe defaults", self.link.charger_id, exc)
         self.caps = caps
@@ -656,12 +622,9 @@ class Pusher:
             if cp is None or not self.link.connected:
                 return
             try:
-                # 1.6 names the connector and answers "chargingSchedule"; 2.0.1 the EVSE, "schedule".
-                where, answer = ("connectorId", "charging_schedule") if self.link.protocol == "ocpp1.6" \
-                    else ("evseId", "schedule")
-                response = await call_trusted(cp, "GetCompositeSchedule",
-                                              {where: evse, "duration": 900, "chargingRateUnit": "A"})
-                schedule = response.get(answer)
+                dialect = self.link.dialect
+                response = await call_trusted(cp, "GetCompositeSchedule", dialect.composite_request(evse, 900))
+                schedule = response.get(dialect.composite_answer_key)
                 if response.get("status") != "Accepted" or not isinstance(schedule, dict):
                     return
                 periods = schedule.get("charging_schedule_period")
@@ -730,26 +693,3 @@ class Pusher:
                 "last_push": self.last_push, "failsafe_a": self.failsafe_a, "composite_a": self.composite_a,
                 "idle_limit_a": self.idle_a,
                 "refuses_profiles": self.refusing}
-
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return default
-
-
-def _caps16(values: dict[str, Any]) -> Capabilities:
-    units_raw = str(values.get("ChargingScheduleAllowedChargingRateUnit") or "Current")
-    units = tuple(u for u, name in (("A", "Current"), ("W", "Power")) if name in units_raw) or ("A",)
-    return Capabilities(max_periods=max(1, _int(values.get("ChargingScheduleMaxPeriods"), 24)),
-                        rate_units=units, max_stack_level=_int(values.get("ChargeProfileMaxStackLevel"), 8),
-                        meter_interval_s=_int(values.get("MeterValueSampleInterval"), 60), source="GetConfiguration")
-
-
-def _caps201(values: dict[str, Any]) -> Capabilities:
-    units_raw = str(values.get("RateUnit") or "A")
-    units = tuple(u for u in ("A", "W") if u in units_raw.split(",") or u == units_raw) or ("A",)
-    return Capabilities(max_periods=max(1, _int(values.get("PeriodsPerSchedule"), 24)), rate_units=units,
-                        max_stack_level=_int(values.get("ProfileStackLevel"), 8),
-                        meter_interval_s=_int(values.get("TxUpdatedInterval"), 60), source="GetVariables")

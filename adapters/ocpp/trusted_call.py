@@ -18,14 +18,14 @@ from typing import Any
 from ocpp.charge_point import ChargePoint, camel_to_snake_case
 from ocpp.messages import Call, MessageType
 
+from adapters.ocpp.dialects import Dialect, resolve
+
 __all__ = ["call_trusted", "set_profile_payload"]
 
 
-def set_profile_payload(version: str, evse: int, profile: dict[str, Any]) -> dict[str, Any]:
+def set_profile_payload(version: Dialect | str, evse: int, profile: dict[str, Any]) -> dict[str, Any]:
     """The SetChargingProfile payload on the wire for ``version`` (1.6: connector, 2.0.1: EVSE)."""
-    if version == "ocpp1.6":
-        return {"connectorId": evse, "csChargingProfiles": profile}
-    return {"evseId": evse, "chargingProfile": profile}
+    return resolve(version).set_profile_payload(evse, profile)
 
 
 async def call_trusted(cp: ChargePoint, action: str, payload: dict[str, Any],

@@ -19,67 +19,47 @@ import json
 import math
 from typing import Any
 
+from adapters.ocpp.dialects import Dialect, resolve
+
 __all__ = ["OWN_PROFILE_ID_BASE", "clamp_station_max", "clear_reaches_ours", "clears_station_max", "is_station_max",
            "map_tx", "station_max_cap_a"]
 
 OWN_PROFILE_ID_BASE = 990_000_000
 """Added to the balancer's profile ids on the charger in local controller mode."""
 
-_MAX = {"ocpp1.6": "ChargePointMaxProfile", "ocpp2.0.1": "ChargingStationMaxProfile",
-        "ocpp2.1": "ChargingStationMaxProfile"}
-
-
-def _profile(version: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-    key = "csChargingProfiles" if version == "ocpp1.6" else "chargingProfile"
-    profile = payload.get(key)
-    return profile if isinstance(profile, dict) else None
-
-
-def is_station_max(version: str, payload: dict[str, Any]) -> bool:
+def is_station_max(version: Dialect | str, payload: dict[str, Any]) -> bool:
     """True for a SetChargingProfile payload carrying a station maximum profile."""
-    profile = _profile(version, payload)
-    return profile is not None and profile.get("chargingProfilePurpose") == _MAX.get(version)
+    dialect = resolve(version)
+    profile = dialect.profile_of(payload)
+    return profile is not None and profile.get("chargingProfilePurpose") == dialect.station_max_purpose
 
 
-def clears_station_max(version: str, payload: dict[str, Any]) -> bool:
+def clears_station_max(version: Dialect | str, payload: dict[str, Any]) -> bool:
     """True for a ClearChargingProfile payload that asks for station maximum profiles only."""
-    if version == "ocpp1.6":
-        purpose = payload.get("chargingProfilePurpose")
-    else:
-        criteria = payload.get("chargingProfileCriteria")
-        purpose = criteria.get("chargingProfilePurpose") if isinstance(criteria, dict) else None
-    return purpose == _MAX.get(version)
+    dialect = resolve(version)
+    return bool(dialect.clear_purpose(payload) == dialect.station_max_purpose)
 
 
-def clear_reaches_ours(version: str, payload: dict[str, Any]) -> bool:
+def clear_reaches_ours(version: Dialect | str, payload: dict[str, Any]) -> bool:
     """True when a ClearChargingProfile names neither a profile id nor a purpose: it would clear
     the balancer's station maximum profiles too (any other filter leaves them alone: their ids
     are out of the CSMS's way, and station maximum purposes are answered by the relay)."""
-    if version == "ocpp1.6":
-        return all(payload.get(k) is None for k in ("id", "chargingProfilePurpose"))
-    criteria = payload.get("chargingProfileCriteria")
-    return payload.get("chargingProfileId") is None \
-        and not (isinstance(criteria, dict) and criteria.get("chargingProfilePurpose") is not None)
+    dialect = resolve(version)
+    return not dialect.clear_names_id(payload) and dialect.clear_purpose(payload) is None
 
 
-def _schedules(version: str, profile: dict[str, Any]) -> list[dict[str, Any]]:
-    schedule = profile.get("chargingSchedule")
-    if version == "ocpp1.6":
-        return [schedule] if isinstance(schedule, dict) else []
-    return [s for s in schedule if isinstance(s, dict)] if isinstance(schedule, list) else []
-
-
-def station_max_cap_a(version: str, payload: dict[str, Any], voltage_v: float) -> float | None:
+def station_max_cap_a(version: Dialect | str, payload: dict[str, Any], voltage_v: float) -> float | None:
     """The lowest limit of a station maximum profile, in A per phase (None: no usable period).
 
     W converts to A over the period's ``numberPhases`` (3 when absent) at the nominal voltage. A
     CSMS's payload is read defensively: a period that is not a finite number >= 0 in A or W with 1
     to 3 phases is no usable period (the relay refuses a profile without one)."""
-    profile = _profile(version, payload)
+    dialect = resolve(version)
+    profile = dialect.profile_of(payload)
     if profile is None:
         return None
     lowest: float | None = None
-    for schedule in _schedules(version, profile):
+    for schedule in dialect.schedules(profile):
         unit = schedule.get("chargingRateUnit")
         periods = schedule.get("chargingSchedulePeriod")
         if unit not in ("A", "W") or not isinstance(periods, list):
@@ -95,21 +75,22 @@ def station_max_cap_a(version: str, payload: dict[str, Any], voltage_v: float) -
     return lowest
 
 
-def clamp_station_max(version: str, payload: dict[str, Any], cap_a: float | None,
+def clamp_station_max(version: Dialect | str, payload: dict[str, Any], cap_a: float | None,
                       voltage_v: float) -> dict[str, Any]:
     """The balancer's station maximum payload as it goes to the charger: its profile id moved to
     ``OWN_PROFILE_ID_BASE + id`` and every period capped at ``cap_a`` (rounded down to 0.1 A, or
     to whole W in a W schedule). ``payload`` is left as it was."""
+    dialect = resolve(version)
     out = copy.deepcopy(payload)
-    profile = _profile(version, out)
+    profile = dialect.profile_of(out)
     if profile is None:
         return out
-    id_key = "chargingProfileId" if version == "ocpp1.6" else "id"
+    id_key = dialect.profile_id_key
     if isinstance(profile.get(id_key), int):
         profile[id_key] = OWN_PROFILE_ID_BASE + profile[id_key]
     if cap_a is None:
         return out
-    for schedule in _schedules(version, profile):
+    for schedule in dialect.schedules(profile):
         watts = schedule.get("chargingRateUnit") == "W"
         for period in schedule.get("chargingSchedulePeriod") or []:
             if watts:
@@ -130,10 +111,10 @@ _TX_FIELDS = {
 }
 
 
-def map_tx(version: str, raw: str, mapping: dict[str, str]) -> str:
+def map_tx(version: Dialect | str, raw: str, mapping: dict[str, str]) -> str:
     """``raw`` (a CALL frame) with its 1.6 transaction id replaced through ``mapping``; ``raw``
-    itself when nothing is to change."""
-    if version != "ocpp1.6" or not mapping:
+    itself when nothing is to change (always in a version whose chargers name transactions)."""
+    if not resolve(version).csms_names_transactions or not mapping:
         return raw
     frame = json.loads(raw)
     if not isinstance(frame, list) or len(frame) != 4 or frame[0] != 2:

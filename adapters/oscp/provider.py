@@ -13,8 +13,10 @@ import numpy.typing as npt
 from adapters.clock import utc_now
 from adapters.store import StateStore
 from balancer.model import Config
+from balancer.timeline import CapacityTimeline
 from forecast.blocks import CapacityForecast
 from forecast.book import ForecastBook
+from forecast.timeline import TimelineFeed
 
 __all__ = ["MAX_HEARTBEAT_INTERVAL_S", "FlexibilityProvider", "heartbeat_interval_s"]
 
@@ -49,6 +51,7 @@ class FlexibilityProvider:
         for site in config.sites:
             raw = store.get_json(f"forecast:{site.id}")
             self.books[site.id] = ForecastBook.from_json(raw) if isinstance(raw, dict) else ForecastBook()
+        self.feeds: dict[str, TimelineFeed] = {}
         self.registration: dict[str, Any] = store.get_json("oscp:registration") or {}
         self.required_behaviour: dict[str, Any] = store.get_json("oscp:required_behaviour") or {}
         self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0}
@@ -97,6 +100,12 @@ class FlexibilityProvider:
 
     def is_online(self, site_id: str) -> bool:
         return self.books[site_id].link.online(self.now())
+
+    def timeline(self, site_id: str, now: datetime) -> CapacityTimeline | None:
+        """The site's capacity in force over the planning horizon when it changed since the last
+        call (a forecast, the link, the config, or a slot boundary: ``TimelineFeed``), else None."""
+        feed = self.feeds.setdefault(site_id, TimelineFeed())
+        return feed.update(self.books[site_id], self.config.site(site_id), now, self.config.control.plan_horizon_h)
 
     def capacity_slots(self, site_id: str, start: datetime, n_slots: int) -> tuple[npt.NDArray[np.float64], list[str]]:
         return self.books[site_id].capacity_slots(self.config.site(site_id), start, n_slots, now=self.now())

@@ -1,0 +1,231 @@
+"""What the allocator gets at one moment: node capacity less what is not ours to move, each
+charger's allowance, and the idle limits. Pure functions of the controller's state.
+
+Safety bookkeeping (DESIGN 4):
+- a charger that is offline keeps what it may still draw (its last held limit: in a transaction
+  its TxProfile, else its idle limit; its failsafe once that schedule ends or when nothing is
+  known) reserved at every node above it until it reconnects;
+- a charger flagged as not obeying is reserved at what it really draws;
+- every charger's failsafe (TxDefaultProfile) is its share of ``fallback_kw`` found by the
+  allocator itself, so all failsafes together respect ``fallback_kw``, the connection and fuses;
+- idle chargers get an *idle limit*: a share of what the chargers in a transaction leave over,
+  never more than their failsafe (``idle_limits``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from balancer.allocate import AllocationRequest, allocate, code_number, node_load_a
+from balancer.charger_state import ChargerState, is_idle, wants_current
+from balancer.model import LimitCode, Site
+from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draw_a
+from balancer.topology import Topology, phase_mask
+from balancer.v2x import discharge_draw_limits
+
+if TYPE_CHECKING:
+    from balancer.control import Controller
+
+__all__ = ["MEASUREMENT_FRESH_S", "Allowance", "allowance", "failsafe_limits", "idle_limits", "meter_now",
+           "node_capacity", "offline_reserve_a", "reserved_a", "reserved_load_a"]
+
+FloatArray = npt.NDArray[np.float64]
+Allowance = tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.int8]]
+"""Per-charger min, max [A], urgency, the cars' phase mask and what set each max (``allowance``)."""
+
+MEASUREMENT_FRESH_S = 120.0
+"""A meter sample older than this (in the controller's clock) no longer caps a car's allowance."""
+_CHARGER_MAX, _CAR_MAX, _NOT_DRAWING, _EXTERNAL_CAP = (
+    code_number(c) for c in (LimitCode.CHARGER_MAX, LimitCode.CAR_MAX, LimitCode.NOT_DRAWING, LimitCode.EXTERNAL_CAP))
+
+
+def failsafe_limits(site: Site, topo: Topology) -> FloatArray:
+    """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
+    on all its phases; the allocator guarantees the sum respects fallback, connection, fuses.
+    With a site meter the building keeps drawing when the balancer is gone: its
+    ``fallback_base_load_a`` (and the margin) come off the connection first (DESIGN 3.8)."""
+    if topo.n_chargers == 0:
+        return np.zeros(0)
+    capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
+    capacity[0, :] = np.minimum(capacity[0, :], site.fallback_a)
+    meter = site.meter
+    if meter is not None:
+        base = np.asarray(meter.fallback_base_load_a, dtype=np.float64) + meter.margin_a
+        capacity[0, :] = np.maximum(capacity[0, :] - base, 0.0)
+    request = AllocationRequest(
+        topology=topo,
+        capacity_a=capacity,
+        phase_mask=topo.charger_phase_mask,
+        min_a=topo.min_current_a,
+        max_a=topo.max_current_a,
+    )
+    return np.asarray(allocate(request).limit_a, dtype=np.float64)
+
+
+def offline_reserve_a(ctl: Controller, i: int, state: ChargerState, now: datetime) -> float:
+    """What an offline charger may still draw [A] while the schedule it holds runs: in a
+    transaction its TxProfile, or the limit last sent if higher (it may have landed unseen),
+    or its idle default (no TxProfile held yet); without one what it held after the session
+    (a TxProfile-strategy charger drops its TxProfile and falls to its idle default, the
+    others keep their stack-1 profile). Its failsafe once that schedule ends, or when nothing
+    is known."""
+    failsafe = max(float(ctl.failsafe_a[i]), 0.0)
+    if state.held_until is not None and now >= state.held_until:
+        return failsafe
+    if state.transaction_id is not None:
+        return max(state.held_a, state.limit_a, state.held_idle_a or 0.0)
+    if not state.held_known:
+        return failsafe
+    if ctl.site.chargers[i].profile_strategy == "TxProfile":
+        return failsafe if state.held_idle_a is None else state.held_idle_a
+    return state.held_a
+
+
+def reserved_a(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArray]:
+    """Per-charger current that is not ours to move (offline, disobedient) and its phase mask."""
+    topo = ctl.topology
+    reserve = np.zeros(topo.n_chargers)
+    for i, cid in enumerate(topo.charger_ids):
+        state = ctl.states[cid]
+        if not state.connected:
+            reserve[i] = offline_reserve_a(ctl, i, state, now)
+        elif not state.obeys:
+            reserve[i] = max(state.draw_a or 0.0, max(state.measured_a))
+    return reserve, topo.charger_phase_mask.astype(np.float64)
+
+
+def reserved_load_a(ctl: Controller, now: datetime) -> FloatArray:
+    """Per-phase sum of the reserved loads at the connection, (3,) [A]."""
+    reserve, mask = reserved_a(ctl, now)
+    return np.asarray(reserve @ mask, dtype=np.float64) if len(reserve) else np.zeros(3)
+
+
+def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView | None:
+    """The site meter's non-EV load and the chargers' share of ``cap_now`` (None: no meter)."""
+    if ctl.meter is None:
+        return None
+    topo = ctl.topology
+    states = [ctl.states[cid] for cid in topo.charger_ids]
+    measured = np.array([s.measured_a for s in states], dtype=np.float64).reshape(-1, 3)
+    meter_at = ctl.meter.last_at
+    newer = np.array([meter_at is not None and s.measured_at is not None and s.measured_at > meter_at
+                      for s in states], dtype=bool)
+    if newer.any():
+        # A car may have ramped up after the meter reading: subtract no more than it drew before.
+        previous = np.array([s.prev_measured_a for s in states], dtype=np.float64).reshape(-1, 3)
+        measured = np.where(newer[:, None], np.minimum(measured, previous), measured)
+    limits = np.array([s.limit_a for s in states], dtype=np.float64)
+    usable = np.array([s.connected and s.measured_at is not None
+                       and abs((now - s.measured_at).total_seconds()) <= CHARGER_MEASUREMENT_MAX_AGE_S
+                       for s in states], dtype=bool)
+    capped = np.array([s.obeys for s in states], dtype=bool)
+    loaded = phase_mask(topo, np.array([s.car_phases or 3 for s in states], dtype=np.int64))
+    limits = discharge_draw_limits(limits, states, meter_at)
+    return ctl.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
+
+
+def node_capacity(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArray, str]:
+    """(n_nodes, 3) capacity now less reserved loads [A], the capacity in force and its source.
+    Sets ``ctl.meter_view`` (what the schedules ahead of this decision read)."""
+    topo = ctl.topology
+    cap_now, source = ctl.capacity_now(now)
+    capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
+    capacity[0, :] = np.minimum(capacity[0, :], cap_now)
+    ctl.meter_view = meter_now(ctl, now, cap_now)
+    if ctl.meter_view is not None:
+        # The chargers share what the non-EV load leaves of the connection (DESIGN 3.8).
+        capacity[0, :] = np.minimum(topo.node_limit_a[0], cap_now - ctl.meter_view.cut_a)
+    reserve, mask = reserved_a(ctl, now)
+    reserved = np.asarray(topo.ancestors @ (reserve[:, None] * mask)) if topo.n_chargers else np.zeros((1, 3))
+    capacity -= reserved
+    # What the connection lacks with no charger drawing, for V2X discharge (balancer.v2x).
+    root = capacity[0]
+    if ctl.meter_view is not None and ctl.meter is not None:
+        raw = cap_now - ctl.meter_view.non_ev_load_a - ctl.meter.settings.margin_a
+        root = np.minimum(topo.node_limit_a[0], raw) - reserved[0]
+    ctl.deficit_a = np.asarray(np.maximum(-root, 0.0), dtype=np.float64)
+    return np.maximum(capacity, 0.0), cap_now, source
+
+
+def allowance(ctl: Controller, now: datetime) -> Allowance:
+    """Per-charger min, max [A] and urgency, the phase mask of the cars, and what set each max
+    (``code_number`` of charger_max, car_max or not_drawing)."""
+    topo = ctl.topology
+    n = topo.n_chargers
+    min_a = topo.min_current_a.copy()
+    max_a = np.zeros(n)
+    urgency = np.zeros(n)
+    max_code = np.full(n, _CHARGER_MAX, dtype=np.int8)
+    car_phases = np.full(n, 3, dtype=np.int64)
+    headroom = ctl.site.headroom_a
+    for i, cid in enumerate(topo.charger_ids):
+        state = ctl.states[cid]
+        if state.car_phases is not None:
+            car_phases[i] = state.car_phases
+        if not wants_current(state):
+            continue
+        cap = topo.max_current_a[i]
+        if state.car_max_a is not None and state.car_max_a < cap:
+            cap, max_code[i] = state.car_max_a, _CAR_MAX
+        external = state.external_cap_a(now.timestamp())
+        if external is not None and external < cap:  # another party's cap only ever lowers the limit
+            cap, max_code[i] = external, _EXTERNAL_CAP
+        if state.car_min_a is not None:
+            min_a[i] = max(min_a[i], state.car_min_a)
+        drawn = max(state.measured_a)
+        fresh = state.measured_at is not None and (now - state.measured_at).total_seconds() <= \
+            MEASUREMENT_FRESH_S
+        settled = state.limit_changed_at is None or state.measured_at is None or \
+            state.measured_at > state.limit_changed_at
+        taken = max(drawn + headroom, min_a[i])
+        if fresh and settled and state.limit_a > 0 and drawn < state.limit_a - headroom and taken < cap:
+            # The car takes less than it may: free the rest, keep a headroom to ramp back.
+            cap, max_code[i] = taken, _NOT_DRAWING
+        remaining = state.remaining_wh()
+        if remaining is not None and remaining <= 0 and min_a[i] < cap:
+            cap, max_code[i] = min_a[i], _NOT_DRAWING
+        max_a[i] = cap if cap >= min_a[i] else 0.0
+        if state.departure is not None and remaining is not None and cap > 0:
+            power_w = cap * min(car_phases[i], 3) * ctl.site.voltage_v
+            laxity_s = (state.departure - now).total_seconds() - remaining / power_w * 3600.0
+            urgency[i] = -laxity_s
+        else:
+            urgency[i] = -1e9
+    mask = phase_mask(topo, car_phases)
+    return min_a, max_a, urgency, mask, max_code
+
+
+def idle_limits(ctl: Controller, capacity: FloatArray, active_a: FloatArray,
+                active_mask: npt.NDArray[np.bool_]) -> FloatArray:
+    """Idle limit per charger [A], shape (n_chargers,); 0 for chargers that are not idle.
+
+    An idle charger holds its idle limit as its default profile, so a car that plugs in draws
+    at most that until the balancer's TxProfile arrives (and for ever if the balancer is gone).
+    It is what is *left over* at every node and phase once the chargers in a transaction have
+    their limits, so an idle charger never takes anything from a charging car (work-conserving
+    for real cars is unchanged). At most the charger's failsafe: that is what a car may draw
+    when the balancer is gone and what an offline charger is reserved at. The full phase mask
+    of the charger is loaded, since nothing is known about the next car; 0 or at least the
+    charger's minimum, as for every limit. The sum of the limits of chargers in a transaction and
+    the idle limits so stays within every node and phase.
+
+    capacity : (n_nodes, 3) [A] node capacity now, less reserved loads (``node_capacity``)
+    active_a, active_mask : (n,) [A] and (n, 3) bool, the limits of the first allocation
+    """
+    topo = ctl.topology
+    n = topo.n_chargers
+    idle = np.array([is_idle(ctl.states[cid]) for cid in topo.charger_ids], dtype=bool)
+    if n == 0 or not idle.any():
+        return np.zeros(n)
+    left = np.maximum(capacity - node_load_a(topo, active_a, active_mask), 0.0)
+    request = AllocationRequest(
+        topology=topo, capacity_a=left, phase_mask=topo.charger_phase_mask,
+        min_a=topo.min_current_a, max_a=np.where(idle, ctl.failsafe_a, 0.0),
+        # No rotation: an idle limit that moves every period only costs pushes.
+        can_pause=topo.can_pause | ~idle,
+    )
+    return np.asarray(allocate(request).limit_a, dtype=np.float64)
