@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +21,10 @@ IDS = [d.subprotocol for d in REGISTERED]
 
 
 def _valid(dialect: Dialect, action: str, payload: dict[str, object]) -> None:
-    ocpp.messages.get_validator(2, action, dialect.schema_version).validate(payload)
+    """Validate as the ``ocpp`` package does on the wire: its validator cache ignores the float
+    parser, so a 1.6 SetChargingProfile validator built here with plain floats would make later
+    chargers in the same process refuse valid limits such as 10.0 (``multipleOf`` 0.1)."""
+    asyncio.run(ocpp.messages.validate_payload(ocpp.messages.Call("1", action, payload), dialect.schema_version))
 
 
 def test_the_registry_names_each_version_once_and_prefers_the_newest() -> None:
