@@ -288,10 +288,12 @@ class Service:
                 self.influx.write([service_point(self.now(), outbox_messages=self.store.outbox_size())])
 
     def _refresh_capacity(self, controller: Controller, now: datetime) -> None:
-        """Hand the controller a new capacity timeline when there is one (``TimelineFeed``)."""
+        """Hand the controller a new capacity timeline when there is one (``TimelineFeed``),
+        and the export cap in force (V2X, DESIGN 3.9)."""
         timeline = self.fp.timeline(controller.site.id, now)
         if timeline is not None:
             controller.handle(CapacityUpdated(controller.site.id, timeline))
+        controller.export_cap_a = self.fp.export_cap_a(controller.site.id)  # V2X (DESIGN 3.9)
 
     def _step(self, site_id: str) -> None:
         """Decide and push one site.
@@ -364,7 +366,7 @@ class Service:
         self._capacity_changed(site_id)
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
-                  max_current_a: float | None, phases: int | None) -> None:
+                  max_current_a: float | None, phases: int | None, discharge_allowed: bool | None = None) -> None:
         site_id = self._site_of(charger_id)
         if not site_id:
             raise KeyError(charger_id)
@@ -373,7 +375,7 @@ class Service:
             raise ValueError(f"charger {charger_id!r} has no running session")
         route = self._on_event if self.cluster is None else self.cluster.route_api_event
         route(NeedsUpdated(charger_id=charger_id, at=self.now(), energy_wh=energy_wh, departure=departure,
-                           max_current_a=max_current_a, phases=phases, source="api"))
+                           max_current_a=max_current_a, phases=phases, source="api", v2x=discharge_allowed))
 
     def health(self) -> dict[str, Any]:
         return health_json(self)

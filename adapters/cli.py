@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", required=True,
                    help="ws://HOST:PORT/ocpp (the charger id is appended), e.g. ws://127.0.0.1:9000/ocpp")
     p.add_argument("--chargers", type=int, default=10, help="number of chargers (default 10), e.g. 100")
-    p.add_argument("--protocol", choices=("mixed", "ocpp1.6", "ocpp2.0.1"), default="mixed",
-                   help="OCPP version of every charger, or mixed (default), e.g. ocpp2.0.1")
+    p.add_argument("--protocol", choices=("mixed", "ocpp1.6", "ocpp2.0.1", "ocpp2.1"), default="mixed",
+                   help="OCPP version of every charger, or mixed (default), e.g. ocpp2.0.1; with ocpp2.1 "
+                        "every third car is an ISO 15118-20 V2X car offering 16 A of discharge")
     p.add_argument("--prefix", default="CP", help="charger ids are PREFIX001, PREFIX002, ... (default CP)")
     p.add_argument("--password", help="HTTP Basic password (security profile 1), e.g. \"$CHARGER_PASSWORD\"")
     p.add_argument("--meter-interval", type=float, default=10.0,

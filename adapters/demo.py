@@ -7,7 +7,11 @@ a simulated fleet of chargers (OCPP 1.6J and 2.0.1 mixed) has cars arriving in t
 leaving in the morning. A building shares the connection (a site meter on Modbus TCP, served by
 ``adapters.meter.simulator``, with a noon peak of 40 A). Over OCPI 2.2.1 a simulated driver's app
 (eMSP) sets the first car's departure and energy need (a car without ISO 15118), and a
-smart-charging service provider (SCSP) caps the third car's session at 10 A. The demo checks the
+smart-charging service provider (SCSP) caps the third car's session at 10 A. An office car on an
+OCPP 2.1 charger with ``allow_discharge`` (an ISO 15118-20 V2G car, here from noon to 17:30)
+carries the building's peak when, at 13:00, the building alone would exceed a midday dip of the
+grid operator's forecast (DESIGN 3.9): it discharges just enough, then charges back what it
+gave before it leaves. The demo checks the
 physics from the chargers' side: what the simulated cars really draw plus the building's load is
 compared with the capacity in force, every sample.
 """
@@ -29,7 +33,8 @@ from adapters.clock import AcceleratedClock
 from adapters.config_file import load_config
 from adapters.meter.simulator import MeterSimulator, noon_peak_profile
 from adapters.ocpi.simulator import OcpiParty
-from adapters.ocpp.simulator import Fleet, Misbehaviour
+from adapters.ocpp.dialects.v21 import V21
+from adapters.ocpp.simulator import Fleet, Misbehaviour, SimCar, SimulatedCharger
 from adapters.oscp.endpoint import BASE_PATH
 from adapters.oscp.simulator import GridOperatorSimulator, day_profile_blocks
 from balancer.config import parse_config
@@ -45,15 +50,23 @@ above it counts as a violation (DESIGN 4 allows 5 s; at 1,440x a wall second is 
 
 OCPI_TOKEN_A = {"app": "demo-ocpi-app-token-a", "scsp": "demo-ocpi-scsp-token-a"}
 OCPI_CAP_A = 10.0
+V2G_ID = "V2G01"
+V2G_DISCHARGE_A = 16.0
+NOON_DIP_KW = 20.0
+"""The grid operator's capacity from 12:00 to 14:30 (a midday congestion): 29 A per phase, less
+than the building's 40 A peak at 13:00."""
 
 
 def demo_config(n_chargers: int, state_dir: str, influx: dict[str, Any] | None = None,
                 meter_port: int | None = None) -> Config:
-    """A depot: 100 A connection, two 63 A feeders, ``n_chargers`` 3-phase 32 A chargers; with
-    ``meter_port`` a site meter (SunSpec over Modbus TCP on loopback) at the connection."""
-    chargers = [{"id": f"CP{i + 1:03d}", "circuit": "feeder-a" if i % 2 == 0 else "feeder-b",
-                 "max_current_a": 32, "min_current_a": 6, "priority": 2 if i % 5 == 0 else 1}
-                for i in range(n_chargers)]
+    """A depot: 100 A connection, two 63 A feeders, ``n_chargers`` 3-phase 32 A chargers and one
+    V2G charger (``V2G_ID``, ``allow_discharge``); with ``meter_port`` a site meter (SunSpec over
+    Modbus TCP on loopback) at the connection."""
+    chargers: list[dict[str, Any]] = [
+        {"id": f"CP{i + 1:03d}", "circuit": "feeder-a" if i % 2 == 0 else "feeder-b",
+         "max_current_a": 32, "min_current_a": 6, "priority": 2 if i % 5 == 0 else 1} for i in range(n_chargers)]
+    chargers.append({"id": V2G_ID, "circuit": "feeder-b", "max_current_a": 32, "min_current_a": 6,
+                     "allow_discharge": True, "max_discharge_current_a": V2G_DISCHARGE_A})
     data: dict[str, Any] = {
         "sites": [{"id": "demo-depot", "voltage_v": 230, "grid_limit_a": 100, "fallback_kw": 22,
                    "circuits": [{"id": "feeder-a", "max_current_a": 63}, {"id": "feeder-b", "max_current_a": 63}],
@@ -91,6 +104,9 @@ class DemoResult:
     fallback_samples: int = 0
     ocpi: dict[str, Any] = field(default_factory=dict)
     """What the OCPI parties did: preferences answer, cap answer, highest limit held under the cap."""
+    v2g: dict[str, float] = field(default_factory=dict)
+    """The V2G car: the worst deficit it faced (building + margin over capacity) [A], its largest
+    discharge [A], energy given back [kWh], and its need and net energy at departure [kWh]."""
 
 
 async def _ocpi_parties(base_url: str, fleet: Fleet, stop: asyncio.Event, result: DemoResult) -> None:
@@ -130,6 +146,10 @@ async def _grid_operator(cp: GridOperatorSimulator, clock: AcceleratedClock, sta
     await cp.handshake(int(heartbeat_sim_s))
     day = start.replace(hour=0, minute=0, second=0, microsecond=0)
     await cp.send_forecast("demo-depot", day_profile_blocks(day, base_kw=60, dip_kw=25, hours=48))
+    noon, until = day + timedelta(hours=12), day + timedelta(hours=14.5)
+    await cp.send_forecast("demo-depot", [{"capacity": NOON_DIP_KW, "phase": "ALL", "unit": "KW",
+                                           "start_time": noon.isoformat().replace("+00:00", "Z"),
+                                           "end_time": until.isoformat().replace("+00:00", "Z")}])
     await cp.send_forecast("demo-depot", [{"capacity": 20, "phase": "ALL", "unit": "KW",
                                            "start_time": day.isoformat().replace("+00:00", "Z"),
                                            "end_time": (day + timedelta(days=2)).isoformat().replace("+00:00", "Z")}],
@@ -156,7 +176,11 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
     clock = AcceleratedClock(start, DAY_S / seconds)
     result = DemoResult()
     drawn: list[Any] = []
-    building = noon_peak_profile(base_a=8.0, peak_a=40.0, width_h=3.0)
+    peak = noon_peak_profile(base_a=8.0, peak_a=40.0, width_h=3.0)
+
+    def building(at: datetime) -> float:  # the peak at 13:00, once the fleet is up
+        return peak(at - timedelta(hours=1))
+
     meter = MeterSimulator("sunspec", profile=building, now=clock, noise_a=0.05,
                            chargers_a=lambda: drawn[0].total_draw_a() if drawn else [0.0, 0.0, 0.0])
     await meter.start()
@@ -169,11 +193,17 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
         await cp.start()
         fleet = Fleet.evening_depot(f"ws://127.0.0.1:{service.ocpp.port}/ocpp", n_chargers, start=start,
                                     clock=clock, meter_interval_s=300.0, tick_s=0.05)
+        v2g = SimulatedCharger(V2G_ID, f"ws://127.0.0.1:{service.ocpp.port}/ocpp", protocol=V21.subprotocol,
+                               clock=clock, meter_interval_s=60.0, tick_s=0.05, car=SimCar(
+                                   arrival=start, departure=start + timedelta(hours=5.5), energy_wh=12000.0,
+                                   max_current_a=32.0, iso15118=True, discharge_a=V2G_DISCHARGE_A))
+        fleet.chargers.append(v2g)
         drawn.append(fleet)
         if len(fleet.chargers) > 5:
             # One charger refuses TxProfile, as some real ones do: the balancer falls back to a
             # TxDefaultProfile for it, and the refusal shows on the dashboard's push-failure panel.
             fleet.chargers[5].misbehaviour = Misbehaviour(rejects_tx_profile=True)
+        v2g_need = v2g.car.energy_wh if v2g.car else 0.0
         stop = asyncio.Event()
         operator = asyncio.create_task(_grid_operator(cp, clock, start, stop))
         parties = asyncio.create_task(_ocpi_parties(f"http://127.0.0.1:{service.http_port}", fleet, stop, result))
@@ -216,6 +246,10 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
                     if held is not None and loop.time() - result.ocpi.setdefault("capped_at", loop.time()) > 1.0:
                         result.ocpi["CP003 highest limit held under the cap"] = max(
                             held, result.ocpi.get("CP003 highest limit held under the cap", 0.0))
+                if status.meter is not None:
+                    deficit = non_ev + config.sites[0].meter.margin_a - capacity[0] if config.sites[0].meter else 0.0
+                    result.v2g["worst deficit A"] = max(result.v2g.get("worst deficit A", 0.0), deficit)
+                result.v2g["largest discharge A"] = max(result.v2g.get("largest discharge A", 0.0), -v2g.draw_a)
                 result.samples.append({"t": now, "capacity": capacity, "draw": draw, "source": status.capacity_source,
                                        "per_charger": [c.draw_a for c in fleet.chargers], "building": non_ev})
                 if loop.time() >= next_print:
@@ -240,8 +274,10 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
             await service.stop()
             await meter.stop()
         out.write("\n")
+    result.v2g.update({"given back kWh": v2g.export_wh / 1000.0, "need kWh": v2g_need / 1000.0,
+                       "net at departure kWh": (v2g.energy_wh - v2g.export_wh) / 1000.0})
     for sim in fleet.chargers:
-        if sim.car is not None:
+        if sim.car is not None and sim is not v2g:
             result.requested_wh[sim.charger_id] = sim.car.energy_wh
             result.delivered_wh[sim.charger_id] = sim.energy_wh
     _summary(result, out)
@@ -272,6 +308,12 @@ def _summary(result: DemoResult, out: Any) -> None:
               f" (worst {result.worst_overshoot_a:.1f} A)\n")
     out.write(f"  samples on fallback capacity:    {result.fallback_samples} of {len(result.samples)}\n")
     out.write(f"  profile pushes:                  {result.pushes} ({result.push_failures} failed)\n")
+    if result.v2g:
+        v = result.v2g
+        out.write(f"  V2G car on OCPP 2.1 ({V2G_ID}):     building over capacity by up to "
+                  f"{v.get('worst deficit A', 0.0):.1f} A, carried by discharging up to "
+                  f"{v.get('largest discharge A', 0.0):.1f} A ({v.get('given back kWh', 0.0):.1f} kWh given back);"
+                  f" left with {v.get('net at departure kWh', 0.0):.1f} of {v.get('need kWh', 0.0):.1f} kWh needed\n")
     if result.ocpi:
         prefs = result.ocpi.get("CP001 charging_preferences", "-")
         held = result.ocpi.get("CP003 highest limit held under the cap")
@@ -296,6 +338,9 @@ def _plot(result: DemoResult, fleet: Fleet, path: str) -> None:
     colors = ["#999999"] + [f"C{k % 10}" for k in range(len(per))]
     ax.stackplot(times, building, *per, alpha=0.8, linewidth=0, colors=colors)
     ax.plot(times, building, color="#555555", linewidth=1, label="building (non-EV load, site meter)")
+    # The V2G car's discharge is a negative draw: the net import shows the peak it carried.
+    ax.plot(times, building + per.sum(axis=0), color="#0044aa", linewidth=1, linestyle="--",
+            label=f"net import at the connection (with {V2G_ID} discharging at the noon peak)")
     ax.plot(times, [s["capacity"][0] for s in result.samples], color="black", linewidth=2,
             label="capacity in force (L1)")
     fallback = [s["source"] != "forecast" for s in result.samples]

@@ -69,6 +69,7 @@ class GridReporting:
         slot = slot_floor(now)
         message = compliance_problem(measured_a=status.measured_a, capacity_a=status.capacity_a,
                                      allocation_status=status.allocation_status, slot=slot,
+                                     allocation_message=status.allocation_message,
                                      last_reported_slot=self._compliance_reported.get(site.id))
         if message is None:
             return

@@ -33,7 +33,7 @@ class AdminBackend(Protocol):
     def site_json(self, site_id: str) -> dict[str, Any] | None: ...
     def plan_json(self, site_id: str) -> dict[str, Any] | None: ...
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
-                  max_current_a: float | None, phases: int | None) -> None: ...
+                  max_current_a: float | None, phases: int | None, discharge_allowed: bool | None = None) -> None: ...
     def metrics_text(self) -> str: ...
     def health(self) -> dict[str, Any]: ...
 
@@ -111,9 +111,9 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
         parsed = _parse_needs(data)
         if isinstance(parsed, web.Response):
             return parsed
-        energy_wh, departure, max_current_a, phases = parsed
+        energy_wh, departure, max_current_a, phases, discharge_allowed = parsed
         try:
-            backend.set_needs(charger_id, energy_wh, departure, max_current_a, phases)
+            backend.set_needs(charger_id, energy_wh, departure, max_current_a, phases, discharge_allowed)
         except KeyError:
             return _error(404, f"unknown charger {charger_id!r}", "charger_id")
         except ValueError as exc:
@@ -132,13 +132,14 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
                             guard(meter_push_handler(meter_sink, now, max_body_bytes), write=True))
 
 
-_NEEDS_KEYS = {"energy_wh", "departure", "max_current_a", "phases"}
+_NEEDS_KEYS = {"energy_wh", "departure", "max_current_a", "phases", "discharge_allowed"}
 
 
 def _parse_needs(
     data: Any,
-) -> tuple[float | None, datetime | None, float | None, int | None] | web.Response:
-    """Validate a needs body: ``{"energy_wh"?, "departure"?, "max_current_a"?, "phases"?}``."""
+) -> tuple[float | None, datetime | None, float | None, int | None, bool | None] | web.Response:
+    """Validate a needs body: ``{"energy_wh"?, "departure"?, "max_current_a"?, "phases"?,
+    "discharge_allowed"?}`` (the last: the car offers V2X, DESIGN 3.9)."""
     if not isinstance(data, dict):
         return _error(400, "body must be a JSON object")
     unknown = sorted(set(data) - _NEEDS_KEYS)
@@ -157,6 +158,9 @@ def _parse_needs(
     phases = data.get("phases")
     if phases is not None and (isinstance(phases, bool) or phases not in (1, 2, 3)):
         return _error(400, f"phases must be 1, 2 or 3, got {phases!r}", "phases")
+    discharge = data.get("discharge_allowed")
+    if discharge is not None and not isinstance(discharge, bool):
+        return _error(400, f"discharge_allowed must be true or false, got {discharge!r}", "discharge_allowed")
     departure = None
     raw = data.get("departure")
     if raw is not None:
@@ -169,4 +173,4 @@ def _parse_needs(
         if departure.tzinfo is None:
             return _error(400, "departure needs a UTC offset (e.g. Z)", "departure")
     return (None if energy is None else float(energy), departure,
-            None if current is None else float(current), phases)
+            None if current is None else float(current), phases, discharge)

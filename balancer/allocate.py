@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from balancer.discharge import discharge_reasons, discharge_stage
 from balancer.model import LIMIT_CODES, LimitCode
 from balancer.rounding import floor_to
 from balancer.topology import Topology
@@ -94,6 +95,11 @@ class AllocationRequest:
     now_s, rotation_period_s : [s] time, and how often the tie order among equals rotates
     max_code : (n,) int8, ``code_number`` of what set ``max_a`` (the reason of a charger held at
         it); default ``charger_max`` where ``max_a`` is at least the charger's own maximum, else ``car_max``
+    deficit_a : (3,) [A] how far the connection is over its capacity with no charger drawing (non-EV
+        and reserved loads above the capacity in force; ``capacity_a[0]`` is then 0 there)
+    discharge_max_a : (n,) [A] how far each charger may discharge its car now (V2X; 0: not at all)
+    export_room_a : (3,) [A] how far discharge may push each phase of the connection below zero
+        net current (default 0): see ``balancer.discharge``
     """
 
     topology: Topology
@@ -108,6 +114,9 @@ class AllocationRequest:
     now_s: float = 0.0
     rotation_period_s: float = 900.0
     max_code: CodeArray | None = None
+    deficit_a: FloatArray | None = None
+    discharge_max_a: FloatArray | None = None
+    export_room_a: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,8 @@ class Allocation:
     paused : (n,) bool, wanted current but got none for lack of capacity.
     status : "ok" (everyone at max), "short" (not everyone at max) or "infeasible" (chargers that
         cannot pause do not fit even at their minimum; they are paused all the same, because a
-        fuse comes first, and the caller reports the non-compliance).
+        fuse comes first, and the caller reports the non-compliance; or a deficit at the
+        connection that discharge cannot cover, ``message`` says which).
     reason : (n,) int8, why each limit has its value: ``LIMIT_CODES[reason[i]]``
     reason_node : (n,) node index that bound the charger (``capacity`` and the paused codes), else -1
     reason_phase : (n,) int8, grid phase 0..2 at that node, else -1
@@ -352,6 +362,17 @@ def allocate(req: AllocationRequest) -> Allocation:
     period = max(req.rotation_period_s, 1e-9)
     turn = int(np.floor(req.now_s / period))
     capacity_t = np.ascontiguousarray(capacity.T)
+    discharge, uncovered = np.zeros(n), np.zeros(3)
+    if req.deficit_a is not None:
+        bound = np.zeros(n) if req.discharge_max_a is None else np.asarray(req.discharge_max_a, dtype=np.float64)
+        export = np.zeros(3) if req.export_room_a is None else req.export_room_a
+        discharge, uncovered = discharge_stage(topo, capacity_t, mask, req.deficit_a, export, bound, granularity,
+                                                _fill, _admit)
+        if discharge.any():
+            # A discharging car charges nothing, and the fuses above it carry its current.
+            wants &= discharge <= 0
+            capacity_t[:, 1:] = np.maximum(capacity_t[:, 1:] - topo.tree_sum(discharge * mask)[:, 1:], 0.0)
+            capacity = np.ascontiguousarray(capacity_t.T)
     need = lo * mask
 
     keys = (-urgency, ~has_target, -topo.priority, can_pause, ~wants)
@@ -400,6 +421,14 @@ def allocate(req: AllocationRequest) -> Allocation:
     short = wants & (limit < hi - 1e-9)
     reasons = _reasons(topo, capacity_t - load.T, mask, limit, short, paused, max_code,
                        np.isfinite(target) & ~has_target)
+    if discharge.any():
+        limit = np.where(discharge > 0, -discharge, limit)
+        reasons = discharge_reasons(reasons, discharge > 0, mask, req.deficit_a)
+    if uncovered.any():
+        over = ", ".join(f"{u:.1f} A on L{p + 1}" for p, u in enumerate(uncovered) if u > 0)
+        return Allocation(limit, paused, "infeasible",
+                          f"non-EV load exceeds the capacity by {over} even with every car at 0 and every "
+                          "V2X car discharging at its limit", *reasons)
     must_run = wants & ~can_pause
     if (must_run & paused).any():
         ids = [topo.charger_ids[i] for i in np.flatnonzero(must_run & paused)[:5]]

@@ -25,6 +25,7 @@ from balancer.charger_state import ChargerState, is_idle, wants_current
 from balancer.model import LimitCode, Site
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
+from balancer.v2x import discharge_draw_limits
 
 if TYPE_CHECKING:
     from balancer.control import Controller
@@ -44,11 +45,17 @@ _CHARGER_MAX, _CAR_MAX, _NOT_DRAWING, _EXTERNAL_CAP = (
 
 def failsafe_limits(site: Site, topo: Topology) -> FloatArray:
     """Each charger's share of ``fallback_kw`` (DESIGN 4), for every charger loaded at its max
-    on all its phases; the allocator guarantees the sum respects fallback, connection, fuses."""
+    on all its phases; the allocator guarantees the sum respects fallback, connection, fuses.
+    With a site meter the building keeps drawing when the balancer is gone: its
+    ``fallback_base_load_a`` (and the margin) come off the connection first (DESIGN 3.8)."""
     if topo.n_chargers == 0:
         return np.zeros(0)
     capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
     capacity[0, :] = np.minimum(capacity[0, :], site.fallback_a)
+    meter = site.meter
+    if meter is not None:
+        base = np.asarray(meter.fallback_base_load_a, dtype=np.float64) + meter.margin_a
+        capacity[0, :] = np.maximum(capacity[0, :] - base, 0.0)
     request = AllocationRequest(
         topology=topo,
         capacity_a=capacity,
@@ -125,7 +132,9 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
                        and abs((now - s.measured_at).total_seconds()) <= CHARGER_MEASUREMENT_MAX_AGE_S
                        for s in states], dtype=bool)
     capped = np.array([s.obeys for s in states], dtype=bool)
-    return ctl.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped))
+    loaded = phase_mask(topo, np.array([s.car_phases or 3 for s in states], dtype=np.int64))
+    limits = discharge_draw_limits(limits, states, meter_at)
+    return ctl.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
 
 
 def node_capacity(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArray, str]:
@@ -140,8 +149,14 @@ def node_capacity(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArra
         # The chargers share what the non-EV load leaves of the connection (DESIGN 3.8).
         capacity[0, :] = np.minimum(topo.node_limit_a[0], cap_now - ctl.meter_view.cut_a)
     reserve, mask = reserved_a(ctl, now)
-    if topo.n_chargers:
-        capacity -= np.asarray(topo.ancestors @ (reserve[:, None] * mask))
+    reserved = np.asarray(topo.ancestors @ (reserve[:, None] * mask)) if topo.n_chargers else np.zeros((1, 3))
+    capacity -= reserved
+    # What the connection lacks with no charger drawing, for V2X discharge (balancer.v2x).
+    root = capacity[0]
+    if ctl.meter_view is not None and ctl.meter is not None:
+        raw = cap_now - ctl.meter_view.non_ev_load_a - ctl.meter.settings.margin_a
+        root = np.minimum(topo.node_limit_a[0], raw) - reserved[0]
+    ctl.deficit_a = np.asarray(np.maximum(-root, 0.0), dtype=np.float64)
     return np.maximum(capacity, 0.0), cap_now, source
 
 

@@ -78,6 +78,12 @@ class ChargerState:
     """A cap set by another party (``ExternalCapSet``): [[start epoch s, limit A], ...]."""
     external_cap_until: float | None = None
     """When the external cap ends [epoch s]; None: with its session."""
+    car_v2x: bool = False
+    """The car offers V2X (``balancer.v2x``)."""
+    prev_limit_a: float = 0.0
+    """The limit before the last change (``limit_changed_at``): what a discharge may still be."""
+    car_discharge_max_a: float | None = None
+    car_spare_wh: float | None = None
 
     def external_cap_a(self, t: float) -> float | None:
         """The external cap in force at ``t`` [epoch s] [A], or None when there is none."""
@@ -158,6 +164,7 @@ def start_session(state: ChargerState, event: SessionStarted) -> bool:
     state.need_wh = state.need_at_energy_wh = state.departure = None
     state.car_max_a = state.car_min_a = state.car_phases = None
     state.external_cap = state.external_cap_until = None
+    state.car_v2x, state.car_discharge_max_a, state.car_spare_wh = False, None, None
     # Until its TxProfile is held the car draws by the idle default: that is what it holds.
     state.held_a = state.idle_limit_a
     if state.status in ("unknown", "Available", "Preparing"):
@@ -172,6 +179,7 @@ def end_session(state: ChargerState, event: SessionStopped) -> bool:
     state.need_wh = state.need_at_energy_wh = state.departure = None
     state.car_max_a = state.car_min_a = state.car_phases = None
     state.external_cap = state.external_cap_until = None
+    state.car_v2x, state.car_discharge_max_a, state.car_spare_wh = False, None, None
     if event.meter_stop_wh is not None:
         state.energy_wh = event.meter_stop_wh
     state.status = "Finishing" if state.status == "Charging" else state.status
@@ -191,6 +199,10 @@ def update_needs(state: ChargerState, event: NeedsUpdated) -> bool:
         state.car_min_a = max(0.0, event.min_current_a)
     if event.phases in (1, 2, 3):
         state.car_phases = event.phases
+    if event.v2x is not None:
+        state.car_v2x = event.v2x
+        state.car_discharge_max_a = None if event.discharge_max_a is None else max(0.0, event.discharge_max_a)
+        state.car_spare_wh = event.spare_wh
     return True
 
 

@@ -25,6 +25,7 @@ _SITE = {
     "circuits": Field("any", default=[]),
     "chargers": Field("any", default=[]),
     "meter": Field("any"),
+    "export_limit_a": Field("number", default=0.0, non_negative=True),
 }
 _METER = {
     "source": Field("enum", required=True, choices=("modbus", "http")),
@@ -60,6 +61,8 @@ _CHARGER = {
     "evse_id": Field("int", default=1, positive=True),
     "upstream_id": Field("str", ident=True),
     "upstream_password": Field("str"),
+    "allow_discharge": Field("bool", default=False),
+    "max_discharge_current_a": Field("number", non_negative=True),
 }
 
 

@@ -40,6 +40,7 @@ from balancer.sleep import SleepWatch
 from balancer.status import ReasonKey, ReasonLog, SiteStatus, site_status
 from balancer.timeline import SLOT_S, CapacityTimeline, slot_floor
 from balancer.topology import Topology, phase_mask
+from balancer.v2x import discharge_inputs
 from forecast.arrivals import PastSession, SessionHistory
 
 __all__ = ["INCREASE_LAG", "SLOT_S", "ChargerState", "Controller", "PlanRequest", "SiteStatus", "slot_floor"]
@@ -71,6 +72,11 @@ class Controller:
         self.last_schedules: dict[str, ChargerSchedule] = {}
         self.meter = MeterTracker(site.meter, site.grid_limit_a) if site.meter is not None else None
         self.meter_view: MeterView | None = None
+        self.export_cap_a: FloatArray | None = None
+        """(3,) [A] the grid operator's GENERATION forecast in force (None: none): caps V2X export."""
+        self.deficit_a: FloatArray = np.zeros(3)
+        """(3,) [A] how far non-EV and reserved loads exceed the capacity in force at the connection
+        (the last decision's): what V2X discharge carries (``balancer.v2x``)."""
         self.non_ev_forecast: tuple[datetime, FloatArray] | None = None
         """Non-EV load per slot from a start (n_slots, 3) [A], for the planner (``forecast.non_ev``)."""
         self._churn = self._churn_guard()
@@ -249,6 +255,7 @@ class Controller:
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
             target_a=self._plan_targets(now, max_a), urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
+            **discharge_inputs(self, now),
         )
         allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
         before = np.array([self.states[cid].limit_a for cid in topo.charger_ids], dtype=np.float64)
@@ -265,7 +272,7 @@ class Controller:
             if not state.connected:
                 continue
             if limit != state.limit_a:
-                state.limit_changed_at = now
+                state.limit_changed_at, state.prev_limit_a = now, state.limit_a
             state.limit_a = limit
             state.idle_limit_a = float(idle_limit[i])
             if is_idle(state):

@@ -96,6 +96,12 @@ class NeedsUpdated:
     min_current_a: float | None = None
     phases: int | None = None
     source: str = "api"
+    v2x: bool | None = None
+    """The car offers V2X (2.1 ``v2xChargingParameters``, or the needs API's ``discharge_allowed``)."""
+    discharge_max_a: float | None = None
+    """The car's discharge limit per phase [A] (V2X)."""
+    spare_wh: float | None = None
+    """What the car can give above its minimum state of charge [Wh] (minus ``evMinV2XEnergyRequest``)."""
 
 
 @dataclass(frozen=True, slots=True)

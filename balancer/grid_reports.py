@@ -59,11 +59,15 @@ def known_needs_wh(requested: Iterable[tuple[str, float]], planned: Mapping[str,
 
 
 def compliance_problem(*, measured_a: Sequence[float], capacity_a: Sequence[float], allocation_status: str,
-                       slot: datetime, last_reported_slot: datetime | None) -> str | None:
-    """Why the site cannot comply in this slot, or None (also None when this slot was reported already)."""
+                       slot: datetime, last_reported_slot: datetime | None, allocation_message: str = "") -> str | None:
+    """Why the site cannot comply in this slot, or None (also None when this slot was reported already).
+
+    ``allocation_message``: the allocator's words for an infeasible allocation (a deficit that
+    V2X discharge cannot carry says so), used instead of the generic sentence."""
     over = max(m - c for m, c in zip(measured_a, capacity_a, strict=True))
     infeasible = allocation_status == "infeasible"
     if not (infeasible or over > COMPLIANCE_TOLERANCE_A) or last_reported_slot == slot:
         return None
-    return ("minimum currents of cars that cannot be paused exceed the capacity" if infeasible
-            else f"measured draw exceeds capacity by {over:.1f} A")
+    if infeasible:
+        return allocation_message or "minimum currents of cars that cannot be paused exceed the capacity"
+    return f"measured draw exceeds capacity by {over:.1f} A"

@@ -145,6 +145,17 @@ class Charger:
     """Local controller mode: this charger's id towards the CSMS (default: its own id)."""
     upstream_password: str | None = None
     """Local controller mode with ``auth: config``: its HTTP Basic password at the CSMS."""
+    allow_discharge: bool = False
+    """V2X (DESIGN 3.9): a car that offers it may be told to discharge, for peak shaving only."""
+    max_discharge_current_a: float | None = None
+    """The charger's discharge limit per phase [A]; None: ``max_current_a``."""
+
+    @property
+    def discharge_limit_a(self) -> float:
+        """How far this charger may discharge a car per phase [A]; 0 when it may not."""
+        if not self.allow_discharge:
+            return 0.0
+        return self.max_current_a if self.max_discharge_current_a is None else self.max_discharge_current_a
 
     @property
     def granularity_a(self) -> float:
@@ -197,6 +208,8 @@ class Site:
     rotation_period_s: float = 900.0
     headroom_a: float = 2.0
     meter: MeterSettings | None = None
+    export_limit_a: float = 0.0
+    """How far the net current at the connection may go below zero per phase [A] (V2X discharge)."""
 
     @property
     def group_id(self) -> str:

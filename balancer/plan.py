@@ -30,6 +30,7 @@ from balancer.allocate import node_load_a
 from balancer.plan_minimums import MIP_MAX_PAIRS, MIP_MAX_S, improve_with_mip, meet_minimums
 from balancer.plan_model import FINE_SLOTS, build_model, slot_blocks
 from balancer.plan_types import FloatArray, LpModel, Plan, PlanSession, SolveOutcome
+from balancer.plan_v2x import add_discharge, discharge_rows
 from balancer.rounding import floor_to
 from balancer.timeline import SLOT_S
 from balancer.topology import Topology
@@ -100,19 +101,23 @@ def _solve(model: LpModel, method: str, deadline: float,
     mip_s = min(MIP_MAX_S if mip_s is None else mip_s, deadline - time.perf_counter())
     if mip_s >= 0.05 and model.n_x <= MIP_MAX_PAIRS:
         x = improve_with_mip(model, x, mip_s)
-    return "optimal", x, ""
+    return "optimal", np.concatenate([x, v[model.n_x:]]), ""  # the other columns as the LP left them
 
 
 def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSession], start: datetime,
          *, slot_s: int = SLOT_S, budget_s: float = 2.0, solver: str = "highs-simplex",
          voltage_v: float | None = None, fine_slots: int | None = FINE_SLOTS,
-         mip_s: float | None = None) -> SolveOutcome:
+         mip_s: float | None = None, deficit_a: FloatArray | None = None,
+         export_room_a: FloatArray | None = None) -> SolveOutcome:
     """Plan ``len(capacity_a)`` slots from ``start`` for ``sessions``; never raises on solver trouble.
 
     capacity_a : (n_slots, 3) [A] connection capacity in force per slot and phase (NaN counts as 0)
     fine_slots : slots decided one by one in a large model before hourly decisions (None: all)
     mip_s : at most this long for the minimum-current MIP (``improve_with_mip``; None:
         ``MIP_MAX_S``; 0: post-processing only), never past ``budget_s``
+    deficit_a, export_room_a : (n_slots, 3) [A] V2X: how far non-EV load exceeds ``capacity_a``,
+        and how far discharge may push the connection below zero (``balancer.plan_v2x``); a
+        discharging car's limit in the plan is negative
     """
     started = time.perf_counter()
     deadline = started + budget_s
@@ -126,6 +131,11 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
                             fine_slots=fine_slots)
     except (KeyError, ValueError) as exc:
         return SolveOutcome("error", None, solver, time.perf_counter() - started, f"bad input: {exc!r}")
+    discharge = None
+    if deficit_a is not None and model.n_x:
+        model, discharge = add_discharge(model, sessions, np.asarray(capacity_a, dtype=np.float64), deficit_a,
+                                         np.zeros_like(deficit_a) if export_room_a is None else export_room_a)
+        mip_s = 0.0 if discharge is not None else mip_s
     if model.n_x == 0:
         return SolveOutcome("no_sessions", Plan(start, slot_s, topology.charger_ids, empty,
                                                 {s.charger_id: 0.0 for s in sessions}),
@@ -153,7 +163,10 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     charger_of_session = np.array([topology.index(s.charger_id) for s in sessions], dtype=np.int64)
     session = model.col_session[model.fine_col]
     cell = (charger_of_session[session], model.fine_slot)  # (charger, slot) of every fine pair
-    fine_x = x[model.fine_col]
+    # V2X: a block's charge and discharge net out (the car time-shares them within it).
+    both = discharge_rows(discharge, x, model.fine_col)
+    fine_x = np.maximum(x[model.fine_col] - both, 0.0)
+    dis = np.maximum(both - x[model.fine_col], 0.0)
     np.add.at(limit, cell, fine_x)
     gran = topology.granularity_a[:, None]
     limit = floor_to(limit, gran)
@@ -164,7 +177,13 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     delivered = np.zeros(len(sessions))
     rounded = limit[cell]
     np.add.at(delivered, session, np.minimum(rounded, fine_x) * model.fine_wh_per_a)
-    planned = {s.charger_id: float(min(delivered[k], s.energy_wh)) for k, s in enumerate(sessions)}
+    if dis.any():  # V2X: a negative limit, its magnitude rounded down (fuses and export room hold)
+        limit_dis = np.zeros_like(limit)
+        np.add.at(limit_dis, cell, dis)
+        limit_dis = np.floor(limit_dis / gran + 1e-6) * gran
+        limit = np.where(limit_dis > 0, -limit_dis, limit)
+        np.subtract.at(delivered, session, dis * model.fine_wh_per_a)
+    planned = {s.charger_id: float(max(min(delivered[k], s.energy_wh), 0.0)) for k, s in enumerate(sessions)}
     result = Plan(start, slot_s, topology.charger_ids, limit, planned, model.hourly_from_slot)
     return SolveOutcome("optimal", result, used, seconds)
 

@@ -298,4 +298,5 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
                    fine_col=fine_col, fine_slot=fine_t.astype(np.int64),
                    fine_wh_per_a=np.asarray(arr["wh_per_a"][fine_s, fine_t], dtype=np.float64),
                    fine_share=np.asarray(share[fine_s, fine_t], dtype=np.float64), session_mask=mask,
-                   hourly_from_slot=hourly_from)
+                   hourly_from_slot=hourly_from, cap_node=cap_node.astype(np.int64),
+                   cap_phase=cap_phase.astype(np.int64), cap_slot=cap_slot.astype(np.int64))

@@ -32,6 +32,10 @@ class PlanSession:
     requested_wh: float | None = None
     """The session's whole request [Wh] (``energy_wh`` is what is left of it; None: the same):
     its protected share is ``PROTECT_SHARE`` of this, less what it already got."""
+    discharge_max_a: float | None = None
+    """V2X: how far the car may discharge per phase [A] (``balancer.plan_v2x``); None: not at all."""
+    discharge_spare_wh: float | None = None
+    """V2X: what the car can give above its minimum state of charge [Wh]; None: not limited."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,10 @@ class LpModel:
     hourly_from_slot: int | None
     fine_share: FloatArray | None = None
     """Per fine pair, the share of its slot's capacity the current takes (``load_share``; None: 1)."""
+    cap_node: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """(n_cap,) node, phase and block of every node row (``balancer.plan_v2x`` adds to them)."""
+    cap_phase: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cap_slot: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     session_mask: npt.NDArray[np.bool_] | None = None
     """(n_sessions, 3) the grid phases each session's car loads."""
 

@@ -18,6 +18,7 @@ from balancer.charger_state import wants_current
 from balancer.plan import PlanSession
 from balancer.timeline import SLOT_S, horizon_slots, slot_floor
 from balancer.topology import Topology
+from balancer.v2x import plan_deficit, plan_discharge_fields
 from forecast.arrivals import RESERVE_SHARE
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class PlanRequest:
     start: datetime
     budget_s: float
     fine_slots: int
+    deficit_a: FloatArray | None = None
+    """(n_slots, 3) [A] V2X: how far the non-EV load forecast exceeds the capacity (``balancer.plan_v2x``)."""
+    export_room_a: FloatArray | None = None
 
 
 def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
@@ -66,21 +70,26 @@ def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
         sessions.append(PlanSession(
             charger_id=cid, arrival=now, departure=departure, energy_wh=remaining,
             max_current_a=max_a, min_current_a=max(charger.min_current_a, state.car_min_a or 0.0),
-            phases=phases, weight=float(topo.priority[i]) or 1.0,
+            phases=phases, weight=float(topo.priority[i]) or 1.0, **plan_discharge_fields(ctl, i, state),
             requested_wh=remaining + state.session_delivered_wh(),  # (its protected share counts what it got)
         ))
     capacity = ctl.capacity_ahead(start, horizon)
+    non_ev = None
     if ctl.meter is not None:
-        capacity = np.maximum(capacity - non_ev_ahead(ctl, start, horizon, now, export=True), 0.0)
-    # Connection capacity per slot less the reserved loads on it.
-    capacity = np.maximum(0.0, capacity - reserved_load_a(ctl, now)[None, :])
+        non_ev = non_ev_ahead(ctl, start, horizon, now, export=True)
+        capacity = capacity - non_ev
+    # Connection capacity per slot less the reserved loads on it; what it lacks goes to V2X.
+    capacity = capacity - reserved_load_a(ctl, now)[None, :]
+    deficit, export = plan_deficit(ctl, capacity, non_ev)
+    capacity = np.maximum(capacity, 0.0)
     if ctl.settings.arrival_forecast_days > 0 and horizon > 1:
         # Room for the cars expected to arrive (slots ahead; the slot of now is the cars here's).
         expected = ctl.history.expected_load_a(now, start, horizon, voltage_v=ctl.site.voltage_v,
                                                days=ctl.settings.arrival_forecast_days)
         capacity[1:] = np.maximum(capacity[1:] - RESERVE_SHARE * expected[1:], 0.0)
     return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
-                       budget_s=ctl.settings.planner_budget_s, fine_slots=ctl.settings.plan_fine_slots)
+                       budget_s=ctl.settings.planner_budget_s, fine_slots=ctl.settings.plan_fine_slots,
+                       deficit_a=deficit, export_room_a=export)
 
 
 def non_ev_ahead(ctl: Controller, start: datetime, n_slots: int, now: datetime, *, export: bool) -> FloatArray:

@@ -84,6 +84,9 @@ def reason_text(code: LimitCode, *, node: str | None = None, phase: str | None =
         return f"capped at {value_a:g} A by another party"
     if code is LimitCode.CAR_ASLEEP:
         return "paused: the car did not draw after its limit was raised (asleep): its capacity goes to others"
+    if code is LimitCode.DISCHARGE:
+        return (f"discharging {-value_a:g} A: the non-EV load exceeds the capacity of {where}, "
+                "the car carries the peak")
     return code.value
 
 
@@ -118,6 +121,8 @@ def charger_limits(controller: Controller, now: datetime) -> dict[str, Limit]:
                           detail="not decided yet: holds what it was last told")
         else:
             limit = _limit(topo, LIMIT_CODES[codes[i]], nodes[i], phases[i], values[i], maxima[i], min_a=minima[i])
+            if nodes[i] == 0 and phases[i] >= 0 and limit.code in _ROOM_CODES:
+                limit = _meter_limit(controller, limit, phases[i])
             if limit.code is LimitCode.NOT_DRAWING:
                 remaining = state.remaining_wh()
                 detail = ("the car needs no more energy: held at its minimum" if remaining is not None
@@ -132,6 +137,27 @@ def charger_limits(controller: Controller, now: datetime) -> dict[str, Limit]:
                     f"until it draws; offered its minimum again every {watch.retry_s:g} s"))
         out[cid] = limit
     return out
+
+
+_ROOM_CODES = (LimitCode.CAPACITY, LimitCode.PAUSED_MIN_NOT_ADMITTED)
+"""Codes that say the connection's room bound a charger: the site meter may be why."""
+
+
+def _meter_limit(controller: Controller, limit: Limit, p: int) -> Limit:
+    """``limit`` with code ``meter`` when the non-EV load the meter measured (or the fallback assumed
+    while it is stale) cut the connection's share on the binding phase (DESIGN 3.6, 3.8)."""
+    view = controller.meter_view
+    if view is None or view.cut_a[p] <= 0 or controller.meter is None:
+        return limit
+    non_ev = float(view.non_ev_load_a[p])
+    if not view.fresh:
+        why = f"the site meter is stale: a base load of {non_ev:g} A is assumed on {PHASES[p]}"
+    else:
+        why = f"the site meter measures {non_ev:g} A of non-EV load on {PHASES[p]}"
+    deficit = float(controller.deficit_a[p])
+    if deficit > 0:
+        why += f", {deficit:.1f} A more than the capacity in force allows: the site cannot comply"
+    return Limit(limit.value_a, LimitCode.METER, limit.node, limit.phase, f"{why}; {limit.value_a:g} A is its share")
 
 
 def session_limits(topology: Topology, capacity_a: FloatArray, plan: Plan | None, sessions: Sequence[PlanSession],

@@ -101,6 +101,8 @@ def charger_schedule(ctl: Controller, i: int, cid: str, now: datetime, limit_a: 
         periods.extend((times[k] + INCREASE_LAG if up else times[k], float(values[k]))
                        for k, up in zip(changes.tolist(), rises.tolist(), strict=True))
         periods.append((end + INCREASE_LAG if failsafe > values[-1] else end, failsafe))
+    elif limit_a < 0:  # V2X discharge: until the end of this slot at most (balancer.v2x)
+        periods.extend(((times[1], 0.0), (end + INCREASE_LAG, failsafe)))
     if not idle and state.external_cap:  # another party's cap, from the moment it changes
         periods = capped_periods(periods, state.external_cap, state.external_cap_until,
                                  charger.min_current_a, charger.granularity_a)

@@ -157,7 +157,7 @@ def charger_capacity_a(capacity_a: FloatArray, non_ev_a: FloatArray, margin_a: f
 
 
 def charger_draw_a(measured_a: FloatArray, limit_a: FloatArray, usable: npt.NDArray[np.bool_],
-                   capped: npt.NDArray[np.bool_]) -> FloatArray:
+                   capped: npt.NDArray[np.bool_], loaded: npt.NDArray[np.bool_] | None = None) -> FloatArray:
     """What the chargers draw per grid phase (3,) [A], to subtract from the meter reading.
 
     measured_a : (n, 3) [A] each charger's measured current per grid phase
@@ -168,9 +168,15 @@ def charger_draw_a(measured_a: FloatArray, limit_a: FloatArray, usable: npt.NDAr
     capped : (n,) chargers that follow their limits: a measurement taken before a decrease landed
         counts only up to the new limit, so a charger still ramping down is never subtracted for
         more than it may draw (that would hide non-EV load)
+    A charger told to discharge (V2X, a negative limit) that follows its limits counts at that
+    limit: its export is in the meter reading, and leaving it there would hide the non-EV load it
+    carries (and the next decision would stop the discharge). If the car discharges less, the
+    non-EV load is overestimated: the safe side. ``loaded`` (n, 3): the grid phases each car loads
+    (default all), where a discharge flows.
     """
     if len(measured_a) == 0:
         return np.zeros(3)
     draw = np.where(capped[:, None], np.minimum(measured_a, limit_a[:, None]), measured_a)
-    draw = np.where(usable[:, None], np.maximum(draw, 0.0), 0.0)
+    discharging = (capped & (limit_a < 0))[:, None] & (True if loaded is None else loaded)
+    draw = np.where(usable[:, None], np.where(discharging, draw, np.maximum(draw, 0.0)), 0.0)
     return np.asarray(draw.sum(axis=0), dtype=np.float64)

@@ -43,6 +43,10 @@ class SiteStatus:
     """Per-phase sum of the idle limits [A]: what cars plugging into idle chargers may draw."""
     meter: MeterView | None = None
     """The site meter as control used it (DESIGN 3.8); None without a meter."""
+    discharge_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Per-phase sum of what V2X chargers are told to discharge [A] (DESIGN 3.9)."""
+    allocation_message: str = ""
+    """Why the allocation is infeasible (for the compliance error), else empty."""
 
 
 class ReasonLog:
@@ -79,6 +83,7 @@ def site_status(ctl: Controller, now: datetime, limits: dict[str, Limit]) -> Sit
     allocated = np.zeros(3)
     idle_allocated = np.zeros(3)
     measured = np.zeros(3)
+    discharge = np.zeros(3)
     chargers: list[dict[str, Any]] = []
     for i, cid in enumerate(topo.charger_ids):
         state = ctl.states[cid]
@@ -90,6 +95,8 @@ def site_status(ctl: Controller, now: datetime, limits: dict[str, Limit]) -> Sit
         counted = state.limit_a if state.obeys else max(state.draw_a or 0.0, max(state.measured_a))
         allocated += mask * (counted if state.connected else offline_reserve_a(ctl, i, state, now))
         measured += np.asarray(state.measured_a)
+        if state.connected and state.limit_a < 0:
+            discharge -= mask * state.limit_a
         idle_limit = state.idle_limit_a if is_idle(state) else 0.0
         idle_allocated += topo.charger_phase_mask[i] * idle_limit
         chargers.append({
@@ -127,4 +134,6 @@ def site_status(ctl: Controller, now: datetime, limits: dict[str, Limit]) -> Sit
         chargers=tuple(chargers),
         idle_allocated_a=_triple(idle_allocated),
         meter=ctl.meter_now(now, cap_now),
+        discharge_a=_triple(discharge),
+        allocation_message=ctl.last_allocation.message if ctl.last_allocation else "",
     )

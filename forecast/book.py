@@ -152,6 +152,17 @@ class ForecastBook:
         return CapacityTimeline.of(start, capacity, [str(s) for s in sources], grid_limit_a=grid,
                                    revision=revision, slot_s=slot_s)
 
+    def export_cap_a(self, site: Site, t: datetime, now: datetime | None = None) -> FloatArray | None:
+        """The GENERATION forecast in force at ``t`` (3,) [A]: how much the site may feed in, the
+        cap on V2X export (DESIGN 3.9); None when no such block covers ``t`` or the grid operator
+        is offline. A phase the blocks leave free is not capped (inf)."""
+        epoch = int(t.timestamp())
+        start = datetime.fromtimestamp(epoch - epoch % 900, tz=t.tzinfo)
+        cap, cov = blocks_to_slots(self.blocks["GENERATION"], start, 1, site.voltage_v)
+        if cov[0] <= 0 or not self.link.online(now or t):
+            return None
+        return np.asarray(np.where(np.isnan(cap[0]), np.inf, np.maximum(cap[0], 0.0)), dtype=np.float64)
+
     def capacity_at(self, site: Site, t: datetime) -> tuple[FloatArray, str]:
         """Capacity in force at ``t`` (3,) [A] and its source."""
         capacity, sources = self.capacity_slots(site, slot_floor(t), 1, now=t)

@@ -138,7 +138,7 @@ class Bus:
                 continue
             cid = link.charger_id
             if link.pusher.ready:
-                self.publish_event(site_id, ChargerOnline(cid, now, link.protocol or "ocpp1.6"), self.instance_id)
+                self.publish_event(site_id, ChargerOnline(cid, now, link.dialect.subprotocol), self.instance_id)
             self.publish_event(site_id, ChargerStatus(cid, now, link.status), self.instance_id)
             if link.transaction_id is not None:
                 self.publish_event(site_id, SessionStarted(cid, now, link.transaction_id), self.instance_id)

@@ -46,20 +46,25 @@ def meter_fields(status: SiteStatus) -> dict[str, Any]:
     """The site JSON's meter fields (DESIGN 3.8): ``meter_a``, ``non_ev_load_a``, ``meter_fresh``;
     all None for a site without a meter."""
     view = status.meter
+    discharge = [round(x, 2) for x in status.discharge_a]  # V2X (DESIGN 3.9), with or without a meter
     if view is None:
-        return {"meter_a": None, "non_ev_load_a": None, "meter_fresh": None}
+        return {"meter_a": None, "non_ev_load_a": None, "meter_fresh": None, "discharge_a": discharge}
     return {"meter_a": [None if np.isnan(x) else round(float(x), 2) for x in view.meter_a],
             "non_ev_load_a": [round(float(x), 2) for x in view.non_ev_load_a],
-            "meter_fresh": bool(view.fresh)}
+            "meter_fresh": bool(view.fresh), "discharge_a": discharge}
 
 
 def meter_point(site_id: str, at: datetime, status: SiteStatus) -> Point | None:
     """The meter's fields of the InfluxDB ``site`` point (same series and time: InfluxDB merges them):
-    ``net_import_a_l1..3`` (the meter), ``non_ev_load_a_l1..3`` and ``meter_fresh``."""
+    ``net_import_a_l1..3`` (the meter), ``non_ev_load_a_l1..3`` and ``meter_fresh``; and V2X
+    ``discharge_a_l1..3`` (what chargers are told to discharge), with or without a meter."""
     view = status.meter
+    point = Point("site").tag("site", site_id).time(at)
+    for k in range(3):
+        point = point.field(f"discharge_a_l{k + 1}", float(status.discharge_a[k]))
     if view is None:
-        return None
-    point = Point("site").tag("site", site_id).time(at).field("meter_fresh", int(view.fresh))
+        return point
+    point = point.field("meter_fresh", int(view.fresh))
     for k in range(3):
         if np.isfinite(view.meter_a[k]):
             point = point.field(f"net_import_a_l{k + 1}", float(view.meter_a[k]))

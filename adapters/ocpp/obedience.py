@@ -122,7 +122,7 @@ class Obedience(LimitPlan):
         # A newer push may have raised the limit meanwhile: compare with the higher of the two.
         # So may the schedule have moved on to a later, higher period since (the read-back waits).
         ahead = value_at(self.held_periods, self.clock()) if self.held_periods else 0.0
-        held = max(limit_a, self.held_a or 0.0, ahead)
+        held = max(limit_a, self.held_a or 0.0, ahead, 0.0)  # a V2X discharge (< 0) holds limit 0
         if first > held + 0.1:
             # Only ever flags: trust comes back from what it draws (``observe``), not from a schedule.
             self._follow_n = 0
@@ -144,12 +144,13 @@ class Obedience(LimitPlan):
         peak = self.peak_allowed_a(now)
         if peak is None:
             return
+        peak = max(peak, 0.0)  # told to discharge (V2X): drawing nothing is obeying
         if drawn > peak + max(OBEY_TOLERANCE_A, 0.1 * peak):
             self._follow_n = 0
             self._set_obeys(False, drawn, f"draws {drawn:.1f} A over its {peak:.1f} A limit", by="draw")
             return
         periods = self._allowed_periods()
-        allowed = value_at(periods, now) if periods else peak
+        allowed = max(value_at(periods, now), 0.0) if periods else peak
         if drawn > allowed + (TRUST_MARGIN_A if not self.obeys else max(OBEY_TOLERANCE_A, 0.1 * allowed)):
             # Still coming down to a lower limit, or (flagged) not close enough to it: a flagged
             # charger drawing 32 A under a 30 A limit is within the tolerance, not following it.

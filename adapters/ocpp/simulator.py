@@ -41,6 +41,8 @@ from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
 from ocpp.v16.enums import Action as Action16
+from ocpp.v21 import call as call21
+from ocpp.v21 import call_result as result21
 from ocpp.v201 import ChargePoint as Cp201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
@@ -83,6 +85,10 @@ class SimCar:
     """A car that falls asleep (as Renault Zoe, Dacia Spring, Fiat 500e are reported to): offered
     less than its minimum for this long [s] (0: at once), it stops for the rest of its session and
     draws nothing whatever the limit, reporting ``SuspendedEV``. None: it always resumes."""
+    discharge_a: float = 0.0
+    """V2X (OCPP 2.1, ISO 15118-20): how far it may discharge per phase [A]; 0: not a V2X car."""
+    min_v2x_energy_wh: float | None = None
+    """Its ``evMinV2XEnergyRequest`` (negative: what it can spare above its minimum state of charge)."""
 
 
 @dataclass
@@ -180,7 +186,9 @@ class ProfileStore:
         limit = None
         for period in schedule["charging_schedule_period"]:
             if period["start_period"] <= offset:
-                limit = float(period["limit"])
+                # 2.1 CentralSetpoint: the setpoint (negative: discharge) is what the car follows.
+                setpoint = period.get("setpoint") if period.get("operation_mode") == "CentralSetpoint" else None
+                limit = float(period["limit"] if setpoint is None else setpoint)
                 if schedule["charging_rate_unit"] == "W":
                     limit /= VOLTAGE_V * int(period.get("number_phases") or phases)
         duration = schedule.get("duration")
@@ -241,6 +249,8 @@ class SimulatedCharger:
         ``adapters.ocpp.held_ledger`` to sum what a fleet holds at every instant and slot."""
         self.draw_log: list[tuple[datetime, float]] = []
         self.energy_wh = 0.0
+        self.export_wh = 0.0
+        """What it gave back (V2X) [Wh]: Energy.Active.Export.Register."""
         self.session_wh = 0.0
         self.draw_a = 0.0
         self.accepted_log: list[AcceptedProfile] = []
@@ -326,7 +336,7 @@ class SimulatedCharger:
                 raise ConnectionError(f"server did not accept {self.protocol}")
             connection = _WsConnection(ws, self.wire)
             self._ws = ws
-            cls = _Client16 if self.protocol == "ocpp1.6" else _Client201
+            cls = _Client16 if self.protocol == "ocpp1.6" else _Client21 if self.protocol == "ocpp2.1" else _Client201
             self._cp = cls(self.charger_id, connection, self)
             if not self.validate:
                 for handlers in self._cp.route_map.values():
@@ -480,6 +490,8 @@ class SimulatedCharger:
         limit = self.limit_now(now)
         if self.misbehaviour.ignores_profiles or limit is None:
             limit = self.max_current_a
+        if limit < 0:  # a V2X discharge setpoint, as far as the car can
+            return max(limit, -car.discharge_a) if self.protocol == "ocpp2.1" else 0.0
         draw = min(limit, car.max_current_a, self.max_current_a)
         if draw < car.min_current_a:
             self._paused_since = self._paused_since or now
@@ -493,10 +505,13 @@ class SimulatedCharger:
         return draw
 
     def _advance(self, now: datetime) -> None:
-        if self._last_tick is not None and self.draw_a > 0 and self.car is not None:
+        if self._last_tick is not None and self.draw_a != 0 and self.car is not None:
             hours = max(0.0, (now - self._last_tick).total_seconds()) / 3600.0
             wh = self.draw_a * min(self.car.phases, 3) * VOLTAGE_V * hours
-            self.energy_wh += wh
+            if wh > 0:
+                self.energy_wh += wh
+            else:
+                self.export_wh -= wh
             self.session_wh += wh
         self._last_tick = now
         new = self._target_draw(now)
@@ -546,13 +561,26 @@ class SimulatedCharger:
                 id_token={"id_token": f"TAG-{self.charger_id}", "type": "ISO14443"}, evse={"id": 1, "connector_id": 1},
                 meter_value=[self._meter_value(now)]))
             if car.iso15118:
-                await self._cp.call(call201.NotifyEVChargingNeeds(evse_id=1, charging_needs={
-                    "requested_energy_transfer": "AC_three_phase" if car.phases == 3 else "AC_single_phase",
-                    "departure_time": _iso(car.departure),
-                    "ac_charging_parameters": {
-                        "energy_amount": int(car.energy_wh), "ev_min_current": int(car.min_current_a),
-                        "ev_max_current": int(car.max_current_a), "ev_max_voltage": 400}}))
+                await self._cp.call(call201.NotifyEVChargingNeeds(evse_id=1, charging_needs=self._needs(car)))
         self.session_wh = 0.0
+
+    def _needs(self, car: SimCar) -> dict[str, Any]:
+        """The car's ``chargingNeeds``: AC parameters, and on 2.1 a V2X car's ``v2xChargingParameters``."""
+        needs: dict[str, Any] = {
+            "requested_energy_transfer": "AC_three_phase" if car.phases == 3 else "AC_single_phase",
+            "departure_time": _iso(car.departure),
+            "ac_charging_parameters": {
+                "energy_amount": int(car.energy_wh), "ev_min_current": int(car.min_current_a),
+                "ev_max_current": int(car.max_current_a), "ev_max_voltage": 400}}
+        if self.protocol == "ocpp2.1" and car.discharge_a > 0:
+            needs["requested_energy_transfer"] = "AC_BPT"
+            v2x: dict[str, Any] = {"min_charge_current": car.min_current_a, "max_charge_current": car.max_current_a,
+                                   "max_discharge_current": car.discharge_a,
+                                   "ev_target_energy_request": car.energy_wh}
+            if car.min_v2x_energy_wh is not None:
+                v2x["ev_min_v2x_energy_request"] = car.min_v2x_energy_wh
+            needs["v2x_charging_parameters"] = v2x
+        return needs
 
     async def _stop_transaction(self, now: datetime, reason: str) -> None:
         tx = self.transaction_id
@@ -607,11 +635,18 @@ class SimulatedCharger:
         phases = min(car.phases, 3) if car else 3
         values: list[dict[str, Any]] = [
             {"value": f"{self.energy_wh:.1f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-            {"value": f"{self.draw_a * phases * VOLTAGE_V:.1f}", "measurand": "Power.Active.Import", "unit": "W"},
+            {"value": f"{max(self.draw_a, 0.0) * phases * VOLTAGE_V:.1f}", "measurand": "Power.Active.Import",
+             "unit": "W"},
         ]
         for k, name in enumerate(("L1", "L2", "L3")):
             value = self.draw_a if k < phases else 0.0
-            values.append({"value": f"{value:.2f}", "measurand": "Current.Import", "phase": name, "unit": "A"})
+            values.append({"value": f"{max(value, 0.0):.2f}", "measurand": "Current.Import", "phase": name,
+                           "unit": "A"})
+            if value < 0:  # discharging (V2X): the current it exports
+                values.append({"value": f"{-value:.2f}", "measurand": "Current.Export", "phase": name, "unit": "A"})
+        if self.export_wh > 0:
+            values.append({"value": f"{self.export_wh:.1f}", "measurand": "Energy.Active.Export.Register",
+                           "unit": "Wh"})
         if car is not None:
             soc = 100.0 * min(1.0, (car.battery_wh - car.energy_wh + self.session_wh) / car.battery_wh)
             values.append({"value": f"{max(soc, 0.0):.1f}", "measurand": "SoC", "unit": "Percent"})
@@ -619,7 +654,7 @@ class SimulatedCharger:
 
     def _meter_value(self, now: datetime) -> dict[str, Any]:
         values = self._sampled()
-        if self.protocol == "ocpp2.0.1":
+        if self.protocol in ("ocpp2.0.1", "ocpp2.1"):
             for v in values:
                 v["value"] = float(v["value"])
                 v["unit_of_measure"] = {"unit": v.pop("unit")}
@@ -957,6 +992,14 @@ class _Client201(Cp201):  # type: ignore[misc]
     @on(Action201.reset)
     async def reset(self, type: str, **kw: Any) -> Any:
         return result201.Reset(status="Accepted")
+
+
+class _Client21(_Client201):
+    """A 2.1 station: the 2.0.1 behaviour, every message checked against the 2.1 schemas."""
+
+    _call = call21
+    _call_result = result21
+    _ocpp_version = "2.1"
 
 
 class Fleet:

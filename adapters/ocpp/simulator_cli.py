@@ -25,7 +25,8 @@ def build_fleet(args: Any) -> Fleet:
         sleepy = random.Random(i).random() < getattr(args, "sleepy", 0.0)
         car = SimCar(arrival=now + timedelta(seconds=i % 60), departure=now + timedelta(hours=8),
                      energy_wh=20000.0 / (3 / phases), max_current_a=32.0 if i % 2 else 16.0, phases=phases,
-                     iso15118=protocol == "ocpp2.0.1" and i % 3 == 0,
+                     iso15118=protocol in ("ocpp2.0.1", "ocpp2.1") and i % 3 == 0,
+                     discharge_a=16.0 if protocol == "ocpp2.1" and phases == 3 else 0.0,
                      sleeps_after_pause_s=getattr(args, "sleep_after_s", 0.0) if sleepy else None)
         chargers.append(SimulatedCharger(f"{args.prefix}{i + 1:03d}", args.url, protocol=protocol, car=car,
                                          password=args.password, meter_interval_s=args.meter_interval, tick_s=0.5,

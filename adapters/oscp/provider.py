@@ -130,3 +130,8 @@ class FlexibilityProvider:
 
     def capacity_slots(self, site_id: str, start: datetime, n_slots: int) -> tuple[npt.NDArray[np.float64], list[str]]:
         return self.books[site_id].capacity_slots(self.config.site(site_id), start, n_slots, now=self.now())
+
+    def export_cap_a(self, site_id: str) -> npt.NDArray[np.float64] | None:
+        """The GENERATION forecast in force now (3,) [A], the cap on V2X export; None: none."""
+        now = self.now()
+        return self.books[site_id].export_cap_a(self.config.site(site_id), now, now)

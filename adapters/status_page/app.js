@@ -39,6 +39,10 @@ function phaseTable(site) {
   const cap = site.capacity_a || [];
   const alloc = site.allocated_a || [];
   const meas = site.measured_a || [];
+  // The site meter (net import at the connection, non-EV load) and V2X discharge, when present.
+  const meter = site.meter_a || [];
+  const nonEv = site.non_ev_load_a || [];
+  const discharge = site.discharge_a || [];
   const rows = PHASES.map((phase, k) => {
     const scale = Math.max(cap[k] || 0, alloc[k] || 0, meas[k] || 0, 1);
     const bar = el("div", { class: "bar" },
@@ -49,11 +53,17 @@ function phaseTable(site) {
       el("td", { class: "num capacity" }, amps(cap[k])),
       el("td", { class: "num allocated" }, amps(alloc[k])),
       el("td", { class: "num measured" }, amps(meas[k])),
+      el("td", { class: "num meter" }, site.meter_a ? amps(meter[k]) : "-"),
+      el("td", { class: "num non-ev" }, site.non_ev_load_a ? amps(nonEv[k]) : "-"),
+      el("td", { class: "num discharge" }, discharge[k] ? amps(discharge[k]) : "-"),
       el("td", {}, bar));
   });
   return el("table", { class: "phases" },
     el("thead", {}, el("tr", {}, el("th", {}, "phase"), el("th", { class: "num" }, "capacity A"),
       el("th", { class: "num" }, "allocated A"), el("th", { class: "num" }, "measured A"),
+      el("th", { class: "num", title: "site meter: net import at the connection" }, "net import A"),
+      el("th", { class: "num" }, "non-EV load A"),
+      el("th", { class: "num", title: "V2X cars told to discharge" }, "discharge A"),
       el("th", {}, "allocated (light) / measured (dark)"))),
     el("tbody", {}, ...rows));
 }
@@ -86,7 +96,10 @@ function siteSection(site) {
     ", source ", el("strong", { class: `capacity-source source-${source}` }, source),
     ", grid operator ", el("span", { class: site.grid_operator_online ? "ok" : "bad" },
       site.grid_operator_online ? "online" : "silent"),
-    `, allocation ${site.allocation_status || "-"}, plan ${site.plan_status || "-"}`);
+    `, allocation ${site.allocation_status || "-"}, plan ${site.plan_status || "-"}`,
+    site.meter_fresh === null || site.meter_fresh === undefined ? "" :
+      el("span", { class: site.meter_fresh ? "meter-state ok" : "meter-state bad" },
+        site.meter_fresh ? ", site meter fresh" : ", site meter STALE (fallback base load assumed)"));
   return el("section", { class: "site", "data-site": site.id },
     el("h2", {}, site.id), summary, phaseTable(site), chargerTable(site));
 }

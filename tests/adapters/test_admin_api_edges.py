@@ -32,8 +32,8 @@ class Backend:
         return {"site": site_id} if site_id == "s1" else None
 
     def set_needs(self, charger_id: str, energy_wh: float | None, departure: datetime | None,
-                  max_current_a: float | None, phases: int | None) -> None:
-        self.needs.append((charger_id, energy_wh, departure, max_current_a, phases))
+                  max_current_a: float | None, phases: int | None, discharge_allowed: bool | None = None) -> None:
+        self.needs.append((charger_id, energy_wh, departure, max_current_a, phases, discharge_allowed))
 
     def metrics_text(self) -> str:
         return "balancer_up 1\n"
@@ -74,6 +74,8 @@ async def test_non_ascii_bearer_token_is_403_on_every_get(api: tuple[str, Backen
     (b'{"energy_wh": ' + b"9" * 5000 + b"}", "energy_wh"),
     (b'{"max_current_a": NaN}', None),
     (b'{"max_current_a": 1' + b"0" * 400 + b"}", "max_current_a"),
+    (b'{"discharge_allowed": "yes"}', "discharge_allowed"),
+    (b'{"discharge_allowed": 1}', "discharge_allowed"),
 ])
 async def test_bad_needs_bodies_are_400(api: tuple[str, Backend], raw: bytes, field: str | None) -> None:
     url, backend = api
@@ -86,6 +88,15 @@ async def test_bad_needs_bodies_are_400(api: tuple[str, Backend], raw: bytes, fi
         else:
             assert answer["field"].startswith(field)
     assert backend.needs == []
+
+
+async def test_needs_body_says_whether_the_car_offers_v2x(api: tuple[str, Backend]) -> None:
+    url, backend = api
+    async with aiohttp.ClientSession() as s, s.post(url + "/api/v1/sessions/CP1/needs",
+                                                     json={"energy_wh": 5000, "discharge_allowed": True},
+                                                     headers={"Authorization": "Bearer adm-token"}) as r:
+        assert r.status < 300, await r.text()
+    assert backend.needs == [("CP1", 5000.0, None, None, None, True)]
 
 
 async def test_admin_and_oscp_errors_share_one_body(api: tuple[str, Backend]) -> None:

@@ -97,7 +97,7 @@ def _of(events: list[Event], kind: type, charger_id: str) -> list[Any]:
     return [e for e in events if isinstance(e, kind) and getattr(e, "charger_id", None) == charger_id]
 
 
-@pytest.fixture(params=["ocpp1.6", "ocpp2.0.1", "fake"])
+@pytest.fixture(params=["ocpp1.6", "ocpp2.0.1", "ocpp2.1", "fake"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     h: Harness = FakeHarness() if request.param == "fake" else OcppHarness(request.param)
     await h.port.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,14 +21,14 @@ IDS = [d.subprotocol for d in REGISTERED]
 
 
 def _valid(dialect: Dialect, action: str, payload: dict[str, object]) -> None:
-    """Validated as the package validates a CALL on the wire (1.6 floats as Decimal: its schema
-    cache is shared with the package's own calls, so the same parse is needed)."""
-    ocpp.messages.validate_payload(ocpp.messages.Call(unique_id="1", action=action, payload=payload),
-                                   dialect.schema_version)
+    """Validate as the ``ocpp`` package does on the wire: its validator cache ignores the float
+    parser, so a 1.6 SetChargingProfile validator built here with plain floats would make later
+    chargers in the same process refuse valid limits such as 10.0 (``multipleOf`` 0.1)."""
+    asyncio.run(ocpp.messages.validate_payload(ocpp.messages.Call("1", action, payload), dialect.schema_version))
 
 
 def test_the_registry_names_each_version_once_and_prefers_the_newest() -> None:
-    assert SUBPROTOCOLS == ("ocpp2.0.1", "ocpp1.6")
+    assert SUBPROTOCOLS == ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")
     assert len(set(SUBPROTOCOLS)) == len(REGISTERED)
     assert all(for_subprotocol(d.subprotocol) is d for d in REGISTERED)
     assert for_subprotocol("ocpp9") is None and for_subprotocol(None) is None

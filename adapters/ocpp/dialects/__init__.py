@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from adapters.ocpp.dialects.base import Dialect
 from adapters.ocpp.dialects.v16 import V16
+from adapters.ocpp.dialects.v21 import V21
 from adapters.ocpp.dialects.v201 import V201
 
 __all__ = ["DEFAULT", "REGISTERED", "SUBPROTOCOLS", "Dialect", "for_subprotocol", "resolve"]
 
-REGISTERED: tuple[Dialect, ...] = (V201, V16)
+REGISTERED: tuple[Dialect, ...] = (V21, V201, V16)
 """Every dialect, the preferred first (the websocket handshake picks the first both sides know)."""
 SUBPROTOCOLS: tuple[str, ...] = tuple(d.subprotocol for d in REGISTERED)
 DEFAULT: Dialect = V16

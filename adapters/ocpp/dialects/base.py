@@ -48,6 +48,9 @@ class Dialect:
     answered start leaves the charger with an id the CSMS must be told about (``upstream``)."""
     charge_point_class: ClassVar[type[Any]]
     """The ``ocpp`` ChargePoint subclass whose handlers serve this version (``handlers*.py``)."""
+    discharge_setpoints: ClassVar[bool] = False
+    """True when a negative limit (V2X discharge, DESIGN 3.9) can be sent as a CentralSetpoint
+    period (2.1); else a negative limit goes out as 0."""
 
     def __repr__(self) -> str:
         return f"<Dialect {self.subprotocol}>"
