@@ -44,11 +44,12 @@ priority runs below that node) or ``paused_min_not_admitted``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from balancer.allocate_order import rotate_ties, stable_order
+from balancer.allocate_reasons import CAR_MAX_CODE, CHARGER_MAX_CODE, code_number, limit_reasons
 from balancer.discharge import discharge_reasons, discharge_stage
 from balancer.model import LIMIT_CODES, LimitCode
 from balancer.rounding import floor_to
@@ -61,18 +62,6 @@ BoolArray = npt.NDArray[np.bool_]
 CodeArray = npt.NDArray[np.int8]
 IntArray = npt.NDArray[np.int64]
 
-
-def code_number(code: LimitCode) -> int:
-    """The small integer standing for ``code`` in the allocator's reason arrays."""
-    return LIMIT_CODES.index(code)
-
-
-_CAPACITY = code_number(LimitCode.CAPACITY)
-_CHARGER_MAX = code_number(LimitCode.CHARGER_MAX)
-_CAR_MAX = code_number(LimitCode.CAR_MAX)
-_PLAN = code_number(LimitCode.PLAN)
-_PRIORITY = code_number(LimitCode.PRIORITY)
-_PAUSED = code_number(LimitCode.PAUSED_MIN_NOT_ADMITTED)
 
 EPS_A = 1e-9
 MAX_ROUNDS = 200
@@ -290,50 +279,6 @@ def _hand_out_rounding(topo: Topology, capacity: FloatArray, mask: BoolArray, li
     return np.where(given, (np.round(limit / granularity) + 1) * granularity, limit)
 
 
-def _stable_order(keys: tuple[npt.NDArray[Any], ...]) -> npt.NDArray[np.int64]:
-    """``np.lexsort(keys)`` (the last key most significant, equals in index order), from one sort.
-
-    Each key becomes its dense rank (an argsort, then counting where the sorted values change);
-    ranks and index combine into one distinct int64 per charger, so an unstable sort is exact.
-    A lexsort of 10,000 chargers with distinct urgencies takes about 1 ms, this under half of it.
-    """
-    n = len(keys[0])
-    combined = np.zeros(n, dtype=np.int64)
-    size = 1
-    for key in reversed(keys):  # the most significant first
-        if np.all(key == key[0]):  # one value throughout (no urgencies, say): no order
-            continue
-        if key.dtype == np.bool_:
-            rank, distinct = key.astype(np.int64), 2
-        else:
-            by_value = np.argsort(key)
-            ranked = key[by_value]
-            rank = np.empty(n, dtype=np.int64)
-            rank[by_value] = np.cumsum(np.concatenate([[0], ranked[1:] != ranked[:-1]]))
-            distinct = int(rank[by_value[-1]]) + 1
-        size *= distinct
-        combined = combined * distinct + rank
-    if size * n >= 2**63:  # too many distinct values to pack (and ``combined`` wrapped): key by key
-        return np.lexsort(keys)
-    if size == 1:
-        return np.arange(n)
-    return np.argsort(combined * n + np.arange(n))
-
-
-def _rotate_ties(order: npt.NDArray[np.int64], keys: tuple[npt.NDArray[Any], ...],
-                 start: int) -> npt.NDArray[np.int64]:
-    """``order``, a stable sort by ``keys``, with the ties broken by ``(index - start) % n``
-    instead of the index: among equals, chargers from ``start`` on first, then those before it.
-
-    Cheaper than sorting again (the urgency key alone makes a lexsort of 10,000 about 1 ms).
-    """
-    changes = np.zeros(len(order), dtype=bool)
-    for key in keys:
-        ranked = key[order]
-        changes[1:] |= ranked[1:] != ranked[:-1]
-    return order[np.lexsort((order < start, np.cumsum(changes)))]
-
-
 def allocate(req: AllocationRequest) -> Allocation:
     """Split the capacity of the moment across chargers (see the module docstring)."""
     topo = req.topology
@@ -376,7 +321,7 @@ def allocate(req: AllocationRequest) -> Allocation:
     need = lo * mask
 
     keys = (-urgency, ~has_target, -topo.priority, can_pause, ~wants)
-    order_all = _stable_order(keys)[: int(wants.sum())]  # one sort serves both rounds
+    order_all = stable_order(keys)[: int(wants.sum())]  # one sort serves both rounds
 
     def admit_rotating(room: FloatArray, candidates: BoolArray) -> BoolArray:
         order = order_all[candidates[order_all]]
@@ -388,7 +333,7 @@ def allocate(req: AllocationRequest) -> Allocation:
         count = int(chosen.sum())
         if turn and 0 < count < n_candidates:
             # Rotate who waits: every period the tie order moves on by as many as fit.
-            chosen = _admit(topo, room, need, _rotate_ties(order, keys, turn * count % n), demand)
+            chosen = _admit(topo, room, need, rotate_ties(order, keys, turn * count % n), demand)
         return chosen
 
     # Round 1: the planner's choices (and chargers that cannot pause) get their minimum and rise
@@ -416,11 +361,11 @@ def allocate(req: AllocationRequest) -> Allocation:
         load = node_load_a(topo, limit, mask_rows)
 
     paused = wants & (limit <= 0)
-    max_code = (np.where(np.asarray(req.max_a) >= topo.max_current_a, np.int8(_CHARGER_MAX), np.int8(_CAR_MAX))
+    max_code = (np.where(np.asarray(req.max_a) >= topo.max_current_a, np.int8(CHARGER_MAX_CODE), np.int8(CAR_MAX_CODE))
                 if req.max_code is None else np.asarray(req.max_code, dtype=np.int8))
     short = wants & (limit < hi - 1e-9)
-    reasons = _reasons(topo, capacity_t - load.T, mask, limit, short, paused, max_code,
-                       np.isfinite(target) & ~has_target)
+    reasons = limit_reasons(topo, capacity_t - load.T, mask, limit, short, paused, max_code,
+                            np.isfinite(target) & ~has_target)
     if discharge.any():
         limit = np.where(discharge > 0, -discharge, limit)
         reasons = discharge_reasons(reasons, discharge > 0, mask, req.deficit_a)
@@ -436,54 +381,3 @@ def allocate(req: AllocationRequest) -> Allocation:
                           f"minimums of chargers that cannot pause do not fit: {', '.join(ids)}", *reasons)
     status = "ok" if not short.any() else "short"
     return Allocation(limit, paused, status, "", *reasons)
-
-
-def _reasons(topo: Topology, room: FloatArray, mask: BoolArray, limit: FloatArray, short: BoolArray,
-             stopped: BoolArray, max_code: CodeArray, held_back: BoolArray) -> tuple[CodeArray, IntArray, CodeArray]:
-    """Why each charger got its limit: (code, node, phase) arrays (see ``Allocation``).
-
-    room : (3, n_nodes) [A] capacity less the final load; short : (n,) chargers below their bound
-    stopped : (n,) the short ones that got nothing; held_back : (n,) the plan gave them a target
-    below their minimum
-    The tightest node above every *node* (least room, the connection first among equals) costs a
-    gather over the tree's few levels; each short charger then reads its node's, on the phases it
-    loads. Nothing here is per charger in Python.
-    """
-    if not short.any():
-        return max_code, np.full(topo.n_chargers, -1, dtype=np.int64), np.full(topo.n_chargers, -1, dtype=np.int8)
-    path = topo.node_path  # (levels, n_nodes)
-    along = np.take(np.concatenate([room, np.full((3, 1), np.inf)], axis=1), path, axis=1)  # (3, levels, nodes)
-    level = along.argmin(axis=1)  # (3, n_nodes)
-    least = along.min(axis=1)
-    tightest = path[level, np.arange(topo.n_nodes)]  # (3, n_nodes) node index
-    # A charger loads one of seven sets of phases: the tightest (node, phase) per node for each set
-    # is a small table (phase sets as bits: L1 = 1, L2 = 2, L3 = 4), and every charger reads its
-    # entry with one gather.
-    l1, l2, l3 = least
-    best = np.zeros((8, topo.n_nodes), dtype=np.int64)
-    best[2], best[4] = 1, 2
-    best[3] = np.where(l2 < l1, 1, 0)
-    best[5] = np.where(l3 < l1, 2, 0)
-    best[6] = np.where(l3 < l2, 2, 1)
-    best[7] = np.where(l3 < np.minimum(l1, l2), 2, best[3])
-    table_node = np.take_along_axis(tightest, best, axis=0)
-    table_phase = best.astype(np.int8)
-    table_node[0], table_phase[0] = -1, -1  # the empty set: what chargers at their bound read
-    bits = mask.view(np.uint8)
-    which = topo.charger_node_x8 + (bits[0] | (bits[1] << 1) | (bits[2] << 2)) * short.view(np.uint8)
-    node = np.take(table_node.T.ravel(), which)  # tables by node, then phase set
-    phase = np.take(table_phase.T.ravel(), which)
-    code = max_code.copy()
-    np.putmask(code, short, _CAPACITY)
-    np.putmask(code, stopped, _PAUSED)
-    np.putmask(code, stopped & held_back, _PLAN)
-    if topo.mixed_priority and stopped.any():
-        # Paused while a charger of higher priority runs below the same node: priority.
-        running = limit > 0
-        top = np.full(topo.n_nodes + 1, -np.inf)
-        np.maximum.at(top, topo.charger_node[running], topo.priority[running])
-        below = top[: topo.n_nodes].copy()
-        for row in path:  # every node's best pushed up to each node above it
-            np.maximum.at(top, row, below)
-        np.putmask(code, (code == _PAUSED) & (topo.priority < top[node]), _PRIORITY)
-    return code, node, phase

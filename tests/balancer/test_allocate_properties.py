@@ -6,7 +6,9 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from balancer.allocate import AllocationRequest, _rotate_ties, _stable_order, allocate, node_load_a
+from balancer.allocate import AllocationRequest, allocate, node_load_a
+from balancer.allocate_order import rotate_ties as _rotate_ties
+from balancer.allocate_order import stable_order as _stable_order
 from balancer.check import check_allocation
 from balancer.model import Charger, Site
 from balancer.topology import Topology, phase_mask
