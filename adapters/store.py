@@ -22,9 +22,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-__all__ = ["OutboxItem", "StateStore", "private_dir"]
+from adapters.store_memory import LOG_EVERY_S, MemoryFirstStore, OutboxItem
+
+__all__ = ["LOG_EVERY_S", "OutboxItem", "StateStore", "private_dir"]
 
 # The state holds tokens (OSCP registration, our own token): owner only. SQLite gives its -wal
 # and -shm files the database file's mode.
@@ -41,9 +42,6 @@ def private_dir(path: Path) -> Path:
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY_S = 60.0
-"""While writes keep failing, one log line per this many seconds (with the count since)."""
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -58,23 +56,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-class OutboxItem:
-    """One message waiting to be delivered: ``POST {base_url}/{path}`` with ``body``."""
-
-    __slots__ = ("attempts", "body", "created", "headers", "id", "next_try", "path")
-
-    def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int,
-                 next_try: float = 0.0, created: float = 0.0) -> None:
-        self.id = id
-        self.path = path
-        self.body = body
-        self.headers = headers
-        self.attempts = attempts
-        self.next_try = next_try
-        self.created = created
-
-
-class StateStore:
+class StateStore(MemoryFirstStore):
     """JSON key-value state and the outbox, in one SQLite file (see the module docstring).
 
     ``saved_at`` is the wall-clock time [s since the epoch] when the file last held everything
@@ -87,17 +69,7 @@ class StateStore:
         for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
             if name.exists():
                 name.chmod(FILE_MODE)  # a file from before 0600 was the rule
-        self.clock = clock
-        self.saved_at = self.clock()
-        self.fault: str | None = None
-        self.fault_since: float | None = None
-        self.failures = 0
-        self._fault_failures = 0
-        self._logged_at = 0.0
-        self._kv: dict[str, str] = {}  # every key, as JSON text: reads never touch the file
-        self._kv_pending: set[str] = set()
-        self._outbox: dict[int, OutboxItem] = {}  # in id order: ids only grow
-        self._outbox_pending: set[int] = set()
+        super().__init__(clock)
         self._db: sqlite3.Connection | None = None
         try:
             self._db = self._connect()
@@ -154,70 +126,9 @@ class StateStore:
         if self._db is not None:
             self._db.close()
 
-    # ----------------------------------------------------------------- key-value
-    def get_json(self, key: str) -> Any:
-        text = self._kv.get(key)
-        return None if text is None else json.loads(text)
-
-    def put_json(self, key: str, value: Any, *, flush: bool = True) -> None:
-        """Set ``key``; written now with ``flush`` (else by the next flush). Unchanged values cost no write."""
-        text = json.dumps(value, separators=(",", ":"))
-        if self._kv.get(key) != text:
-            self._kv[key] = text
-            self._kv_pending.add(key)
-        if flush:
-            self.flush()
-
-    def delete_json(self, key: str, *, flush: bool = True) -> None:
-        """Remove ``key`` (written now with ``flush``, else by the next flush)."""
-        if self._kv.pop(key, None) is not None:
-            self._kv_pending.add(key)
-        if flush:
-            self.flush()
-
-    def keys(self, prefix: str) -> list[str]:
-        """Every key starting with ``prefix``, sorted."""
-        return sorted(k for k in self._kv if k.startswith(prefix))
-
-    # ----------------------------------------------------------------- outbox
-    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-        item_id = self._next_id
-        self._next_id += 1
-        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, 0.0, self.clock())
-        self._outbox_pending.add(item_id)
-        self.flush()
-        return item_id
-
-    def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
-        due = []
-        for item in self._outbox.values():
-            if item.next_try <= now:
-                due.append(item)
-                if len(due) == limit:
-                    break
-        return due
-
-    def delivered(self, item_id: int) -> None:
-        if self._outbox.pop(item_id, None) is not None:
-            self._outbox_pending.add(item_id)
-            self.flush()
-
-    def retry_later(self, item_id: int, next_try: float) -> None:
-        item = self._outbox.get(item_id)
-        if item is not None:
-            item.attempts += 1
-            item.next_try = next_try
-            self._outbox_pending.add(item_id)
-            self.flush()
-
-    def outbox_size(self) -> int:
-        return len(self._outbox)
-
     # ----------------------------------------------------------------- writing
-    @property
-    def pending(self) -> int:
-        """Keys and outbox rows changed in memory and not yet in the file."""
-        return len(self._kv_pending) + len(self._outbox_pending)
+    def _target(self) -> str:
+        return str(self.path)
 
     def flush(self) -> bool:
         """Write everything pending in one transaction; False (and the fault kept) when that fails."""
@@ -264,17 +175,3 @@ class StateStore:
                     (item.id, item.path, json.dumps(item.body), json.dumps(item.headers), item.attempts,
                      item.next_try, item.created))
         db.execute("COMMIT")
-
-    def _failed(self, exc: BaseException, now: float) -> None:
-        first = self.fault is None
-        if first:
-            self.fault_since = now
-            self._fault_failures = 0
-        self.failures += 1
-        self._fault_failures += 1
-        self.fault = f"{type(exc).__name__}: {exc}"
-        if first or now - self._logged_at >= LOG_EVERY_S:
-            log.error("state not written to %s (%s): %d failed writes in %.0f s, %d changes kept in memory"
-                      " and retried", self.path, self.fault, self._fault_failures, now - (self.fault_since or now),
-                      self.pending)
-            self._logged_at = now

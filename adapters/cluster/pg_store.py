@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from adapters.cluster.migrations import migrate
-from adapters.store import LOG_EVERY_S, OutboxItem
+from adapters.store_memory import MemoryFirstStore, OutboxItem
 
 __all__ = ["PgStore", "connect"]
 
@@ -52,7 +52,7 @@ def connect(url: str, *, application_name: str = "balancer", autocommit: bool = 
                            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
 
 
-class PgStore:
+class PgStore(MemoryFirstStore):
     """JSON key-value state and the outbox in PostgreSQL (see the module docstring).
 
     The database must answer at start (the migrations run then); afterwards it may come and go.
@@ -61,17 +61,7 @@ class PgStore:
     def __init__(self, url: str, instance_id: str, *, clock: Callable[[], float] = time.time) -> None:
         self.url = url
         self.instance_id = instance_id
-        self.clock = clock
-        self.saved_at = clock()
-        self.fault: str | None = None
-        self.fault_since: float | None = None
-        self.failures = 0
-        self._fault_failures = 0
-        self._logged_at = 0.0
-        self._kv: dict[str, str] = {}
-        self._kv_pending: set[str] = set()
-        self._outbox: dict[int, OutboxItem] = {}
-        self._outbox_pending: set[int] = set()
+        super().__init__(clock)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-store")
         self._busy: Future[Any] | None = None  # the database call under way (maybe stuck)
         self._db: psycopg.Connection[Any] | None = connect(url, application_name=f"balancer-store:{instance_id}")
@@ -106,28 +96,7 @@ class PgStore:
         except FutureTimeout:
             raise TimeoutError(f"no answer from PostgreSQL within {WAIT_S:g} s") from None
 
-    # ----------------------------------------------------------------- key-value
-    def get_json(self, key: str) -> Any:
-        text = self._kv.get(key)
-        return None if text is None else json.loads(text)
-
-    def put_json(self, key: str, value: Any, *, flush: bool = True) -> None:
-        text = json.dumps(value, separators=(",", ":"))
-        if self._kv.get(key) != text:
-            self._kv[key] = text
-            self._kv_pending.add(key)
-        if flush:
-            self.flush()
-
-    def delete_json(self, key: str, *, flush: bool = True) -> None:
-        if self._kv.pop(key, None) is not None:
-            self._kv_pending.add(key)
-        if flush:
-            self.flush()
-
-    def keys(self, prefix: str) -> list[str]:
-        return sorted(k for k in self._kv if k.startswith(prefix))
-
+    # ----------------------------------------------------------------- reading
     def refresh(self, keys: Iterable[str] = (), prefix: str | None = None) -> bool:
         """Read ``keys`` (and every key under ``prefix``) from the database again.
 
@@ -162,43 +131,9 @@ class PgStore:
         return True
 
     # ----------------------------------------------------------------- outbox
-    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-        item_id = self._next_id
-        self._next_id += 1
-        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, 0.0, self.clock())
-        self._outbox_pending.add(item_id)
-        self.flush()
-        return item_id
-
-    def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
-        due = []
-        for item in self._outbox.values():
-            if item.next_try <= now:
-                due.append(item)
-                if len(due) == limit:
-                    break
-        return due
-
-    def delivered(self, item_id: int) -> None:
-        if self._outbox.pop(item_id, None) is not None:
-            self._outbox_pending.add(item_id)
-            self.flush()
-
-    def retry_later(self, item_id: int, next_try: float) -> None:
-        item = self._outbox.get(item_id)
-        if item is not None:
-            item.attempts += 1
-            item.next_try = next_try
-            self._outbox_pending.add(item_id)
-            self.flush()
-
-    def outbox_size(self) -> int:
-        return len(self._outbox)
-
     # ----------------------------------------------------------------- writing
-    @property
-    def pending(self) -> int:
-        return len(self._kv_pending) + len(self._outbox_pending)
+    def _target(self) -> str:
+        return "PostgreSQL"
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:
@@ -250,17 +185,3 @@ class PgStore:
                     "INSERT INTO outbox (id, instance_id, path, body, headers, attempts, next_try, created) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
                     "attempts = excluded.attempts, next_try = excluded.next_try", kept)
-
-    def _failed(self, exc: BaseException, now: float) -> None:
-        first = self.fault is None
-        if first:
-            self.fault_since = now
-            self._fault_failures = 0
-        self.failures += 1
-        self._fault_failures += 1
-        self.fault = f"{type(exc).__name__}: {exc}"
-        if first or now - self._logged_at >= LOG_EVERY_S:
-            log.error("state not written to PostgreSQL (%s): %d failed writes in %.0f s, %d changes kept in "
-                      "memory and retried", self.fault, self._fault_failures, now - (self.fault_since or now),
-                      self.pending)
-            self._logged_at = now
