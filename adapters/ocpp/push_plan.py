@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.clock import Clock
 from adapters.ocpp.profiles import DYNAMIC_PROFILE_ID, IDLE_PROFILE_ID, Capabilities
-from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, raise_now_a
+from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, raise_now_a, renew_tail
 from balancer.events import ChargerSchedule
 
 if TYPE_CHECKING:
@@ -154,9 +154,12 @@ class LimitPlan(PushState):
         return self._idle_refused != (tx, tuple(want[1:]))  # a refused one is not sent again
 
     def _holds_idle(self, periods: tuple[tuple[Any, float], ...]) -> bool:
-        """True when the idle default the charger holds is exactly these periods."""
-        return self.idle_a is not None and abs(self.idle_a - periods[0][1]) < 1e-9 \
-            and tuple(periods[1:]) == tuple(self.idle_periods[1:])
+        """True when the idle default the charger holds is these periods, from their start on
+        (its horizon may be a little behind theirs: ``steps.renew_tail``)."""
+        if self.idle_a is None or not self.idle_periods:
+            return False
+        held = renew_tail(self.idle_periods, periods)
+        return drop_a(held, periods) <= EPS_A and raise_a(held, periods) <= EPS_A
 
     def _holds(self, schedule: ChargerSchedule, tx: str | None) -> bool:
         """True when the stack-1 profile the charger holds is exactly this schedule."""
@@ -171,16 +174,17 @@ class LimitPlan(PushState):
         TxProfile takes over from the idle default). None: nothing to send (a session just ended
         here and the controller has not seen it yet)."""
         tx = self._link_tx()
+        new = schedule.periods
         if self._separate_idle():
-            idle = self.idle_periods if self.idle_a is not None and self.idle_periods else None
+            idle = renew_tail(self.idle_periods, new) if self.idle_a is not None and self.idle_periods else None
             if tx is None:
                 return None if schedule.transaction_id is not None else (True, None, idle, True)
             if self.held_tx == tx and self.held_a is not None and self.held_periods:
-                return False, tx, self.held_periods, True
+                return False, tx, renew_tail(self.held_periods, new), True
             return False, tx, idle, False
         if self.held_a is None or not self.held_periods:
             return False, tx, None, False
-        return False, tx, self.held_periods, self.held_tx == tx
+        return False, tx, renew_tail(self.held_periods, new), self.held_tx == tx
 
     def _small_increase_due(self) -> bool:
         return self._clock_s() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S

@@ -7,6 +7,13 @@ from now on, a *decrease* when it is lower anywhere. A schedule can be both (low
 an hour): the fan-out (``OcppServer.apply``) first pushes the pointwise minimum of what the charger
 holds and the new schedule, which is a pure decrease, and only once every charger's decrease is
 accepted the new schedule itself.
+
+Every schedule ends in the failsafe at the planning horizon, which moves on by a slot every 15
+minutes. A held schedule whose only difference is a horizon a little behind the new one (its
+failsafe tail starting in the last twelfth of the new horizon, at no more than the new tail's
+value) is taken as holding the new one (``renew_tail``): the charger would fall back to its
+failsafe there only if the balancer were gone for most of a day, and failsafes together fit
+(DESIGN 4). Without this every charger got a push, and a decrease, at every slot boundary.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-__all__ = ["Periods", "breakpoints", "drop_a", "peak_between", "pointwise_min", "raise_a", "raise_now_a", "value_at"]
+__all__ = ["Periods", "breakpoints", "drop_a", "peak_between", "pointwise_min", "raise_a", "raise_now_a", "renew_tail",
+           "value_at"]
 
 Periods = Sequence[tuple[datetime, float]]
 EPS_A = 1e-9
@@ -45,6 +53,20 @@ def pointwise_min(held: Periods, new: Periods) -> tuple[tuple[datetime, float], 
             continue
         out.append((t, value))
     return tuple(out)
+
+
+def renew_tail(held: Periods, new: Periods) -> Periods:
+    """``held`` with its failsafe tail replaced by ``new`` from the tail's start, when that tail
+    starts in the last twelfth of ``new``'s horizon and is not above ``new``'s tail (module
+    docstring); else ``held`` itself."""
+    if len(held) < 2 or len(new) < 2:
+        return held
+    (held_end, held_tail), (new_end, new_tail) = held[-1], new[-1]
+    if not held_end < new_end or held_tail > new_tail + EPS_A \
+            or (new_end - held_end) * 12 > new_end - new[0][0]:
+        return held
+    return (*(p for p in held if p[0] < held_end), (held_end, value_at(new, held_end)),
+            *(p for p in new if p[0] > held_end))
 
 
 def raise_a(held: Periods, new: Periods) -> float:

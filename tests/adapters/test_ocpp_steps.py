@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from adapters.ocpp.steps import drop_a, pointwise_min, raise_a, value_at
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.ocpp.steps import breakpoints, drop_a, pointwise_min, raise_a, renew_tail, value_at
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -46,3 +49,49 @@ def test_the_past_of_the_held_schedule_does_not_count() -> None:
     held = ((at(0), 4.0), (at(10), 10.0))
     new = ((at(20), 10.0),)
     assert raise_a(held, new) == 0.0 and drop_a(held, new) == 0.0
+
+
+def _schedule(start_min: float, steps: list[tuple[float, float]], tail_at_min: float, tail_a: float) -> tuple[
+        tuple[datetime, float], ...]:
+    out = [(at(start_min), steps[0][1])]
+    for offset, value in steps[1:]:
+        out.append((at(start_min + offset), value))
+    return (*out, (at(tail_at_min), tail_a))
+
+
+limits = st.floats(min_value=0.0, max_value=32.0, allow_nan=False).map(lambda v: round(v, 1))
+shapes = st.lists(st.tuples(st.floats(min_value=1.0, max_value=1380.0), limits), min_size=1, max_size=6).map(
+    lambda xs: [(0.0, xs[0][1]), *sorted(xs[1:])])
+
+
+@settings(max_examples=300, deadline=None)
+@given(held=shapes, new=shapes, shift_min=st.floats(min_value=0.0, max_value=300.0), held_tail=limits,
+       new_tail=limits, elapsed_min=st.floats(min_value=0.0, max_value=120.0))
+def test_what_is_held_never_exceeds_what_is_allowed(held: list[tuple[float, float]], new: list[tuple[float, float]],
+                                                     shift_min: float, held_tail: float, new_tail: float,
+                                                     elapsed_min: float) -> None:
+    """Whatever is left held (nothing sent: no drop from the renewed held) or sent (the pointwise
+    minimum), the charger never holds more than the new schedule allows, at any instant, but in a
+    failsafe tail in the last twelfth of the new horizon, at most the new failsafe."""
+    h = _schedule(0.0, held, 1440.0, held_tail)
+    n = _schedule(elapsed_min, new, 1440.0 + elapsed_min + shift_min, new_tail)
+    renewed = renew_tail(h, n)
+    step = pointwise_min(renewed, n)
+    points = breakpoints(h, n)
+    assert all(value_at(step, t) <= value_at(n, t) + 1e-9 for t in points)
+    if drop_a(renewed, n) <= 1e-9:
+        horizon = n[-1][0] - n[0][0]
+        for t in points:
+            if value_at(h, t) > value_at(n, t) + 1e-9:  # only a failsafe tail, late in the horizon
+                assert t >= h[-1][0] and (n[-1][0] - h[-1][0]) * 12 <= horizon and h[-1][1] <= n[-1][1] + 1e-9
+
+
+def test_a_horizon_a_slot_behind_is_renewed_a_lower_failsafe_or_an_old_one_is_not() -> None:
+    held = ((at(0), 10.0), (at(60), 4.0), (at(1440), 6.0))
+    moved = ((at(15), 10.0), (at(60), 4.0), (at(1455), 6.0))
+    assert drop_a(renew_tail(held, moved), moved) == 0.0 and raise_a(renew_tail(held, moved), moved) == 0.0
+    assert drop_a(held, moved) == 2.0  # without it: a decrease a day ahead at every slot boundary
+    lower = ((at(15), 10.0), (at(60), 4.0), (at(1455), 5.0))
+    assert drop_a(renew_tail(held, lower), lower) == 2.0
+    far = ((at(300), 10.0), (at(1740), 6.0))  # the held horizon 5 h behind: more than a twelfth
+    assert renew_tail(held, far) == held
