@@ -10,6 +10,7 @@ limit (``profile_strategy``). See ``pusher`` for the whole story.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections import deque
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.clock import Clock
 from adapters.ocpp.profiles import DYNAMIC_PROFILE_ID, IDLE_PROFILE_ID, Capabilities
-from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, raise_now_a, renew_tail
+from adapters.ocpp.steps import EPS_A, Periods, drop_a, now_then_min, pointwise_min, raise_a, raise_now_a, renew_tail
 from balancer.events import ChargerSchedule
 
 if TYPE_CHECKING:
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["SMALL_INCREASE_AFTER_S", "LimitPlan", "PushState"]
 
 SMALL_INCREASE_AFTER_S = 120.0
-"""An increase within ``deadband_a`` of what the charger holds (now and in every slot ahead) is
-sent at most this often: fewer pushes against a little current left unused meanwhile."""
+"""An increase now within ``deadband_a`` of what the charger holds is sent at most this often:
+fewer pushes against a little current left unused meanwhile."""
 
 
 class PushState:
@@ -194,9 +195,11 @@ class LimitPlan(PushState):
         any slot ahead (sent in the fan-out's first phase, as min(held, new)), and whether it
         raises it anywhere (sent in the second phase, once every decrease is accepted).
 
-        The deadband is the distance from what the charger holds, in every slot: a raise within
-        it is sent at most every ``SMALL_INCREASE_AFTER_S``, a decrease always (a decrease that
-        only undoes an unsent small increase is none: the charger never held that increase).
+        A decrease is one where what the charger holds exceeds the new schedule, now or in any
+        slot ahead, and always goes out. An increase is a rise *now* (``increase_step``): by more
+        than the deadband at once, within it at most every ``SMALL_INCREASE_AFTER_S``; a rise only
+        in the slots ahead is none (a decrease that only undoes an unsent rise is none either:
+        the charger never held it).
         A failsafe goes with the decreases when it is new (every charger holds one before its
         limit) or lower, with the increases when higher. The idle default at 0 A under a session's
         TxProfile goes in the second phase: it does not govern what the car draws then."""
@@ -216,11 +219,26 @@ class LimitPlan(PushState):
                                      > self.link.server.config.ocpp.deadband_a):
                     increase = True
                 elif rise > EPS_A and self._small_increase_due() and self._floor is not None \
-                        and raise_a(allowed, pointwise_min(self._floor, schedule.periods)) > EPS_A:
+                        and raise_now_a(allowed, pointwise_min(self._floor, schedule.periods)) > EPS_A:
                     increase = True  # a small one, of what every decision since the last change kept
         if self._idle_zero_due(schedule):
             increase = True
         return decrease, increase
+
+    def increase_step(self, allowed: Periods, schedule: ChargerSchedule) -> ChargerSchedule | None:
+        """What the second phase sends when the charger keeps its profile (``plan``): the rise now,
+        with every slot ahead left where it was or lower (``steps.now_then_min``). Plans that move
+        between equally good ones (10 A, 0 A, 10 A an hour ahead, in another order at every replan)
+        then leave nothing to undo; a slot's rise goes out when that slot comes. A small rise (within
+        ``deadband_a``) goes only as far as every decision since the last change went, once
+        ``SMALL_INCREASE_AFTER_S`` have passed: limits jittering by tenths of an ampere settle at
+        the bottom of their range. None: nothing rises now."""
+        new = schedule.periods
+        small = raise_now_a(allowed, new) <= self.link.server.config.ocpp.deadband_a
+        step = now_then_min(allowed, pointwise_min(self._floor or new, new) if small else new)
+        if raise_now_a(allowed, step) <= EPS_A or (small and not self._small_increase_due()):
+            return None
+        return dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
 
     def offer(self, schedule: ChargerSchedule) -> str:
         """Take a new decision; says what there is to send: "decrease", "increase", "both" or

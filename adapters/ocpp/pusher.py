@@ -7,8 +7,8 @@ connection's life. The policy timers read ``clock`` (the service's; a test passe
 At most one call is in flight per charger; the newest decision wins (an older one still waiting
 is dropped). ``plan`` compares a decision with what the charger holds, now and in every slot
 ahead (``steps``): a decrease anywhere is pushed in the fan-out's first phase as min(held, new),
-an increase in its second (``fanout``); an increase now within the deadband, or a rise only in
-the slots ahead, at most every ``SMALL_INCREASE_AFTER_S``. The failsafe goes out right after the
+a rise now in its second (``fanout``) without the rises ahead (sent when their slot comes); a
+rise now within the deadband at most every ``SMALL_INCREASE_AFTER_S``. The failsafe goes out right after the
 capability read. Rejected, CALLERROR and timeouts are retried with exponential backoff; a charger
 that rejects TxProfile gets the schedule as a TxDefaultProfile on its EVSE instead; one that
 refuses its decrease altogether, or does not answer it (or the capability read), is flagged,
@@ -44,7 +44,7 @@ from typing import Any
 from adapters.ocpp.capability_read import read_capabilities
 from adapters.ocpp.profiles import FAILSAFE_PROFILE_ID, IDLE_PROFILE_ID, charging_profile
 from adapters.ocpp.refusal import RETRY_TRY_S, Refusals
-from adapters.ocpp.steps import EPS_A, drop_a, pointwise_min, raise_a, raise_now_a
+from adapters.ocpp.steps import EPS_A, drop_a, pointwise_min, raise_a
 from adapters.ocpp.trusted_call import call_trusted, set_profile_payload
 from balancer.events import ChargerOnline, ChargerSchedule, LimitConfirmed, ProfileResult
 
@@ -193,12 +193,8 @@ class Pusher(Refusals):
                     send = dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
             elif same and rise <= EPS_A:
                 send = None if drop <= EPS_A else schedule
-            elif same and raise_now_a(allowed, schedule.periods) <= self.link.server.config.ocpp.deadband_a:
-                # A small increase: only as far as every decision since the last change went
-                # (limits that jitter by tenths of an ampere settle instead of following each one).
-                low = pointwise_min(self._floor or schedule.periods, schedule.periods)
-                send = dataclasses.replace(schedule, limit_a=low[0][1], periods=low) \
-                    if self._small_increase_due() and raise_a(allowed, low) > EPS_A else None
+            elif same:
+                send = self.increase_step(allowed, schedule)
         if send is None:
             if phase != 1 and not idle and self._idle_zero_due(schedule):
                 await self._push_idle(schedule, schedule.idle_periods)

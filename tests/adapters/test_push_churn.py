@@ -99,3 +99,38 @@ async def test_a_fall_only_at_the_horizon_goes_out_when_the_failsafe_falls(env: 
     await env.server.apply([lower])
     tx = env.server.links["A16"].pusher.held_periods
     assert len(_sent(env)) > n and value_at(tx, end + timedelta(hours=1)) == 5.0
+
+
+async def test_plans_swapping_slots_ahead_send_nothing_after_the_first_fall(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replans that move a car's hour of charging between two equally good slots: each move
+    lowers one slot and raises another. Only the first fall goes out; no rise ahead is sent, so
+    no later fall has anything to undo. A rise now goes out at once, and alone."""
+    import adapters.ocpp.push_plan as push_plan
+
+    monkeypatch.setattr(push_plan, "SMALL_INCREASE_AFTER_S", 0.0)  # not a matter of waiting
+    env.charger("A16", "ocpp1.6")
+    await wait_for(lambda: env.of(SessionStarted))
+    await env.online("A16")
+    now = datetime.now(UTC)
+    hour, end = timedelta(hours=1), now + timedelta(hours=24)
+
+    def decision(t: datetime, limit_a: float, first_a: float, second_a: float) -> ChargerSchedule:
+        return ChargerSchedule("A16", t, limit_a, ((t, limit_a), (now + hour, first_a), (now + 2 * hour, second_a),
+                                                   (now + 3 * hour, 0.0), (end, 6.0)), 6.0)
+
+    await env.server.apply([decision(now, 10.0, 10.0, 0.0)])
+    n = len(_sent(env))
+    for k in range(1, 9):
+        t = now + timedelta(seconds=10 * k)
+        await env.server.apply([decision(t, 10.0, 0.0, 10.0) if k % 2 else decision(t, 10.0, 10.0, 0.0)])
+    held = env.server.links["A16"].pusher.held_periods
+    assert len(_sent(env)) == n + 1, [(e.detail, e.limit_a) for e in _sent(env)[n:]]
+    assert value_at(held, now + 1.5 * hour) == 0.0 and value_at(held, now + 2.5 * hour) == 0.0
+    # A rise now (more than the deadband) goes out at once, without the rises ahead.
+    t = now + timedelta(seconds=100)
+    await env.server.apply([decision(t, 16.0, 10.0, 10.0)])
+    held = env.server.links["A16"].pusher.held_periods
+    assert len(_sent(env)) == n + 2 and env.server.links["A16"].pusher.held_a == 16.0
+    assert value_at(held, now + 1.5 * hour) == 0.0 and value_at(held, now + 2.5 * hour) == 0.0
+    assert value_at(held, end) == 6.0
