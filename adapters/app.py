@@ -109,16 +109,18 @@ class Service:
         if config.influxdb is not None:
             from adapters.influx import InfluxSink
 
-            self.influx = InfluxSink(config.influxdb, spill_dir=self.state_dir / "influx-spill")
+            self.influx = InfluxSink(config.influxdb, spill_dir=self.state_dir / "influx-spill",
+                                     controls=None if self.cluster is None else self._controls)
         self.oscp_client: Any = None
         self.meters = MeterHub(config, self.controllers, self.store, now=now, urgent=self._capacity_changed,
-                               wake=self._wake_soon)
+                               wake=self._wake_soon, controls=self._controls)
         if config.oscp.capacity_provider is not None:
             from adapters.oscp.client import OscpClient
 
             self.oscp_client = OscpClient(config, self.store, now=now,
                                           site_energy_wh=self._site_energy_wh,
-                                          site_import_wh=self.meters.energy_wh)
+                                          site_import_wh=self.meters.energy_wh,
+                                          **({} if self.cluster is None else {"controls": self.cluster.speaks_for}))
             client = self.oscp_client
             self.fp.on_handshake = lambda body, request_id: client.handshake_acknowledge(request_id)
         self._wake = asyncio.Event()

@@ -56,12 +56,19 @@ class ClusterNode:
         """Charger id -> the instance holding its websocket, as the events of owned sites tell."""
         self.bus: Bus | None = None
         self.counters = {"sites_gained": 0, "sites_lost": 0, "pushes_cancelled": 0}
+        self.lead_site = config.sites[0].id
+        """The owner of this site speaks for the whole deployment (OSCP heartbeats, registration)."""
+        self.store.lead_site = self.lead_site
+        self.store.owned = lambda: {s: self.ownership.epochs.get(s, 0) for s in self.ownership.controlled()}
 
     async def start(self) -> None:
         service = self.service
         service.fp.before_change = self._fresh_book
         service.fp.on_stored = self._stored
         service.fp.durable = lambda site_id: self.store.fault is None  # the write of the book succeeded
+        if service.ocpi is not None:  # ActiveChargingProfile updates: by the owner, from every stored cap
+            service.ocpi.controls = self.controls
+            service.ocpi.refresh = lambda prefix: self.store.refresh(prefix=prefix)
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
                        on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s)
         await self.bus.start()
@@ -171,7 +178,7 @@ class ClusterNode:
                 if gateway is not None:
                     groups.setdefault(gateway, []).append(schedule)
             if set(groups) <= {self.instance_id}:
-                await self.service.ocpp.apply(groups.get(self.instance_id, []))
+                await self.service.chargers.apply(groups.get(self.instance_id, []))
                 return
             fid = uuid.uuid4().hex
             done = await self._phase(site_id, epoch, fid, 1, groups)
@@ -220,6 +227,10 @@ class ClusterNode:
     def controls(self, site_id: str) -> bool:
         return self.ownership.controls(site_id)
 
+    def speaks_for(self, site_id: str | None) -> bool:
+        """Whether this instance speaks for ``site_id`` (None: for the deployment, as the lead site's owner)."""
+        return self.controls(self.lead_site if site_id is None else site_id)
+
     def owner(self, site_id: str) -> str | None:
         return self.ownership.owners.get(site_id)
 
@@ -232,7 +243,10 @@ class ClusterNode:
     def _gained(self, site_id: str) -> None:
         service = self.service
         self.counters["sites_gained"] += 1
-        if not self.store.refresh(site_keys(site_id)):
+        keys = site_keys(site_id)
+        if site_id == self.lead_site:  # what the former speaker for the deployment knew of the grid operator
+            keys += ["oscp:registered", "oscp:our_token", "oscp:required_behaviour"]
+        if not self.store.refresh(keys):
             log.warning("site %s: taken over without a fresh read of its state (database unreachable)", site_id)
         saved = self.store.get_json(f"controller:{site_id}")
         controller = service.controllers[site_id]
@@ -247,6 +261,8 @@ class ClusterNode:
                 self.gateway_of[cid] = self.instance_id
         if self.bus is not None:
             self._spawn(self.bus.own(site_id))
+        if service.oscp_client is not None:
+            service.oscp_client.kick()  # what the former owner left in the outbox goes out now
         service.site_gained(site_id)
 
     def _lost(self, site_id: str) -> None:

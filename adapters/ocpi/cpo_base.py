@@ -92,6 +92,13 @@ class CpoBase:
         """Hashes of our tokens B offered to a party we register with: it reads our versions with them."""
         self._buckets: dict[str, list[float]] = {}
         self._outbox: dict[int, dict[str, Any]] = {}
+        # Cluster mode: each instance numbers its own callbacks (instances never share a key).
+        self._outbox_prefix = "ocpi:outbox:" if config.cluster is None else \
+            f"ocpi:outbox:{config.cluster.instance_id}:"
+        self.controls: Callable[[str], bool] = lambda site_id: True
+        """Cluster mode: whether this instance controls a site (only its owner sends the site's updates)."""
+        self.refresh: Callable[[str], None] = lambda prefix: None
+        """Cluster mode: read the keys under a prefix again (records other instances wrote)."""
         self._waiting: set[int] = set()
         self._id_tags: dict[str, str] = {}
         self._sessions: dict[str, tuple[str, str]] = {}
@@ -110,7 +117,7 @@ class CpoBase:
             party = store.get_json(key)
             self.parties[party["key"]] = party
             self._by_token[token_hash(party["token_in"])] = party["key"]
-        for key in store.keys("ocpi:outbox:"):
+        for key in store.keys(self._outbox_prefix):
             item = store.get_json(key)
             self._outbox[int(item["id"])] = item
             if "wait_charger" in item:
@@ -156,7 +163,7 @@ class CpoBase:
             item["next_try"] = created + min(HOLD_RESULT_S, timeout / 2)
             self._waiting.add(item_id)
         self._outbox[item_id] = item
-        self.store.put_json(f"ocpi:outbox:{item_id:012d}", item)
+        self.store.put_json(self._outbox_key(item_id), item)
         self._wake.set()
 
     def _release(self, event: ProfileResult) -> None:
@@ -172,8 +179,11 @@ class CpoBase:
                 self._waiting.discard(item_id)
                 item["next_try"] = 0.0
                 del item["wait_charger"], item["wait_cap_a"]
-                self.store.put_json(f"ocpi:outbox:{item_id:012d}", item, flush=False)
+                self.store.put_json(self._outbox_key(item_id), item, flush=False)
                 self._wake.set()
+
+    def _outbox_key(self, item_id: int) -> str:
+        return f"{self._outbox_prefix}{item_id:012d}"
 
     def outbox_size(self) -> int:
         return len(self._outbox)
@@ -207,7 +217,7 @@ class CpoBase:
                         ok = 200 <= response.status < 300
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     log.debug("OCPI callback to %s failed: %r", item["url"], exc)
-            key = f"ocpi:outbox:{item_id:012d}"
+            key = self._outbox_key(item_id)
             if ok:
                 self.counters["ocpi_callbacks_sent"] += 1
                 self._outbox.pop(item_id, None)

@@ -171,13 +171,17 @@ class CpoProfiles(CpoSessions):
         return None
 
     def check_updates(self) -> None:
-        """PUT an ActiveChargingProfile for every capped session whose limit moved past the deadband."""
+        """PUT an ActiveChargingProfile for every capped session whose limit moved past the deadband
+        (in a cluster, the owner of the session's site does, whichever instance took the profile)."""
         now = self.now()
+        self.refresh("ocpi:profile:")
         for key in self.store.keys("ocpi:profile:"):
             record = self.store.get_json(key)
+            if record is None:
+                continue
             url = self._sender_url(record["party"])
             controller = self.controllers.get(record["site_id"])
-            if url is None or controller is None:
+            if url is None or controller is None or not self.controls(record["site_id"]):
                 continue
             limit = controller.states[record["charger_id"]].limit_a
             last = record.get("reported_a")
