@@ -70,7 +70,8 @@ class ClusterNode:
             service.ocpi.controls = self.controls
             service.ocpi.refresh = lambda prefix: self.store.refresh(prefix=prefix)
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
-                       on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s)
+                       on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s,
+                       on_view=self._view)
         await self.bus.start()
         await self.ownership.start()
 
@@ -140,9 +141,22 @@ class ClusterNode:
         if not self.controls(site_id) and self.bus is not None:
             self.bus.site_changed(site_id, [f"forecast:{site_id}"])
 
+    def _view(self, site_id: str, kind: str) -> dict[str, Any] | None:
+        """An admin read forwarded here: answered while this instance controls the site."""
+        if not self.controls(site_id):
+            return None
+        return self.service.site_json(site_id) if kind == "site" else self.service.plan_json(site_id)
+
+    async def remote_view(self, kind: str, site_id: str) -> dict[str, Any] | None:
+        """The owner's live view for an admin read here (None: this instance controls the site, or
+        no owner answered: the caller serves ``refresh_view``'s snapshot)."""
+        if self.controls(site_id) or self.bus is None or self.owner(site_id) is None:
+            return None
+        return await self.bus.view(site_id, kind)
+
     def refresh_view(self, site_id: str) -> None:
-        """For the admin API on an instance that does not control the site: the owner's last
-        snapshot (written every 5 s) and the stored forecast book, read again."""
+        """For the admin API on an instance that does not control the site, when its owner did not
+        answer: the owner's last snapshot (written every 5 s) and the stored forecast book, read again."""
         if self.controls(site_id):
             return
         if self.store.refresh([f"controller:{site_id}", f"forecast:{site_id}"]):

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from adapters.meter.simulator import MeterSimulator
+from adapters.ocpp.simulator import SimCar, SimulatedCharger
 from adapters.oscp.simulator import GridOperatorSimulator
 from tests.cluster_servers import NatsServer
 from tests.e2e.cluster import Instance, cluster_config
@@ -131,3 +133,39 @@ async def test_no_outbox_message_is_lost_or_sent_twice_when_its_author_is_killed
     finally:
         await stop_all([a, b])
         await grid.stop()
+
+
+async def test_an_admin_read_on_another_instance_is_the_owners_live_view(
+        tmp_path: Path, pg_url: str, nats_server: NatsServer) -> None:
+    config = cluster_config(2)
+    a, b = (Instance(tmp_path, name, config, pg_url, nats_server.url) for name in ("a", "b"))
+    charger: SimulatedCharger | None = None
+    try:
+        owners = await start_balanced([a, b], 2)
+        owner, other = (a, b) if owners["s0"] == "a" else (b, a)
+        now = datetime.now(UTC)
+        charger = SimulatedCharger("CP0-0", owner.ocpp_url, car=SimCar(
+            arrival=now, departure=now + timedelta(hours=8), energy_wh=60000), meter_interval_s=0.5, tick_s=0.05)
+        charger.start()
+
+        def delivered_wh(instance: Instance) -> float:
+            (view,) = instance.get("/api/v1/sites/s0")["chargers"]
+            return float(view["session_delivered_wh"])
+
+        await asyncio.to_thread(wait_for, lambda: delivered_wh(owner) > 0, 30, "the charger to deliver energy")
+        # Energy grows with every meter value (each 0.5 s); the owner's snapshot in PostgreSQL is
+        # written every 5 s. Read on the other instance between two reads on the owner: the live value.
+        for _ in range(20):
+            before, seen, after = await asyncio.to_thread(
+                lambda: (delivered_wh(owner), delivered_wh(other), delivered_wh(owner)))
+            assert before <= seen <= after, (before, seen, after)
+            await asyncio.sleep(0.25)
+        stats = other.get("/healthz")["cluster"]
+        assert stats["views_forwarded"] >= 20 and stats["views_unanswered"] == 0, stats
+        plans = [i.get("/api/v1/sites/s0/plan") for i in (owner, other)]
+        assert [(p["status"], p.get("plan_start"), sorted(p["chargers"])) for p in plans] == \
+            [(plans[0]["status"], plans[0].get("plan_start"), ["CP0-0"])] * 2
+    finally:
+        if charger is not None:
+            await charger.stop()
+        await stop_all([a, b])
