@@ -21,6 +21,7 @@ from adapters.oscp.simulator import GridOperatorSimulator
 from tests.cluster_servers import NatsServer
 from tests.e2e.cluster import Instance, cluster_config
 from tests.e2e.test_cluster_ownership import TAKEOVER_S, disjoint, wait_for
+from tests.servers import InfluxServer
 
 WINDOW_S = 8.0
 
@@ -169,3 +170,28 @@ async def test_an_admin_read_on_another_instance_is_the_owners_live_view(
         if charger is not None:
             await charger.stop()
         await stop_all([a, b])
+
+
+async def test_only_the_owner_writes_a_sites_influxdb_points(
+        tmp_path: Path, pg_url: str, nats_server: NatsServer) -> None:
+    server = InfluxServer(tmp_path / "influx").start()
+    config = cluster_config(2)
+    config["influxdb"] = {"url": server.url, "api": "v1", "database": "balancer", "flush_interval_s": 0.2}
+    a, b = (Instance(tmp_path, name, config, pg_url, nats_server.url) for name in ("a", "b"))
+    try:
+        server.create_db("balancer")
+        await start_balanced([a, b], 2)
+        for instance in (a, b):  # each reloads its config and annotates the dashboards of the sites
+            instance.path.write_text(instance.path.read_text())
+
+        def reloads() -> dict[str, int]:
+            result = server.query("SELECT count(\"ok\") FROM event WHERE kind = 'config_reloaded' GROUP BY site",
+                                  "balancer")["results"][0]
+            return {s["tags"]["site"]: s["values"][0][1] for s in result.get("series", [])}
+
+        await asyncio.to_thread(wait_for, lambda: set(reloads()) == {"s0", "s1"}, 20, "both reloads written")
+        await asyncio.sleep(2.0)  # an annotation by the instance that does not control the site comes now
+        assert reloads() == {"s0": 1, "s1": 1}
+    finally:
+        await stop_all([a, b])
+        server.stop()
