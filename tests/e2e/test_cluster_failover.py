@@ -118,14 +118,23 @@ async def test_kill_9_of_an_owner_during_a_capacity_change_behind_haproxy(
         await asyncio.sleep(1.0)
         waiting = unsent_rows(pg_url)
         queued_by_victim = {rid for _, author, rid in waiting if author == victim.instance_id}
-        for site in order[1:]:
-            posted[site] = await send(grid, site, NEW_A)
 
         def moved() -> bool:
             return lost <= set().union(*(i.controlled() or set() for i in survivors))
 
-        await asyncio.to_thread(wait_for, moved, TAKEOVER_S + 10, "the killed owner's sites to move")
-        took = time.monotonic() - killed
+        def moved_after_s() -> float:
+            wait_for(moved, TAKEOVER_S + 10, "the killed owner's sites to move")
+            return time.monotonic() - killed
+
+        watch = asyncio.create_task(asyncio.to_thread(moved_after_s))  # while the other sites' POSTs go on
+        for site in order[1:]:
+            posted[site] = await send(grid, site, NEW_A)
+        took = await watch
+        # When each of its sites was controlled again, from the survivors' logs.
+        regained = [min(t for i in survivors for t, _ in i.log_events(f"site {site}: controlled by")
+                        if t > killed_at) for site in lost]
+        took_in_logs = max((t - killed_at).total_seconds() for t in regained)
+        print(json.dumps({"ownership_moved_s": round(took, 2), "ownership_moved_s_in_logs": round(took_in_logs, 2)}))
         assert took <= TAKEOVER_S, took
         grid.fail_with = None
         await until(lambda: all(held(s, datetime.now(UTC)) <= NEW_A + EPS for s in sites), TAKEOVER_S + REACT_S,
@@ -179,14 +188,10 @@ async def test_kill_9_of_an_owner_during_a_capacity_change_behind_haproxy(
         # The grid operator: every message waiting at the kill arrived (the victim's too), none twice.
         counts = received()
         twice = {rid: n for rid, n in counts.items() if n > 1}
-        # When each of its sites was controlled again, from the survivors' logs (``took`` above also
-        # counts the forecast POSTs to the other sites made before it is polled).
-        regained = [min(t for i in survivors for t, _ in i.log_events(f"site {site}: controlled by")
-                        if t > killed_at) for site in lost]
         print(json.dumps({
             "sites": N_SITES, "chargers": len(chargers), "sites_moved": len(lost),
             "ownership_moved_s": round(took, 2),
-            "ownership_moved_s_in_logs": round(max((t - killed_at).total_seconds() for t in regained), 2),
+            "ownership_moved_s_in_logs": round(took_in_logs, 2),
             "reconnected_s": round(reconnected_s, 2),
             "reconnects": sum(c.boots - 1 for c in chargers),
             "max_above_old_capacity_a": round(over_old_a, 2),
