@@ -97,8 +97,8 @@ class CpoBase:
             f"ocpi:outbox:{config.cluster.instance_id}:"
         self.controls: Callable[[str], bool] = lambda site_id: True
         """Cluster mode: whether this instance controls a site (only its owner sends the site's updates)."""
-        self.refresh: Callable[[str], None] = lambda prefix: None
-        """Cluster mode: read the keys under a prefix again (records other instances wrote)."""
+        self.refresh: Callable[[str], bool] = lambda prefix: False
+        """Cluster mode: read the keys under a prefix again (records other instances wrote); True when read."""
         self._waiting: set[int] = set()
         self._id_tags: dict[str, str] = {}
         self._sessions: dict[str, tuple[str, str]] = {}
@@ -113,16 +113,23 @@ class CpoBase:
         self.counters: dict[str, float] = {"ocpi_requests": 0, "ocpi_rejected": 0, "ocpi_profiles_set": 0,
                                            "ocpi_callbacks_sent": 0, "ocpi_callbacks_retried": 0,
                                            "ocpi_callbacks_dropped": 0, "ocpi_updates_sent": 0}
-        for key in store.keys("ocpi:party:"):
-            party = store.get_json(key)
-            self.parties[party["key"]] = party
-            self._by_token[token_hash(party["token_in"])] = party["key"]
+        self._load_parties()
         for key in store.keys(self._outbox_prefix):
             item = store.get_json(key)
             self._outbox[int(item["id"])] = item
             if "wait_charger" in item:
                 self._waiting.add(int(item["id"]))
         self._next_id = max(self._outbox, default=0) + 1
+
+    def _load_parties(self) -> None:
+        """The registered parties from the store (in a cluster: registered with any instance)."""
+        parties: dict[str, dict[str, Any]] = {}
+        by_token: dict[str, str] = {}
+        for key in self.store.keys("ocpi:party:"):
+            party = self.store.get_json(key)
+            parties[party["key"]] = party
+            by_token[token_hash(party["token_in"])] = party["key"]
+        self.parties, self._by_token = parties, by_token
 
     def _token_a(self, token: str) -> str | None:
         """The configured token A ``token`` is, if it is one and has not been used yet."""

@@ -174,6 +174,8 @@ class CpoProfiles(CpoSessions):
         """PUT an ActiveChargingProfile for every capped session whose limit moved past the deadband
         (in a cluster, the owner of the session's site does, whichever instance took the profile)."""
         now = self.now()
+        if self.refresh("ocpi:party:"):  # cluster mode: parties and caps other instances stored
+            self._load_parties()
         self.refresh("ocpi:profile:")
         for key in self.store.keys("ocpi:profile:"):
             record = self.store.get_json(key)
