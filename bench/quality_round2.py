@@ -54,13 +54,14 @@ def worker(args: argparse.Namespace) -> None:
     for item in args.set or []:
         key, value = item.split("=", 1)
         # The constant lives in balancer.plan, or since the split in one of its modules.
-        for name in ("balancer.plan", "balancer.plan_model", "balancer.plan_minimums"):
+        for name in ("balancer.plan", "balancer.plan_model", "balancer.plan_minimums", "balancer.plan_expected"):
             try:
                 module = importlib.import_module(name)
             except ImportError:
                 continue
             if hasattr(module, key):
                 setattr(module, key, type(getattr(module, key))(float(value)))
+    strategies.FORECAST_AS = args.forecast_as
     names = args.strategies.split(",")
     pause, _, charge = (args.churn or "").partition(",")
     churn = {} if args.churn is None else {"min_pause_s": float(pause), "min_charge_s": float(charge or pause)}
@@ -184,6 +185,8 @@ def main() -> None:
                         help="plan with the arrival forecast from this many past days of the site (0: without)")
     parser.add_argument("--forecast-sites", default="carpark", help="sites planned with the arrival forecast")
     parser.add_argument("--forecast-scale", type=float, default=1.0, help="reserve this share of the forecast")
+    parser.add_argument("--forecast-as", default="bid", choices=("bid", "reserve"),
+                        help="the forecast as bids for the capacity ahead, or as reserved capacity")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--strategies", default="our LP + allocator", help=argparse.SUPPRESS)

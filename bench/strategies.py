@@ -106,6 +106,11 @@ def allocator_alone(p: Present) -> np.ndarray:
     return allocate(_request(p, None)).limit_a
 
 
+FORECAST_AS = "bid"
+"""How the arrival forecast reaches the plan: ``bid`` (``plan(expected_a=...)``) or ``reserve``
+(the capacity less ``RESERVE_SHARE`` of it, as before)."""
+
+
 def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, history_days: float = 1.0) -> np.ndarray:
     """Online: plan the cars present now over the rest of the day, allocate with the plan's target
     (through the controller's ``min_pause_s`` / ``min_charge_s`` guard when one is given; with the
@@ -129,9 +134,12 @@ def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, histor
         if history:
             from forecast.arrivals import RESERVE_SHARE, expected_load_a
 
-            reserve = RESERVE_SHARE * expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
-            capacity = capacity.copy()
-            capacity[1:] = np.maximum(capacity[1:] - reserve[1:], 0.0)  # the slot of now: the cars here
+            expected = expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
+            if FORECAST_AS == "bid":
+                mip["expected_a"] = expected
+            else:
+                capacity = capacity.copy()  # the slot of now: the cars here
+                capacity[1:] = np.maximum(capacity[1:] - RESERVE_SHARE * expected[1:], 0.0)
         outcome = plan(topo, capacity, sessions, slot_start, budget_s=5.0, **mip)
         if outcome.plan is not None:
             target = np.where(p.here, outcome.plan.first_slot(), np.nan)
