@@ -28,7 +28,7 @@ from balancer.plan_types import FloatArray, LpModel
 
 __all__ = ["EXPECTED_VALUE", "add_expected"]
 
-EXPECTED_VALUE = 0.8
+EXPECTED_VALUE = 0.95
 """What a Wh of an expected (not yet arrived) car is worth against 1 for a present car's: below 1,
 so a present car always comes first on equal terms; some expected cars do not come."""
 
