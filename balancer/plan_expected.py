@@ -34,9 +34,10 @@ so a present car always comes first on equal terms; some expected cars do not co
 
 
 def add_expected(model: LpModel, expected_a: FloatArray, voltage_v: float, slot_s: int,
-                 value: float = EXPECTED_VALUE) -> LpModel:
+                 value: float | None = None) -> LpModel:
     """``model`` with bids of ``expected_a`` (n_slots, 3) [A] per slot and phase on the connection
     rows of every block but the first (module docstring); unchanged when nothing is expected."""
+    value = EXPECTED_VALUE if value is None else value
     expected = np.maximum(np.nan_to_num(np.asarray(expected_a, dtype=np.float64)), 0.0)
     first_slot = np.flatnonzero(np.diff(model.slot_block, prepend=-1))
     n_blocks = len(first_slot)

@@ -82,6 +82,11 @@ EDGE_SHARE = True
 """Count a partly covered pair with the share of the slot it covers (``load_share``); False: whole."""
 EDGE_FIRST_SLOT_ONLY = True
 """Count partly covered pairs by their share in the first slot only (``load_share``)."""
+STICKY_BONUS = 1e-3
+"""Per Wh in the first slot of a car that charges now (``PlanSession.charging``): the LP has many
+plans of equal energy and fairness and chose among them afresh at every replan, pausing one car
+and starting another. Of the order of the whole earlier-delivery bonus, far below a fairness
+step: who charges next changes only when energy or fairness gains (bench/README.md)."""
 HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
@@ -284,8 +289,10 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     # protected share beats the 3:1 phase trade but not a priority of 2 or more.
     protect = np.where(seg_rank < 0,
                        np.maximum(PROTECT_WEIGHT / np.maximum(arr["phases"][seg_session], 1), 1.0), 1.0)
+    charging = np.array([s.charging for s in sessions], dtype=bool)
+    sticky = STICKY_BONUS * (charging[s_idx] & (t_idx == 0)) * wh_per_a / 1000.0 if n_x else 0.0
     cost = np.concatenate([
-        EARLY_BONUS * earliness * urgency * per_phase / 1000.0,
+        EARLY_BONUS * earliness * urgency * per_phase / 1000.0 + sticky,
         np.zeros(n_cap),
         arr["weight"][seg_session] * protect * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
     ])

@@ -65,6 +65,8 @@ def worker(args: argparse.Namespace) -> None:
     names = args.strategies.split(",")
     pause, _, charge = (args.churn or "").partition(",")
     churn = {} if args.churn is None else {"min_pause_s": float(pause), "min_charge_s": float(charge or pause)}
+    if args.asleep_after is not None:
+        churn["car_asleep_after_s"] = args.asleep_after
     strategies.FACTORIES["our LP + allocator"] = lambda: strategies.make_lp_plus_allocator(**churn)
     forecast_sites = set(args.forecast_sites.split(",")) if args.forecast_days else set()
     for variant, scale, sleepy in (("normal", 1.0, 0.0), ("tight", args.tight, 0.0), ("sleepy", 1.0, args.sleepy)):
@@ -149,13 +151,15 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
             "violations": float(sum(r["violations"] for r in rs)),
             "limits_between_0_and_min": float(sum(r["limits_between_0_and_min"] for r in rs)),
             "asleep": float(sum(r.get("asleep", 0.0) for r in rs)),
+            "detected": float(sum(r.get("detected_asleep", 0.0) for r in rs)),
+            "asleep_short_kwh": float(sum(r.get("asleep_energy_wh", 0.0) for r in rs) / 1000.0),
         }
     return out
 
 
 def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -> str:
     lines = ["| variant | site | strategy | vs bound (mean / min) | completed | worst car (min / mean) "
-             "| pauses / car | resumes / car | pushes / car | cars asleep | violations | 0<limit<min |",
+             "| pauses / car | resumes / car | pushes / car | cars asleep (detected) | violations | 0<limit<min |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant in ("normal", "tight", "sleepy"):
         for site in SITES:
@@ -167,7 +171,7 @@ def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -
                     f"| {variant} | {site} | {name} | {100 * a['vs_bound_mean']:.2f} / {100 * a['vs_bound_min']:.2f} % "
                     f"| {a['completed']:.0f} / {a['cars']:.0f} | {100 * a['worst_car_min']:.1f} / "
                     f"{100 * a['worst_car_mean']:.1f} % | {a['pauses_per_car']:.2f} | {a['resumes_per_car']:.2f} "
-                    f"| {a['pushes_per_car']:.2f} | {a['asleep']:.0f} | {a['violations']:.0f} "
+                    f"| {a['pushes_per_car']:.2f} | {a['asleep']:.0f} ({a['detected']:.0f}) | {a['violations']:.0f} "
                     f"| {a['limits_between_0_and_min']:.0f} |")
     return "\n".join(lines)
 
@@ -187,6 +191,8 @@ def main() -> None:
     parser.add_argument("--forecast-scale", type=float, default=1.0, help="reserve this share of the forecast")
     parser.add_argument("--forecast-as", default="bid", choices=("bid", "reserve"),
                         help="the forecast as bids for the capacity ahead, or as reserved capacity")
+    parser.add_argument("--asleep-after", type=float, default=None,
+                        help="car_asleep_after_s of our strategy (default: the controller's; 0: no sleep detection)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--strategies", default="our LP + allocator", help=argparse.SUPPRESS)

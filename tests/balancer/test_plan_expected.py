@@ -52,3 +52,17 @@ def test_expected_cars_never_outbid_a_present_three_phase_car() -> None:
     out = plan(topo(), np.full((16, 3), 32.0), only, T0, expected_a=expected)
     assert out.plan is not None
     assert out.plan.planned_wh["CP1"] > 21500.0
+
+
+def test_among_equal_plans_the_car_charging_now_goes_on() -> None:
+    # 16 A for two cars that each need 2 h of it within 4 h: any order is as good. The LP used to
+    # pick one afresh at every replan (a pause and a start); the car charging now keeps the slot.
+    chargers = tuple(Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0) for i in range(2))
+    site = Topology.from_site(Site(id="s", voltage_v=230.0, grid_limit_a=16.0, fallback_kw=0.0, circuits=(),
+                                   chargers=chargers))
+    need = 16.0 * 3 * 230.0 * 2
+    for on in (0, 1):
+        cars = [PlanSession(f"CP{i}", T0, T0 + timedelta(hours=4), need, charging=i == on) for i in range(2)]
+        out = plan(site, np.full((16, 3), 16.0), cars, T0)
+        assert out.plan is not None
+        assert out.plan.limit_a[on, 0] == 16.0 and out.plan.limit_a[1 - on, 0] == 0.0
