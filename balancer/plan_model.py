@@ -26,6 +26,8 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      laxity charges first (per Wh alone it was a tie the solver broke). Counting it per
      phase-ampere instead (so that a single-phase car would come first on a short phase) was
      measured and lost energy and completed sessions (bench/README.md): ``EARLY_PER_PHASE``.
+  4. fewer pauses: a car charging now (``PlanSession.charging``) gets ``STICKY_BONUS`` per Wh in
+     the first slot, so among otherwise equal plans it goes on rather than pausing.
 A need below one slot at the minimum current is given one slot at its minimum (``meet_minimums``).
 (A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
 max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)

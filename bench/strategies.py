@@ -109,8 +109,8 @@ def allocator_alone(p: Present) -> np.ndarray:
 
 
 FORECAST_AS = "bid"
-"""How the arrival forecast reaches the plan: ``bid`` (``plan(expected_a=...)``) or ``reserve``
-(the capacity less ``RESERVE_SHARE`` of it, as before)."""
+"""How the arrival forecast reaches the plan: ``bid`` (``plan(expected_a=...)``; a checkout
+without it reserves) or ``reserve`` (the capacity less ``RESERVE_SHARE`` of it, as before)."""
 
 
 def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, history_days: float = 1.0,
@@ -141,11 +141,11 @@ def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, histor
         mip = {"mip_s": 0.0} if "mip_s" in plan.__code__.co_varnames else {}
         capacity = p.capacity_ahead
         if history:
-            from forecast.arrivals import RESERVE_SHARE, expected_load_a
+            from forecast.arrivals import BID_SCALE, RESERVE_SHARE, expected_load_a
 
             expected = expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
-            if FORECAST_AS == "bid":
-                mip["expected_a"] = expected
+            if FORECAST_AS == "bid" and "expected_a" in plan.__code__.co_varnames:
+                mip["expected_a"] = BID_SCALE * expected  # (as balancer.planning does)
             else:
                 capacity = capacity.copy()  # the slot of now: the cars here
                 capacity[1:] = np.maximum(capacity[1:] - RESERVE_SHARE * expected[1:], 0.0)
