@@ -70,7 +70,7 @@ def worker(args: argparse.Namespace) -> None:
     strategies.FACTORIES["our LP + allocator"] = lambda: strategies.make_lp_plus_allocator(**churn)
     forecast_sites = set(args.forecast_sites.split(",")) if args.forecast_days else set()
     for variant, scale, sleepy in (("normal", 1.0, 0.0), ("tight", args.tight, 0.0), ("sleepy", 1.0, args.sleepy)):
-        if variant == "sleepy" and not sleepy:
+        if (variant == "sleepy" and not sleepy) or variant not in args.variants.split(","):
             continue
         for kind in args.sites.split(","):
             for seed in range(1, args.seeds + 1):
@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--tight", type=float, default=0.8)
     parser.add_argument("--sleepy", type=float, default=0.2, help="share of cars that fall asleep at a pause (0: no such variant)")
     parser.add_argument("--sites", default=",".join(SITES))
+    parser.add_argument("--variants", default="normal,tight,sleepy", help="of normal, tight, sleepy")
     parser.add_argument("--baseline-rev", default="main")
     parser.add_argument("--set", action="append", help="planner constant for this checkout, e.g. PROTECT_SHARE=0")
     parser.add_argument("--forecast-days", type=int, default=0,
