@@ -1,4 +1,5 @@
-"""The arrival forecast as bids for the capacity ahead (``balancer.plan_expected``)."""
+"""The arrival forecast as bids for the capacity ahead (``balancer.plan_expected``), and the car
+charging now going on among equal plans (``STICKY_BONUS``)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,25 @@ def test_among_equal_plans_the_car_charging_now_goes_on() -> None:
         out = plan(site, np.full((16, 3), 16.0), cars, T0)
         assert out.plan is not None
         assert out.plan.limit_a[on, 0] == 16.0 and out.plan.limit_a[1 - on, 0] == 0.0
+
+
+def test_the_controller_plans_the_car_it_gave_current_as_charging() -> None:
+    from balancer.control import Controller, slot_floor
+    from balancer.events import ChargerOnline, NeedsUpdated, SessionStarted
+    from balancer.model import ControlSettings
+
+    chargers = tuple(Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0) for i in range(2))
+    site = Site(id="s", voltage_v=230.0, grid_limit_a=16.0, fallback_kw=0.0, circuits=(), chargers=chargers)
+    ctrl = Controller(site, ControlSettings())
+    ctrl.set_capacity(slot_floor(T0), np.full((96, 3), 16.0), ["forecast"] * 96)
+    for cid in ("CP0", "CP1"):
+        ctrl.handle(ChargerOnline(cid, T0, "ocpp1.6"))
+        ctrl.handle(SessionStarted(cid, T0, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
+        ctrl.handle(NeedsUpdated(cid, T0, energy_wh=16.0 * 3 * 230.0 * 2, departure=T0 + timedelta(hours=4)))
+    request = ctrl.plan_request(T0)
+    assert not any(s.charging for s in request.sessions)
+    ctrl.accept_plan(plan(request.topology, request.capacity_a, list(request.sessions), request.start))
+    limits = {c.charger_id: c.limit_a for c in ctrl.decide(T0)}
+    later = ctrl.plan_request(T0 + timedelta(minutes=5))
+    assert {s.charger_id: s.charging for s in later.sessions} == {cid: limits[cid] > 0 for cid in ("CP0", "CP1")}
+    assert any(s.charging for s in later.sessions)
