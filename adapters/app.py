@@ -105,6 +105,8 @@ class Service:
                     pusher.seed_allowed(max(state.held_a, state.limit_a, state.held_idle_a or 0.0))
                 if pusher is not None and not state.obeys:
                     pusher.restore_flag(state.draw_a)
+                if pusher is not None:
+                    pusher.verified = state.verified
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from adapters.ocpp.push_plan import LimitPlan
 from adapters.ocpp.steps import Periods, peak_between, value_at
 from adapters.ocpp.trusted_call import call_trusted
+from balancer.charger_state import IDLE_DRAW_A
 from balancer.events import MeterSample, ObedienceChanged
 
 __all__ = ["OBEY_GRACE_S", "READ_BACK_DELAY_S", "TRUST_AFTER_S", "Obedience"]
@@ -41,6 +42,10 @@ READ_BACK_MAX_WAIT_S = 30.0
 
 class Obedience(LimitPlan):
     """Readings and read-backs against what the charger holds (module docstring)."""
+
+    verified = False
+    """A reading has shown it keeps a limit it was sent (``ChargerState.verified``; after a restart
+    the controller's persisted value): told to the controller once."""
 
     def _allowed_periods(self) -> Periods | None:
         """The schedule of the profile the car draws by now (None: not known)."""
@@ -156,18 +161,33 @@ class Obedience(LimitPlan):
             # charger drawing 32 A under a 30 A limit is within the tolerance, not following it.
             self._follow_n = 0
             return
+        if self.obeys and not self.verified and self._link_tx() is not None and drawn > IDLE_DRAW_A \
+                and allowed < self.link.charger.max_current_a - OBEY_TOLERANCE_A:
+            self._verify(drawn, allowed)
         if self._follow_n == 0:
             self._follow_since = now.timestamp()
         self._follow_n += 1
         if not self.obeys and not self.refusing and self._follow_n >= TRUST_SAMPLES \
                 and now.timestamp() - self._follow_since >= TRUST_AFTER_S:
-            self._set_obeys(True, drawn, f"has followed its limit for {now.timestamp() - self._follow_since:.0f} s")
+            self._set_obeys(True, drawn, f"has followed its limit for {now.timestamp() - self._follow_since:.0f} s",
+                            verified=True)
 
-    def _set_obeys(self, obeys: bool, draw_a: float, detail: str, *, by: str | None = None) -> None:
+    def _verify(self, drawn: float, allowed: float) -> None:
+        """Its car draws and stays within a limit below the charger's maximum: it keeps the limits
+        it is sent, so its sessions need no longer be reserved at its maximum (``verified``)."""
+        self.verified = True
+        detail = f"keeps its limit: draws {drawn:.1f} A under {allowed:.1f} A"
+        log.info("charger %s %s", self.link.charger_id, detail)
+        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), True, drawn, detail, verified=True))
+
+    def _set_obeys(self, obeys: bool, draw_a: float, detail: str, *, by: str | None = None,
+                   verified: bool = False) -> None:
+        """``verified``: trusted again from its readings, which shows it keeps its limits."""
         if obeys == self.obeys:
             return
         self.obeys = obeys
         self._flagged_by = None if obeys else by
+        self.verified = self.verified or verified
         log.warning("charger %s %s: %s", self.link.charger_id, "obeys" if obeys else "does NOT obey", detail)
-        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), obeys, draw_a, detail))
+        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), obeys, draw_a, detail, verified=verified))
 
