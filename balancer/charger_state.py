@@ -147,9 +147,11 @@ def apply_event(state: ChargerState, charger: Charger, event: ChargerEvent) -> b
     elif isinstance(event, ProfileResult):
         take_profile_result(state, event)
     elif isinstance(event, ObedienceChanged):
+        verified = event.obeys and event.verified and not state.verified
         state.obeys = event.obeys
-        state.verified = state.verified or (event.obeys and event.verified)
+        state.verified = state.verified or verified
         state.draw_a = event.draw_a
+        return verified  # its reserve at its maximum ends: the plan had that capacity taken off
     elif isinstance(event, ExternalCapSet):
         if event.transaction_id is not None and event.transaction_id != state.transaction_id:
             return False  # a cap for a session that has ended
