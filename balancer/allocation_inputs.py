@@ -93,15 +93,18 @@ def unverified_mask(ctl: Controller) -> npt.NDArray[np.bool_]:
     return np.array([unverified(ctl.states[cid]) for cid in ctl.topology.charger_ids], dtype=bool)
 
 
-def reserved_a(ctl: Controller, now: datetime, *, count_unverified: bool = True) -> tuple[FloatArray, FloatArray]:
-    """Per-charger current that is not ours to move (offline, disobedient, and with
-    ``count_unverified`` a session on a charger never seen keeping a limit: its maximum, as a
-    charger that accepts its limits and ignores them would draw) and its phase mask."""
+def reserved_a(ctl: Controller, now: datetime, *,
+               at_max: npt.NDArray[np.bool_] | None = None) -> tuple[FloatArray, FloatArray]:
+    """Per-charger current that is not ours to move (offline, disobedient, and the chargers of
+    ``at_max``, by default every session on a charger never seen keeping a limit: its maximum,
+    as a charger that accepts its limits and ignores them would draw) and its phase mask."""
     topo = ctl.topology
     reserve = np.zeros(topo.n_chargers)
+    if at_max is None:
+        at_max = unverified_mask(ctl)
     for i, cid in enumerate(topo.charger_ids):
         state = ctl.states[cid]
-        if count_unverified and unverified(state):
+        if at_max[i]:
             reserve[i] = float(topo.max_current_a[i])
         elif not state.connected:
             # Not under control (offline, or connected and not yet booted and read): what it
@@ -150,10 +153,10 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
 
 
 def node_capacity(ctl: Controller, now: datetime, *,
-                  count_unverified: bool = True) -> tuple[FloatArray, FloatArray, str]:
+                  at_max: npt.NDArray[np.bool_] | None = None) -> tuple[FloatArray, FloatArray, str]:
     """(n_nodes, 3) capacity now less reserved loads [A], the capacity in force and its source
-    (``count_unverified``: see ``reserved_a``). Sets ``ctl.meter_view`` (what the schedules ahead
-    of this decision read)."""
+    (``at_max``: see ``reserved_a``). Sets ``ctl.meter_view`` (what the schedules ahead of this
+    decision read)."""
     topo = ctl.topology
     cap_now, source = ctl.capacity_now(now)
     capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
@@ -162,7 +165,7 @@ def node_capacity(ctl: Controller, now: datetime, *,
     if ctl.meter_view is not None:
         # The chargers share what the non-EV load leaves of the connection (DESIGN 3.8).
         capacity[0, :] = np.minimum(topo.node_limit_a[0], cap_now - ctl.meter_view.cut_a)
-    reserve, mask = reserved_a(ctl, now, count_unverified=count_unverified)
+    reserve, mask = reserved_a(ctl, now, at_max=at_max)
     reserved = np.asarray(topo.ancestors @ (reserve[:, None] * mask)) if topo.n_chargers else np.zeros((1, 3))
     capacity -= reserved
     # What the connection lacks with no charger drawing, for V2X discharge (balancer.v2x).

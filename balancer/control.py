@@ -256,12 +256,16 @@ class Controller:
         if self._last_slot != slot:
             self._last_slot = slot
             self._replan_due = True
-        unverified = inputs.unverified_mask(self)
-        open_capacity = inputs.node_capacity(self, now, count_unverified=False)[0] if unverified.any() else None
-        capacity, _, _ = inputs.node_capacity(self, now)
         self._watch_sleep(now)
-        min_a, max_a, urgency, mask, max_code = inputs.allowance(self, now)
         sleeping = self.sleep.sleeping(now.timestamp())  # its capacity goes to the others
+        # A session on a charger never seen keeping a limit is reserved at its maximum (not while
+        # its car is found asleep: that draws nothing, and the others would wait for it).
+        unverified = inputs.unverified_mask(self) & ~sleeping
+        open_capacity = None
+        if unverified.any():
+            open_capacity = inputs.node_capacity(self, now, at_max=np.zeros_like(unverified))[0]
+        capacity, _, _ = inputs.node_capacity(self, now, at_max=unverified)
+        min_a, max_a, urgency, mask, max_code = inputs.allowance(self, now)
         max_a, max_code = np.where(sleeping, 0.0, max_a), np.where(sleeping, _CAR_ASLEEP, max_code)
         request = AllocationRequest(
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
