@@ -101,10 +101,12 @@ class Service:
         for controller in self.controllers.values():  # flags and held limits survive a restart
             for cid, state in controller.states.items():
                 pusher = self.ocpp.links[cid].pusher if cid in self.ocpp.links else None
-                if pusher is not None and state.held_known:
-                    pusher.seed_allowed(max(state.held_a, state.limit_a, state.held_idle_a or 0.0))
+                if pusher is not None:
+                    pusher.seed_allowed()
                 if pusher is not None and not state.obeys:
                     pusher.restore_flag(state.draw_a)
+                if pusher is not None:
+                    pusher.verified = state.verified
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from balancer.control import Controller, slot_floor
-from balancer.events import ChargerOnline, MeterSample, NeedsUpdated, SessionStarted, SessionStopped
+from balancer.events import MeterSample, NeedsUpdated, SessionStarted, SessionStopped
 from balancer.model import Charger, ControlSettings, Site
 from forecast.arrivals import BID_SCALE, PastSession, SessionHistory, expected_load_a
+from tests.balancer.chargers import online
 
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 THREE = (True, True, True)
@@ -93,7 +94,7 @@ def test_the_controller_learns_sessions_and_keeps_room_for_the_evening_arrivals(
     ctrl = Controller(site(), ControlSettings(arrival_forecast_days=7))
     # A week of evenings: a car plugs into CP1 at 18:00 and takes 22 kWh by 20:00.
     for s in sorted(evenings(7), key=lambda s: s.arrival):
-        ctrl.handle(ChargerOnline("CP1", s.arrival, "ocpp1.6"))
+        online(ctrl, "CP1", s.arrival, "ocpp1.6")
         ctrl.handle(SessionStarted("CP1", s.arrival, transaction_id=f"tx{s.arrival.day}", meter_start_wh=0.0))
         ctrl.handle(MeterSample("CP1", s.departure, energy_wh=s.energy_wh))
         ctrl.handle(SessionStopped("CP1", s.departure, transaction_id=f"tx{s.arrival.day}", meter_stop_wh=s.energy_wh))
@@ -101,7 +102,7 @@ def test_the_controller_learns_sessions_and_keeps_room_for_the_evening_arrivals(
     assert ctrl.history.sessions[0].energy_wh == 22080.0  # type: ignore[index]
     noon = MONDAY + timedelta(hours=12)
     ctrl.set_capacity(slot_floor(noon), np.full((96, 3), 32.0), ["forecast"] * 96)
-    ctrl.handle(ChargerOnline("CP0", noon, "ocpp1.6"))
+    online(ctrl, "CP0", noon, "ocpp1.6")
     ctrl.handle(SessionStarted("CP0", noon, transaction_id="today", meter_start_wh=0.0))
     ctrl.handle(NeedsUpdated("CP0", noon, energy_wh=30000.0, departure=noon + timedelta(hours=10)))
     request = ctrl.plan_request(noon)
