@@ -168,6 +168,12 @@ async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_b
         assert ocpi_callbacks_sent(owner) >= 2 and ocpi_callbacks_sent(other) == 0
         status, body, _ = await party.put_profile("CP0-0-nope", 10.0)  # the owner does not know it either
         assert status == 200 and body["data"]["result"] == "UNKNOWN_SESSION", (status, body)
+
+        assert owner.proc is not None
+        owner.proc.kill()  # no owner until the other instance takes s0 over: refused, saying why
+        await asyncio.sleep(0.3)
+        status, body, _ = await party.put_profile(session, 8.0)
+        assert status == 503 and body["status_code"] == 3000 and "try again" in body["status_message"], body
     finally:
         if sim is not None:
             await sim.stop()
