@@ -151,6 +151,10 @@ async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_b
         print(f"cap set on the other instance, held by the charger after {time.monotonic() - sent:.2f} s")
         (state,) = (await asyncio.to_thread(site_json, owner, "s0"))["chargers"]
         assert state["external_cap_a"] == 10.0 and state["limit_a"] <= 10.0, state
+        status, body, read = await party.get_profile(session, 900)  # the owner's schedule, under the cap
+        assert body["data"]["result"] == "ACCEPTED", (status, body)
+        periods = (await party.wait_result(read))["profile"]["charging_profile"]["charging_profile_period"]
+        assert periods[0]["start_period"] == 0 and periods[0]["limit"] <= 10.0, periods
 
         departure = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=4)
         status, body = await party.put_preferences(session, departure=departure, energy_kwh=20)
@@ -164,8 +168,8 @@ async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_b
         await asyncio.to_thread(wait_for, lambda: held(sim) >= 25, 10, "the cap to be lifted")
 
         await asyncio.sleep(2.0)  # a second delivery of any result would have come by now
-        assert party.result_posts == {request_id: 1, cleared: 1}, party.result_posts
-        assert ocpi_callbacks_sent(owner) >= 2 and ocpi_callbacks_sent(other) == 0
+        assert party.result_posts == {request_id: 1, read: 1, cleared: 1}, party.result_posts
+        assert ocpi_callbacks_sent(owner) >= 3 and ocpi_callbacks_sent(other) == 0
         status, body, _ = await party.put_profile("CP0-0-nope", 10.0)  # the owner does not know it either
         assert status == 200 and body["data"]["result"] == "UNKNOWN_SESSION", (status, body)
 
