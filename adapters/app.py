@@ -161,7 +161,8 @@ class Service:
                          listen_host=self.config.http.host,
                          max_body_bytes=lambda: self.config.http.max_body_bytes,
                          meter_sink=self.meters, now=self.now,
-                         forward=None if self.cluster is None else self.cluster.remote_view)
+                         forward=None if self.cluster is None else self.cluster.remote_view,
+                         meter_forward=None if self.cluster is None else self.cluster.remote_meter)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from adapters.clock import utc_now
 from adapters.http_body import BadBody, error_response, loads, read_body, token_matches
-from adapters.meter.push import MeterSink, meter_push_handler
+from adapters.meter.push import Forward, MeterSink, meter_push_handler
 from adapters.status_page import add_status_page_routes
 
 __all__ = ["AdminBackend", "add_admin_routes"]
@@ -56,13 +56,15 @@ def _is_loopback(host: str) -> bool:
 def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token: str | None,
                      listen_host: str, max_body_bytes: int | Callable[[], int] = 1_048_576,
                      meter_sink: MeterSink | None = None, now: Callable[[], datetime] = utc_now,
-                     forward: Callable[[str, str], Awaitable[dict[str, Any] | None]] | None = None) -> None:
+                     forward: Callable[[str, str], Awaitable[dict[str, Any] | None]] | None = None,
+                     meter_forward: Forward | None = None) -> None:
     """Register ``/healthz``, ``/metrics``, ``/api/v1/...`` and the status page on ``app``.
 
     ``max_body_bytes``: the limit, or a function reading it from the running config (a reload
     that changes ``http.max_body_bytes`` then applies here as it does to the OSCP endpoint).
     ``forward(kind, site_id)``: cluster mode, the ``site`` or ``plan`` JSON from the site's owner
-    when another instance controls it (None: serve the local one).
+    when another instance controls it (None: serve the local one); ``meter_forward``: cluster
+    mode, a pushed meter reading handed to the site's owner (``adapters.meter.push.Forward``).
     """
     loopback = _is_loopback(listen_host)
 
@@ -141,7 +143,7 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
     app.router.add_post("/api/v1/sessions/{charger_id}/needs", guard(needs, write=True))
     if meter_sink is not None:
         app.router.add_post("/api/v1/sites/{site_id}/meter",
-                            guard(meter_push_handler(meter_sink, now, max_body_bytes), write=True))
+                            guard(meter_push_handler(meter_sink, now, max_body_bytes, meter_forward), write=True))
 
 
 _NEEDS_KEYS = {"energy_wh", "departure", "max_current_a", "phases", "discharge_allowed"}

@@ -11,6 +11,8 @@ hold. When it loses one, every push still under way for that site is cancelled a
 Charger events go to the site's owner: handled here when this instance controls the site, else
 published on NATS. Schedules go to the charger's gateway (the instance that sent its last event):
 phase 1 (decreases) on every gateway, then phase 2 (increases), see ``adapters.cluster.bus``.
+A meter reading pushed over HTTP and an OCPI command on a session reach the site's owner the same
+way (request/reply), and the caller gets the owner's answer.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from adapters.cluster.bus import GONE, Bus
+from adapters.cluster.bus import GONE, METER_TIMEOUT_S, OCPI_TIMEOUT_S, Bus
 from adapters.cluster.ownership import SiteOwnership
 from adapters.cluster.pg_store import PgStore
+from adapters.http_body import error_body
+from adapters.meter.push import Currents, MeterPushRefused
 from balancer.events import ChargerOffline, ChargerSchedule, Event
 from balancer.model import ClusterSettings, Config
 
@@ -69,9 +74,10 @@ class ClusterNode:
         if service.ocpi is not None:  # ActiveChargingProfile updates: by the owner, from every stored cap
             service.ocpi.controls = self.controls
             service.ocpi.refresh = lambda prefix: self.store.refresh(prefix=prefix)
+            service.ocpi.forward = self.remote_ocpi  # caps and preferences: applied by the site's owner
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
                        on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s,
-                       on_view=self._view)
+                       on_view=self._view, answers={"meter": self._meter, "ocpi": self._ocpi})
         await self.bus.start()
         await self.ownership.start()
 
@@ -165,6 +171,58 @@ class ClusterNode:
                 self.service.controllers[site_id].restore(saved)
             self.service.fp.reload(site_id)
             self.service.refresh_capacity(site_id)
+
+    # ----------------------------------------------------------------- asked of the owner
+    async def remote_meter(self, site_id: str, current_a: Currents, at: datetime) -> tuple[int, dict[str, Any]] | None:
+        """A pushed meter reading of a site another instance controls: (HTTP status, body) of its
+        owner's answer, 503 naming why when none came; None when this instance controls the site."""
+        if self.controls(site_id) or self.bus is None:
+            return None
+        reply = await self.bus.ask(site_id, "meter", {"current_a": list(current_a), "at": {"$dt": at.isoformat()}},
+                                   METER_TIMEOUT_S)
+        if isinstance(reply, dict) and isinstance(reply.get("status"), int) and isinstance(reply.get("body"), dict):
+            return reply["status"], reply["body"]
+        why = reply if isinstance(reply, str) else "the site's owner answered nonsense"
+        log.warning("site %s: pushed meter reading not taken: %s", site_id, why)
+        return 503, error_body(503, f"site {site_id}: {why}; push the reading again", "site_id")
+
+    async def _meter(self, site_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.controls(site_id):
+            return {"status": 503, "body": error_body(503, f"site {site_id}: instance {self.instance_id} no longer "
+                                                           "controls it; push the reading again", "site_id")}
+        try:
+            raw = body["current_a"]
+            current_a: Currents = (raw[0], raw[1], raw[2])
+            at = datetime.fromisoformat(body["at"]["$dt"])
+            self.service.meters.push_reading(site_id, current_a, at)
+        except MeterPushRefused as exc:
+            return {"status": exc.status, "body": error_body(exc.status, exc.message, exc.field)}
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            return {"status": 400, "body": error_body(400, f"bad forwarded reading: {exc!r}")}
+        return {"status": 202, "body": {"site": site_id, "accepted": True, "at": at.isoformat()}}
+
+    async def remote_ocpi(self, site_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """An OCPI session command run by the site's owner: its reply, or a 503 naming why none came."""
+        assert self.bus is not None
+        reply = await self.bus.ask(site_id, "ocpi", message, OCPI_TIMEOUT_S)
+        if isinstance(reply, dict) and {"status", "status_code", "message", "field", "data"} <= set(reply):
+            return reply
+        why = reply if isinstance(reply, str) else "the site's owner answered nonsense"
+        log.warning("site %s: OCPI %s not run: %s", site_id, message.get("op"), why)
+        return {"status": 503, "status_code": 3000, "message": f"site {site_id}: {why}; try again",
+                "field": None, "data": None}
+
+    async def _ocpi(self, site_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        ocpi = self.service.ocpi
+        if ocpi is None or not self.controls(site_id):
+            return {"status": 503, "status_code": 3000, "field": None, "data": None,
+                    "message": f"site {site_id}: instance {self.instance_id} no longer controls it; try again"}
+        try:
+            reply: dict[str, Any] = await ocpi.command(message)
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"status": 400, "status_code": 2001, "message": f"bad forwarded command: {exc!r}",
+                    "field": None, "data": None}
+        return reply
 
     # ----------------------------------------------------------------- commands out
     async def apply(self, site_id: str, schedules: list[ChargerSchedule]) -> None:

@@ -132,9 +132,9 @@ class PgStore(MemoryFirstStore):
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._failed(exc, self.clock())
             return False
-        if prefix is not None:
-            wanted |= {k for k in self._kv if k.startswith(prefix)}
         found = {str(k): str(v) for k, v in rows}
+        if prefix is not None:  # the keys under it here (some deleted since) and in the database (some new)
+            wanted |= {k for k in self._kv if k.startswith(prefix)} | set(found)
         for key in wanted - self._kv_pending:
             if key in found:
                 self._kv[key] = found[key]

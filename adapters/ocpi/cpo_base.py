@@ -99,6 +99,10 @@ class CpoBase:
         """Cluster mode: whether this instance controls a site (only its owner sends the site's updates)."""
         self.refresh: Callable[[str], bool] = lambda prefix: False
         """Cluster mode: read the keys under a prefix again (records other instances wrote); True when read."""
+        self.forward: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        """Cluster mode: a session command (``OcpiCpo.command``'s message) run by the owner of the
+        session's site, and its reply; set by the cluster node."""
+        self._charger_site = {c.id: s.id for s in config.sites for c in s.chargers}
         self._waiting: set[int] = set()
         self._id_tags: dict[str, str] = {}
         self._sessions: dict[str, tuple[str, str]] = {}
@@ -130,6 +134,15 @@ class CpoBase:
             parties[party["key"]] = party
             by_token[token_hash(party["token_in"])] = party["key"]
         self.parties, self._by_token = parties, by_token
+
+    def _site_of_session(self, session_id: str) -> str | None:
+        """The site of the charger a session id (``{charger_id}-{transaction_id}``) names, if any."""
+        cid = session_id
+        while "-" in cid:
+            cid = cid.rsplit("-", 1)[0]
+            if cid in self._charger_site:
+                return self._charger_site[cid]
+        return None
 
     def _token_a(self, token: str) -> str | None:
         """The configured token A ``token`` is, if it is one and has not been used yet."""

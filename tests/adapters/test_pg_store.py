@@ -44,6 +44,10 @@ def test_instances_write_their_own_keys_and_read_each_others_on_refresh(pg_url: 
     assert a.get_json("controller:south") == {"CP9": "b"} and a.get_json("forecast:south") == {"kw": 1}
     b.delete_json("controller:south")
     assert a.refresh(prefix="controller:") and a.keys("controller:") == ["controller:north"]
+    b.put_json("controller:west", {"CP5": "b"})  # a key new to ``a``: a prefix's refresh reads it too
+    assert a.refresh(prefix="controller:") and a.keys("controller:") == ["controller:north", "controller:west"]
+    b.delete_json("controller:west")
+    assert a.refresh(prefix="controller:") and a.keys("controller:") == ["controller:north"]
     assert a.flush()
     a.close()
     b.close()
