@@ -155,8 +155,10 @@ class ClusterNode:
 
     async def remote_view(self, kind: str, site_id: str) -> dict[str, Any] | None:
         """The owner's live view for an admin read here (None: this instance controls the site, or
-        no owner answered: the caller serves ``refresh_view``'s snapshot)."""
-        if self.controls(site_id) or self.bus is None or self.owner(site_id) is None:
+        no owner answered: the caller serves ``refresh_view``'s snapshot). Asked even while this
+        instance's copy of the ownership table names no owner (it lags the locks by up to a tick):
+        with no owner subscribed, NATS answers "no responders" at once."""
+        if self.controls(site_id) or self.bus is None:
             return None
         return await self.bus.view(site_id, kind)
 
