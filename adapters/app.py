@@ -101,24 +101,28 @@ class Service:
         for controller in self.controllers.values():  # flags and held limits survive a restart
             for cid, state in controller.states.items():
                 pusher = self.ocpp.links[cid].pusher if cid in self.ocpp.links else None
-                if pusher is not None and state.held_known:
-                    pusher.seed_allowed(max(state.held_a, state.limit_a, state.held_idle_a or 0.0))
+                if pusher is not None:
+                    pusher.seed_allowed()
                 if pusher is not None and not state.obeys:
                     pusher.restore_flag(state.draw_a)
+                if pusher is not None:
+                    pusher.verified = state.verified
         self.influx: Any = None
         if config.influxdb is not None:
             from adapters.influx import InfluxSink
 
-            self.influx = InfluxSink(config.influxdb, spill_dir=self.state_dir / "influx-spill")
+            self.influx = InfluxSink(config.influxdb, spill_dir=self.state_dir / "influx-spill",
+                                     controls=None if self.cluster is None else self._controls)
         self.oscp_client: Any = None
         self.meters = MeterHub(config, self.controllers, self.store, now=now, urgent=self._capacity_changed,
-                               wake=self._wake_soon)
+                               wake=self._wake_soon, controls=self._controls)
         if config.oscp.capacity_provider is not None:
             from adapters.oscp.client import OscpClient
 
             self.oscp_client = OscpClient(config, self.store, now=now,
                                           site_energy_wh=self._site_energy_wh,
-                                          site_import_wh=self.meters.energy_wh)
+                                          site_import_wh=self.meters.energy_wh,
+                                          **({} if self.cluster is None else {"controls": self.cluster.speaks_for}))
             client = self.oscp_client
             self.fp.on_handshake = lambda body, request_id: client.handshake_acknowledge(request_id)
         self._wake = asyncio.Event()
@@ -156,7 +160,9 @@ class Service:
         add_admin_routes(app, self, admin_token=self.config.http.admin_token,
                          listen_host=self.config.http.host,
                          max_body_bytes=lambda: self.config.http.max_body_bytes,
-                         meter_sink=self.meters, now=self.now)
+                         meter_sink=self.meters, now=self.now,
+                         forward=None if self.cluster is None else self.cluster.remote_view,
+                         meter_forward=None if self.cluster is None else self.cluster.remote_meter)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)

@@ -6,6 +6,7 @@ configured only the read-only GETs are served, and only when the listener is on 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from adapters.clock import utc_now
 from adapters.http_body import BadBody, error_response, loads, read_body, token_matches
-from adapters.meter.push import MeterSink, meter_push_handler
+from adapters.meter.push import Forward, MeterSink, meter_push_handler
 from adapters.status_page import add_status_page_routes
 
 __all__ = ["AdminBackend", "add_admin_routes"]
@@ -54,11 +55,16 @@ def _is_loopback(host: str) -> bool:
 
 def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token: str | None,
                      listen_host: str, max_body_bytes: int | Callable[[], int] = 1_048_576,
-                     meter_sink: MeterSink | None = None, now: Callable[[], datetime] = utc_now) -> None:
+                     meter_sink: MeterSink | None = None, now: Callable[[], datetime] = utc_now,
+                     forward: Callable[[str, str], Awaitable[dict[str, Any] | None]] | None = None,
+                     meter_forward: Forward | None = None) -> None:
     """Register ``/healthz``, ``/metrics``, ``/api/v1/...`` and the status page on ``app``.
 
     ``max_body_bytes``: the limit, or a function reading it from the running config (a reload
     that changes ``http.max_body_bytes`` then applies here as it does to the OSCP endpoint).
+    ``forward(kind, site_id)``: cluster mode, the ``site`` or ``plan`` JSON from the site's owner
+    when another instance controls it (None: serve the local one); ``meter_forward``: cluster
+    mode, a pushed meter reading handed to the site's owner (``adapters.meter.push.Forward``).
     """
     loopback = _is_loopback(listen_host)
 
@@ -82,17 +88,25 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response(backend.health())
 
+    async def view(kind: str, site_id: str) -> dict[str, Any] | None:
+        if site_id not in backend.site_ids():
+            return None
+        remote = None if forward is None else await forward(kind, site_id)
+        if remote is not None:
+            return remote
+        return backend.site_json(site_id) if kind == "site" else backend.plan_json(site_id)
+
     async def sites(request: web.Request) -> web.Response:
-        return web.json_response([backend.site_json(sid) for sid in backend.site_ids()])
+        return web.json_response(await asyncio.gather(*(view("site", sid) for sid in backend.site_ids())))
 
     async def site(request: web.Request) -> web.Response:
-        body = backend.site_json(request.match_info["site_id"])
+        body = await view("site", request.match_info["site_id"])
         if body is None:
             return _error(404, f"unknown site {request.match_info['site_id']!r}", "site_id")
         return web.json_response(body)
 
     async def plan(request: web.Request) -> web.Response:
-        body = backend.plan_json(request.match_info["site_id"])
+        body = await view("plan", request.match_info["site_id"])
         if body is None:
             return _error(404, f"unknown site {request.match_info['site_id']!r}", "site_id")
         return web.json_response(body)
@@ -129,7 +143,7 @@ def add_admin_routes(app: web.Application, backend: AdminBackend, *, admin_token
     app.router.add_post("/api/v1/sessions/{charger_id}/needs", guard(needs, write=True))
     if meter_sink is not None:
         app.router.add_post("/api/v1/sites/{site_id}/meter",
-                            guard(meter_push_handler(meter_sink, now, max_body_bytes), write=True))
+                            guard(meter_push_handler(meter_sink, now, max_body_bytes, meter_forward), write=True))
 
 
 _NEEDS_KEYS = {"energy_wh", "departure", "max_current_a", "phases", "discharge_allowed"}

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["ERROR_CODES", "MAX_JSON_DEPTH", "BadBody", "error_response", "loads", "read_body", "redact",
+__all__ = ["ERROR_CODES", "MAX_JSON_DEPTH", "BadBody", "error_body", "error_response", "loads", "read_body", "redact",
            "token_matches"]
 
 MAX_JSON_DEPTH = 32
@@ -47,10 +47,16 @@ def error_response(status: int, message: str, field: str | None = None, *,
 
     ``code`` is a stable word for the status (``ERROR_CODES``) that clients can branch on.
     """
+    return web.json_response(error_body(status, message, field, extra=extra), status=status)
+
+
+def error_body(status: int, message: str, field: str | None = None, *,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body of ``error_response`` (for an answer made on another instance of a cluster)."""
     body: dict[str, Any] = {"message": message, "code": ERROR_CODES.get(status, "error"), **(extra or {})}
     if field is not None:
         body["field"] = field
-    return web.json_response(body, status=status)
+    return body
 
 
 def token_matches(given: str, expected: str | None) -> bool:

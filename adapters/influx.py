@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,16 @@ def _write_private(path: Path, text: str) -> None:
 class InfluxSink:
     """See the module docstring."""
 
-    def __init__(self, settings: InfluxSettings, spill_dir: Path) -> None:
+    def __init__(self, settings: InfluxSettings, spill_dir: Path, *,
+                 controls: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
+        self.controls = controls
+        """Cluster mode: a point tagged with a site is written only while this instance controls it."""
         self.spill_dir = Path(spill_dir)
         self.queue: deque[str] = deque()
         self.counters = {"written_points": 0, "failed_writes": 0, "dropped_points": 0, "spilled_points": 0}
+        if controls is not None:
+            self.counters["not_owned_points"] = 0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._client: Any = None
@@ -57,6 +63,11 @@ class InfluxSink:
     def write(self, points: list[Point] | list[str]) -> None:
         """Queue points (never blocks, never raises)."""
         for point in points:
+            if self.controls is not None and not isinstance(point, str):
+                site_id = point.tag_value("site")
+                if site_id is not None and not self.controls(site_id):
+                    self.counters["not_owned_points"] += 1  # the site's owner writes its series
+                    continue
             line = point if isinstance(point, str) else point.to_line_protocol()
             if line:
                 self.queue.append(line)

@@ -79,6 +79,9 @@ class Point:
         self._tags[key] = value
         return self
 
+    def tag_value(self, key: str) -> str | None:
+        return self._tags.get(key)
+
     def field(self, key: str, value: float | int | str | bool) -> Point:
         self._fields[key] = value
         return self

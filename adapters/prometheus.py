@@ -222,6 +222,7 @@ INFLUX_HELP = {
     "failed_writes": ("counter", "InfluxDB write attempts that failed (points kept and retried)"),
     "dropped_points": ("counter", "Points dropped: the memory buffer was full and spilling to disk failed"),
     "spilled_points": ("counter", "Points spilled to state_dir during an InfluxDB outage"),
+    "not_owned_points": ("counter", "Cluster mode: points of sites another instance controls, not written here"),
     "buffered": ("gauge", "Points waiting in memory to be written"),
     "spill_files": ("gauge", "Spill files waiting to be replayed"),
 }

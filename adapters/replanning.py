@@ -30,7 +30,8 @@ def solve(request: PlanRequest) -> SolveOutcome:
     try:
         return plan(request.topology, request.capacity_a, list(request.sessions), request.start,
                     budget_s=request.budget_s, fine_slots=request.fine_slots,
-                    deficit_a=request.deficit_a, export_room_a=request.export_room_a)
+                    deficit_a=request.deficit_a, export_room_a=request.export_room_a,
+                    expected_a=request.expected_a)
     except Exception as exc:  # the planner must never leave chargers without limits
         log.exception("planner failed")
         return SolveOutcome(status="error", plan=None, solver="none", seconds=0.0, message=repr(exc))

@@ -19,10 +19,10 @@ LOG_EVERY_S = 60.0
 class OutboxItem:
     """One message waiting to be delivered: ``POST {base_url}/{path}`` with ``body``."""
 
-    __slots__ = ("attempts", "body", "created", "headers", "id", "next_try", "path")
+    __slots__ = ("attempts", "body", "created", "headers", "id", "next_try", "path", "site_id")
 
     def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int,
-                 next_try: float = 0.0, created: float = 0.0) -> None:
+                 next_try: float = 0.0, created: float = 0.0, site_id: str | None = None) -> None:
         self.id = id
         self.path = path
         self.body = body
@@ -30,6 +30,8 @@ class OutboxItem:
         self.attempts = attempts
         self.next_try = next_try
         self.created = created
+        self.site_id = site_id
+        """The site the message is about (cluster mode: its owner delivers it); None: the whole deployment."""
 
 
 class MemoryFirstStore(ABC):
@@ -87,10 +89,10 @@ class MemoryFirstStore(ABC):
         return sorted(k for k in self._kv if k.startswith(prefix))
 
     # ----------------------------------------------------------------- outbox
-    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
+    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str], site_id: str | None = None) -> int:
         item_id = self._next_id
         self._next_id += 1
-        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, 0.0, self.clock())
+        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, 0.0, self.clock(), site_id)
         self._outbox_pending.add(item_id)
         self.flush()
         return item_id

@@ -6,6 +6,9 @@ Safety bookkeeping (DESIGN 4):
   its TxProfile, else its idle limit; its failsafe once that schedule ends or when nothing is
   known) reserved at every node above it until it reconnects;
 - a charger flagged as not obeying is reserved at what it really draws;
+- a charger in a session that was never seen keeping a limit (``unverified``) is reserved at its
+  maximum against the others, and itself held at most at its failsafe, until its first reading
+  shows it keeps that (once per charger: the verified status is persisted);
 - every charger's failsafe (TxDefaultProfile) is its share of ``fallback_kw`` found by the
   allocator itself, so all failsafes together respect ``fallback_kw``, the connection and fuses;
 - idle chargers get an *idle limit*: a share of what the chargers in a transaction leave over,
@@ -21,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer.allocate import AllocationRequest, allocate, code_number, node_load_a
-from balancer.charger_state import ChargerState, is_idle, wants_current
+from balancer.charger_state import ChargerState, is_idle, unverified, wants_current
 from balancer.model import LimitCode, Site
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from balancer.control import Controller
 
 __all__ = ["MEASUREMENT_FRESH_S", "Allowance", "allowance", "failsafe_limits", "idle_limits", "meter_now",
-           "node_capacity", "offline_reserve_a", "reserved_a", "reserved_load_a"]
+           "node_capacity", "offline_reserve_a", "reserved_a", "reserved_load_a", "unverified_mask"]
 
 FloatArray = npt.NDArray[np.float64]
 Allowance = tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.int8]]
@@ -85,13 +88,25 @@ def offline_reserve_a(ctl: Controller, i: int, state: ChargerState, now: datetim
     return state.held_a
 
 
-def reserved_a(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArray]:
-    """Per-charger current that is not ours to move (offline, disobedient) and its phase mask."""
+def unverified_mask(ctl: Controller) -> npt.NDArray[np.bool_]:
+    """(n,) bool: the chargers in a session never seen keeping a limit (``charger_state.unverified``)."""
+    return np.array([unverified(ctl.states[cid]) for cid in ctl.topology.charger_ids], dtype=bool)
+
+
+def reserved_a(ctl: Controller, now: datetime, *,
+               at_max: npt.NDArray[np.bool_] | None = None) -> tuple[FloatArray, FloatArray]:
+    """Per-charger current that is not ours to move (offline, disobedient, and the chargers of
+    ``at_max``, by default every session on a charger never seen keeping a limit: its maximum,
+    as a charger that accepts its limits and ignores them would draw) and its phase mask."""
     topo = ctl.topology
     reserve = np.zeros(topo.n_chargers)
+    if at_max is None:
+        at_max = unverified_mask(ctl)
     for i, cid in enumerate(topo.charger_ids):
         state = ctl.states[cid]
-        if not state.connected:
+        if at_max[i]:
+            reserve[i] = float(topo.max_current_a[i])
+        elif not state.connected:
             # Not under control (offline, or connected and not yet booted and read): what it
             # may hold, and in a session at least what it was last seen drawing.
             reserve[i] = offline_reserve_a(ctl, i, state, now)
@@ -137,9 +152,11 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
     return ctl.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
 
 
-def node_capacity(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArray, str]:
-    """(n_nodes, 3) capacity now less reserved loads [A], the capacity in force and its source.
-    Sets ``ctl.meter_view`` (what the schedules ahead of this decision read)."""
+def node_capacity(ctl: Controller, now: datetime, *,
+                  at_max: npt.NDArray[np.bool_] | None = None) -> tuple[FloatArray, FloatArray, str]:
+    """(n_nodes, 3) capacity now less reserved loads [A], the capacity in force and its source
+    (``at_max``: see ``reserved_a``). Sets ``ctl.meter_view`` (what the schedules ahead of this
+    decision read)."""
     topo = ctl.topology
     cap_now, source = ctl.capacity_now(now)
     capacity = np.repeat(topo.node_limit_a[:, None], 3, axis=1).astype(np.float64)
@@ -148,7 +165,7 @@ def node_capacity(ctl: Controller, now: datetime) -> tuple[FloatArray, FloatArra
     if ctl.meter_view is not None:
         # The chargers share what the non-EV load leaves of the connection (DESIGN 3.8).
         capacity[0, :] = np.minimum(topo.node_limit_a[0], cap_now - ctl.meter_view.cut_a)
-    reserve, mask = reserved_a(ctl, now)
+    reserve, mask = reserved_a(ctl, now, at_max=at_max)
     reserved = np.asarray(topo.ancestors @ (reserve[:, None] * mask)) if topo.n_chargers else np.zeros((1, 3))
     capacity -= reserved
     # What the connection lacks with no charger drawing, for V2X discharge (balancer.v2x).

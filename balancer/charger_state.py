@@ -26,7 +26,8 @@ from balancer.events import (
 from balancer.external_cap import cap_at
 from balancer.model import Charger
 
-__all__ = ["IDLE_DRAW_A", "ChargerEvent", "ChargerState", "apply_event", "is_idle", "state_name", "wants_current"]
+__all__ = ["IDLE_DRAW_A", "ChargerEvent", "ChargerState", "apply_event", "is_idle", "state_name", "unverified",
+           "wants_current"]
 
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
@@ -72,6 +73,9 @@ class ChargerState:
     idle_limit_a: float = 0.0
     limit_changed_at: datetime | None = None
     obeys: bool = True
+    verified: bool = False
+    """A reading has shown it keeps a limit it was sent (``ObedienceChanged`` with obeys): until
+    then a new session of it is reserved at the charger's maximum (``unverified``). Persisted."""
     draw_a: float | None = None
     last_push: dict[str, Any] | None = None
     external_cap: list[list[float]] | None = None
@@ -143,8 +147,11 @@ def apply_event(state: ChargerState, charger: Charger, event: ChargerEvent) -> b
     elif isinstance(event, ProfileResult):
         take_profile_result(state, event)
     elif isinstance(event, ObedienceChanged):
+        verified = event.obeys and event.verified and not state.verified
         state.obeys = event.obeys
+        state.verified = state.verified or verified
         state.draw_a = event.draw_a
+        return verified  # its reserve at its maximum ends: the plan had that capacity taken off
     elif isinstance(event, ExternalCapSet):
         if event.transaction_id is not None and event.transaction_id != state.transaction_id:
             return False  # a cap for a session that has ended
@@ -249,6 +256,12 @@ def take_profile_result(state: ChargerState, event: ProfileResult) -> None:
 def wants_current(state: ChargerState) -> bool:
     """Connected, in a transaction and following its profiles: the allocator serves it."""
     return state.connected and state.transaction_id is not None and state.obeys
+
+
+def unverified(state: ChargerState) -> bool:
+    """Connected, in a transaction, not flagged, and never seen keeping a limit: it may be a charger
+    that accepts its limits and ignores them, found only at its first reading."""
+    return state.connected and state.transaction_id is not None and state.obeys and not state.verified
 
 
 def is_idle(state: ChargerState) -> bool:

@@ -19,6 +19,7 @@ The controller only coordinates; each job has its own module:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer import allocation_inputs as inputs
-from balancer.allocate import Allocation, AllocationRequest, code_number
+from balancer.allocate import Allocation, AllocationRequest, allocate, code_number
 from balancer.charger_state import IDLE_DRAW_A, ChargerState, apply_event, is_idle, wants_current
 from balancer.churn import ChurnGuard, allocate_holding
 from balancer.events import CapacityUpdated, ChargerSchedule, Event, SessionStopped, SiteMeterReading, Tick
@@ -47,6 +48,15 @@ __all__ = ["INCREASE_LAG", "SLOT_S", "ChargerState", "Controller", "PlanRequest"
 
 FloatArray = npt.NDArray[np.float64]
 _CAR_ASLEEP = code_number(LimitCode.CAR_ASLEEP)
+
+
+def _merge(allocation: Allocation, first: Allocation, take_first: npt.NDArray[np.bool_]) -> Allocation:
+    """``allocation`` with the limits and reasons of ``first`` where ``take_first``."""
+    return replace(allocation, limit_a=np.where(take_first, first.limit_a, allocation.limit_a),
+                   paused=np.where(take_first, first.paused, allocation.paused),
+                   reason=np.where(take_first, first.reason, allocation.reason),
+                   reason_node=np.where(take_first, first.reason_node, allocation.reason_node),
+                   reason_phase=np.where(take_first, first.reason_phase, allocation.reason_phase))
 
 
 class Controller:
@@ -246,10 +256,16 @@ class Controller:
         if self._last_slot != slot:
             self._last_slot = slot
             self._replan_due = True
-        capacity, _, _ = inputs.node_capacity(self, now)
         self._watch_sleep(now)
-        min_a, max_a, urgency, mask, max_code = inputs.allowance(self, now)
         sleeping = self.sleep.sleeping(now.timestamp())  # its capacity goes to the others
+        # A session on a charger never seen keeping a limit is reserved at its maximum (not while
+        # its car is found asleep: that draws nothing, and the others would wait for it).
+        unverified = inputs.unverified_mask(self) & ~sleeping
+        open_capacity = None
+        if unverified.any():
+            open_capacity = inputs.node_capacity(self, now, at_max=np.zeros_like(unverified))[0]
+        capacity, _, _ = inputs.node_capacity(self, now, at_max=unverified)
+        min_a, max_a, urgency, mask, max_code = inputs.allowance(self, now)
         max_a, max_code = np.where(sleeping, 0.0, max_a), np.where(sleeping, _CAR_ASLEEP, max_code)
         request = AllocationRequest(
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
@@ -257,11 +273,25 @@ class Controller:
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
             **discharge_inputs(self, now),
         )
+        first = None
+        if open_capacity is not None:
+            # A session on a charger never seen keeping a limit: its maximum is reserved against
+            # the others (``capacity``); itself it gets its share of what all would share, at most
+            # its failsafe, so a first reading above that limit shows whether it keeps it, and
+            # many such sessions starting at once still fit in the capacity together.
+            cap_u = np.minimum(max_a, np.maximum(self.failsafe_a, min_a))
+            first = allocate(replace(request, capacity_a=open_capacity, max_a=np.where(unverified, cap_u, max_a)))
+            can_pause = topo.can_pause | (max_a <= 0) | unverified
+            request = replace(request, max_a=np.where(unverified, 0.0, max_a), can_pause=can_pause)
         allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s
+        if first is not None:
+            allocation = _merge(allocation, first, unverified)
         before = np.array([self.states[cid].limit_a for cid in topo.charger_ids], dtype=np.float64)
         self.sleep.record(now.timestamp(), before, allocation.limit_a, min_a)
         self.last_allocation, self.allocated_ids = allocation, topo.charger_ids
-        idle_limit = inputs.idle_limits(self, capacity, allocation.limit_a, mask)
+        # The unverified chargers' maxima are taken off ``capacity`` already.
+        counted = allocation.limit_a if first is None else np.where(unverified, 0.0, allocation.limit_a)
+        idle_limit = inputs.idle_limits(self, capacity, counted, mask)
         schedules: list[ChargerSchedule] = []
         shared = ahead(self, now)
         for i, cid in enumerate(topo.charger_ids):

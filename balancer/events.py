@@ -148,13 +148,15 @@ class LimitConfirmed:
 
 @dataclass(frozen=True, slots=True)
 class ObedienceChanged:
-    """The adapter found that a charger does (not) follow its profile; ``draw_a`` is what it really draws."""
+    """The adapter found that a charger does (not) follow its profile; ``draw_a`` is what it really draws.
+    ``verified``: a reading showed it keeps a limit it was sent (``ChargerState.verified``)."""
 
     charger_id: str
     at: datetime
     obeys: bool
     draw_a: float | None = None
     detail: str = ""
+    verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer.allocate import node_load_a
+from balancer.plan_expected import add_expected
 from balancer.plan_minimums import MIP_MAX_PAIRS, MIP_MAX_S, improve_with_mip, meet_minimums
 from balancer.plan_model import FINE_SLOTS, build_model, slot_blocks
 from balancer.plan_types import FloatArray, LpModel, Plan, PlanSession, SolveOutcome
@@ -108,7 +109,7 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
          *, slot_s: int = SLOT_S, budget_s: float = 2.0, solver: str = "highs-simplex",
          voltage_v: float | None = None, fine_slots: int | None = FINE_SLOTS,
          mip_s: float | None = None, deficit_a: FloatArray | None = None,
-         export_room_a: FloatArray | None = None) -> SolveOutcome:
+         export_room_a: FloatArray | None = None, expected_a: FloatArray | None = None) -> SolveOutcome:
     """Plan ``len(capacity_a)`` slots from ``start`` for ``sessions``; never raises on solver trouble.
 
     capacity_a : (n_slots, 3) [A] connection capacity in force per slot and phase (NaN counts as 0)
@@ -118,6 +119,8 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
     deficit_a, export_room_a : (n_slots, 3) [A] V2X: how far non-EV load exceeds ``capacity_a``,
         and how far discharge may push the connection below zero (``balancer.plan_v2x``); a
         discharging car's limit in the plan is negative
+    expected_a : (n_slots, 3) [A] the load of cars expected to arrive, bidding for the capacity of
+        the slots after the first at less than a present car's energy (``balancer.plan_expected``)
     """
     started = time.perf_counter()
     deadline = started + budget_s
@@ -131,6 +134,9 @@ def plan(topology: Topology, capacity_a: FloatArray, sessions: Sequence[PlanSess
                             fine_slots=fine_slots)
     except (KeyError, ValueError) as exc:
         return SolveOutcome("error", None, solver, time.perf_counter() - started, f"bad input: {exc!r}")
+    if expected_a is not None and model.n_x:
+        volts = topology.site.voltage_v if voltage_v is None else voltage_v
+        model = add_expected(model, expected_a, volts, slot_s)
     discharge = None
     if deficit_a is not None and model.n_x:
         model, discharge = add_discharge(model, sessions, np.asarray(capacity_a, dtype=np.float64), deficit_a,

@@ -36,6 +36,9 @@ class PlanSession:
     """V2X: how far the car may discharge per phase [A] (``balancer.plan_v2x``); None: not at all."""
     discharge_spare_wh: float | None = None
     """V2X: what the car can give above its minimum state of charge [Wh]; None: not limited."""
+    charging: bool = False
+    """The car charges now: its current in the first slot weighs ``STICKY_BONUS`` more per Wh
+    (``balancer.plan_model``), so where plans are equal it goes on rather than pausing."""
 
 
 @dataclass(frozen=True)

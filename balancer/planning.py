@@ -19,7 +19,7 @@ from balancer.plan import PlanSession
 from balancer.timeline import SLOT_S, horizon_slots, slot_floor
 from balancer.topology import Topology
 from balancer.v2x import plan_deficit, plan_discharge_fields
-from forecast.arrivals import RESERVE_SHARE
+from forecast.arrivals import BID_SCALE
 
 if TYPE_CHECKING:
     from balancer.control import Controller
@@ -42,6 +42,8 @@ class PlanRequest:
     deficit_a: FloatArray | None = None
     """(n_slots, 3) [A] V2X: how far the non-EV load forecast exceeds the capacity (``balancer.plan_v2x``)."""
     export_room_a: FloatArray | None = None
+    expected_a: FloatArray | None = None
+    """(n_slots, 3) [A] the expected arrivals' bids for the capacity ahead (``balancer.plan_expected``)."""
 
 
 def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
@@ -72,6 +74,7 @@ def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
             max_current_a=max_a, min_current_a=max(charger.min_current_a, state.car_min_a or 0.0),
             phases=phases, weight=float(topo.priority[i]) or 1.0, **plan_discharge_fields(ctl, i, state),
             requested_wh=remaining + state.session_delivered_wh(),  # (its protected share counts what it got)
+            charging=state.limit_a > 0,  # (goes on rather than pausing where plans are equal)
         ))
     capacity = ctl.capacity_ahead(start, horizon)
     non_ev = None
@@ -86,10 +89,12 @@ def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
         # Room for the cars expected to arrive (slots ahead; the slot of now is the cars here's).
         expected = ctl.history.expected_load_a(now, start, horizon, voltage_v=ctl.site.voltage_v,
                                                days=ctl.settings.arrival_forecast_days)
-        capacity[1:] = np.maximum(capacity[1:] - RESERVE_SHARE * expected[1:], 0.0)
+        expected = BID_SCALE * expected
+    else:
+        expected = None
     return PlanRequest(topology=topo, capacity_a=capacity, sessions=tuple(sessions), start=start,
                        budget_s=ctl.settings.planner_budget_s, fine_slots=ctl.settings.plan_fine_slots,
-                       deficit_a=deficit, export_room_a=export)
+                       deficit_a=deficit, export_room_a=export, expected_a=expected)
 
 
 def non_ev_ahead(ctl: Controller, start: datetime, n_slots: int, now: datetime, *, export: bool) -> FloatArray:

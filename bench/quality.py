@@ -57,7 +57,9 @@ def simulate(s: Scenario, strategy: str, limits_fn=None, step_s: int = STEP_S,  
     energy: sessions completed, pauses (drew, then nothing while still present and short),
     resumes and limit changes (profile pushes) per car. ``sleepy_share`` of the cars (drawn from
     the scenario's seed) fall asleep at their first pause and never draw again (as Renault Zoe,
-    Dacia Spring, Fiat 500e are reported to); the strategy is not told, as a charger would not."""
+    Dacia Spring, Fiat 500e are reported to); the strategy is not told, as a charger would not,
+    but sees what a charger reports: each car's draw in the step before (its meter) and whether a
+    car held at 0 A asks for current (``SuspendedEVSE``; an asleep car does not)."""
     topo = Topology.from_site(s.site)
     n = topo.n_chargers
     first, end = windows(s, step_s)
@@ -74,6 +76,7 @@ def simulate(s: Scenario, strategy: str, limits_fn=None, step_s: int = STEP_S,  
     pushes = np.zeros(len(s.cars), dtype=int)
     sleepy = np.random.default_rng(s.seed + 1000).uniform(size=len(s.cars)) < sleepy_share
     asleep = np.zeros(len(s.cars), dtype=bool)
+    last_draw = np.zeros(len(s.cars))
     for k in range(96 * STEP_S // step_s):
         slot = k * step_s // STEP_S
         now = s.start + timedelta(seconds=k * step_s)
@@ -92,8 +95,13 @@ def simulate(s: Scenario, strategy: str, limits_fn=None, step_s: int = STEP_S,  
                            for d, r, p in zip(departure, remaining, power, strict=True)])
         arrival_s = np.array([s.cars[j].arrival.timestamp() if j >= 0 else np.inf for j in car_of])
         requested = np.array([s.cars[j].energy_wh if j >= 0 else 0.0 for j in car_of])
+        # What the charger reports from the step before: the meter (the car's draw), and whether
+        # the car asks for current at 0 A (SuspendedEVSE: awake, held at 0 by us).
+        drew = np.array([last_draw[j] if j >= 0 else 0.0 for j in car_of])
+        asks = np.array([j >= 0 and not asleep[j] and last_limit[j] < topo.min_current_a[i] - 1e-9
+                         for i, j in enumerate(car_of)], dtype=bool)
         present = Present(now, topo, s.capacity_a[slot], s.capacity_a[slot:], here, max_a, phases, remaining,
-                          arrival_s, departure, laxity, requested)
+                          arrival_s, departure, laxity, requested, drew, asks)
         started = time.perf_counter()
         limit = decide(k, present)
         times.append(time.perf_counter() - started)
@@ -111,7 +119,7 @@ def simulate(s: Scenario, strategy: str, limits_fn=None, step_s: int = STEP_S,  
             pushes[j] += abs(limit[i] - last_limit[j]) > 1e-9
             pauses[j] += was_on[j] and not on
             resumes[j] += on and not was_on[j] and started_car[j]
-            was_on[j], last_limit[j] = on, limit[i]
+            was_on[j], last_limit[j], last_draw[j] = on, limit[i], draw[i]
             started_car[j] |= on
         mask = phase_mask(topo, phases)
         load = node_load_a(topo, draw, mask)
@@ -128,13 +136,21 @@ def simulate(s: Scenario, strategy: str, limits_fn=None, step_s: int = STEP_S,  
                     sub_min)
     out.update(churn_summary([c.energy_wh for c in s.cars], delivered, pauses, resumes, pushes))
     out["asleep"] = float(asleep.sum())
+    stats = getattr(decide, "stats", None) or {}
+    out["detected_asleep"] = float(stats.get("detected", 0))
+    out["asleep_energy_wh"] = float(sum(s.cars[j].energy_wh - delivered[j] for j in np.flatnonzero(asleep)))
     return out
 
 
 def fresh_strategy(name: str):  # type: ignore[no-untyped-def]
     """A strategy as ``(step, present) -> limits``, with state of its own for this day."""
     fn = FACTORIES[name]() if name in FACTORIES else STRATEGIES[name]
-    return lambda k, p: fn(p)
+
+    def decide(k: int, p: Present) -> np.ndarray:
+        return fn(p)
+
+    decide.stats = getattr(fn, "stats", None)  # type: ignore[attr-defined]
+    return decide
 
 
 def foresight_sessions(s: Scenario, step_s: int = STEP_S) -> list[PlanSession]:

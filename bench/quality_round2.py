@@ -54,20 +54,23 @@ def worker(args: argparse.Namespace) -> None:
     for item in args.set or []:
         key, value = item.split("=", 1)
         # The constant lives in balancer.plan, or since the split in one of its modules.
-        for name in ("balancer.plan", "balancer.plan_model", "balancer.plan_minimums"):
+        for name in ("balancer.plan", "balancer.plan_model", "balancer.plan_minimums", "balancer.plan_expected"):
             try:
                 module = importlib.import_module(name)
             except ImportError:
                 continue
             if hasattr(module, key):
                 setattr(module, key, type(getattr(module, key))(float(value)))
+    strategies.FORECAST_AS = args.forecast_as
     names = args.strategies.split(",")
     pause, _, charge = (args.churn or "").partition(",")
     churn = {} if args.churn is None else {"min_pause_s": float(pause), "min_charge_s": float(charge or pause)}
+    if args.asleep_after is not None:
+        churn["car_asleep_after_s"] = args.asleep_after
     strategies.FACTORIES["our LP + allocator"] = lambda: strategies.make_lp_plus_allocator(**churn)
     forecast_sites = set(args.forecast_sites.split(",")) if args.forecast_days else set()
     for variant, scale, sleepy in (("normal", 1.0, 0.0), ("tight", args.tight, 0.0), ("sleepy", 1.0, args.sleepy)):
-        if variant == "sleepy" and not sleepy:
+        if (variant == "sleepy" and not sleepy) or variant not in args.variants.split(","):
             continue
         for kind in args.sites.split(","):
             for seed in range(1, args.seeds + 1):
@@ -148,13 +151,15 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
             "violations": float(sum(r["violations"] for r in rs)),
             "limits_between_0_and_min": float(sum(r["limits_between_0_and_min"] for r in rs)),
             "asleep": float(sum(r.get("asleep", 0.0) for r in rs)),
+            "detected": float(sum(r.get("detected_asleep", 0.0) for r in rs)),
+            "asleep_short_kwh": float(sum(r.get("asleep_energy_wh", 0.0) for r in rs) / 1000.0),
         }
     return out
 
 
 def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -> str:
     lines = ["| variant | site | strategy | vs bound (mean / min) | completed | worst car (min / mean) "
-             "| pauses / car | resumes / car | pushes / car | cars asleep | violations | 0<limit<min |",
+             "| pauses / car | resumes / car | pushes / car | cars asleep (detected) | violations | 0<limit<min |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant in ("normal", "tight", "sleepy"):
         for site in SITES:
@@ -166,7 +171,7 @@ def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -
                     f"| {variant} | {site} | {name} | {100 * a['vs_bound_mean']:.2f} / {100 * a['vs_bound_min']:.2f} % "
                     f"| {a['completed']:.0f} / {a['cars']:.0f} | {100 * a['worst_car_min']:.1f} / "
                     f"{100 * a['worst_car_mean']:.1f} % | {a['pauses_per_car']:.2f} | {a['resumes_per_car']:.2f} "
-                    f"| {a['pushes_per_car']:.2f} | {a['asleep']:.0f} | {a['violations']:.0f} "
+                    f"| {a['pushes_per_car']:.2f} | {a['asleep']:.0f} ({a['detected']:.0f}) | {a['violations']:.0f} "
                     f"| {a['limits_between_0_and_min']:.0f} |")
     return "\n".join(lines)
 
@@ -178,12 +183,17 @@ def main() -> None:
     parser.add_argument("--tight", type=float, default=0.8)
     parser.add_argument("--sleepy", type=float, default=0.2, help="share of cars that fall asleep at a pause (0: no such variant)")
     parser.add_argument("--sites", default=",".join(SITES))
+    parser.add_argument("--variants", default="normal,tight,sleepy", help="of normal, tight, sleepy")
     parser.add_argument("--baseline-rev", default="main")
     parser.add_argument("--set", action="append", help="planner constant for this checkout, e.g. PROTECT_SHARE=0")
     parser.add_argument("--forecast-days", type=int, default=0,
                         help="plan with the arrival forecast from this many past days of the site (0: without)")
     parser.add_argument("--forecast-sites", default="carpark", help="sites planned with the arrival forecast")
     parser.add_argument("--forecast-scale", type=float, default=1.0, help="reserve this share of the forecast")
+    parser.add_argument("--forecast-as", default="bid", choices=("bid", "reserve"),
+                        help="the forecast as bids for the capacity ahead, or as reserved capacity")
+    parser.add_argument("--asleep-after", type=float, default=None,
+                        help="car_asleep_after_s of our strategy (default: the controller's; 0: no sleep detection)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--strategies", default="our LP + allocator", help=argparse.SUPPRESS)

@@ -8,7 +8,7 @@ so the comparison is about decisions, not about ignoring limits.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,8 @@ class Present:
     departure: list[datetime | None]
     laxity_s: np.ndarray          # (n,)
     requested_wh: np.ndarray | None = None  # (n,) each car's whole request
+    drew_a: np.ndarray | None = None        # (n,) what each car drew in the step before (its meter)
+    asks: np.ndarray | None = None          # (n,) bool: held at 0 A, the car asks for current (SuspendedEVSE)
 
 
 def _node_capacity(p: Present) -> np.ndarray:
@@ -106,17 +108,29 @@ def allocator_alone(p: Present) -> np.ndarray:
     return allocate(_request(p, None)).limit_a
 
 
-def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, history_days: float = 1.0) -> np.ndarray:
+FORECAST_AS = "bid"
+"""How the arrival forecast reaches the plan: ``bid`` (``plan(expected_a=...)``; a checkout
+without it reserves) or ``reserve`` (the capacity less ``RESERVE_SHARE`` of it, as before)."""
+
+
+def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, history_days: float = 1.0,
+                      watch: Any = None) -> np.ndarray:
     """Online: plan the cars present now over the rest of the day, allocate with the plan's target
     (through the controller's ``min_pause_s`` / ``min_charge_s`` guard when one is given; with the
-    capacity ahead less the arrivals expected from ``history``, ``forecast.arrivals``, when given)."""
+    arrivals expected from ``history``, ``forecast.arrivals``, when given; with the controller's
+    sleep detection, ``balancer.sleep``, fed what the chargers report, when ``watch`` is given)."""
     topo = p.topology
     slot_start = p.now
-    extra: dict[str, Any] = {}
+    before = None
+    if watch is not None and p.drew_a is not None:
+        p, before = _watch_sleep(p, watch)
     sessions = []
     for i in np.flatnonzero(p.here & (p.remaining_wh > 0)):
+        extra: dict[str, Any] = {}
         if p.requested_wh is not None and "requested_wh" in PlanSession.__dataclass_fields__:
             extra = {"requested_wh": float(p.requested_wh[i])}  # (a baseline checkout may not know it)
+        if guard is not None and "charging" in PlanSession.__dataclass_fields__:
+            extra["charging"] = bool(guard.on[i])  # its limit was above 0 in the step before
         sessions.append(PlanSession(topo.charger_ids[i], p.now, p.departure[i] or p.now + timedelta(hours=24),
                                     float(p.remaining_wh[i]), max_current_a=float(p.max_a[i]),
                                     phases=int(p.phases[i]), **extra))
@@ -127,37 +141,84 @@ def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, histor
         mip = {"mip_s": 0.0} if "mip_s" in plan.__code__.co_varnames else {}
         capacity = p.capacity_ahead
         if history:
-            from forecast.arrivals import RESERVE_SHARE, expected_load_a
+            from forecast.arrivals import BID_SCALE, RESERVE_SHARE, expected_load_a
 
-            reserve = RESERVE_SHARE * expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
-            capacity = capacity.copy()
-            capacity[1:] = np.maximum(capacity[1:] - reserve[1:], 0.0)  # the slot of now: the cars here
+            expected = expected_load_a(history, p.now, slot_start, len(capacity), days=history_days)
+            if FORECAST_AS == "bid" and "expected_a" in plan.__code__.co_varnames:
+                mip["expected_a"] = BID_SCALE * expected  # (as balancer.planning does)
+            else:
+                capacity = capacity.copy()  # the slot of now: the cars here
+                capacity[1:] = np.maximum(capacity[1:] - RESERVE_SHARE * expected[1:], 0.0)
         outcome = plan(topo, capacity, sessions, slot_start, budget_s=5.0, **mip)
         if outcome.plan is not None:
             target = np.where(p.here, outcome.plan.first_slot(), np.nan)
     if guard is not None:
-        return np.asarray(allocate_holding(_request(p, target), guard, p.now.timestamp()).limit_a)
-    return allocate(_request(p, target)).limit_a
+        limit = np.asarray(allocate_holding(_request(p, target), guard, p.now.timestamp()).limit_a)
+    else:
+        limit = allocate(_request(p, target)).limit_a
+    if before is not None:
+        watch.sleep.record(p.now.timestamp(), before, limit, topo.min_current_a)
+        watch.last_a = limit
+    return limit
+
+
+def _watch_sleep(p: Present, watch: Any) -> tuple[Present, np.ndarray]:
+    """What the controller's ``_watch_sleep`` does with the chargers' reports: the cars found asleep
+    leave the plan and get 0 A (their capacity goes to the others) until they draw or ask again."""
+    from balancer.charger_state import IDLE_DRAW_A
+
+    now_s = p.now.timestamp()
+    assert p.drew_a is not None and p.asks is not None
+    wants = p.here & (p.remaining_wh > 0) & (p.max_a > 0)
+    drawing = p.drew_a > IDLE_DRAW_A
+    watch.sleep.observe(now_s, wants, drawing, wants & ~drawing & ~p.asks, p.asks)
+    sleeping = watch.sleep.sleeping(now_s)
+    return replace(p, here=p.here & ~sleeping), watch.last_a
+
+
+@dataclass
+class Watched:
+    """The controller's ``SleepWatch`` and the limits given in the step before."""
+
+    sleep: Any
+    last_a: np.ndarray
 
 
 def make_lp_plus_allocator(min_pause_s: float | None = None, min_charge_s: float | None = None,
-                           history: Any = None, history_days: float = 1.0) -> Callable[[Present], np.ndarray]:
-    """``lp_plus_allocator`` with a churn guard of its own (defaults: the controller's); a
-    balancer without ``balancer.churn`` (an older checkout measured as the baseline) gets none."""
+                           history: Any = None, history_days: float = 1.0,
+                           car_asleep_after_s: float | None = None) -> Callable[[Present], np.ndarray]:
+    """``lp_plus_allocator`` with a churn guard and sleep detection of its own (defaults: the
+    controller's; ``car_asleep_after_s`` 0: no detection); a balancer without ``balancer.churn``
+    or ``balancer.sleep`` (an older checkout measured as the baseline) gets none."""
     from balancer.model import ControlSettings
 
     defaults = ControlSettings()
+    sleep_after_s = getattr(defaults, "car_asleep_after_s", None) if car_asleep_after_s is None \
+        else car_asleep_after_s
+    sleep_after_s = sleep_after_s or None
     if not hasattr(defaults, "min_pause_s"):
         return lambda p: lp_plus_allocator(p, None, history, history_days)
     from balancer.churn import ChurnGuard
     pause = defaults.min_pause_s if min_pause_s is None else min_pause_s
     charge = defaults.min_charge_s if min_charge_s is None else min_charge_s
     guards: dict[int, ChurnGuard] = {}
+    watched: dict[int, Watched] = {}
+    stats = {"detected": 0}
 
     def run(p: Present) -> np.ndarray:
-        guard = guards.setdefault(0, ChurnGuard(p.topology.n_chargers, pause, charge))
-        return lp_plus_allocator(p, guard, history, history_days)
+        n = p.topology.n_chargers
+        guard = guards.setdefault(0, ChurnGuard(n, pause, charge))
+        watch = None
+        if sleep_after_s is not None:
+            from balancer.sleep import SleepWatch
 
+            watch = watched.setdefault(0, Watched(SleepWatch(n, sleep_after_s, defaults.car_wake_retry_s),
+                                                  np.zeros(n)))
+        limit = lp_plus_allocator(p, guard, history, history_days, watch)
+        stats["detected"] = watch.sleep.total if watch is not None else 0
+        return limit
+
+    run.stats = stats  # type: ignore[attr-defined]
     return run
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.cluster_servers import NatsServer, PostgresServer
 
-__all__ = ["nats_server", "pg_server", "pg_url"]
+__all__ = ["hold_sites", "nats_server", "pg_server", "pg_url"]
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,28 @@ def nats_server() -> Iterator[NatsServer]:
     server = NatsServer().start()
     yield server
     server.stop()
+
+
+def hold_sites(url: str, instance_id: str, sites: list[str]) -> tuple[Any, dict[str, int]]:
+    """Take ``sites`` for ``instance_id`` as ``adapters.cluster.ownership`` does (the advisory lock on
+    a connection named after the instance, the epoch raised, the owner written), without its grace
+    wait. Returns the lock connection (close it to let go) and each site's epoch."""
+    import psycopg
+
+    from adapters.cluster.migrations import migrate
+    from adapters.cluster.ownership import LOCK_NAMESPACE
+
+    conn = psycopg.connect(url, autocommit=True, application_name=f"balancer:{instance_id}")
+    migrate(conn)
+    epochs = {}
+    for site in sites:
+        conn.execute("INSERT INTO cluster_sites (site_id) VALUES (%s) ON CONFLICT DO NOTHING", (site,))
+        row = conn.execute("SELECT lock_key FROM cluster_sites WHERE site_id = %s", (site,)).fetchone()
+        assert row is not None
+        got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, row[0])).fetchone()
+        assert got is not None and got[0], f"{site} is held by another instance"
+        taken = conn.execute("UPDATE cluster_sites SET epoch = epoch + 1, owner = %s WHERE site_id = %s "
+                             "RETURNING epoch", (instance_id, site)).fetchone()
+        assert taken is not None
+        epochs[site] = int(taken[0])
+    return conn, epochs

@@ -13,6 +13,19 @@ instance controlling its site its *owner* (DESIGN 3.12). Core NATS (no JetStream
 ``balancer.site.<site>.changed`` (publish, any instance -> owner)
     ``{"keys": [...]}``: store keys of the site written in PostgreSQL by another instance (a
     forecast or a heartbeat the grid operator sent there): the owner reads them again.
+``balancer.site.<site>.view`` (request/reply, any instance -> owner)
+    ``{"kind": "site" | "plan"}`` -> ``{"view": <the site or plan JSON of the admin API>}``: an
+    admin read on an instance that does not control the site is answered with the owner's live
+    view (timeout ``VIEW_TIMEOUT_S``); without an answer the asking instance serves the owner's
+    last snapshot from PostgreSQL (at most ``PERSIST_EVERY_S`` old).
+``balancer.site.<site>.meter`` (request/reply, any instance -> owner)
+    ``{"current_a": [L1, L2, L3], "at": {"$dt": ...}}`` -> ``{"status": HTTP status, "body": {...}}``:
+    a site meter reading pushed over HTTP to an instance that does not control the site, checked
+    there and taken by the owner, whose answer is the HTTP client's (timeout ``METER_TIMEOUT_S``).
+``balancer.site.<site>.ocpi`` (request/reply, any instance -> owner)
+    ``{"op", "party", "session_id", "body", "query"}`` -> ``{"status", "status_code", "message",
+    "data", "field"}``: an OCPI command on a session of the site (a cap, its reading or clearing,
+    charging preferences) run by the owner, which also sends its callback (timeout ``OCPI_TIMEOUT_S``).
 ``balancer.gw.<instance>.push`` (request/reply, owner -> gateway)
     ``{"site", "epoch", "fid", "phase": 1, "schedules": [...]}`` -> ``{"ok": bool}``: phase 1 of a
     fan-out (``adapters.ocpp.fanout.decreases``) on that gateway's chargers, answered once the
@@ -31,7 +44,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -56,7 +69,7 @@ if TYPE_CHECKING:
     from adapters.ocpp.link import ChargerLink
     from adapters.ocpp.server import OcppServer
 
-__all__ = ["GONE", "SLACK_S", "Bus"]
+__all__ = ["GONE", "METER_TIMEOUT_S", "OCPI_TIMEOUT_S", "SLACK_S", "VIEW_TIMEOUT_S", "Answer", "Bus"]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +77,18 @@ SLACK_S = 1.0
 """Added to every request's timeout for the trip over NATS and the gateway's own work."""
 GONE = "gone"
 """``Bus.command``'s answer when no instance listens on the gateway's subject: it is not running."""
+VIEW_TIMEOUT_S = 1.0
+"""How long an admin read waits for the owner's live view before it serves the stored snapshot."""
+METER_TIMEOUT_S = 2.0
+"""How long a forwarded meter reading waits for the owner's answer (then 503 to the meter)."""
+OCPI_TIMEOUT_S = 3.0
+"""How long a forwarded OCPI command waits for the owner's answer (it writes to PostgreSQL first)."""
 KEEP_SECOND_S = 60.0
 """A gateway forgets the increases of a fan-out whose phase 2 did not come within this time."""
+
+
+Answer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""The owner's side of an ``ask``: (site id, request body) -> reply body."""
 
 
 class Bus:
@@ -77,12 +100,17 @@ class Bus:
 
     def __init__(self, url: str, instance_id: str, ocpp: OcppServer, *,
                  on_event: Callable[[str, str | None, Event], None],
-                 on_changed: Callable[[str, list[str]], None], response_timeout_s: float) -> None:
+                 on_changed: Callable[[str, list[str]], None], response_timeout_s: float,
+                 on_view: Callable[[str, str], dict[str, Any] | None] = lambda site_id, kind: None,
+                 answers: dict[str, Answer] | None = None) -> None:
         self.url = url
         self.instance_id = instance_id
         self.ocpp = ocpp
         self.on_event = on_event
         self.on_changed = on_changed
+        self.on_view = on_view
+        self.answers = answers or {}
+        """Request/reply subjects the owner of a site answers (``meter``, ``ocpi``), see ``ask``."""
         self.response_timeout_s = response_timeout_s
         self.nc: Client | None = None
         self._owned: dict[str, list[Subscription]] = {}
@@ -90,7 +118,8 @@ class Bus:
         self._seconds: dict[str, tuple[float, list[tuple[ChargerLink, ChargerSchedule]]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counters = {"events_out": 0, "events_in": 0, "commands_in": 0, "commands_refused": 0,
-                         "bad_messages": 0}
+                         "bad_messages": 0, "views_served": 0, "views_forwarded": 0, "views_unanswered": 0,
+                         "asks_served": 0, "asks_forwarded": 0, "asks_unanswered": 0}
 
     async def start(self) -> None:
         self.nc = await nats.connect(self.url, name=f"balancer:{self.instance_id}", max_reconnect_attempts=-1,
@@ -196,6 +225,9 @@ class Bus:
         self._owned[site_id] = [
             await self.nc.subscribe(f"balancer.site.{site}.events", cb=functools.partial(self._event, site_id)),
             await self.nc.subscribe(f"balancer.site.{site}.changed", cb=functools.partial(self._changed, site_id)),
+            await self.nc.subscribe(f"balancer.site.{site}.view", cb=functools.partial(self._view, site_id)),
+            *[await self.nc.subscribe(f"balancer.site.{site}.{kind}", cb=self._spawned(
+                functools.partial(self._answer, site_id, answer))) for kind, answer in self.answers.items()],
         ]
         await self.nc.publish(f"balancer.site.{site}.sync", b"{}")
 
@@ -224,6 +256,62 @@ class Bus:
             self.counters["bad_messages"] += 1
             return
         self.on_changed(site_id, keys)
+
+    async def _view(self, site_id: str, msg: Msg) -> None:
+        try:
+            kind = str(loads(msg.data)["kind"])
+        except (ValueError, KeyError, TypeError):
+            self.counters["bad_messages"] += 1
+            return
+        view = self.on_view(site_id, kind)
+        self.counters["views_served"] += view is not None
+        with contextlib.suppress(NatsError):
+            await msg.respond(dumps({"view": view}))
+
+    async def view(self, site_id: str, kind: str) -> dict[str, Any] | None:
+        """The owner's live site or plan JSON; None when no owner answers in ``VIEW_TIMEOUT_S``."""
+        if self.nc is None:
+            return None
+        try:
+            reply = await self.nc.request(f"balancer.site.{token(site_id)}.view", dumps({"kind": kind}),
+                                          timeout=VIEW_TIMEOUT_S)
+            view = loads(reply.data).get("view")
+        except (NatsError, TimeoutError, ValueError) as exc:
+            log.debug("site %s: no live %s view from its owner: %r", site_id, kind, exc)
+            view = None
+        if not isinstance(view, dict):
+            self.counters["views_unanswered"] += 1
+            return None
+        self.counters["views_forwarded"] += 1
+        return view
+
+    async def _answer(self, site_id: str, answer: Answer, msg: Msg) -> None:
+        try:
+            body = loads(msg.data)
+        except ValueError:
+            self.counters["bad_messages"] += 1
+            return
+        reply = await answer(site_id, body)
+        self.counters["asks_served"] += 1
+        with contextlib.suppress(NatsError):
+            await msg.respond(dumps(reply))
+
+    async def ask(self, site_id: str, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | str:
+        """The owner's reply to a request on ``balancer.site.<site>.<kind>``, or why there is none."""
+        if self.nc is None:
+            return "this instance is not connected to NATS"
+        answer: dict[str, Any] | str
+        try:
+            reply = await self.nc.request(f"balancer.site.{token(site_id)}.{kind}", dumps(body), timeout=timeout)
+            answer = loads(reply.data)
+        except NoRespondersError:
+            answer = "no instance answers for the site (a take-over is under way)"
+        except TimeoutError:
+            answer = f"the site's owner did not answer within {timeout:g} s"
+        except (NatsError, ValueError) as exc:
+            answer = f"the site's owner could not be asked: {exc!r}"
+        self.counters["asks_forwarded" if isinstance(answer, dict) else "asks_unanswered"] += 1
+        return answer
 
     async def command(self, gateway: str, site_id: str, epoch: int, fid: str, phase: int,
                       schedules: list[ChargerSchedule]) -> bool | str:

@@ -38,6 +38,15 @@ MIGRATIONS: tuple[str, ...] = (
         clean BOOLEAN NOT NULL DEFAULT TRUE
     );
     """,
+    # 2: one outbox for the whole cluster: each row names its site and is delivered by the site's
+    # owner (rows without a site by the owner of the first site); claimed under the owner's epoch,
+    # kept an hour once sent (``sent_at``) for audit.
+    """
+    ALTER TABLE outbox ADD COLUMN site_id TEXT, ADD COLUMN claimed_by TEXT, ADD COLUMN claim_epoch BIGINT,
+        ADD COLUMN claimed_at TIMESTAMPTZ, ADD COLUMN claims INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN sent_at TIMESTAMPTZ, ADD COLUMN sent_by TEXT;
+    CREATE INDEX outbox_unsent ON outbox (created, id) WHERE sent_at IS NULL;
+    """,
 )
 
 

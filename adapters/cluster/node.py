@@ -11,6 +11,8 @@ hold. When it loses one, every push still under way for that site is cancelled a
 Charger events go to the site's owner: handled here when this instance controls the site, else
 published on NATS. Schedules go to the charger's gateway (the instance that sent its last event):
 phase 1 (decreases) on every gateway, then phase 2 (increases), see ``adapters.cluster.bus``.
+A meter reading pushed over HTTP and an OCPI command on a session reach the site's owner the same
+way (request/reply), and the caller gets the owner's answer.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from adapters.cluster.bus import GONE, Bus
+from adapters.cluster.bus import GONE, METER_TIMEOUT_S, OCPI_TIMEOUT_S, Bus
 from adapters.cluster.ownership import SiteOwnership
 from adapters.cluster.pg_store import PgStore
+from adapters.http_body import error_body
+from adapters.meter.push import Currents, MeterPushRefused
 from balancer.events import ChargerOffline, ChargerSchedule, Event
 from balancer.model import ClusterSettings, Config
 
@@ -56,14 +61,23 @@ class ClusterNode:
         """Charger id -> the instance holding its websocket, as the events of owned sites tell."""
         self.bus: Bus | None = None
         self.counters = {"sites_gained": 0, "sites_lost": 0, "pushes_cancelled": 0}
+        self.lead_site = config.sites[0].id
+        """The owner of this site speaks for the whole deployment (OSCP heartbeats, registration)."""
+        self.store.lead_site = self.lead_site
+        self.store.owned = lambda: {s: self.ownership.epochs.get(s, 0) for s in self.ownership.controlled()}
 
     async def start(self) -> None:
         service = self.service
         service.fp.before_change = self._fresh_book
         service.fp.on_stored = self._stored
         service.fp.durable = lambda site_id: self.store.fault is None  # the write of the book succeeded
+        if service.ocpi is not None:  # ActiveChargingProfile updates: by the owner, from every stored cap
+            service.ocpi.controls = self.controls
+            service.ocpi.refresh = lambda prefix: self.store.refresh(prefix=prefix)
+            service.ocpi.forward = self.remote_ocpi  # caps and preferences: applied by the site's owner
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
-                       on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s)
+                       on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s,
+                       on_view=self._view, answers={"meter": self._meter, "ocpi": self._ocpi})
         await self.bus.start()
         await self.ownership.start()
 
@@ -133,9 +147,24 @@ class ClusterNode:
         if not self.controls(site_id) and self.bus is not None:
             self.bus.site_changed(site_id, [f"forecast:{site_id}"])
 
+    def _view(self, site_id: str, kind: str) -> dict[str, Any] | None:
+        """An admin read forwarded here: answered while this instance controls the site."""
+        if not self.controls(site_id):
+            return None
+        return self.service.site_json(site_id) if kind == "site" else self.service.plan_json(site_id)
+
+    async def remote_view(self, kind: str, site_id: str) -> dict[str, Any] | None:
+        """The owner's live view for an admin read here (None: this instance controls the site, or
+        no owner answered: the caller serves ``refresh_view``'s snapshot). Asked even while this
+        instance's copy of the ownership table names no owner (it lags the locks by up to a tick):
+        with no owner subscribed, NATS answers "no responders" at once."""
+        if self.controls(site_id) or self.bus is None:
+            return None
+        return await self.bus.view(site_id, kind)
+
     def refresh_view(self, site_id: str) -> None:
-        """For the admin API on an instance that does not control the site: the owner's last
-        snapshot (written every 5 s) and the stored forecast book, read again."""
+        """For the admin API on an instance that does not control the site, when its owner did not
+        answer: the owner's last snapshot (written every 5 s) and the stored forecast book, read again."""
         if self.controls(site_id):
             return
         if self.store.refresh([f"controller:{site_id}", f"forecast:{site_id}"]):
@@ -144,6 +173,58 @@ class ClusterNode:
                 self.service.controllers[site_id].restore(saved)
             self.service.fp.reload(site_id)
             self.service.refresh_capacity(site_id)
+
+    # ----------------------------------------------------------------- asked of the owner
+    async def remote_meter(self, site_id: str, current_a: Currents, at: datetime) -> tuple[int, dict[str, Any]] | None:
+        """A pushed meter reading of a site another instance controls: (HTTP status, body) of its
+        owner's answer, 503 naming why when none came; None when this instance controls the site."""
+        if self.controls(site_id) or self.bus is None:
+            return None
+        reply = await self.bus.ask(site_id, "meter", {"current_a": list(current_a), "at": {"$dt": at.isoformat()}},
+                                   METER_TIMEOUT_S)
+        if isinstance(reply, dict) and isinstance(reply.get("status"), int) and isinstance(reply.get("body"), dict):
+            return reply["status"], reply["body"]
+        why = reply if isinstance(reply, str) else "the site's owner answered nonsense"
+        log.warning("site %s: pushed meter reading not taken: %s", site_id, why)
+        return 503, error_body(503, f"site {site_id}: {why}; push the reading again", "site_id")
+
+    async def _meter(self, site_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.controls(site_id):
+            return {"status": 503, "body": error_body(503, f"site {site_id}: instance {self.instance_id} no longer "
+                                                           "controls it; push the reading again", "site_id")}
+        try:
+            raw = body["current_a"]
+            current_a: Currents = (raw[0], raw[1], raw[2])
+            at = datetime.fromisoformat(body["at"]["$dt"])
+            self.service.meters.push_reading(site_id, current_a, at)
+        except MeterPushRefused as exc:
+            return {"status": exc.status, "body": error_body(exc.status, exc.message, exc.field)}
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            return {"status": 400, "body": error_body(400, f"bad forwarded reading: {exc!r}")}
+        return {"status": 202, "body": {"site": site_id, "accepted": True, "at": at.isoformat()}}
+
+    async def remote_ocpi(self, site_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """An OCPI session command run by the site's owner: its reply, or a 503 naming why none came."""
+        assert self.bus is not None
+        reply = await self.bus.ask(site_id, "ocpi", message, OCPI_TIMEOUT_S)
+        if isinstance(reply, dict) and {"status", "status_code", "message", "field", "data"} <= set(reply):
+            return reply
+        why = reply if isinstance(reply, str) else "the site's owner answered nonsense"
+        log.warning("site %s: OCPI %s not run: %s", site_id, message.get("op"), why)
+        return {"status": 503, "status_code": 3000, "message": f"site {site_id}: {why}; try again",
+                "field": None, "data": None}
+
+    async def _ocpi(self, site_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        ocpi = self.service.ocpi
+        if ocpi is None or not self.controls(site_id):
+            return {"status": 503, "status_code": 3000, "field": None, "data": None,
+                    "message": f"site {site_id}: instance {self.instance_id} no longer controls it; try again"}
+        try:
+            reply: dict[str, Any] = await ocpi.command(message)
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"status": 400, "status_code": 2001, "message": f"bad forwarded command: {exc!r}",
+                    "field": None, "data": None}
+        return reply
 
     # ----------------------------------------------------------------- commands out
     async def apply(self, site_id: str, schedules: list[ChargerSchedule]) -> None:
@@ -171,7 +252,7 @@ class ClusterNode:
                 if gateway is not None:
                     groups.setdefault(gateway, []).append(schedule)
             if set(groups) <= {self.instance_id}:
-                await self.service.ocpp.apply(groups.get(self.instance_id, []))
+                await self.service.chargers.apply(groups.get(self.instance_id, []))
                 return
             fid = uuid.uuid4().hex
             done = await self._phase(site_id, epoch, fid, 1, groups)
@@ -220,6 +301,10 @@ class ClusterNode:
     def controls(self, site_id: str) -> bool:
         return self.ownership.controls(site_id)
 
+    def speaks_for(self, site_id: str | None) -> bool:
+        """Whether this instance speaks for ``site_id`` (None: for the deployment, as the lead site's owner)."""
+        return self.controls(self.lead_site if site_id is None else site_id)
+
     def owner(self, site_id: str) -> str | None:
         return self.ownership.owners.get(site_id)
 
@@ -232,7 +317,10 @@ class ClusterNode:
     def _gained(self, site_id: str) -> None:
         service = self.service
         self.counters["sites_gained"] += 1
-        if not self.store.refresh(site_keys(site_id)):
+        keys = site_keys(site_id)
+        if site_id == self.lead_site:  # what the former speaker for the deployment knew of the grid operator
+            keys += ["oscp:registered", "oscp:our_token", "oscp:required_behaviour"]
+        if not self.store.refresh(keys):
             log.warning("site %s: taken over without a fresh read of its state (database unreachable)", site_id)
         saved = self.store.get_json(f"controller:{site_id}")
         controller = service.controllers[site_id]
@@ -247,6 +335,8 @@ class ClusterNode:
                 self.gateway_of[cid] = self.instance_id
         if self.bus is not None:
             self._spawn(self.bus.own(site_id))
+        if service.oscp_client is not None:
+            service.oscp_client.kick()  # what the former owner left in the outbox goes out now
         service.site_gained(site_id)
 
     def _lost(self, site_id: str) -> None:

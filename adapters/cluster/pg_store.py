@@ -13,13 +13,16 @@ on one writer thread and the caller waits at most ``WAIT_S`` for it: a database 
 that write is still stuck, and control goes on from memory. The connection also has short
 timeouts of its own (``connect_timeout``, ``tcp_user_timeout``, ``statement_timeout``).
 
-Outbox ids: each start draws a block from the ``outbox_block`` sequence and numbers its messages
-``block << 32 | n``, so ids are unique across instances and grow within one. Each instance
-delivers the messages it enqueued (rows tagged with its ``instance_id``, read back at its next start).
+The outbox is the cluster's, not the instance's (``adapters.cluster.shared_outbox``): a queued
+message is written at once (kept in memory only until that write succeeds); ``due`` claims the
+rows of the sites this instance controls (``owned``, set by the cluster node), ``delivered`` and
+``retry_later`` mark them. Ids: each start draws a block from the ``outbox_block`` sequence and
+numbers its messages ``block << 32 | n``, so ids are unique across instances.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -31,6 +34,7 @@ from typing import Any
 import psycopg
 
 from adapters.cluster.migrations import migrate
+from adapters.cluster.shared_outbox import claim, mark
 from adapters.store_memory import MemoryFirstStore, OutboxItem
 
 __all__ = ["PgStore", "connect"]
@@ -67,15 +71,23 @@ class PgStore(MemoryFirstStore):
         self._db: psycopg.Connection[Any] | None = connect(url, application_name=f"balancer-store:{instance_id}")
         migrate(self._db)
         self._kv = {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM kv").fetchall()}
-        for row in self._db.execute("SELECT id, path, body, headers, attempts, next_try, created FROM outbox "
-                                    "WHERE instance_id = %s ORDER BY id", (instance_id,)):
-            self._outbox[row[0]] = OutboxItem(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4],
-                                              row[5], row[6])
+        self.owned: Callable[[], dict[str, int]] = dict
+        """The sites this instance controls now, with the epoch it took each at (the cluster node's)."""
+        self.lead_site = ""
+        """The site whose owner delivers the messages of no site (heartbeats, handshake answers)."""
+        self._claimed: set[int] = set()  # claimed by the last ``due`` and not marked yet
+        self._sent: list[int] = []  # delivered, the mark not written yet
+        self._retries: dict[int, float] = {}  # failed, the mark not written yet
+        self._waiting = 0
+        self.duplicates = 0
         block = self._db.execute("SELECT nextval('outbox_block')").fetchone()
         self._next_id = (int(block[0]) << 32) + 1 if block else 1
 
     def close(self) -> None:
-        self.flush()
+        if self.flush() and self._claimed:  # what this instance claimed and did not send: free for others
+            release = sorted(self._claimed)
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                self._call(lambda: claim(self._connection(), self.instance_id, {}, self.lead_site, 0.0, 0, release))
         busy = self._busy
         if busy is None or busy.done():
             self._worker.submit(self._close_connection).result(timeout=WAIT_S * 5)
@@ -120,9 +132,9 @@ class PgStore(MemoryFirstStore):
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._failed(exc, self.clock())
             return False
-        if prefix is not None:
-            wanted |= {k for k in self._kv if k.startswith(prefix)}
         found = {str(k): str(v) for k, v in rows}
+        if prefix is not None:  # the keys under it here (some deleted since) and in the database (some new)
+            wanted |= {k for k in self._kv if k.startswith(prefix)} | set(found)
         for key in wanted - self._kv_pending:
             if key in found:
                 self._kv[key] = found[key]
@@ -131,6 +143,53 @@ class PgStore(MemoryFirstStore):
         return True
 
     # ----------------------------------------------------------------- outbox
+    def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
+        """Claim what is due of the controlled sites' messages (none when the database is away)."""
+        if not self._write_marks():
+            return []
+        release = sorted(self._claimed)
+        try:
+            claimed: tuple[list[OutboxItem], int] = self._call(lambda: claim(
+                self._connection(), self.instance_id, self.owned(), self.lead_site, now, limit, release))
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, self.clock())
+            return []
+        items, self._waiting = claimed
+        self._claimed = {item.id for item in items}
+        return items
+
+    def delivered(self, item_id: int) -> None:
+        self._claimed.discard(item_id)
+        self._sent.append(item_id)
+        self._write_marks()
+
+    def retry_later(self, item_id: int, next_try: float) -> None:
+        self._claimed.discard(item_id)
+        self._retries[item_id] = next_try
+        self._write_marks()
+
+    def outbox_size(self) -> int:
+        """Messages not written yet, and those of the controlled sites waiting in the database."""
+        return len(self._outbox) + self._waiting
+
+    def _write_marks(self) -> bool:
+        if not self._sent and not self._retries:
+            return True
+        sent, retries = list(self._sent), dict(self._retries)
+        try:
+            again = self._call(lambda: mark(self._connection(), self.instance_id, sent, retries))
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, self.clock())
+            return False
+        if again:
+            self.duplicates += again
+            log.error("outbox: %d message(s) had been delivered already (sent again with the same X-Request-ID)",
+                      again)
+        del self._sent[:len(sent)]
+        for item_id in retries:
+            self._retries.pop(item_id, None)
+        return True
+
     # ----------------------------------------------------------------- writing
     def _target(self) -> str:
         return "PostgreSQL"
@@ -150,15 +209,16 @@ class PgStore(MemoryFirstStore):
             if self._kv_pending or self._outbox_pending:
                 upserts = [(key, self._kv[key], now) for key in sorted(self._kv_pending) if key in self._kv]
                 deletes = [key for key in self._kv_pending if key not in self._kv]
-                gone = [i for i in sorted(self._outbox_pending) if i not in self._outbox]
                 kept = [(item.id, self.instance_id, item.path, json.dumps(item.body), json.dumps(item.headers),
-                         item.attempts, item.next_try, item.created)
+                         item.attempts, item.next_try, item.created, item.site_id)
                         for item in (self._outbox.get(i) for i in sorted(self._outbox_pending)) if item is not None]
-                self._call(lambda: self._write(self._connection(), upserts, deletes, gone, kept))
+                self._call(lambda: self._write(self._connection(), upserts, deletes, kept))
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._failed(exc, now)
             return False
         self._kv_pending.clear()
+        for item_id in self._outbox_pending:  # in the database now: the site's owner delivers it
+            self._outbox.pop(item_id, None)
         self._outbox_pending.clear()
         self.saved_at = now
         if self.fault is not None:
@@ -166,11 +226,16 @@ class PgStore(MemoryFirstStore):
                         now - (self.fault_since or now), self._fault_failures)
             self.fault = None
             self.fault_since = None
-        return True
+        return self._write_marks()
+
+    @property
+    def pending(self) -> int:
+        """Keys, new messages and delivery marks not written yet."""
+        return len(self._kv_pending) + len(self._outbox_pending) + len(self._sent) + len(self._retries)
 
     @staticmethod
     def _write(db: psycopg.Connection[Any], upserts: list[tuple[str, str, float]], deletes: list[str],
-               gone: list[int], kept: list[tuple[Any, ...]]) -> None:
+               kept: list[tuple[Any, ...]]) -> None:
         """One transaction (on the writer thread, from copies: memory may change meanwhile)."""
         with db.transaction(), db.cursor() as cur:
             if upserts:
@@ -178,10 +243,7 @@ class PgStore(MemoryFirstStore):
                                 "DO UPDATE SET value = excluded.value, updated = excluded.updated", upserts)
             if deletes:
                 cur.execute("DELETE FROM kv WHERE key = ANY(%s)", (deletes,))
-            if gone:
-                cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", (gone,))
             if kept:
                 cur.executemany(
-                    "INSERT INTO outbox (id, instance_id, path, body, headers, attempts, next_try, created) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-                    "attempts = excluded.attempts, next_try = excluded.next_try", kept)
+                    "INSERT INTO outbox (id, instance_id, path, body, headers, attempts, next_try, created, site_id) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING", kept)

@@ -25,7 +25,7 @@ from adapters.prometheus import Family
 from adapters.store_port import Store
 from balancer.control import Controller, SiteStatus
 from balancer.events import SiteMeterReading
-from balancer.model import Config
+from balancer.model import Config, MeterSettings
 from balancer.timeline import horizon_slots, slot_floor
 from forecast.non_ev import forecast_non_ev
 
@@ -76,8 +76,11 @@ class MeterHub:
     """Owns the meters of every site of a service."""
 
     def __init__(self, config: Config, controllers: Mapping[str, Controller], store: Store, *,
-                 now: Callable[[], datetime], urgent: Callable[[str], None], wake: Callable[[], None]) -> None:
+                 now: Callable[[], datetime], urgent: Callable[[str], None], wake: Callable[[], None],
+                 controls: Callable[[str], bool] = lambda site_id: True) -> None:
         self.config = config
+        self.controls = controls
+        """Cluster mode: whether this instance controls a site (only the owner polls its meter)."""
         self.controllers = controllers
         self.store = store
         self.now = now
@@ -99,8 +102,7 @@ class MeterHub:
             self.import_wh[site.id] = float(saved) if isinstance(saved, (int, float)) else 0.0
             self.history[site.id] = self._load_history(site.id)
             if site.meter.source == "modbus":
-                self.pollers[site.id] = ModbusMeter(site.id, site.meter, on_reading=self.on_reading,
-                                                    on_error=self._error_cb(site.id), now=now)
+                self.pollers[site.id] = self._poller(site.id, site.meter)
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -123,12 +125,15 @@ class MeterHub:
                 await old.stop()
                 del self.pollers[site.id]
             if wanted is not None and site.id not in self.pollers:
-                poller = ModbusMeter(site.id, wanted, on_reading=self.on_reading,
-                                     on_error=self._error_cb(site.id), now=self.now)
+                poller = self._poller(site.id, wanted)
                 self.pollers[site.id] = poller
                 await poller.start()
             if site.meter is not None and site.id not in self.history:
                 self.history[site.id] = self._load_history(site.id)
+
+    def _poller(self, site_id: str, settings: MeterSettings) -> ModbusMeter:
+        return ModbusMeter(site_id, settings, on_reading=self.on_reading, on_error=self._error_cb(site_id),
+                           now=self.now, active=lambda: self.controls(site_id))
 
     # ----------------------------------------------------------------- readings in
     def _error_cb(self, site_id: str) -> Callable[[str, str], None]:

@@ -58,8 +58,10 @@ class ModbusMeter:
     def __init__(self, site_id: str, settings: MeterSettings, *,
                  on_reading: Callable[[SiteMeterReading], object],
                  on_error: Callable[[str, str], None] | None = None,
-                 now: Callable[[], datetime] = utc_now) -> None:
+                 now: Callable[[], datetime] = utc_now, active: Callable[[], bool] = lambda: True) -> None:
         self.site_id = site_id
+        self.active = active
+        """Cluster mode: whether this instance controls the site; only its owner polls the meter."""
         self.settings = settings
         self.on_reading = on_reading
         self.on_error = on_error or (lambda kind, message: None)
@@ -93,6 +95,10 @@ class ModbusMeter:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
+            if not self.active():
+                self._close()  # the owner holds the meter's connection (some meters take one only)
+                await asyncio.sleep(self.settings.poll_s)
+                continue
             try:
                 current = await self.read_once()
             except MeterReadError as exc:

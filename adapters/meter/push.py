@@ -3,6 +3,7 @@
 Body ``{"current_a": [L1, L2, L3], "timestamp": "..."}``: net current per grid phase [A], import
 positive, ``null`` for a phase the meter does not measure; an RFC 3339 timestamp with an offset,
 at most ``stale_after_s`` old and at most ``FUTURE_S`` ahead. Every refusal names its field.
+In a cluster the reading is checked here and handed to the site's owner (``forward``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from adapters.http_body import BadBody, error_response, loads, read_body
 
-__all__ = ["FUTURE_S", "MeterPushRefused", "MeterSink", "meter_push_handler", "parse_meter_push"]
+__all__ = ["FUTURE_S", "Forward", "MeterPushRefused", "MeterSink", "meter_push_handler", "parse_meter_push"]
 
 log = logging.getLogger("balancer.meter")
 
@@ -25,6 +26,9 @@ MAX_ABS_A = 1e5
 _KEYS = ("current_a", "timestamp")
 
 Currents = tuple[float | None, float | None, float | None]
+Forward = Callable[[str, Currents, datetime], Awaitable[tuple[int, dict[str, Any]] | None]]
+"""Cluster mode: hand a checked reading to the site's owner; (HTTP status, body) of its answer, or
+None when this instance controls the site (it takes the reading itself)."""
 
 
 class MeterPushRefused(Exception):
@@ -90,7 +94,7 @@ def parse_meter_push(data: Any, now: datetime, stale_after_s: float) -> tuple[Cu
 
 
 def meter_push_handler(sink: MeterSink, now: Callable[[], datetime],
-                       max_body_bytes: int | Callable[[], int],
+                       max_body_bytes: int | Callable[[], int], forward: Forward | None = None,
                        ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler (the admin API's bearer guard goes around it); ``max_body_bytes`` may be
     read from the running config at each request."""
@@ -102,6 +106,9 @@ def meter_push_handler(sink: MeterSink, now: Callable[[], datetime],
             limit = max_body_bytes() if callable(max_body_bytes) else max_body_bytes
             data = loads(await read_body(request, limit))
             current_a, at = parse_meter_push(data, now(), stale_after_s)
+            answer = None if forward is None else await forward(site_id, current_a, at)
+            if answer is not None:
+                return web.json_response(answer[1], status=answer[0])
             sink.push_reading(site_id, current_a, at)
         except BadBody as exc:
             log.warning("site %s: meter push refused: %s", site_id, exc.message)

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -59,6 +60,7 @@ class OcpiCpo(CpoProfiles):
         """A reloaded config (same sites): new tokens A, chargers, locations and settings apply."""
         assert config.ocpi is not None
         self.config, self.settings = config, config.ocpi
+        self._charger_site = {c.id: s.id for s in config.sites for c in s.chargers}
 
     def restore(self) -> None:
         """Re-apply the persisted caps and preferences of sessions still running (after a restart)."""
@@ -106,10 +108,10 @@ class OcpiCpo(CpoProfiles):
         r.add_get(f"{base}/locations", self._guard(self.locations))
         r.add_get(f"{base}/locations/{{location_id}}", self._guard(self.location))
         r.add_get(f"{base}/sessions", self._guard(self.sessions))
-        r.add_put(f"{base}/sessions/{{session_id}}/charging_preferences", self._guard(self.preferences))
-        r.add_put(f"{base}/chargingprofiles/{{session_id}}", self._guard(self.profile_put))
-        r.add_get(f"{base}/chargingprofiles/{{session_id}}", self._guard(self.profile_get))
-        r.add_delete(f"{base}/chargingprofiles/{{session_id}}", self._guard(self.profile_delete))
+        r.add_put(f"{base}/sessions/{{session_id}}/charging_preferences", self._guard(self._on_session("preferences")))
+        r.add_put(f"{base}/chargingprofiles/{{session_id}}", self._guard(self._on_session("profile_put")))
+        r.add_get(f"{base}/chargingprofiles/{{session_id}}", self._guard(self._on_session("profile_get")))
+        r.add_delete(f"{base}/chargingprofiles/{{session_id}}", self._guard(self._on_session("profile_delete")))
 
         async def register(request: web.Request) -> web.Response:
             """Admin: ``POST /api/v1/ocpi/register {"versions_url", "token_a"}``: we register with a party."""
@@ -135,6 +137,42 @@ class OcpiCpo(CpoProfiles):
             return web.json_response(result)
 
         r.add_post("/api/v1/ocpi/register", register)
+
+    # ----------------------------------------------------------------- session commands
+    def _on_session(self, op: str) -> Callable[[web.Request, str | None], Awaitable[web.Response]]:
+        """The HTTP handler of a command on a session: run here, or in a cluster by the owner of the
+        session's site (``forward``), which holds the session and sends the callback."""
+
+        async def handler(request: web.Request, party: str | None) -> web.Response:
+            session_id = request.match_info["session_id"]
+            message = {"op": op, "party": party, "session_id": session_id,
+                       "body": await self._body(request) if request.method == "PUT" else None,
+                       "query": dict(request.query)}
+            site_id = self._site_of_session(session_id)
+            if self.forward is not None and site_id is not None and not self.controls(site_id):
+                reply = await self.forward(site_id, message)
+            else:
+                reply = await self.command(message)
+            return ocpi_response(request, reply["data"], status=reply["status"], status_code=reply["status_code"],
+                                 message=reply["message"], field=reply["field"])
+
+        return handler
+
+    async def command(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Run a session command; the reply: the envelope's ``data``, ``status_code``, ``message``,
+        ``field`` and the HTTP ``status`` (JSON, so an instance forwarding it can answer with it)."""
+        party = message.get("party")
+        if party is not None and party not in self.parties and self.refresh("ocpi:party:"):
+            self._load_parties()  # a party that registered with another instance just now
+        op = {"preferences": self.preferences, "profile_put": self.profile_put, "profile_get": self.profile_get,
+              "profile_delete": self.profile_delete}[message["op"]]
+        try:
+            data = await op(party, str(message["session_id"]), message.get("body"), dict(message.get("query") or {}))
+        except OcpiError as exc:
+            self.counters["ocpi_rejected"] += 1
+            return {"status": exc.http, "status_code": exc.status_code, "message": exc.message, "field": exc.field,
+                    "data": None}
+        return {"status": 200, "status_code": 1000, "message": "Success", "field": None, "data": data}
 
     # ----------------------------------------------------------------- edge
     def _guard(self, handler: Callable[[web.Request, str | None], Awaitable[web.Response]], *,

@@ -92,6 +92,17 @@ class CpoBase:
         """Hashes of our tokens B offered to a party we register with: it reads our versions with them."""
         self._buckets: dict[str, list[float]] = {}
         self._outbox: dict[int, dict[str, Any]] = {}
+        # Cluster mode: each instance numbers its own callbacks (instances never share a key).
+        self._outbox_prefix = "ocpi:outbox:" if config.cluster is None else \
+            f"ocpi:outbox:{config.cluster.instance_id}:"
+        self.controls: Callable[[str], bool] = lambda site_id: True
+        """Cluster mode: whether this instance controls a site (only its owner sends the site's updates)."""
+        self.refresh: Callable[[str], bool] = lambda prefix: False
+        """Cluster mode: read the keys under a prefix again (records other instances wrote); True when read."""
+        self.forward: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        """Cluster mode: a session command (``OcpiCpo.command``'s message) run by the owner of the
+        session's site, and its reply; set by the cluster node."""
+        self._charger_site = {c.id: s.id for s in config.sites for c in s.chargers}
         self._waiting: set[int] = set()
         self._id_tags: dict[str, str] = {}
         self._sessions: dict[str, tuple[str, str]] = {}
@@ -106,16 +117,32 @@ class CpoBase:
         self.counters: dict[str, float] = {"ocpi_requests": 0, "ocpi_rejected": 0, "ocpi_profiles_set": 0,
                                            "ocpi_callbacks_sent": 0, "ocpi_callbacks_retried": 0,
                                            "ocpi_callbacks_dropped": 0, "ocpi_updates_sent": 0}
-        for key in store.keys("ocpi:party:"):
-            party = store.get_json(key)
-            self.parties[party["key"]] = party
-            self._by_token[token_hash(party["token_in"])] = party["key"]
-        for key in store.keys("ocpi:outbox:"):
+        self._load_parties()
+        for key in store.keys(self._outbox_prefix):
             item = store.get_json(key)
             self._outbox[int(item["id"])] = item
             if "wait_charger" in item:
                 self._waiting.add(int(item["id"]))
         self._next_id = max(self._outbox, default=0) + 1
+
+    def _load_parties(self) -> None:
+        """The registered parties from the store (in a cluster: registered with any instance)."""
+        parties: dict[str, dict[str, Any]] = {}
+        by_token: dict[str, str] = {}
+        for key in self.store.keys("ocpi:party:"):
+            party = self.store.get_json(key)
+            parties[party["key"]] = party
+            by_token[token_hash(party["token_in"])] = party["key"]
+        self.parties, self._by_token = parties, by_token
+
+    def _site_of_session(self, session_id: str) -> str | None:
+        """The site of the charger a session id (``{charger_id}-{transaction_id}``) names, if any."""
+        cid = session_id
+        while "-" in cid:
+            cid = cid.rsplit("-", 1)[0]
+            if cid in self._charger_site:
+                return self._charger_site[cid]
+        return None
 
     def _token_a(self, token: str) -> str | None:
         """The configured token A ``token`` is, if it is one and has not been used yet."""
@@ -156,7 +183,7 @@ class CpoBase:
             item["next_try"] = created + min(HOLD_RESULT_S, timeout / 2)
             self._waiting.add(item_id)
         self._outbox[item_id] = item
-        self.store.put_json(f"ocpi:outbox:{item_id:012d}", item)
+        self.store.put_json(self._outbox_key(item_id), item)
         self._wake.set()
 
     def _release(self, event: ProfileResult) -> None:
@@ -172,8 +199,11 @@ class CpoBase:
                 self._waiting.discard(item_id)
                 item["next_try"] = 0.0
                 del item["wait_charger"], item["wait_cap_a"]
-                self.store.put_json(f"ocpi:outbox:{item_id:012d}", item, flush=False)
+                self.store.put_json(self._outbox_key(item_id), item, flush=False)
                 self._wake.set()
+
+    def _outbox_key(self, item_id: int) -> str:
+        return f"{self._outbox_prefix}{item_id:012d}"
 
     def outbox_size(self) -> int:
         return len(self._outbox)
@@ -207,7 +237,7 @@ class CpoBase:
                         ok = 200 <= response.status < 300
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     log.debug("OCPI callback to %s failed: %r", item["url"], exc)
-            key = f"ocpi:outbox:{item_id:012d}"
+            key = self._outbox_key(item_id)
             if ok:
                 self.counters["ocpi_callbacks_sent"] += 1
                 self._outbox.pop(item_id, None)

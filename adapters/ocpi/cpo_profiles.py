@@ -9,8 +9,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp import web
-
 from adapters.ocpi.cpo_base import (
     CAP_TOLERANCE_A,
     UPDATE_CHECK_S,
@@ -21,7 +19,6 @@ from adapters.ocpi.messages import (
     OcpiError,
     ProfileIn,
     iso,
-    ocpi_response,
     parse_set_profile,
     parse_url,
 )
@@ -46,23 +43,22 @@ class CpoProfiles(CpoSessions):
         bucket[0] -= 1.0
         return False
 
-    def _answer(self, request: web.Request, result: str) -> web.Response:
-        return ocpi_response(request, {"result": result, "timeout": self.settings.profile_timeout_s})
+    def _answer(self, result: str) -> dict[str, Any]:
+        """A ChargingProfileResponse (the data of the envelope)."""
+        return {"result": result, "timeout": self.settings.profile_timeout_s}
 
-    def _profile_session(self, request: web.Request, party: str | None,
-                         session_id: str) -> tuple[str, str, ChargerState] | web.Response:
+    def _profile_session(self, party: str | None, session_id: str) -> tuple[str, str, ChargerState] | dict[str, Any]:
         """The session a ChargingProfiles request is about, or the answer refusing it (TOO_OFTEN
         before the lookup, so a party over its rate learns nothing, then UNKNOWN_SESSION)."""
         if self._too_often(party):
-            return self._answer(request, "TOO_OFTEN")
+            return self._answer("TOO_OFTEN")
         found = self._session(session_id)
-        return self._answer(request, "UNKNOWN_SESSION") if found is None else found
+        return self._answer("UNKNOWN_SESSION") if found is None else found
 
-    async def profile_put(self, request: web.Request, party: str | None) -> web.Response:
-        session_id = request.match_info["session_id"]
-        profile = parse_set_profile(await self._body(request))
-        found = self._profile_session(request, party, session_id)
-        if isinstance(found, web.Response):
+    async def profile_put(self, party: str | None, session_id: str, body: Any, query: dict[str, str]) -> Any:
+        profile = parse_set_profile(body)
+        found = self._profile_session(party, session_id)
+        if isinstance(found, dict):
             return found
         site_id, cid, state = found
         now = self.now()
@@ -76,7 +72,7 @@ class CpoProfiles(CpoSessions):
                       wait_for=(cid, cap_now) if wait and cap_now is not None else None)
         self._emit_cap(record)
         self.counters["ocpi_profiles_set"] += 1
-        return self._answer(request, "ACCEPTED")
+        return self._answer("ACCEPTED")
 
     def _profile_record(self, session_id: str, site_id: str, cid: str, state: ChargerState, profile: ProfileIn,
                         party: str | None, now: datetime) -> dict[str, Any]:
@@ -131,34 +127,32 @@ class CpoProfiles(CpoSessions):
             profile["duration"] = int(duration_s)
         return {"start_date_time": iso(now), "charging_profile": profile}
 
-    async def profile_get(self, request: web.Request, party: str | None) -> web.Response:
-        session_id = request.match_info["session_id"]
-        raw = request.query.get("duration")
+    async def profile_get(self, party: str | None, session_id: str, body: Any, query: dict[str, str]) -> Any:
+        raw = query.get("duration")
         if raw is None or not raw.isdigit() or not 0 < int(raw) <= 7 * 86400:
             raise OcpiError(f"duration must be an integer number of seconds (1 to 604800), got {raw!r}",
                             "duration")
-        response_url = parse_url(request.query.get("response_url"), "response_url")
-        found = self._profile_session(request, party, session_id)
-        if isinstance(found, web.Response):
+        response_url = parse_url(query.get("response_url"), "response_url")
+        found = self._profile_session(party, session_id)
+        if isinstance(found, dict):
             return found
         site_id, cid, _ = found
         now = self.now()
-        body = {"result": "ACCEPTED", "profile": self._active_profile(site_id, cid, int(raw), now)}
-        self._enqueue("POST", response_url, body, party, now)
-        return self._answer(request, "ACCEPTED")
+        result = {"result": "ACCEPTED", "profile": self._active_profile(site_id, cid, int(raw), now)}
+        self._enqueue("POST", response_url, result, party, now)
+        return self._answer("ACCEPTED")
 
-    async def profile_delete(self, request: web.Request, party: str | None) -> web.Response:
-        session_id = request.match_info["session_id"]
-        response_url = parse_url(request.query.get("response_url"), "response_url")
-        found = self._profile_session(request, party, session_id)
-        if isinstance(found, web.Response):
+    async def profile_delete(self, party: str | None, session_id: str, body: Any, query: dict[str, str]) -> Any:
+        response_url = parse_url(query.get("response_url"), "response_url")
+        found = self._profile_session(party, session_id)
+        if isinstance(found, dict):
             return found
         _, cid, state = found
         now = self.now()
         self.store.delete_json(f"ocpi:profile:{session_id}", flush=False)
         self._enqueue("POST", response_url, {"result": "ACCEPTED"}, party, now)
         self.on_event(ExternalCapSet(charger_id=cid, at=now, periods=(), transaction_id=state.transaction_id))
-        return self._answer(request, "ACCEPTED")
+        return self._answer("ACCEPTED")
 
     # ----------------------------------------------------------------- ActiveChargingProfile updates
     def _sender_url(self, party: str | None) -> str | None:
@@ -171,13 +165,19 @@ class CpoProfiles(CpoSessions):
         return None
 
     def check_updates(self) -> None:
-        """PUT an ActiveChargingProfile for every capped session whose limit moved past the deadband."""
+        """PUT an ActiveChargingProfile for every capped session whose limit moved past the deadband
+        (in a cluster, the owner of the session's site does, whichever instance took the profile)."""
         now = self.now()
+        if self.refresh("ocpi:party:"):  # cluster mode: parties and caps other instances stored
+            self._load_parties()
+        self.refresh("ocpi:profile:")
         for key in self.store.keys("ocpi:profile:"):
             record = self.store.get_json(key)
+            if record is None:
+                continue
             url = self._sender_url(record["party"])
             controller = self.controllers.get(record["site_id"])
-            if url is None or controller is None:
+            if url is None or controller is None or not self.controls(record["site_id"]):
                 continue
             limit = controller.states[record["charger_id"]].limit_a
             last = record.get("reported_a")

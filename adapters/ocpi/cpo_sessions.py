@@ -149,27 +149,26 @@ class CpoSessions(CpoCredentials):
             self.store.delete_json(f"ocpi:prefs:{session_id}", flush=False)
             self.store.flush()
 
-    async def preferences(self, request: web.Request, party: str | None) -> web.Response:
-        session_id = request.match_info["session_id"]
-        prefs = parse_preferences(await self._body(request))
+    async def preferences(self, party: str | None, session_id: str, body: Any, query: dict[str, str]) -> Any:
+        prefs = parse_preferences(body)
         found = self._session(session_id)
         if found is None:
             raise OcpiError(f"unknown session {session_id!r}", "session_id", status_code=2001, http=404)
         _, cid, state = found
         now = self.now()
         if prefs.profile_type in ("CHEAP", "GREEN"):
-            return ocpi_response(request, "PROFILE_TYPE_NOT_SUPPORTED")
+            return "PROFILE_TYPE_NOT_SUPPORTED"
         if prefs.departure is None:
-            return ocpi_response(request, "DEPARTURE_REQUIRED")
+            return "DEPARTURE_REQUIRED"
         if prefs.energy_need_kwh is None:
-            return ocpi_response(request, "ENERGY_NEED_REQUIRED")
+            return "ENERGY_NEED_REQUIRED"
         if prefs.departure <= now or prefs.departure > now + timedelta(days=7):
-            return ocpi_response(request, "NOT_POSSIBLE")
+            return "NOT_POSSIBLE"
         self.store.put_json(f"ocpi:prefs:{session_id}", {
             "session_id": session_id, "party": party, "profile_type": prefs.profile_type,
             "departure_time": iso(prefs.departure), "energy_need": prefs.energy_need_kwh, "set_at": iso(now)})
         self._apply_preferences(cid, state, prefs.energy_need_kwh, prefs.departure)
-        return ocpi_response(request, "ACCEPTED")
+        return "ACCEPTED"
 
     def _apply_preferences(self, cid: str, state: ChargerState, energy_need_kwh: float, departure: datetime) -> None:
         """The car's needs for the planner: the session's energy need less what it has delivered."""

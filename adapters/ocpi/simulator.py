@@ -43,6 +43,8 @@ class OcpiParty:
         """What we call the CPO with, once registered."""
         self.cpo_endpoints: dict[str, str] = {}
         self.results: dict[str, dict[str, Any]] = {}
+        self.result_posts: dict[str, int] = {}
+        """How many times each result came (a CPO sends each once)."""
         self.updates: list[tuple[str, dict[str, Any]]] = []
         self.bad_auth = 0
         self.callbacks_down = False
@@ -117,7 +119,9 @@ class OcpiParty:
             return web.json_response(envelope(None, 3000, "down"), status=503)
         if not self._authorized(request, self.token_b):
             return web.json_response(envelope(None, 2000, "unauthorized"), status=401)
-        self.results[request.match_info["request_id"]] = await request.json()
+        request_id = request.match_info["request_id"]
+        self.results[request_id] = await request.json()
+        self.result_posts[request_id] = self.result_posts.get(request_id, 0) + 1
         self.results_event.set()
         return web.json_response(envelope())
 

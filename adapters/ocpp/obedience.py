@@ -15,8 +15,9 @@ import logging
 from datetime import datetime, timedelta
 
 from adapters.ocpp.push_plan import LimitPlan
-from adapters.ocpp.steps import Periods, peak_between, value_at
+from adapters.ocpp.steps import Periods, peak_between, pointwise_max, value_at
 from adapters.ocpp.trusted_call import call_trusted
+from balancer.charger_state import IDLE_DRAW_A
 from balancer.events import MeterSample, ObedienceChanged
 
 __all__ = ["OBEY_GRACE_S", "READ_BACK_DELAY_S", "TRUST_AFTER_S", "Obedience"]
@@ -42,23 +43,41 @@ READ_BACK_MAX_WAIT_S = 30.0
 class Obedience(LimitPlan):
     """Readings and read-backs against what the charger holds (module docstring)."""
 
+    verified = False
+    """A reading has shown it keeps a limit it was sent (``ChargerState.verified``; after a restart
+    the controller's persisted value): told to the controller once."""
+
     def _allowed_periods(self) -> Periods | None:
-        """The schedule of the profile the car draws by now (None: not known)."""
+        """The schedule of the profile the car draws by now (None: not known).
+
+        With an idle default of its own, the TxProfile governs while its transaction is the
+        charger's; when the transaction we know differs from the one the TxProfile was sent for
+        (a 1.6 charger's transaction told late, a start or stop seen mid-push), the charger may
+        still draw by that TxProfile: a reading is judged against the higher of the two (taking
+        the idle default alone flagged healthy chargers "over their 0 A limit")."""
+        held = self.held_periods if self.held_a is not None and self.held_periods else None
         if self._separate_idle():
             tx = self._link_tx()
             if tx is None or self.held_tx != tx:
-                return self.idle_periods if self.idle_a is not None and self.idle_periods else None
-        return self.held_periods if self.held_a is not None and self.held_periods else None
+                idle = self.idle_periods if self.idle_a is not None and self.idle_periods else None
+                if idle is None or held is None or self.held_tx is None:
+                    return idle
+                return pointwise_max(idle, held)
+        return held
 
     def _note_allowed(self) -> None:
         periods = self._allowed_periods()
         if periods is not None:
             self._allowed_log.append((self.clock(), periods))
 
-    def seed_allowed(self, limit_a: float) -> None:
-        """After a restart: the limit the controller persisted as held by the charger, so its
-        readings are judged from its first one on, before a new limit has landed."""
-        self._allowed_log.append((self.clock(), ((self.clock(), limit_a),)))
+    def seed_allowed(self) -> None:
+        """After a restart: until a limit of this process lands, and for ``OBEY_GRACE_S`` after,
+        a reading is judged against the charger's maximum. The persisted state lags what the
+        charger holds: the previous process may have pushed a higher limit after its last write
+        (a kill -9 10 ms after a push of 6.2 A over a persisted 0 A flagged healthy chargers for
+        a minute). A charger that was flagged is restored flagged (``restore_flag``), and a session
+        on one never seen keeping a limit is reserved at its maximum by the controller."""
+        self._allowed_log.append((self.clock(), ((self.clock(), self.link.charger.max_current_a),)))
 
     def peak_allowed_a(self, now: datetime) -> float | None:
         """The highest limit its profiles let it draw at any moment of the last ``OBEY_GRACE_S``
@@ -156,18 +175,33 @@ class Obedience(LimitPlan):
             # charger drawing 32 A under a 30 A limit is within the tolerance, not following it.
             self._follow_n = 0
             return
+        if self.obeys and not self.verified and self._link_tx() is not None and drawn > IDLE_DRAW_A \
+                and allowed < self.link.charger.max_current_a - OBEY_TOLERANCE_A:
+            self._verify(drawn, allowed)
         if self._follow_n == 0:
             self._follow_since = now.timestamp()
         self._follow_n += 1
         if not self.obeys and not self.refusing and self._follow_n >= TRUST_SAMPLES \
                 and now.timestamp() - self._follow_since >= TRUST_AFTER_S:
-            self._set_obeys(True, drawn, f"has followed its limit for {now.timestamp() - self._follow_since:.0f} s")
+            self._set_obeys(True, drawn, f"has followed its limit for {now.timestamp() - self._follow_since:.0f} s",
+                            verified=True)
 
-    def _set_obeys(self, obeys: bool, draw_a: float, detail: str, *, by: str | None = None) -> None:
+    def _verify(self, drawn: float, allowed: float) -> None:
+        """Its car draws and stays within a limit below the charger's maximum: it keeps the limits
+        it is sent, so its sessions need no longer be reserved at its maximum (``verified``)."""
+        self.verified = True
+        detail = f"keeps its limit: draws {drawn:.1f} A under {allowed:.1f} A"
+        log.info("charger %s %s", self.link.charger_id, detail)
+        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), True, drawn, detail, verified=True))
+
+    def _set_obeys(self, obeys: bool, draw_a: float, detail: str, *, by: str | None = None,
+                   verified: bool = False) -> None:
+        """``verified``: trusted again from its readings, which shows it keeps its limits."""
         if obeys == self.obeys:
             return
         self.obeys = obeys
         self._flagged_by = None if obeys else by
+        self.verified = self.verified or verified
         log.warning("charger %s %s: %s", self.link.charger_id, "obeys" if obeys else "does NOT obey", detail)
-        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), obeys, draw_a, detail))
+        self.link.emit(ObedienceChanged(self.link.charger_id, self.clock(), obeys, draw_a, detail, verified=verified))
 

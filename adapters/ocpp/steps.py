@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-__all__ = ["Periods", "breakpoints", "drop_a", "now_then_min", "peak_between", "pointwise_min", "raise_a",
-           "raise_now_a", "renew_tail", "value_at"]
+__all__ = ["Periods", "breakpoints", "drop_a", "now_then_min", "peak_between", "pointwise_max", "pointwise_min",
+           "raise_a", "raise_now_a", "renew_tail", "value_at"]
 
 Periods = Sequence[tuple[datetime, float]]
 EPS_A = 1e-9
@@ -81,6 +81,17 @@ def now_then_min(held: Periods, new: Periods) -> tuple[tuple[datetime, float], .
         value = value_at(low, t)
         if abs(out[-1][1] - value) > EPS_A:
             out.append((t, value))
+    return tuple(out)
+
+
+def pointwise_max(a: Periods, b: Periods) -> tuple[tuple[datetime, float], ...]:
+    """max(a, b) at every instant from the earlier start on, as periods (equal neighbours merged)."""
+    out: list[tuple[datetime, float]] = []
+    for t in sorted({t for t, _ in (*a, *b)}):
+        value = max(value_at(a, t), value_at(b, t))
+        if out and abs(out[-1][1] - value) <= EPS_A:
+            continue
+        out.append((t, value))
     return tuple(out)
 
 

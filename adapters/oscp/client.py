@@ -5,6 +5,11 @@ with retries and exponential backoff, so nothing is lost while the Capacity Prov
 the service restarts. Heartbeats carry ``offline_mode_at`` (now + 2 x interval);
 UpdateGroupMeasurements report each site's imported energy; GroupCapacityComplianceError and
 AdjustGroupCapacityForecast are sent when the service asks.
+
+In cluster mode only a site's owner speaks for it (``controls(site_id)``): measurements, compliance
+errors and forecast adjustments of the sites it controls; heartbeats and the registration by the
+owner of the first site (``controls(None)``). The outbox is then the cluster's
+(``adapters.cluster.shared_outbox``): each message names its site and that site's owner delivers it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -42,7 +48,8 @@ class OscpClient:
 
     def __init__(self, config: Config, store: Store, *, now: Callable[[], datetime] = utc_now,
                  site_energy_wh: Callable[[str], float] | None = None, base_backoff_s: float = 1.0,
-                 site_import_wh: Callable[[str], float | None] | None = None) -> None:
+                 site_import_wh: Callable[[str], float | None] | None = None,
+                 controls: Callable[[str | None], bool] = lambda site_id: True) -> None:
         assert config.oscp.capacity_provider is not None
         self.config = config
         self.store = store
@@ -51,10 +58,13 @@ class OscpClient:
         self.site_import_wh = site_import_wh or (lambda site_id: None)
         """The net import at the connection from a site meter [Wh], None without one."""
         self.base_backoff_s = base_backoff_s
+        self.controls = controls
+        """Whether this instance speaks for a site (None: for the whole deployment); always in one process."""
         self.cp = config.oscp.capacity_provider
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._kick = asyncio.Event()
+        self._heartbeat_at = -math.inf  # monotonic time of the last heartbeat queued
         self.sent: dict[str, int] = {}
         self.failures = 0
 
@@ -62,7 +72,10 @@ class OscpClient:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         self._tasks = [asyncio.create_task(self._deliver_loop()), asyncio.create_task(self._heartbeat_loop()),
                        asyncio.create_task(self._measurement_loop())]
-        if self.config.oscp.public_base_url and not self.store.get_json("oscp:registered"):
+        self._maybe_register()
+
+    def _maybe_register(self) -> None:
+        if self.config.oscp.public_base_url and self.controls(None) and not self.store.get_json("oscp:registered"):
             self.register()
 
     async def stop(self) -> None:
@@ -75,11 +88,17 @@ class OscpClient:
             await self._session.close()
 
     # ----------------------------------------------------------------- messages
-    def _send(self, path: str, body: dict[str, Any], correlation_id: str | None = None) -> None:
+    def _send(self, path: str, body: dict[str, Any], correlation_id: str | None = None,
+              site_id: str | None = None) -> None:
+        """Queue a message; its ``X-Request-ID`` stays with it through every retry and every owner."""
         headers = {"X-Request-ID": str(uuid.uuid4())}
         if correlation_id:
             headers["X-Correlation-ID"] = correlation_id
-        self.store.enqueue(path, body, headers)
+        self.store.enqueue(path, body, headers, site_id)
+        self._kick.set()
+
+    def kick(self) -> None:
+        """Deliver now (this instance just took over sites whose messages may wait)."""
         self._kick.set()
 
     def register(self) -> None:
@@ -102,26 +121,29 @@ class OscpClient:
     def measurements(self) -> None:
         now = iso(self.now())
         for site in self.config.sites:
+            if not self.controls(site.id):
+                continue
             measurements = [{"value": round(self.site_energy_wh(site.id), 1), "phase": "ALL", "unit": "WH",
                              "direction": "IMPORT", "energy_type": "FLEXIBLE", "measure_time": now}]
             total = self.site_import_wh(site.id)
             if total is not None:  # a site meter: the whole connection's net import
                 measurements.append({"value": round(total, 1), "phase": "ALL", "unit": "WH", "direction": "IMPORT",
                                      "energy_type": "TOTAL", "measure_time": now})
-            self._send("update_group_measurements", {"group_id": site.group_id, "measurements": measurements})
+            self._send("update_group_measurements", {"group_id": site.group_id, "measurements": measurements},
+                       site_id=site.id)
 
     def compliance_error(self, site_id: str, message: str, start: datetime, end: datetime,
                          capacity_a: Sequence[float], correlation_id: str | None = None) -> None:
         self._send("group_capacity_compliance_error", {"message": message, "forecasted_blocks": [
             {"capacity": round(min(capacity_a), 1), "phase": "ALL", "unit": "A", "start_time": iso(start),
-             "end_time": iso(end)}]}, correlation_id=correlation_id)
+             "end_time": iso(end)}]}, correlation_id=correlation_id, site_id=site_id)
 
     def adjust_forecast(self, site_id: str, blocks: list[dict[str, Any]]) -> None:
         if not self.config.oscp.adjust_forecast:
             return
         group = self.config.site(site_id).group_id
         self._send("adjust_group_capacity_forecast", {"group_id": group, "type": "CONSUMPTION",
-                                                      "forecasted_blocks": blocks})
+                                                      "forecasted_blocks": blocks}, site_id=site_id)
 
     def _heartbeat_interval(self) -> float:
         behaviour = self.store.get_json("oscp:required_behaviour")
@@ -135,9 +157,18 @@ class OscpClient:
 
     # ----------------------------------------------------------------- loops
     async def _heartbeat_loop(self) -> None:
+        """A heartbeat every interval from whoever speaks for the deployment (checked each second,
+        so a new speaker in a cluster sends its first one at once)."""
         while True:
-            self.heartbeat()
-            await asyncio.sleep(self._heartbeat_interval())
+            interval = self._heartbeat_interval()
+            if self.controls(None):
+                self._maybe_register()
+                if time.monotonic() - self._heartbeat_at >= interval:
+                    self._heartbeat_at = time.monotonic()
+                    self.heartbeat()
+            else:
+                self._heartbeat_at = -math.inf
+            await asyncio.sleep(min(interval, 1.0))
 
     async def _measurement_loop(self) -> None:
         while True:

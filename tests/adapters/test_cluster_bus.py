@@ -1,8 +1,10 @@
-"""The gateway side of the NATS bus on a real nats-server: epoch fencing, bad commands, gone gateways."""
+"""The NATS bus on a real nats-server: epoch fencing, bad commands, gone gateways, asking a site's owner."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import nats
 
@@ -60,3 +62,28 @@ async def test_bad_commands_are_counted_and_change_nothing(nats_server: NatsServ
     finally:
         await nc.close()
         await gateway.stop()
+
+
+async def test_an_ask_gets_the_owners_answer_or_says_why_there_is_none(nats_server: NatsServer) -> None:
+    async def echo(site_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(float(body.get("wait_s", 0)))
+        return {"site": site_id, "got": body}
+
+    owner = Bus(nats_server.url, "owner", OcppServer(CONFIG, on_event=lambda e: None), on_event=lambda *a: None,
+                on_changed=lambda *a: None, response_timeout_s=2.0, answers={"meter": echo})
+    asker = Bus(nats_server.url, "asker", OcppServer(CONFIG, on_event=lambda e: None), on_event=lambda *a: None,
+                on_changed=lambda *a: None, response_timeout_s=2.0)
+    await owner.start()
+    await asker.start()
+    try:
+        assert "no instance answers" in str(await asker.ask("depot", "meter", {"n": 1}, 1.0))  # nobody owns it
+        await owner.own("depot")
+        assert await asker.ask("depot", "meter", {"n": 2}, 1.0) == {"site": "depot", "got": {"n": 2}}
+        assert "did not answer within 0.2 s" in str(await asker.ask("depot", "meter", {"wait_s": 1}, 0.2))
+        assert "no instance answers" in str(await asker.ask("depot", "ocpi", {}, 1.0))  # a kind it does not answer
+        await owner.disown("depot")
+        assert "no instance answers" in str(await asker.ask("depot", "meter", {"n": 3}, 1.0))
+        assert asker.counters["asks_forwarded"] == 1 and asker.counters["asks_unanswered"] == 4
+    finally:
+        await asker.stop()
+        await owner.stop()

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from adapters.app import Service
+from adapters.ocpp.obedience import OBEY_GRACE_S
 from adapters.ocpp.simulator import Misbehaviour
 from balancer.config import parse_config
-from balancer.events import ChargerOnline, ChargerSchedule, ObedienceChanged, ProfileResult, SessionStarted
+from balancer.events import ChargerOnline, ChargerSchedule, MeterSample, ObedienceChanged, ProfileResult, SessionStarted
 from tests.adapters.ocpp_env import Env, ocpp_config, running_env, schedule, wait_for
 
 CHARGERS = [{"id": "A16", "max_current_a": 32}, {"id": "B201", "max_current_a": 32}]
@@ -143,7 +144,10 @@ async def test_a_rise_only_in_the_slots_ahead_waits_like_a_small_increase(env: E
 
 def test_a_restart_keeps_the_flag_and_what_the_charger_held(tmp_path: Path) -> None:
     """The controller's persisted state says a charger did not obey: the new process's pusher
-    starts flagged, and judges readings against the limit persisted as held from the first one."""
+    starts flagged. The limit persisted as held is no bound on what the charger holds (the old
+    process may have pushed more after its last write: a kill -9 in the chaos run flagged healthy
+    chargers drawing 6.2 A over a persisted 0 A): until a limit of the new process lands, a
+    reading is judged against the charger's maximum; a session stays verified across it."""
     config = parse_config({"sites": [{"id": "s", "grid_limit_a": 100, "fallback_kw": 10,
                                       "chargers": [{"id": c["id"], "max_current_a": 32} for c in CHARGERS]}],
                            "state_dir": str(tmp_path)})
@@ -152,7 +156,7 @@ def test_a_restart_keeps_the_flag_and_what_the_charger_held(tmp_path: Path) -> N
         state = first.controllers["s"].states["A16"]
         state.obeys, state.draw_a = False, 30.0
         held = first.controllers["s"].states["B201"]
-        held.held_a, held.limit_a, held.held_known = 12.0, 10.0, True
+        held.held_a, held.limit_a, held.held_known, held.verified = 12.0, 10.0, True, True
         first._persist()
     finally:
         first.store.close()
@@ -162,7 +166,8 @@ def test_a_restart_keeps_the_flag_and_what_the_charger_held(tmp_path: Path) -> N
         assert second.ocpp.links["A16"].pusher.obeys is False
         assert second.ocpp.links["A16"].pusher.reserved_a == 30.0
         pusher = second.ocpp.links["B201"].pusher
-        assert pusher.obeys and pusher.peak_allowed_a(pusher.clock()) == 12.0
+        assert pusher.obeys and pusher.peak_allowed_a(pusher.clock()) == 32.0
+        assert pusher.verified and not second.ocpp.links["A16"].pusher.verified
         assert second.ocpp.failsafe_a["A16"] > 0
     finally:
         second.store.close()
@@ -204,3 +209,26 @@ async def test_a_flagged_charger_a_little_over_its_limit_is_not_trusted_again(en
         clock.advance(30)
     assert sim.draw_a == 32.0
     assert [e.obeys for e in env.of(ObedienceChanged)] == [False]
+
+
+async def test_a_reading_is_judged_against_the_txprofile_held_while_the_known_transaction_differs(env: Env) -> None:
+    """A false flag (issue 11): with an idle default of its own, the car draws by the TxProfile
+    while its transaction is the charger's, else by the idle default (0 A under a session). When
+    the transaction known here differs from the one the TxProfile was sent for (a start or a stop
+    seen while the push was out, a transaction told late), only the idle default was counted: a
+    car drawing 16 A under the 16 A TxProfile it had accepted was flagged "over its 0.0 A limit"
+    once the grace had passed. It is judged against the higher of the two; above both, flagged."""
+    clock = FakeClock()
+    link = env.server.links["A16"]
+    pusher = link.pusher
+    pusher.clock = clock
+    t = clock()
+    pusher.idle_a, pusher.idle_periods = 0.0, ((t, 0.0),)
+    pusher.held_a, pusher.held_periods, pusher.held_tx = 16.0, ((t, 16.0),), "tx-1"
+    link.transaction_id, link.tx_known = "tx-2", True
+    pusher._note_allowed()
+    clock.advance(OBEY_GRACE_S + 1.0)
+    pusher.observe(MeterSample("A16", clock(), (16.0, 16.0, 16.0)))
+    assert pusher.obeys and all(e.obeys for e in env.of(ObedienceChanged))
+    pusher.observe(MeterSample("A16", clock(), (25.0, 25.0, 25.0)))
+    assert not pusher.obeys and "over its 16.0 A limit" in env.of(ObedienceChanged)[-1].detail

@@ -7,9 +7,11 @@ import time
 from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 
 from adapters.cluster.migrations import MIGRATIONS, migrate
 from adapters.cluster.pg_store import WAIT_S, PgStore
+from tests.cluster_fixtures import hold_sites
 from tests.tcp_proxy import TcpProxy
 
 
@@ -42,6 +44,10 @@ def test_instances_write_their_own_keys_and_read_each_others_on_refresh(pg_url: 
     assert a.get_json("controller:south") == {"CP9": "b"} and a.get_json("forecast:south") == {"kw": 1}
     b.delete_json("controller:south")
     assert a.refresh(prefix="controller:") and a.keys("controller:") == ["controller:north"]
+    b.put_json("controller:west", {"CP5": "b"})  # a key new to ``a``: a prefix's refresh reads it too
+    assert a.refresh(prefix="controller:") and a.keys("controller:") == ["controller:north", "controller:west"]
+    b.delete_json("controller:west")
+    assert a.refresh(prefix="controller:") and a.keys("controller:") == ["controller:north"]
     assert a.flush()
     a.close()
     b.close()
@@ -50,17 +56,55 @@ def test_instances_write_their_own_keys_and_read_each_others_on_refresh(pg_url: 
     again.close()
 
 
-def test_outbox_ids_are_unique_across_instances_and_each_delivers_its_own(pg_url: str) -> None:
+def test_outbox_ids_are_unique_across_instances_and_the_sites_owner_delivers_every_message(pg_url: str) -> None:
     a, b = PgStore(pg_url, "a"), PgStore(pg_url, "b")
-    ids_a = [a.enqueue("heartbeat", {"from": "a", "n": n}, {}) for n in range(3)]
-    ids_b = [b.enqueue("heartbeat", {"from": "b", "n": n}, {}) for n in range(3)]
+    holder, epochs = hold_sites(pg_url, "a", ["north"])
+    for store in (a, b):
+        store.lead_site = "north"
+    ids_a = [a.enqueue("heartbeat", {"from": "a", "n": n}, {}, site_id="north") for n in range(3)]
+    ids_b = [b.enqueue("handshake_acknowledge", {"from": "b", "n": n}, {}) for n in range(3)]  # no site: the lead's
     assert not set(ids_a) & set(ids_b)
-    a.close()
+    b.owned = lambda: epochs  # b believes it owns north (say, a stale view): the lock says otherwise
+    assert b.due(1.0) == []
+    a.owned = lambda: epochs
+    assert sorted(i.id for i in a.due(1.0)) == sorted(ids_a + ids_b)
+    a.close()  # its claims are given back
     b.close()
     again = PgStore(pg_url, "a")
-    assert [i.id for i in again.due(1.0)] == ids_a
-    assert again.enqueue("x", {}, {}) > max(ids_a + ids_b) and again.outbox_size() == 4
+    again.lead_site, again.owned = "north", lambda: epochs
+    assert sorted(i.id for i in again.due(1.0)) == sorted(ids_a + ids_b)
+    assert again.outbox_size() == 6  # waiting for north, as of the last claim
+    assert again.enqueue("x", {}, {}) > max(ids_a + ids_b)
     again.close()
+    holder.close()
+
+
+def test_a_new_owner_sends_what_the_old_one_claimed_once_its_post_has_timed_out(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = PgStore(pg_url, "old"), PgStore(pg_url, "new")
+    holder, epochs = hold_sites(pg_url, "old", ["north"])
+    old.owned = lambda: epochs
+    sent = old.enqueue("update_group_measurements", {"n": 1}, {"X-Request-ID": "r1"}, site_id="north")
+    claimed = old.enqueue("update_group_measurements", {"n": 2}, {"X-Request-ID": "r2"}, site_id="north")
+    assert [i.id for i in old.due(1.0)] == [sent, claimed]
+    old.delivered(sent)
+    holder.close()  # "old" dies mid-POST of the second message (its lock goes with its backend)
+    holder, taken = hold_sites(pg_url, "new", ["north"])
+    assert taken["north"] == epochs["north"] + 1
+    new.owned = lambda: taken
+    assert new.due(1.0) == []  # the claim is fresh: old's POST may still be under way
+    monkeypatch.setattr("adapters.cluster.shared_outbox.STALE_CLAIM_S", 0.0)
+    again = new.due(1.0)
+    assert [(i.id, i.headers) for i in again] == [(claimed, {"X-Request-ID": "r2"})]  # same request id
+    new.delivered(claimed)
+    old.delivered(claimed)  # old's POST had gone through after all: counted, not hidden
+    assert old.duplicates == 1 and new.duplicates == 0
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT id, sent_by, claims FROM outbox ORDER BY id").fetchall()
+    assert rows == [(sent, "old", 1), (claimed, "new", 2)]
+    for store in (old, new):
+        store.close()
+    holder.close()
 
 
 def test_a_database_that_goes_silent_costs_one_wait_and_nothing_is_lost(pg_url: str) -> None:

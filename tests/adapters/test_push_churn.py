@@ -13,7 +13,7 @@ import pytest
 
 from adapters.ocpp.steps import value_at
 from balancer.control import Controller, slot_floor
-from balancer.events import ChargerOnline, ChargerSchedule, ProfileResult, SessionStarted
+from balancer.events import ChargerOnline, ChargerSchedule, ObedienceChanged, ProfileResult, SessionStarted
 from tests.adapters.ocpp_env import Env, ocpp_config, running_env, wait_for
 
 CHARGERS = [{"id": "A16", "max_current_a": 16}, {"id": "B201", "max_current_a": 16}]
@@ -26,7 +26,9 @@ async def env():  # type: ignore[no-untyped-def]
 
 
 async def _controlled(env: Env) -> Controller:
-    """Both chargers in a session, under control, and a controller that knows it."""
+    """Both chargers in a session, under control, and a controller that knows it, both seen
+    keeping their limits in an earlier session (``verified``, as ``tests.balancer.chargers.online``):
+    a never-verified charger is held at 0 A in the slots ahead and rises at every slot start."""
     env.charger("A16", "ocpp1.6")
     env.charger("B201", "ocpp2.0.1")
     await wait_for(lambda: len(env.of(SessionStarted)) == 2)
@@ -35,6 +37,8 @@ async def _controlled(env: Env) -> Controller:
     for event in env.events:
         if isinstance(event, (ChargerOnline, SessionStarted)):
             controller.handle(event)
+    for cid in ("A16", "B201"):
+        controller.handle(ObedienceChanged(cid, datetime.now(UTC), True, verified=True))
     return controller
 
 

@@ -22,6 +22,7 @@ from balancer.events import (
 )
 from balancer.model import Charger, Circuit, ControlSettings, Site
 from balancer.plan import plan
+from tests.balancer.chargers import online
 
 T0 = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
 
@@ -37,7 +38,7 @@ def make_site(n: int = 4, grid_limit_a: float = 40.0) -> Site:
 
 def connect_all(ctrl: Controller, ids: list[str], at: datetime = T0) -> None:
     for cid in ids:
-        ctrl.handle(ChargerOnline(cid, at, "ocpp1.6"))
+        online(ctrl, cid, at, "ocpp1.6")
         ctrl.handle(SessionStarted(cid, at, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
 
 
@@ -183,7 +184,7 @@ def test_schedule_ahead_leaves_room_for_reserved_offline_chargers() -> None:
     capacity[4:] = 20.0
     ctrl.set_capacity(slot_floor(T0), capacity, ["forecast"] * 96)
     connect_all(ctrl, ["CP2", "CP3"])
-    ctrl.handle(ChargerOnline("CP0", T0, "ocpp1.6"))
+    online(ctrl, "CP0", T0, "ocpp1.6")
     ctrl.handle(ChargerOffline("CP0", T0))
     reserve, mask = ctrl._reserved_a(T0)  # CP0 and CP1 (never seen) at their failsafe
     reserved = float((reserve @ mask).max())

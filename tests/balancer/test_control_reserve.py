@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from balancer.control import Controller
-from balancer.events import ChargerOffline, ChargerOnline, MeterSample, ObedienceChanged, ProfileResult, SessionStarted
+from balancer.events import (
+    ChargerOffline,
+    ChargerOnline,
+    MeterSample,
+    ObedienceChanged,
+    ProfileResult,
+    SessionStarted,
+)
+from tests.balancer.chargers import online
 from tests.balancer.test_control import T0, connect_all, full_capacity, make_site
 
 
@@ -43,6 +51,38 @@ def test_an_offline_charger_that_did_not_obey_stays_reserved_at_its_draw() -> No
         assert reserve[2] == 30.0
     full_capacity(restored, 40.0)
     for cid in ("CP0", "CP1", "CP3"):
-        restored.handle(ChargerOnline(cid, T0, "ocpp1.6"))
+        online(restored, cid, T0, "ocpp1.6")
     limits = {s.charger_id: s.limit_a for s in restored.decide(T0 + timedelta(seconds=3))}
     assert sum(limits.values()) + 30.0 <= 40.0 + 1e-9
+
+
+def test_a_session_on_a_charger_never_seen_keeping_a_limit_is_reserved_at_its_maximum_until_verified() -> None:
+    """Issue 11 item 10, what was left: a charger that accepts its limits and ignores them drew
+    32 A from its session's start to its first reading, while the others had been raised on the
+    limit it was sent. Until a reading shows a charger keeps a limit, its session is reserved at
+    its maximum against the others, and itself gets at most its failsafe (many such sessions at
+    once still fit together); once verified (persisted) it shares like any other, also later."""
+    ctrl = Controller(make_site(grid_limit_a=63.0))
+    full_capacity(ctrl, 63.0)
+    connect_all(ctrl, ["CP2", "CP3"])  # verified
+    ctrl.handle(ChargerOnline("CP0", T0, "ocpp1.6"))
+    ctrl.handle(SessionStarted("CP0", T0, transaction_id="tx-new", meter_start_wh=0.0))
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    assert 0.0 < limits["CP0"] <= max(float(ctrl.failsafe_a[0]), 6.0) + 1e-9
+    assert limits["CP2"] + limits["CP3"] + 32.0 <= 63.0 + 1e-9
+    assert ctrl.status(T0).allocated_a[0] >= limits["CP2"] + limits["CP3"] + 32.0 - 1e-9
+    # A late Accepted says it takes its limits, not that it keeps them.
+    ctrl.handle(ObedienceChanged("CP0", T0, obeys=True, draw_a=0.0, detail="answered late"))
+    assert not ctrl.states["CP0"].verified
+    ctrl.handle(ObedienceChanged("CP0", T0 + timedelta(seconds=5), obeys=True, draw_a=6.0, verified=True))
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0 + timedelta(seconds=5))}
+    assert limits["CP0"] > 6.0 and limits["CP2"] + limits["CP3"] + 32.0 > 63.0
+    restored = Controller(make_site(grid_limit_a=63.0))
+    restored.restore(ctrl.snapshot())
+    full_capacity(restored, 63.0)
+    later = T0 + timedelta(hours=2)
+    for cid in ("CP0", "CP2"):
+        restored.handle(ChargerOnline(cid, later, "ocpp1.6"))
+        restored.handle(SessionStarted(cid, later, transaction_id=f"tx-2-{cid}", meter_start_wh=0.0))
+    reserve, _ = restored._reserved_a(later)
+    assert reserve[0] == 0.0 and restored.states["CP0"].verified

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from balancer.control import Controller, slot_floor
 from balancer.discharge import discharge_bound_a
-from balancer.events import ChargerOnline, MeterSample, NeedsUpdated, SessionStarted, SiteMeterReading
+from balancer.events import MeterSample, NeedsUpdated, SessionStarted, SiteMeterReading
 from balancer.grid_reports import compliance_problem
 from balancer.model import Charger, MeterSettings, Site
 from forecast.blocks import CapacityForecast, ForecastedBlock
 from forecast.book import ForecastBook
+from tests.balancer.chargers import online
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 METER = MeterSettings(source="http", stale_after_s=10.0, fallback_base_load_a=(30.0, 30.0, 30.0),
@@ -30,8 +31,8 @@ def office(capacity_a: float = 40.0, export_limit_a: float = 0.0) -> Controller:
                     Charger(id="AC1", max_current_a=32.0)))
     ctrl = Controller(site)
     ctrl.set_capacity(slot_floor(T0), np.full((96, 3), capacity_a), ["forecast"] * 96)
-    ctrl.handle(ChargerOnline("V2G", T0, "ocpp2.1"))
-    ctrl.handle(ChargerOnline("AC1", T0, "ocpp2.0.1"))
+    online(ctrl, "V2G", T0, "ocpp2.1")
+    online(ctrl, "AC1", T0, "ocpp2.0.1")
     for cid in ("V2G", "AC1"):
         ctrl.handle(SessionStarted(cid, T0, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
     ctrl.handle(NeedsUpdated("V2G", T0, energy_wh=10000.0, departure=T0 + timedelta(hours=8), v2x=True,
@@ -60,7 +61,7 @@ def test_building_peak_is_carried_by_the_v2g_car() -> None:
 
 def test_no_v2x_protocol_or_no_offer_means_no_discharge_and_a_compliance_error() -> None:
     ctrl = office()
-    ctrl.handle(ChargerOnline("V2G", T0, "ocpp2.0.1"))  # 2.0.1 cannot carry a setpoint
+    online(ctrl, "V2G", T0, "ocpp2.0.1")  # 2.0.1 cannot carry a setpoint
     ctrl.handle(SiteMeterReading("office", T0, (50.0, 50.0, 50.0)))
     ctrl.decide(T0)
     assert ctrl.states["V2G"].limit_a == 0.0

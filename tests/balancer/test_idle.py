@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer.control import INCREASE_LAG, SLOT_S, Controller, slot_floor
-from balancer.events import ChargerOnline, ChargerSchedule, NeedsUpdated, ProfileResult, SessionStarted
+from balancer.events import ChargerSchedule, NeedsUpdated, ProfileResult, SessionStarted
 from balancer.model import Charger, Circuit, ControlSettings, Site
 from balancer.topology import phase_mask
+from tests.balancer.chargers import online as verified_online
 from tests.balancer.strategies import sites
 
 T0 = datetime(2026, 3, 2, 18, 0, 7, tzinfo=UTC)
@@ -38,7 +39,7 @@ def controller(site: Site, capacity_a: float | np.ndarray, horizon_h: int = 24) 
 
 def online(ctrl: Controller, ids: list[str], *, sessions: tuple[str, ...] | list[str] = ()) -> None:
     for cid in ids:
-        ctrl.handle(ChargerOnline(cid, T0, "ocpp1.6"))
+        verified_online(ctrl, cid, T0, "ocpp1.6")
     for cid in sessions:
         ctrl.handle(SessionStarted(cid, T0, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
 
@@ -162,7 +163,7 @@ def test_cars_and_idle_limits_fit_every_node_now_and_ahead(
     ctrl.set_capacity(slot_floor(T0), capacity, ["forecast"] * len(capacity))
     now = slot_floor(T0) + timedelta(seconds=offset_s)
     for cid in connected:
-        ctrl.handle(ChargerOnline(cid, now, "ocpp1.6"))
+        verified_online(ctrl, cid, now, "ocpp1.6")
     for cid in sessions:
         ctrl.handle(SessionStarted(cid, now, transaction_id=f"tx-{cid}"))
     for cid, n in phases.items():

@@ -10,10 +10,11 @@ import numpy as np
 
 from balancer import plan_model
 from balancer.control import Controller, slot_floor
-from balancer.events import ChargerOnline, NeedsUpdated, SessionStarted
+from balancer.events import NeedsUpdated, SessionStarted
 from balancer.model import Charger, ControlSettings, Site
 from balancer.plan import PlanSession, plan
 from balancer.topology import Topology
+from tests.balancer.chargers import online
 
 T0 = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
 
@@ -27,7 +28,7 @@ def small_site(n: int = 2, grid_limit_a: float = 16.0, phases: int = 3) -> Site:
 
 def start_cars(ctrl: Controller, at: datetime = T0) -> None:
     for cid in ctrl.topology.charger_ids:
-        ctrl.handle(ChargerOnline(cid, at, "ocpp1.6"))
+        online(ctrl, cid, at, "ocpp1.6")
         ctrl.handle(SessionStarted(cid, at, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
 
 

@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from balancer.allocate import AllocationRequest, allocate, code_number, node_load_a
 from balancer.control import Controller
-from balancer.events import ChargerOffline, ChargerOnline, MeterSample, NeedsUpdated, ObedienceChanged
+from balancer.events import ChargerOffline, MeterSample, NeedsUpdated, ObedienceChanged
 from balancer.model import LIMIT_CODES, Charger, Circuit, LimitCode, Site
 from balancer.plan import Plan, PlanSession
 from balancer.reasons import node_name, session_limits
 from balancer.topology import Topology
+from tests.balancer.chargers import online
 from tests.balancer.strategies import sites
 from tests.balancer.test_allocate_properties import SETTINGS, request_for
 from tests.balancer.test_control import T0, connect_all, full_capacity
@@ -109,7 +110,7 @@ def test_controller_reasons_for_every_state() -> None:
     ctrl = Controller(two_rows())
     full_capacity(ctrl, 63.0)
     connect_all(ctrl, ["A", "B", "C", "D"])
-    ctrl.handle(ChargerOnline("E", T0, "ocpp2.0.1"))  # connected, no car
+    online(ctrl, "E", T0, "ocpp2.0.1")  # connected, no car
     ctrl.handle(NeedsUpdated("D", T0, max_current_a=13.0))
     ctrl.decide(T0)
     reasons = {c["id"]: c["limit_reason"] for c in ctrl.status(T0).chargers}

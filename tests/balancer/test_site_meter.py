@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from balancer.control import Controller, slot_floor
-from balancer.events import ChargerOnline, MeterSample, SessionStarted, SiteMeterReading
+from balancer.events import MeterSample, SessionStarted, SiteMeterReading
 from balancer.model import Charger, MeterSettings, Site
 from balancer.site_meter import MeterTracker, charger_capacity_a, non_ev_load_a
+from tests.balancer.chargers import online
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 METER = MeterSettings(source="http", stale_after_s=10.0, fallback_base_load_a=(30.0, 30.0, 30.0),
@@ -32,7 +33,7 @@ def started(site: Site, at: datetime = T0) -> Controller:
     ctrl = Controller(site)
     ctrl.set_capacity(slot_floor(at), np.full((96, 3), site.grid_limit_a), ["forecast"] * 96)
     for cid in ctrl.topology.charger_ids:
-        ctrl.handle(ChargerOnline(cid, at, "ocpp1.6"))
+        online(ctrl, cid, at, "ocpp1.6")
         ctrl.handle(SessionStarted(cid, at, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
     return ctrl
 

@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer.control import Controller, slot_floor
-from balancer.events import ChargerOnline, ChargerStatus, MeterSample, NeedsUpdated, SessionStarted
+from balancer.events import ChargerStatus, MeterSample, NeedsUpdated, SessionStarted
 from balancer.model import Charger, ControlSettings, LimitCode, Site
 from balancer.sleep import SleepWatch
+from tests.balancer.chargers import online
 
 T0 = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
 
@@ -25,7 +26,7 @@ def controller(**settings: float) -> Controller:
     ctrl = Controller(site(), ControlSettings(**settings))  # type: ignore[arg-type]
     ctrl.set_capacity(slot_floor(T0), np.full((96, 3), 32.0), ["forecast"] * 96)
     for cid in ("CP0", "CP1"):
-        ctrl.handle(ChargerOnline(cid, T0, "ocpp1.6"))
+        online(ctrl, cid, T0, "ocpp1.6")
         ctrl.handle(SessionStarted(cid, T0, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
         ctrl.handle(NeedsUpdated(cid, T0, energy_wh=40000.0, departure=T0 + timedelta(hours=8)))
     return ctrl

@@ -76,10 +76,12 @@ def test_the_services_own_pushes_hold_no_current_above_capacity_and_reach_every_
     assert reached == total, own
 
 
-LATENCY = ("issue 11 item 10, what is left: a charger that accepts its limits and ignores them is found at its "
-           "first reading above them (meter values every 5 s here), so its car's first seconds above its limit "
-           "count when they fall outside a decrease's 5 s (15-25 A·s in most runs at 36 chargers, none in "
-           "others); a decrease can also miss 5 s when a kill -9 restart falls within it. bench/README.md, Chaos")
+LATENCY = ("issue 11 item 10, what is left: in 2 of 7 runs at 36 chargers (branch safety11), 0.5-2.5 A above "
+           "capacity for 2-4 ms (at most 0.01 A·s), once 1.7 s after a kill -9 restart, with every obedient charger "
+           "within capacity: one charger raised a few ms before another's decrease landed while the misbehaving "
+           "chargers' reserves made the capacity binding; not traced further. "
+           "A charger never seen keeping a limit is now reserved at its maximum until its first reading, which "
+           "removed the 15-45 A·s at a session's start. bench/README.md, Chaos")
 
 
 @pytest.mark.xfail(strict=False, reason=LATENCY)
@@ -90,7 +92,6 @@ def test_no_current_is_held_above_capacity_outside_5_s_after_a_decrease(chaos: d
     assert outside["a_s"] == 0 and outside["peak_a"] == 0, chaos["held_above_capacity"]
 
 
-@pytest.mark.xfail(strict=False, reason=LATENCY)
 def test_every_decrease_reaches_the_chargers_within_5_s(chaos: dict[str, Any]) -> None:
     decreases = chaos["decreases"]
     assert decreases["reached_within_5s"] == decreases["total"], decreases

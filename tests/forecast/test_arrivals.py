@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from balancer.control import Controller, slot_floor
-from balancer.events import ChargerOnline, MeterSample, NeedsUpdated, SessionStarted, SessionStopped
+from balancer.events import MeterSample, NeedsUpdated, SessionStarted, SessionStopped
 from balancer.model import Charger, ControlSettings, Site
-from forecast.arrivals import RESERVE_SHARE, PastSession, SessionHistory, expected_load_a
+from forecast.arrivals import BID_SCALE, PastSession, SessionHistory, expected_load_a
+from tests.balancer.chargers import online
 
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 THREE = (True, True, True)
@@ -93,7 +94,7 @@ def test_the_controller_learns_sessions_and_keeps_room_for_the_evening_arrivals(
     ctrl = Controller(site(), ControlSettings(arrival_forecast_days=7))
     # A week of evenings: a car plugs into CP1 at 18:00 and takes 22 kWh by 20:00.
     for s in sorted(evenings(7), key=lambda s: s.arrival):
-        ctrl.handle(ChargerOnline("CP1", s.arrival, "ocpp1.6"))
+        online(ctrl, "CP1", s.arrival, "ocpp1.6")
         ctrl.handle(SessionStarted("CP1", s.arrival, transaction_id=f"tx{s.arrival.day}", meter_start_wh=0.0))
         ctrl.handle(MeterSample("CP1", s.departure, energy_wh=s.energy_wh))
         ctrl.handle(SessionStopped("CP1", s.departure, transaction_id=f"tx{s.arrival.day}", meter_stop_wh=s.energy_wh))
@@ -101,12 +102,14 @@ def test_the_controller_learns_sessions_and_keeps_room_for_the_evening_arrivals(
     assert ctrl.history.sessions[0].energy_wh == 22080.0  # type: ignore[index]
     noon = MONDAY + timedelta(hours=12)
     ctrl.set_capacity(slot_floor(noon), np.full((96, 3), 32.0), ["forecast"] * 96)
-    ctrl.handle(ChargerOnline("CP0", noon, "ocpp1.6"))
+    online(ctrl, "CP0", noon, "ocpp1.6")
     ctrl.handle(SessionStarted("CP0", noon, transaction_id="today", meter_start_wh=0.0))
     ctrl.handle(NeedsUpdated("CP0", noon, energy_wh=30000.0, departure=noon + timedelta(hours=10)))
     request = ctrl.plan_request(noon)
-    np.testing.assert_allclose(request.capacity_a[24:32], 32.0 - RESERVE_SHARE * 16.0)  # less the 16 A expected
-    np.testing.assert_allclose(request.capacity_a[:24], 32.0)
+    np.testing.assert_allclose(request.capacity_a, 32.0)  # the capacity stays the present cars'
+    assert request.expected_a is not None  # the 16 A expected bid for it
+    np.testing.assert_allclose(request.expected_a[24:32], BID_SCALE * 16.0)
+    np.testing.assert_allclose(request.expected_a[:24], 0.0)
     off = Controller(site())
     off.set_capacity(slot_floor(noon), np.full((96, 3), 32.0), ["forecast"] * 96)
-    assert np.all(off.plan_request(noon).capacity_a == 32.0)
+    assert off.plan_request(noon).expected_a is None

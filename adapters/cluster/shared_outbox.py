@@ -1,0 +1,99 @@
+"""The cluster's one outbox in PostgreSQL: each message delivered by its site's owner, once.
+
+Any instance may queue a message (a compliance error of a site it controls, the acknowledgement
+of a handshake the grid operator sent it); the row names its site (``site_id``, NULL for the
+whole deployment, delivered by the owner of the first site of the config, the *lead* site). Only
+the instance controlling a row's site delivers it, so a message survives its author: the next
+owner sends what a dead one queued.
+
+A delivery runs in three short transactions, never one held across the HTTP call:
+
+* **claim**: rows of sites whose ``cluster_sites`` row says this instance owns them at the epoch
+  it believes, *and* whose advisory lock a backend of this instance holds (the fencing check),
+  are marked ``claimed_by`` / ``claim_epoch`` in the same transaction (``FOR UPDATE SKIP LOCKED``).
+  A row claimed under an older epoch (its claimer lost the site, maybe mid-POST) is claimed again
+  only after ``STALE_CLAIM_S``, when that POST has timed out.
+* **post** (outside the database),
+* **mark**: ``sent_at`` once answered 2xx (a retry for a failure, the claim released).
+
+Exactly once, except when an owner dies between a POST the grid operator accepted and its mark:
+the next owner sends it again with the same ``X-Request-ID`` (kept in the row), which is what OSCP
+offers a receiver to drop a repeat. ``duplicates`` counts marks that found the row already sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+
+from adapters.cluster.ownership import LOCK_NAMESPACE
+from adapters.store_memory import OutboxItem
+
+__all__ = ["KEEP_SENT_S", "STALE_CLAIM_S", "claim", "mark"]
+
+STALE_CLAIM_S = 12.0
+"""A claim under an older epoch is taken over after this long (the OSCP POST timeout, 10 s, and some)."""
+KEEP_SENT_S = 3600.0
+"""Sent rows are kept this long (who sent what when), then deleted."""
+
+_CLAIM = """
+WITH mine AS (
+    SELECT s.site_id, s.epoch FROM cluster_sites s
+    JOIN unnest(%(sites)s::text[], %(epochs)s::bigint[]) AS m(site_id, epoch) ON m.site_id = s.site_id
+    WHERE s.epoch = m.epoch AND s.owner = %(me)s AND EXISTS (
+        SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(ns)s::oid
+          AND l.objid = s.lock_key::oid AND l.objsubid = 2 AND a.application_name = %(app)s)
+), picked AS (
+    SELECT o.id, mine.epoch FROM outbox o JOIN mine ON mine.site_id = coalesce(o.site_id, %(lead)s)
+    WHERE o.sent_at IS NULL AND o.next_try <= %(now)s
+      AND (o.claimed_by IS NULL
+           OR (o.claim_epoch < mine.epoch AND o.claimed_at < now() - make_interval(secs => %(stale)s)))
+    ORDER BY o.created, o.id LIMIT %(limit)s
+    FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE outbox o SET claimed_by = %(me)s, claim_epoch = picked.epoch, claimed_at = now(), claims = o.claims + 1
+FROM picked WHERE o.id = picked.id
+RETURNING o.id, o.path, o.body, o.headers, o.attempts, o.next_try, o.created, o.site_id
+"""
+_WAITING = """
+SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND coalesce(o.site_id, %(lead)s) = ANY(%(sites)s)
+"""
+
+
+def claim(db: psycopg.Connection[Any], me: str, owned: dict[str, int], lead: str, now: float,
+          limit: int, release: list[int]) -> tuple[list[OutboxItem], int]:
+    """Release ``release`` (claimed earlier and neither sent nor failed), claim what is due of the
+    sites in ``owned`` (site -> epoch), in one transaction; returns the rows and how many messages
+    of those sites wait in all."""
+    with db.transaction():
+        if release:
+            db.execute("UPDATE outbox SET claimed_by = NULL WHERE id = ANY(%s) AND claimed_by = %s "
+                       "AND sent_at IS NULL", (release, me))
+        sites = sorted(owned)
+        params = {"sites": sites, "epochs": [owned[s] for s in sites], "me": me, "app": f"balancer:{me}",
+                  "ns": LOCK_NAMESPACE, "lead": lead, "now": now, "stale": STALE_CLAIM_S, "limit": limit}
+        rows = db.execute(_CLAIM, params).fetchall() if sites else []
+        found = db.execute(_WAITING, params).fetchone() if sites else None
+    items = [OutboxItem(int(r[0]), r[1], json.loads(r[2]), json.loads(r[3]), r[4], r[5], r[6], r[7])
+             for r in sorted(rows, key=lambda r: (r[6], r[0]))]
+    return items, int(found[0]) if found else 0
+
+
+def mark(db: psycopg.Connection[Any], me: str, sent: list[int], retries: dict[int, float]) -> int:
+    """Record deliveries and failures (one transaction); returns how many ``sent`` rows had been
+    marked sent already (delivered twice), and deletes rows sent more than ``KEEP_SENT_S`` ago."""
+    with db.transaction():
+        again = 0
+        if sent:
+            done = db.execute("UPDATE outbox SET sent_at = now(), sent_by = %s, claimed_by = NULL "
+                              "WHERE id = ANY(%s) AND sent_at IS NULL RETURNING id", (me, sent)).fetchall()
+            again = len(sent) - len(done)
+        for item_id, next_try in retries.items():  # not when another instance has claimed it since
+            db.execute("UPDATE outbox SET claimed_by = NULL, attempts = attempts + 1, next_try = %s "
+                       "WHERE id = %s AND coalesce(claimed_by, %s) = %s AND sent_at IS NULL",
+                       (next_try, item_id, me, me))
+        db.execute("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => %s)", (KEEP_SENT_S,))
+    return again
