@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.clock import Clock
 from adapters.ocpp.profiles import DYNAMIC_PROFILE_ID, IDLE_PROFILE_ID, Capabilities
-from adapters.ocpp.steps import EPS_A, Periods, drop_a, pointwise_min, raise_a, raise_now_a, renew_tail
+from adapters.ocpp.steps import EPS_A, Periods, drop_a, now_then_min, pointwise_min, raise_a, raise_now_a, renew_tail
 from balancer.events import ChargerSchedule
 
 if TYPE_CHECKING:
@@ -226,21 +226,19 @@ class LimitPlan(PushState):
         return decrease, increase
 
     def increase_step(self, allowed: Periods, schedule: ChargerSchedule) -> ChargerSchedule | None:
-        """What the second phase sends when the charger keeps its profile (``plan``): only when it
-        rises *now*, and then with the rises ahead riding along (every decrease is accepted by
-        then). A rise only in the slots ahead sends nothing (plans that move between equally good
-        ones, 10 A, 0 A, 10 A an hour ahead in another order at every replan, push once), but
-        holding such rises back until their slot came cost energy: the rise then waited for a
-        decision and a push after the slot's start (bench/README, 'Push churn'). A small rise
-        (within ``deadband_a``) goes only as far as every decision since the last change went,
-        once ``SMALL_INCREASE_AFTER_S`` have passed: limits jittering by tenths of an ampere settle
-        at the bottom of their range. None: nothing rises now."""
+        """What the second phase sends when the charger keeps its profile (``plan``): the rise now,
+        with every slot ahead left where it was or lower (``steps.now_then_min``). Plans that move
+        between equally good ones (10 A, 0 A, 10 A an hour ahead, in another order at every replan)
+        then leave nothing to undo; a slot's rise goes out when that slot comes. A small rise (within
+        ``deadband_a``) goes only as far as every decision since the last change went, once
+        ``SMALL_INCREASE_AFTER_S`` have passed: limits jittering by tenths of an ampere settle at
+        the bottom of their range. None: nothing rises now."""
         new = schedule.periods
         small = raise_now_a(allowed, new) <= self.link.server.config.ocpp.deadband_a
-        target = tuple(pointwise_min(self._floor or new, new) if small else new)
-        if raise_now_a(allowed, target) <= EPS_A or (small and not self._small_increase_due()):
+        step = now_then_min(allowed, pointwise_min(self._floor or new, new) if small else new)
+        if raise_now_a(allowed, step) <= EPS_A or (small and not self._small_increase_due()):
             return None
-        return dataclasses.replace(schedule, limit_a=target[0][1], periods=target)
+        return dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
 
     def offer(self, schedule: ChargerSchedule) -> str:
         """Take a new decision; says what there is to send: "decrease", "increase", "both" or

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-__all__ = ["Periods", "breakpoints", "drop_a", "peak_between", "pointwise_max", "pointwise_min",
+__all__ = ["Periods", "breakpoints", "drop_a", "now_then_min", "peak_between", "pointwise_max", "pointwise_min",
            "raise_a", "raise_now_a", "renew_tail", "value_at"]
 
 Periods = Sequence[tuple[datetime, float]]
@@ -67,6 +67,21 @@ def renew_tail(held: Periods, new: Periods) -> Periods:
         return held
     return (*(p for p in held if p[0] < held_end), (held_end, value_at(new, held_end)),
             *(p for p in new if p[0] > held_end))
+
+
+def now_then_min(held: Periods, new: Periods) -> tuple[tuple[datetime, float], ...]:
+    """``new`` until its first change (the slot of the moment), then min(held, new): a rise now
+    that leaves every slot ahead where it was, or lower."""
+    if len(new) < 2:
+        return tuple(new)
+    cut = new[1][0]
+    low = pointwise_min(held, new)
+    out = [(new[0][0], new[0][1])]
+    for t in (cut, *(t for t, _ in low if t > cut)):
+        value = value_at(low, t)
+        if abs(out[-1][1] - value) > EPS_A:
+            out.append((t, value))
+    return tuple(out)
 
 
 def pointwise_max(a: Periods, b: Periods) -> tuple[tuple[datetime, float], ...]:

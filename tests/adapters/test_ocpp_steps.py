@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.ocpp.steps import breakpoints, drop_a, pointwise_min, raise_a, renew_tail, value_at
+from adapters.ocpp.steps import breakpoints, drop_a, now_then_min, pointwise_min, raise_a, renew_tail, value_at
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -71,14 +71,15 @@ def test_what_is_held_never_exceeds_what_is_allowed(held: list[tuple[float, floa
                                                      shift_min: float, held_tail: float, new_tail: float,
                                                      elapsed_min: float) -> None:
     """Whatever is left held (nothing sent: no drop from the renewed held) or sent (the pointwise
-    minimum in the first phase), the charger never holds more than the new schedule allows, at any
-    instant, but in a failsafe tail in the last twelfth of the new horizon, at most the new failsafe."""
+    minimum in the first phase, a rise now alone in the second), the charger never holds more than the new schedule allows, at any instant, but in a
+    failsafe tail in the last twelfth of the new horizon, at most the new failsafe."""
     h = _schedule(0.0, held, 1440.0, held_tail)
     n = _schedule(elapsed_min, new, 1440.0 + elapsed_min + shift_min, new_tail)
     renewed = renew_tail(h, n)
-    step = pointwise_min(renewed, n)
+    step, rise = pointwise_min(renewed, n), now_then_min(renewed, n)
     points = breakpoints(h, n)
     assert all(value_at(step, t) <= value_at(n, t) + 1e-9 for t in points)
+    assert all(value_at(rise, t) <= value_at(n, t) + 1e-9 for t in points) and rise[0] == n[0]
     if drop_a(renewed, n) <= 1e-9:
         horizon = n[-1][0] - n[0][0]
         for t in points:

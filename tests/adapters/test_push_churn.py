@@ -108,9 +108,8 @@ async def test_a_fall_only_at_the_horizon_goes_out_when_the_failsafe_falls(env: 
 async def test_plans_swapping_slots_ahead_send_nothing_after_the_first_fall(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Replans that move a car's hour of charging between two equally good slots: each move
-    lowers one slot and raises another. Only the first fall goes out; a rise only ahead is never sent
-    on its own, so no later fall has anything to undo. A rise now goes out at once, and the rises
-    ahead ride along with it."""
+    lowers one slot and raises another. Only the first fall goes out; no rise ahead is sent, so
+    no later fall has anything to undo. A rise now goes out at once, and alone."""
     import adapters.ocpp.push_plan as push_plan
 
     monkeypatch.setattr(push_plan, "SMALL_INCREASE_AFTER_S", 0.0)  # not a matter of waiting
@@ -132,10 +131,10 @@ async def test_plans_swapping_slots_ahead_send_nothing_after_the_first_fall(
     held = env.server.links["A16"].pusher.held_periods
     assert len(_sent(env)) == n + 1, [(e.detail, e.limit_a) for e in _sent(env)[n:]]
     assert value_at(held, now + 1.5 * hour) == 0.0 and value_at(held, now + 2.5 * hour) == 0.0
-    # A rise now (more than the deadband) goes out at once, the rises ahead with it.
+    # A rise now (more than the deadband) goes out at once, without the rises ahead.
     t = now + timedelta(seconds=100)
     await env.server.apply([decision(t, 16.0, 10.0, 10.0)])
     held = env.server.links["A16"].pusher.held_periods
     assert len(_sent(env)) == n + 2 and env.server.links["A16"].pusher.held_a == 16.0
-    assert value_at(held, now + 1.5 * hour) == 10.0 and value_at(held, now + 2.5 * hour) == 10.0
+    assert value_at(held, now + 1.5 * hour) == 0.0 and value_at(held, now + 2.5 * hour) == 0.0
     assert value_at(held, end) == 6.0
