@@ -183,6 +183,12 @@ class Pusher(Refusals):
             return self.failsafe_a is not None  # see _limit_target: wait for the controller
         idle, tx, allowed, same = target
         send: ChargerSchedule | None = schedule
+        given = self.given_periods() if allowed is None and phase == 1 else None
+        if given is not None and raise_a(given, schedule.periods) > EPS_A:
+            # Held unknown (a reconnect): the first phase goes no higher than what it was given,
+            # which the controller reserved while it was away; the rest waits for the increases.
+            step = pointwise_min(given, schedule.periods)
+            send = dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
         if allowed is not None and phase in (1, 2):
             rise, drop = raise_a(allowed, schedule.periods), drop_a(allowed, schedule.periods)
             if phase == 1:
