@@ -107,7 +107,11 @@ class Pusher(Refusals):
 
     def on_session_changed(self) -> None:
         """A transaction started or ended. The event itself wakes the controller, whose next
-        decision goes out through the fan-out (``OcppServer.apply``) like any other."""
+        decision goes out through the fan-out (``OcppServer.apply``) like any other. After a
+        restart a charger tells its running transaction late (its first meter values): when it is
+        the one the restored decision named, what was pushed for it is held still."""
+        if self.held_tx is not None and self.held_tx == self.link.transaction_id:
+            return
         self.held_tx = None
         self.last_draw_a = None  # a reading from before the change says nothing of this session
         if self._separate_idle():
