@@ -110,8 +110,9 @@ def reserved_a(ctl: Controller, now: datetime, *,
             # Not under control (offline, or connected and not yet booted and read): what it
             # may hold, and in a session at least what it was last seen drawing.
             reserve[i] = offline_reserve_a(ctl, i, state, now)
-            if state.transaction_id is not None and not state.held_known:
-                # In a session and no limit of ours ever held: it may draw its maximum.
+            if state.transaction_id is not None and not (state.held_known and state.seen):
+                # In a session and no limit of ours ever held, or not seen since a restart (the
+                # previous process may have raised it after its last snapshot): its maximum.
                 reserve[i] = float(topo.max_current_a[i])
             if state.transaction_id is not None or not state.obeys:
                 reserve[i] = max(reserve[i], max(state.measured_a))

@@ -73,6 +73,11 @@ class ChargerState:
     idle_limit_a: float = 0.0
     limit_changed_at: datetime | None = None
     obeys: bool = True
+    seen: bool = False
+    """Connected since this process started (not persisted). Until then the persisted limits may
+    lag what the previous process pushed (its snapshot is up to ``PERSIST_EVERY_S`` old: a kill -9
+    0.3 s after a raise from 0 to 6.1 A left 0 A persisted), so a session of it is reserved at the
+    charger's maximum (``allocation_inputs.reserved_a``)."""
     verified: bool = False
     """A reading has shown it keeps a limit it was sent (``ObedienceChanged`` with obeys): until
     then a new session of it is reserved at the charger's maximum (``unverified``). Persisted."""
@@ -123,14 +128,14 @@ class ChargerState:
                 value = datetime.fromisoformat(value) if value else None
             setattr(state, key, value)
         # After a restart nobody is connected until it says so.
-        state.connected = False
+        state.connected = state.seen = False
         return state
 
 
 def apply_event(state: ChargerState, charger: Charger, event: ChargerEvent) -> bool:
     """Update ``state`` from one event about its charger; True when a replan is due."""
     if isinstance(event, ChargerOnline):
-        state.connected, state.protocol = True, event.protocol
+        state.connected, state.seen, state.protocol = True, True, event.protocol
     elif isinstance(event, ChargerOffline):
         state.connected = False
     elif isinstance(event, ChargerStatus):

@@ -187,6 +187,11 @@ class LimitPlan(PushState):
             return False, tx, None, False
         return False, tx, renew_tail(self.held_periods, new), self.held_tx == tx
 
+    def given_periods(self) -> Periods | None:
+        """What it was last given to draw by (kept across a reconnect, ``_forget_held``; after a
+        restart its maximum, ``seed_allowed``): what the controller reserved for it meanwhile."""
+        return self._allowed_log[-1][1] if self._allowed_log else None
+
     def _small_increase_due(self) -> bool:
         return self._clock_s() - self._limit_sent_at >= SMALL_INCREASE_AFTER_S
 
@@ -211,7 +216,9 @@ class LimitPlan(PushState):
         if target is not None:
             _idle, _tx, allowed, same = target
             if allowed is None:
-                decrease = True
+                decrease = True  # what it holds is unknown: at most what it was last given, then the rest
+                given = self.given_periods()
+                increase = increase or (given is not None and raise_a(given, schedule.periods) > EPS_A)
             else:
                 drop, rise = drop_a(allowed, schedule.periods), raise_a(allowed, schedule.periods)
                 decrease = drop > EPS_A or (not same and rise <= EPS_A)

@@ -107,7 +107,11 @@ class Pusher(Refusals):
 
     def on_session_changed(self) -> None:
         """A transaction started or ended. The event itself wakes the controller, whose next
-        decision goes out through the fan-out (``OcppServer.apply``) like any other."""
+        decision goes out through the fan-out (``OcppServer.apply``) like any other. After a
+        restart a charger tells its running transaction late (its first meter values): when it is
+        the one the restored decision named, what was pushed for it is held still."""
+        if self.held_tx is not None and self.held_tx == self.link.transaction_id:
+            return
         self.held_tx = None
         self.last_draw_a = None  # a reading from before the change says nothing of this session
         if self._separate_idle():
@@ -183,6 +187,12 @@ class Pusher(Refusals):
             return self.failsafe_a is not None  # see _limit_target: wait for the controller
         idle, tx, allowed, same = target
         send: ChargerSchedule | None = schedule
+        given = self.given_periods() if allowed is None and phase == 1 else None
+        if given is not None and raise_a(given, schedule.periods) > EPS_A:
+            # Held unknown (a reconnect): the first phase goes no higher than what it was given,
+            # which the controller reserved while it was away; the rest waits for the increases.
+            step = pointwise_min(given, schedule.periods)
+            send = dataclasses.replace(schedule, limit_a=step[0][1], periods=step)
         if allowed is not None and phase in (1, 2):
             rise, drop = raise_a(allowed, schedule.periods), drop_a(allowed, schedule.periods)
             if phase == 1:

@@ -5,6 +5,7 @@ issue 11 items 1 and 10)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -102,5 +103,33 @@ async def test_a_refusing_charger_is_reserved_and_stalls_no_one(kind: str) -> No
         status = site.server.charger_status("CP0")  # still: reserved, no one waits for it
         # A Rejected answer is a refusal; no answer at all is not (issue 11: honest classification).
         assert (status["refuses_profiles"], status["no_answer"]) == (kind == "rejects_profiles", kind == "silent")
+    finally:
+        await site.stop()
+
+
+async def test_a_reconnecting_charger_is_raised_only_after_the_others_decreases() -> None:
+    """Issue 11, chaos run (0.1 A for 5 ms after a reconnect storm): what a reconnected charger
+    holds is unknown, so its new schedule went out in the first phase of the fan-out, next to the
+    decreases, also where it raised it. CP1 is away (20 A reserved for it) while a capacity rise
+    lifts CP0 to its maximum; when CP1 is back, CP0 goes down to 30 A (answering in 1 s) and CP1 up
+    to 30 A: CP1 must not hold more than the 20 A it was given before CP0's decrease is held."""
+    config = site_config([{"id": f"CP{i}", "max_current_a": 32} for i in range(2)], grid_limit_a=200)
+    site = ControlledSite(config, now_a=40.0)
+    await site.start()
+    try:
+        slow = _charger(site, 0, arrival_s=-1.0, misbehaviour=Misbehaviour(answer_delay_s=1.0))
+        away = _charger(site, 1, arrival_s=-1.0, misbehaviour=Misbehaviour())
+        sims = [slow, away]
+        now = datetime.now
+        await wait_for(lambda: all(abs((s.limit_now(now(UTC)) or 0.0) - 20.0) < 0.2 for s in sims), timeout=20)
+        away.misbehaviour = dataclasses.replace(away.misbehaviour, boot_delay_s=3.0)
+        assert await away.drop_connection()
+        await wait_for(lambda: not site.controller.states["CP1"].connected, timeout=5)
+        since = now(UTC)
+        site.set_capacity(60.0)  # CP1 keeps its 20 A reserved: CP0 goes to its maximum
+        await wait_for(lambda: (slow.limit_now(now(UTC)) or 0.0) > 31.0, timeout=10)
+        await wait_for(lambda: all(abs((s.limit_now(now(UTC)) or 0.0) - 30.0) < 0.2 for s in sims), timeout=20)
+        worst = worst_excess(held_sums(sims, since=since, until=site.horizon_end()), lambda at, t: 60.0)
+        assert worst is None, worst
     finally:
         await site.stop()

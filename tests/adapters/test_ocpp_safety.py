@@ -232,3 +232,26 @@ async def test_a_reading_is_judged_against_the_txprofile_held_while_the_known_tr
     assert pusher.obeys and all(e.obeys for e in env.of(ObedienceChanged))
     pusher.observe(MeterSample("A16", clock(), (25.0, 25.0, 25.0)))
     assert not pusher.obeys and "over its 16.0 A limit" in env.of(ObedienceChanged)[-1].detail
+
+
+async def test_a_transaction_told_late_after_a_restart_keeps_what_was_pushed_for_it(env: Env) -> None:
+    """Issue 11, chaos run: after a kill -9, 2-8 healthy chargers were flagged "composite schedule
+    6.1 A vs 0.0 A" for a minute. The new process pushes the TxProfile of the transaction it
+    restored before the charger tells it (its first meter values); that telling counted as a new
+    session, which forgot the limit held, so the read-back of an earlier push found the charger
+    above it. The transaction the pushes named is no news: what was pushed for it is held."""
+    sim = env.charger("B201", "ocpp2.0.1")
+    await env.online("B201")
+    link = env.server.links["B201"]
+    await wait_for(lambda: link.transaction_id is not None and sim.transaction_id is not None)
+    tx = link.transaction_id
+    sim.meter_interval_s = 1.0  # its next TransactionEvent after the push has landed
+    seen = len(env.of(MeterSample))
+    await wait_for(lambda: len(env.of(MeterSample)) > seen)
+    link.transaction_id, link.tx_known = None, False  # as restored: the charger has not told it yet
+    await env.server.apply([schedule("B201", 12.0, transaction_id=tx)])
+    pusher = link.pusher
+    await wait_for(lambda: pusher.held_a == 12.0 and pusher.held_tx == tx)
+    await wait_for(lambda: link.transaction_id == tx)  # its next TransactionEvent tells it
+    assert pusher.held_a == 12.0 and pusher.held_tx == tx
+    assert all(e.obeys for e in env.of(ObedienceChanged))

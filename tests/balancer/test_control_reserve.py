@@ -46,14 +46,21 @@ def test_an_offline_charger_that_did_not_obey_stays_reserved_at_its_draw() -> No
     ctrl.handle(ChargerOffline("CP2", T0 + timedelta(seconds=2)))
     restored = Controller(make_site(grid_limit_a=40.0))
     restored.restore(ctrl.snapshot())
-    for c in (ctrl, restored):
-        reserve, _ = c._reserved_a(T0 + timedelta(seconds=3))
-        assert reserve[2] == 30.0
+    reserve, _ = ctrl._reserved_a(T0 + timedelta(seconds=3))
+    assert reserve[2] == 30.0
+    # After a restart, until it reconnects, its session counts at its maximum (the snapshot may
+    # lag: see the restart test below), which covers its draw.
+    reserve, _ = restored._reserved_a(T0 + timedelta(seconds=3))
+    assert reserve[2] == 32.0
     full_capacity(restored, 40.0)
     for cid in ("CP0", "CP1", "CP3"):
         online(restored, cid, T0, "ocpp1.6")
     limits = {s.charger_id: s.limit_a for s in restored.decide(T0 + timedelta(seconds=3))}
-    assert sum(limits.values()) + 30.0 <= 40.0 + 1e-9
+    assert sum(limits.values()) + 32.0 <= 40.0 + 1e-9
+    restored.handle(ChargerOnline("CP2", T0 + timedelta(seconds=4), "ocpp1.6"))
+    restored.handle(ChargerOffline("CP2", T0 + timedelta(seconds=5)))
+    reserve, _ = restored._reserved_a(T0 + timedelta(seconds=5))
+    assert reserve[2] == 30.0
 
 
 def test_a_session_on_a_charger_never_seen_keeping_a_limit_is_reserved_at_its_maximum_until_verified() -> None:
@@ -86,3 +93,33 @@ def test_a_session_on_a_charger_never_seen_keeping_a_limit_is_reserved_at_its_ma
         restored.handle(SessionStarted(cid, later, transaction_id=f"tx-2-{cid}", meter_start_wh=0.0))
     reserve, _ = restored._reserved_a(later)
     assert reserve[0] == 0.0 and restored.states["CP0"].verified
+
+
+def test_a_session_not_seen_since_a_restart_is_reserved_at_its_maximum_until_it_reconnects() -> None:
+    """Issue 11, chaos run: a kill -9 0.3 s after CP0 was raised from 0 to 6.1 A left 0 A in the
+    snapshot; the new process reserved 0 A for it while it was offline and raised the others to
+    the full capacity (12.2 A above it for 44 ms, 3 s after the restart, until the chargers
+    reconnected). The snapshot can lag what the previous process pushed, so a session not seen
+    since the restart counts at its maximum; once it reconnects it is under control again."""
+    ctrl = Controller(make_site(grid_limit_a=40.0))
+    full_capacity(ctrl, 40.0)
+    connect_all(ctrl, list(ctrl.topology.charger_ids))
+    ctrl.handle(ProfileResult("CP0", T0, 0.0, "Accepted"))  # what the snapshot says it holds
+    restored = Controller(make_site(grid_limit_a=40.0))
+    restored.restore(ctrl.snapshot())
+    full_capacity(restored, 40.0)
+    later = T0 + timedelta(seconds=1)
+    for cid in ("CP1", "CP2", "CP3"):
+        online(restored, cid, later, "ocpp1.6")
+    reserve, _ = restored._reserved_a(later)
+    assert reserve[0] == 32.0
+    limits = {s.charger_id: s.limit_a for s in restored.decide(later)}
+    assert sum(limits.values()) + 32.0 <= 40.0 + 1e-9
+    online(restored, "CP0", later, "ocpp1.6")
+    reserve, _ = restored._reserved_a(later)
+    assert reserve[0] == 0.0
+    # A charger that goes offline later in this process's life keeps its persisted rules.
+    restored.handle(ProfileResult("CP0", later, 5.0, "Accepted"))
+    restored.handle(ChargerOffline("CP0", later))
+    reserve, _ = restored._reserved_a(later)
+    assert reserve[0] == 5.0
