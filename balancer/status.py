@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from balancer.allocation_inputs import offline_reserve_a
-from balancer.charger_state import is_idle, state_name, unverified
+from balancer.charger_state import is_idle, state_name
 from balancer.model import Limit, LimitCode
 from balancer.site_meter import MeterView
 
@@ -91,11 +91,11 @@ def site_status(ctl: Controller, now: datetime, limits: dict[str, Limit]) -> Sit
         if state.car_phases == 1:
             mask = np.zeros(3, dtype=bool)
             mask[topo.single_phase_grid[i]] = True
-        # What is counted for it: a charger that does not obey (or refuses its limits) at its real draw,
-        # a session on one never seen keeping a limit at its maximum.
+        # What is counted for it: what it may draw, its limit, or for a charger that does not obey (or
+        # refuses its limits) its real draw. A session on one never seen keeping a limit is counted at
+        # its limit too: its maximum is a precaution the others are held back for (control.decide),
+        # not an allowance, and many such sessions starting at once may reserve more than the capacity.
         counted = state.limit_a if state.obeys else max(state.draw_a or 0.0, max(state.measured_a))
-        if unverified(state):
-            counted = max(counted, float(topo.max_current_a[i]))
         allocated += mask * (counted if state.connected else offline_reserve_a(ctl, i, state, now))
         measured += np.asarray(state.measured_a)
         if state.connected and state.limit_a < 0:
