@@ -88,9 +88,20 @@ def offline_reserve_a(ctl: Controller, i: int, state: ChargerState, now: datetim
     return state.held_a
 
 
+UNVERIFIABLE_WITHIN_A = 1.0
+"""A charger is verified only by a reading within a limit this far below its maximum (the OCPP
+obedience check's tolerance), so one whose own share is at least that high cannot be."""
+
+
 def unverified_mask(ctl: Controller) -> npt.NDArray[np.bool_]:
-    """(n,) bool: the chargers in a session never seen keeping a limit (``charger_state.unverified``)."""
-    return np.array([unverified(ctl.states[cid]) for cid in ctl.topology.charger_ids], dtype=bool)
+    """(n,) bool: the chargers in a session never seen keeping a limit (``charger_state.unverified``),
+    except those whose share (their failsafe or minimum) is within ``UNVERIFIABLE_WITHIN_A`` of their
+    maximum: reserved at its maximum, such a charger is allowed about as much as it is reserved, and
+    no reading could ever verify it (a charger alone on a roomy site was planned 0 A for good)."""
+    topo = ctl.topology
+    share = np.maximum(ctl.failsafe_a, topo.min_current_a)
+    verifiable = share < topo.max_current_a - UNVERIFIABLE_WITHIN_A
+    return np.array([unverified(ctl.states[cid]) for cid in topo.charger_ids], dtype=bool) & verifiable
 
 
 def reserved_a(ctl: Controller, now: datetime, *,

@@ -14,6 +14,7 @@ from balancer.events import (
     ProfileResult,
     SessionStarted,
 )
+from balancer.model import Charger, Site
 from tests.balancer.chargers import online
 from tests.balancer.test_control import T0, connect_all, full_capacity, make_site
 
@@ -124,3 +125,21 @@ def test_a_session_not_seen_since_a_restart_is_reserved_at_its_maximum_until_it_
     restored.handle(ChargerOffline("CP0", later))
     reserve, _ = restored._reserved_a(later)
     assert reserve[0] == 5.0
+
+
+def test_a_charger_whose_share_is_its_maximum_is_not_held_back_as_unverified() -> None:
+    """A charger alone on a roomy site, its failsafe at its maximum: no reading within a limit below
+    its maximum can ever verify it, and reserving its maximum costs nothing beyond what it may draw.
+    It was kept unverified for good, planned 0 A in every slot ahead (and pushed again at every
+    slot start); now it shares and is planned like any other."""
+    chargers = tuple(Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0) for i in range(2))
+    site = Site(id="s", voltage_v=230.0, grid_limit_a=64.0, fallback_kw=44.16, chargers=chargers)
+    ctrl = Controller(site)
+    full_capacity(ctrl, 64.0)
+    ctrl.handle(ChargerOnline("CP0", T0, "ocpp1.6"))
+    ctrl.handle(SessionStarted("CP0", T0, transaction_id="tx-0", meter_start_wh=0.0))
+    assert float(ctrl.failsafe_a[0]) == 32.0
+    (schedule,) = [s for s in ctrl.decide(T0) if s.charger_id == "CP0"]
+    assert schedule.limit_a == 32.0
+    ahead = [limit for start, limit in schedule.periods if start >= T0 + timedelta(minutes=15)]
+    assert ahead and min(ahead) == 32.0, schedule.periods
