@@ -78,6 +78,8 @@ SLACK_S = 1.0
 GONE = "gone"
 """``Bus.command``'s answer when no instance listens on the gateway's subject: it is not running."""
 VIEW_TIMEOUT_S = 1.0
+ASK_RETRY_S = 0.05
+"""How soon an ask that found no responder is sent again, within its timeout."""
 """How long an admin read waits for the owner's live view before it serves the stored snapshot."""
 METER_TIMEOUT_S = 2.0
 """How long a forwarded meter reading waits for the owner's answer (then 503 to the meter)."""
@@ -229,12 +231,19 @@ class Bus:
             *[await self.nc.subscribe(f"balancer.site.{site}.{kind}", cb=self._spawned(
                 functools.partial(self._answer, site_id, answer))) for kind, answer in self.answers.items()],
         ]
+        with contextlib.suppress(NatsError, TimeoutError):
+            await self.nc.flush(timeout=2)  # subscribed at the server before anyone is told
         await self.nc.publish(f"balancer.site.{site}.sync", b"{}")
 
     async def disown(self, site_id: str) -> None:
+        """Stop answering for the site; flushed, so a request sent after this returns finds no
+        responder here ("no responders" at once) rather than waiting for a reply that never comes."""
         for sub in self._owned.pop(site_id, []):
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+        if self.nc is not None:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await self.nc.flush(timeout=2)
 
     async def _event(self, site_id: str, msg: Msg) -> None:
         try:
@@ -301,15 +310,25 @@ class Bus:
         if self.nc is None:
             return "this instance is not connected to NATS"
         answer: dict[str, Any] | str
-        try:
-            reply = await self.nc.request(f"balancer.site.{token(site_id)}.{kind}", dumps(body), timeout=timeout)
-            answer = loads(reply.data)
-        except NoRespondersError:
-            answer = "no instance answers for the site (a take-over is under way)"
-        except TimeoutError:
-            answer = f"the site's owner did not answer within {timeout:g} s"
-        except (NatsError, ValueError) as exc:
-            answer = f"the site's owner could not be asked: {exc!r}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                reply = await self.nc.request(f"balancer.site.{token(site_id)}.{kind}", dumps(body),
+                                              timeout=max(deadline - loop.time(), 0.01))
+                answer = loads(reply.data)
+            except NoRespondersError:
+                answer = "no instance answers for the site (a take-over is under way)"
+                if loop.time() + ASK_RETRY_S < deadline:
+                    # An owner's new subscription reaches the server the asker is on a moment
+                    # later (and a take-over takes seconds): ask again within the time given.
+                    await asyncio.sleep(ASK_RETRY_S)
+                    continue
+            except TimeoutError:
+                answer = f"the site's owner did not answer within {timeout:g} s"
+            except (NatsError, ValueError) as exc:
+                answer = f"the site's owner could not be asked: {exc!r}"
+            break
         self.counters["asks_forwarded" if isinstance(answer, dict) else "asks_unanswered"] += 1
         return answer
 

@@ -82,8 +82,13 @@ async def test_an_ask_gets_the_owners_answer_or_says_why_there_is_none(nats_serv
         assert "did not answer within 0.2 s" in str(await asker.ask("depot", "meter", {"wait_s": 1}, 0.2))
         assert "no instance answers" in str(await asker.ask("depot", "ocpi", {}, 1.0))  # a kind it does not answer
         await owner.disown("depot")
-        assert "no instance answers" in str(await asker.ask("depot", "meter", {"n": 3}, 1.0))
-        assert asker.counters["asks_forwarded"] == 1 and asker.counters["asks_unanswered"] == 4
+        # The owner's unsubscription is flushed, yet a request sent at once has been seen to find the
+        # interest still there and time out (1 in ~8 runs on a loaded machine); within a few tries
+        # the server answers "no responders", and never the owner.
+        answers = [str(await asker.ask("depot", "meter", {"n": 3}, 0.5)) for _ in range(3)]
+        assert "no instance answers" in answers[-1], answers
+        assert all(isinstance(a, str) for a in answers)
+        assert asker.counters["asks_forwarded"] == 1 and asker.counters["asks_unanswered"] == 6
     finally:
         await asker.stop()
         await owner.stop()
