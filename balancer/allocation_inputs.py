@@ -134,9 +134,10 @@ def reserved_a(ctl: Controller, now: datetime, *,
     return reserve, topo.charger_phase_mask.astype(np.float64)
 
 
-def reserved_load_a(ctl: Controller, now: datetime) -> FloatArray:
-    """Per-phase sum of the reserved loads at the connection, (3,) [A]."""
-    reserve, mask = reserved_a(ctl, now)
+def reserved_load_a(ctl: Controller, now: datetime, *,
+                    at_max: npt.NDArray[np.bool_] | None = None) -> FloatArray:
+    """Per-phase sum of the reserved loads at the connection, (3,) [A] (``at_max``: see ``reserved_a``)."""
+    reserve, mask = reserved_a(ctl, now, at_max=at_max)
     return np.asarray(reserve @ mask, dtype=np.float64) if len(reserve) else np.zeros(3)
 
 

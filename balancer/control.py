@@ -48,6 +48,8 @@ __all__ = ["INCREASE_LAG", "SLOT_S", "ChargerState", "Controller", "PlanRequest"
 
 FloatArray = npt.NDArray[np.float64]
 _CAR_ASLEEP = code_number(LimitCode.CAR_ASLEEP)
+VERIFY_FIRST = 1e15
+"""Urgency of a never-verified session in the allocation of its own share (above any laxity)."""
 
 
 def _merge(allocation: Allocation, first: Allocation, take_first: npt.NDArray[np.bool_]) -> Allocation:
@@ -267,9 +269,10 @@ class Controller:
         capacity, _, _ = inputs.node_capacity(self, now, at_max=unverified)
         min_a, max_a, urgency, mask, max_code = inputs.allowance(self, now)
         max_a, max_code = np.where(sleeping, 0.0, max_a), np.where(sleeping, _CAR_ASLEEP, max_code)
+        targets = self._plan_targets(now, max_a)
         request = AllocationRequest(
             topology=topo, capacity_a=capacity, phase_mask=mask, min_a=min_a, max_a=max_a,
-            target_a=self._plan_targets(now, max_a), urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
+            target_a=targets, urgency=urgency, can_pause=topo.can_pause | (max_a <= 0),
             now_s=now.timestamp(), rotation_period_s=self.site.rotation_period_s, max_code=max_code,
             **discharge_inputs(self, now),
         )
@@ -279,8 +282,14 @@ class Controller:
             # the others (``capacity``); itself it gets its share of what all would share, at most
             # its failsafe, so a first reading above that limit shows whether it keeps it, and
             # many such sessions starting at once still fit in the capacity together.
+            # They come first: until one is seen drawing under its limit its maximum is held
+            # back from the others, so a turn for it costs less than its wait (paused by the plan
+            # or by its turn, it was never verified and starved the site; issue 11).
             cap_u = np.minimum(max_a, np.maximum(self.failsafe_a, min_a))
-            first = allocate(replace(request, capacity_a=open_capacity, max_a=np.where(unverified, cap_u, max_a)))
+            urgency_u = np.where(unverified, VERIFY_FIRST, np.asarray(urgency, dtype=np.float64))
+            target_u = np.where(unverified, cap_u, targets)
+            first = allocate(replace(request, capacity_a=open_capacity, max_a=np.where(unverified, cap_u, max_a),
+                                     urgency=urgency_u, target_a=target_u))
             can_pause = topo.can_pause | (max_a <= 0) | unverified
             request = replace(request, max_a=np.where(unverified, 0.0, max_a), can_pause=can_pause)
         allocation = allocate_holding(request, self._churn, now.timestamp())  # min_pause_s / min_charge_s

@@ -81,8 +81,11 @@ def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
     if ctl.meter is not None:
         non_ev = non_ev_ahead(ctl, start, horizon, now, export=True)
         capacity = capacity - non_ev
-    # Connection capacity per slot less the reserved loads on it; what it lacks goes to V2X.
-    capacity = capacity - reserved_load_a(ctl, now)[None, :]
+    # Connection capacity per slot less the reserved loads on it; what it lacks goes to V2X. A
+    # never-verified session is planned like the others: its maximum is held back only until a
+    # reading verifies it (seconds), not for a day (which asked the grid operator for more).
+    unverified_free = np.zeros(ctl.topology.n_chargers, dtype=bool)
+    capacity = capacity - reserved_load_a(ctl, now, at_max=unverified_free)[None, :]
     deficit, export = plan_deficit(ctl, capacity, non_ev)
     capacity = np.maximum(capacity, 0.0)
     if ctl.settings.arrival_forecast_days > 0 and horizon > 1:

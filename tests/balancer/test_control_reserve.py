@@ -10,11 +10,13 @@ from balancer.events import (
     ChargerOffline,
     ChargerOnline,
     MeterSample,
+    NeedsUpdated,
     ObedienceChanged,
     ProfileResult,
     SessionStarted,
 )
 from balancer.model import Charger, Site
+from balancer.plan import plan
 from tests.balancer.chargers import online
 from tests.balancer.test_control import T0, connect_all, full_capacity, make_site
 
@@ -143,3 +145,33 @@ def test_a_charger_whose_share_is_its_maximum_is_not_held_back_as_unverified() -
     assert schedule.limit_a == 32.0
     ahead = [limit for start, limit in schedule.periods if start >= T0 + timedelta(minutes=15)]
     assert ahead and min(ahead) == 32.0, schedule.periods
+
+
+def test_a_paused_never_verified_session_gets_its_turn_and_the_plan_does_not_hold_its_maximum() -> None:
+    """Issue 11, CI (test_grid_operator_reports, 1 run in 15): 10 A per phase, two sessions with
+    known needs; CP0 verified itself first, CP1 was paused before it ever drew. Its 32 A stayed
+    held back from CP0 and from every slot of the 24 h plan, so both stood at 0 A and the plan
+    delivered nothing, for good. The never-verified session gets its share first (a reading then
+    verifies it), and the plan plans it as a session, not as its maximum held back all day."""
+    chargers = tuple(Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0) for i in range(2))
+    site = Site(id="s", voltage_v=230.0, grid_limit_a=100.0, fallback_kw=6.9, chargers=chargers)
+    ctrl = Controller(site)
+    full_capacity(ctrl, 10.0)
+    online(ctrl, "CP0", T0, "ocpp1.6")
+    ctrl.handle(ChargerOnline("CP1", T0, "ocpp1.6"))
+    for cid in ("CP0", "CP1"):
+        ctrl.handle(SessionStarted(cid, T0, transaction_id=f"tx-{cid}", meter_start_wh=0.0))
+        ctrl.handle(NeedsUpdated(cid, T0, energy_wh=40000.0, departure=T0 + timedelta(hours=2)))
+    request = ctrl.plan_request(T0)
+    assert request.capacity_a.min() == 10.0  # CP1's maximum is not held back from the plan
+    outcome = plan(request.topology, request.capacity_a, list(request.sessions), request.start)
+    ctrl.accept_plan(outcome)
+    assert outcome.plan is not None and sum(outcome.plan.planned_wh.values()) > 0
+    for k in range(3):  # whatever the plan says about CP1 this slot, and whose turn it is
+        now = T0 + timedelta(seconds=k)
+        limits = {s.charger_id: s.limit_a for s in ctrl.decide(now)}
+        assert limits["CP1"] >= 6.0, (k, limits)
+        assert limits["CP0"] + 32.0 <= 10.0 + 1e-9 or limits["CP0"] == 0.0
+    ctrl.handle(ObedienceChanged("CP1", T0 + timedelta(seconds=3), obeys=True, draw_a=7.0, verified=True))
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0 + timedelta(seconds=4))}
+    assert 0 < limits["CP0"] + limits["CP1"] <= 10.0 + 1e-9
