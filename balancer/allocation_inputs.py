@@ -178,14 +178,19 @@ def node_capacity(ctl: Controller, now: datetime, *,
     if ctl.meter_view is not None:
         # The chargers share what the non-EV load leaves of the connection (DESIGN 3.8).
         capacity[0, :] = np.minimum(topo.node_limit_a[0], cap_now - ctl.meter_view.cut_a)
+    if at_max is None:
+        at_max = unverified_mask(ctl)
     reserve, mask = reserved_a(ctl, now, at_max=at_max)
     reserved = np.asarray(topo.ancestors @ (reserve[:, None] * mask)) if topo.n_chargers else np.zeros((1, 3))
     capacity -= reserved
-    # What the connection lacks with no charger drawing, for V2X discharge (balancer.v2x).
-    root = capacity[0]
+    # What the connection lacks with no charger drawing, for V2X discharge (balancer.v2x). A
+    # never-verified session's maximum is held back from the others, not a load it draws: no
+    # deficit (it made V2X cars discharge, and told the grid operator the site cannot comply).
+    held_back = (np.where(at_max, reserve, 0.0) @ mask) if topo.n_chargers else np.zeros(3)
+    root = capacity[0] + held_back
     if ctl.meter_view is not None and ctl.meter is not None:
         raw = cap_now - ctl.meter_view.non_ev_load_a - ctl.meter.settings.margin_a
-        root = np.minimum(topo.node_limit_a[0], raw) - reserved[0]
+        root = np.minimum(topo.node_limit_a[0], raw) - reserved[0] + held_back
     ctl.deficit_a = np.asarray(np.maximum(-root, 0.0), dtype=np.float64)
     return np.maximum(capacity, 0.0), cap_now, source
 

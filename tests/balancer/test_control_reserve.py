@@ -171,6 +171,8 @@ def test_a_paused_never_verified_session_gets_its_turn_and_the_plan_does_not_hol
         now = T0 + timedelta(seconds=k)
         limits = {s.charger_id: s.limit_a for s in ctrl.decide(now)}
         assert limits["CP1"] >= 6.0, (k, limits)
+        # Held back, not drawn: no deficit, so no "cannot comply" to the grid operator.
+        assert ctrl.last_allocation is not None and ctrl.last_allocation.status != "infeasible"
         assert limits["CP0"] + 32.0 <= 10.0 + 1e-9 or limits["CP0"] == 0.0
     ctrl.handle(ObedienceChanged("CP1", T0 + timedelta(seconds=3), obeys=True, draw_a=7.0, verified=True))
     limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0 + timedelta(seconds=4))}
