@@ -41,7 +41,7 @@ lint: $(STAMP)
 test: setup
 	$(BIN)/ruff check balancer forecast adapters tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/allocator.py && $(BIN)/python bench/planner.py && $(BIN)/python bench/oscp_forecasts.py
