@@ -157,7 +157,7 @@ class ClusterNode:
         """The owner's live view for an admin read here (None: this instance controls the site, or
         no owner answered: the caller serves ``refresh_view``'s snapshot). Asked even while this
         instance's copy of the ownership table names no owner (it lags the locks by up to a tick):
-        with no owner subscribed, NATS answers "no responders" at once."""
+        with no owner subscribed, the ask is repeated until one answers or ``VIEW_TIMEOUT_S`` passes."""
         if self.controls(site_id) or self.bus is None:
             return None
         return await self.bus.view(site_id, kind)
