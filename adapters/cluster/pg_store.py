@@ -34,8 +34,8 @@ from typing import Any
 import psycopg
 
 from adapters.cluster.migrations import migrate
-from adapters.cluster.shared_outbox import claim, mark
-from adapters.store_memory import MemoryFirstStore, OutboxItem
+from adapters.cluster.shared_outbox import POST_WINDOW_S, claim, mark
+from adapters.store_memory import SEEN_KEEP_S, MemoryFirstStore, OutboxItem
 
 __all__ = ["PgStore", "connect"]
 
@@ -142,12 +142,41 @@ class PgStore(MemoryFirstStore):
                 self._kv.pop(key, None)
         return True
 
+    # ----------------------------------------------------------------- requests received
+    def seen_request(self, request_id: str) -> bool:
+        """As with SQLite, but in the cluster's table: a repeat reaching another instance is known
+        there too. Unknown (False: applied, at least once) when the database does not answer."""
+        def read() -> bool:
+            return self._connection().execute(
+                "SELECT 1 FROM seen_requests WHERE request_id = %s AND at > now() - make_interval(secs => %s)",
+                (request_id, SEEN_KEEP_S)).fetchone() is not None
+
+        try:
+            return bool(self._call(read))
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, self.clock())
+            return False
+
+    def remember_request(self, request_id: str) -> None:
+        def write() -> None:
+            db = self._connection()
+            with db.transaction():
+                db.execute("INSERT INTO seen_requests (request_id) VALUES (%s) "
+                           "ON CONFLICT (request_id) DO UPDATE SET at = now()", (request_id,))
+                db.execute("DELETE FROM seen_requests WHERE at < now() - make_interval(secs => %s)", (SEEN_KEEP_S,))
+
+        try:
+            self._call(write)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, self.clock())
+
     # ----------------------------------------------------------------- outbox
     def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
         """Claim what is due of the controlled sites' messages (none when the database is away)."""
         if not self._write_marks():
             return []
         release = sorted(self._claimed)
+        post_by = time.monotonic() + POST_WINDOW_S  # taken before the claim: on the safe side
         try:
             claimed: tuple[list[OutboxItem], int] = self._call(lambda: claim(
                 self._connection(), self.instance_id, self.owned(), self.lead_site, now, limit, release))
@@ -156,6 +185,8 @@ class PgStore(MemoryFirstStore):
             return []
         items, self._waiting = claimed
         self._claimed = {item.id for item in items}
+        for item in items:
+            item.post_by = post_by
         return items
 
     def delivered(self, item_id: int) -> None:
@@ -183,8 +214,8 @@ class PgStore(MemoryFirstStore):
             return False
         if again:
             self.duplicates += again
-            log.error("outbox: %d message(s) had been delivered already (sent again with the same X-Request-ID)",
-                      again)
+            log.warning("outbox: %d message(s) had been delivered by another instance already (sent again "
+                        "with the same X-Request-ID)", again)
         del self._sent[:len(sent)]
         for item_id in retries:
             self._retries.pop(item_id, None)
