@@ -23,11 +23,11 @@ _SEEN = "seen_request:"
 class OutboxItem:
     """One message waiting to be delivered: ``POST {base_url}/{path}`` with ``body``."""
 
-    __slots__ = ("attempts", "body", "created", "headers", "id", "next_try", "path", "post_by", "site_id")
+    __slots__ = ("attempts", "body", "channel", "created", "headers", "id", "next_try", "path", "post_by", "site_id")
 
     def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int,
                  next_try: float = 0.0, created: float = 0.0, site_id: str | None = None,
-                 post_by: float = math.inf) -> None:
+                 post_by: float = math.inf, channel: str = "oscp") -> None:
         self.id = id
         self.path = path
         self.body = body
@@ -38,6 +38,8 @@ class OutboxItem:
         self.site_id = site_id
         """The site the message is about (cluster mode: its owner delivers it); None: the whole deployment."""
         self.post_by = post_by
+        self.channel = channel
+        """Cluster mode: ``oscp`` (``path`` is the OSCP message) or ``ocpi`` (a callback, ``path`` its URL)."""
         """Monotonic time after which it must not be POSTed before ``due`` hands it out again
         (cluster mode: a claim is fresh that long, ``adapters.cluster.shared_outbox``)."""
 

@@ -53,6 +53,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE seen_requests (request_id TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now());
     CREATE INDEX seen_requests_at ON seen_requests (at);
     """,
+    # 4: the OCPI callbacks in the same outbox (``channel`` 'ocpi', ``path`` the URL), delivered by
+    # the owner of the session's site like the OSCP messages.
+    """
+    ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'oscp';
+    """,
 )
 
 

@@ -75,6 +75,7 @@ class ClusterNode:
             service.ocpi.controls = self.controls
             service.ocpi.refresh = lambda prefix: self.store.refresh(prefix=prefix)
             service.ocpi.forward = self.remote_ocpi  # caps and preferences: applied by the site's owner
+            service.ocpi.shared = self.store  # callbacks: the cluster's outbox, sent by the site's owner
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
                        on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s,
                        on_view=self._view, answers={"meter": self._meter, "ocpi": self._ocpi})
@@ -337,6 +338,8 @@ class ClusterNode:
             self._spawn(self.bus.own(site_id))
         if service.oscp_client is not None:
             service.oscp_client.kick()  # what the former owner left in the outbox goes out now
+        if service.ocpi is not None:
+            service.ocpi.kick()
         service.site_gained(site_id)
 
     def _lost(self, site_id: str) -> None:

@@ -38,7 +38,10 @@ from adapters.cluster.ownership import LOCK_NAMESPACE
 from adapters.oscp.client import POST_TIMEOUT_S
 from adapters.store_memory import OutboxItem
 
-__all__ = ["KEEP_SENT_S", "POST_WINDOW_S", "STALE_CLAIM_S", "claim", "mark"]
+__all__ = ["CHANNELS", "KEEP_SENT_S", "POST_WINDOW_S", "STALE_CLAIM_S", "claim", "mark"]
+
+CHANNELS = ("oscp", "ocpi")
+"""What a row is: an OSCP message to the grid operator, or an OCPI callback to a party."""
 
 POST_WINDOW_S = 1.0
 """A claimed row is POSTed only this soon after its claim (then claimed again first)."""
@@ -58,7 +61,7 @@ WITH mine AS (
           AND l.objid = s.lock_key::oid AND l.objsubid = 2 AND a.application_name = %(app)s)
 ), picked AS (
     SELECT o.id, mine.epoch FROM outbox o JOIN mine ON mine.site_id = coalesce(o.site_id, %(lead)s)
-    WHERE o.sent_at IS NULL AND o.next_try <= %(now)s
+    WHERE o.sent_at IS NULL AND o.next_try <= %(now)s AND o.channel = %(channel)s
       AND (o.claimed_by IS NULL OR o.claimed_by = %(me)s
            OR (o.claim_epoch < mine.epoch AND o.claimed_at < now() - make_interval(secs => %(stale)s)))
     ORDER BY o.created, o.id LIMIT %(limit)s
@@ -66,28 +69,30 @@ WITH mine AS (
 )
 UPDATE outbox o SET claimed_by = %(me)s, claim_epoch = picked.epoch, claimed_at = now(), claims = o.claims + 1
 FROM picked WHERE o.id = picked.id
-RETURNING o.id, o.path, o.body, o.headers, o.attempts, o.next_try, o.created, o.site_id
+RETURNING o.id, o.path, o.body, o.headers, o.attempts, o.next_try, o.created, o.site_id, o.channel
 """
 _WAITING = """
 SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND coalesce(o.site_id, %(lead)s) = ANY(%(sites)s)
+    AND o.channel = %(channel)s
 """
 
 
 def claim(db: psycopg.Connection[Any], me: str, owned: dict[str, int], lead: str, now: float,
-          limit: int, release: list[int]) -> tuple[list[OutboxItem], int]:
-    """Release ``release`` (claimed earlier and neither sent nor failed), claim what is due of the
-    sites in ``owned`` (site -> epoch), in one transaction; returns the rows and how many messages
-    of those sites wait in all."""
+          limit: int, release: list[int], channel: str = "oscp") -> tuple[list[OutboxItem], int]:
+    """Release ``release`` (claimed earlier and neither sent nor failed), claim what is due on
+    ``channel`` of the sites in ``owned`` (site -> epoch), in one transaction; returns the rows and
+    how many messages of those sites wait on the channel in all."""
     with db.transaction():
         if release:
             db.execute("UPDATE outbox SET claimed_by = NULL WHERE id = ANY(%s) AND claimed_by = %s "
                        "AND sent_at IS NULL", (release, me))
         sites = sorted(owned)
         params = {"sites": sites, "epochs": [owned[s] for s in sites], "me": me, "app": f"balancer:{me}",
-                  "ns": LOCK_NAMESPACE, "lead": lead, "now": now, "stale": STALE_CLAIM_S, "limit": limit}
+                  "ns": LOCK_NAMESPACE, "lead": lead, "now": now, "stale": STALE_CLAIM_S, "limit": limit,
+                  "channel": channel}
         rows = db.execute(_CLAIM, params).fetchall() if sites else []
         found = db.execute(_WAITING, params).fetchone() if sites else None
-    items = [OutboxItem(int(r[0]), r[1], json.loads(r[2]), json.loads(r[3]), r[4], r[5], r[6], r[7])
+    items = [OutboxItem(int(r[0]), r[1], json.loads(r[2]), json.loads(r[3]), r[4], r[5], r[6], r[7], channel=r[8])
              for r in sorted(rows, key=lambda r: (r[6], r[0]))]
     return items, int(found[0]) if found else 0
 
