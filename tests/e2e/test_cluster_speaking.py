@@ -19,7 +19,7 @@ from adapters.meter.simulator import MeterSimulator
 from adapters.ocpp.simulator import SimCar, SimulatedCharger
 from adapters.oscp.simulator import GridOperatorSimulator
 from tests.cluster_servers import NatsServer
-from tests.e2e.cluster import Instance, cluster_config
+from tests.e2e.cluster import Instance, cluster_config, start_all
 from tests.e2e.test_cluster_ownership import TAKEOVER_S, disjoint, wait_for
 from tests.servers import InfluxServer
 
@@ -36,8 +36,7 @@ def speaking_config(n_sites: int, grid: GridOperatorSimulator) -> dict[str, Any]
 
 async def start_balanced(instances: list[Instance], n_sites: int) -> dict[str, str]:
     """Start the instances and wait until each controls its share; returns site -> owner."""
-    for instance in instances:
-        await asyncio.to_thread(instance.start)
+    await asyncio.to_thread(start_all, instances)
     share = n_sites // len(instances)
 
     def balanced() -> bool:
