@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 def site_keys(site_id: str) -> list[str]:
     """The store keys that belong to one site (read again by whoever takes the site over)."""
-    return [f"controller:{site_id}", f"forecast:{site_id}", f"meter_import_wh:{site_id}", f"meter_history:{site_id}"]
+    return [f"controller:{site_id}", f"forecast:{site_id}", f"meter_import_wh:{site_id}", f"meter_history:{site_id}",
+            f"compliance_reported:{site_id}"]
 
 
 class ClusterNode:
