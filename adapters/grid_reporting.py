@@ -31,7 +31,6 @@ class GridReporting:
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self._compliance_reported: dict[str, datetime] = {}
         self._last_fallback: dict[str, bool] = {}
         self._adjusted: dict[str, datetime] = {}
 
@@ -55,6 +54,10 @@ class GridReporting:
             log.info("site %s: asked the grid operator for more capacity in %d slots (short %.1f kWh)",
                      site_id, len(blocks), (requested - planned) / 1000)
 
+    def _reported_slot(self, site_id: str) -> datetime | None:
+        raw = self.service.store.get_json(f"compliance_reported:{site_id}")
+        return datetime.fromisoformat(raw) if isinstance(raw, str) else None
+
     def report(self, controller: Controller, status: SiteStatus, now: datetime) -> None:
         """Tell the grid operator when the site cannot comply (at most once per slot)."""
         service = self.service
@@ -70,10 +73,12 @@ class GridReporting:
         message = compliance_problem(measured_a=status.measured_a, capacity_a=status.capacity_a,
                                      allocation_status=status.allocation_status, slot=slot,
                                      allocation_message=status.allocation_message,
-                                     last_reported_slot=self._compliance_reported.get(site.id))
+                                     last_reported_slot=self._reported_slot(site.id))
         if message is None:
             return
-        self._compliance_reported[site.id] = slot
+        # In the store, written with the message: a new owner of the site (a cluster's take-over)
+        # or a restart does not report the same slot again.
+        service.store.put_json(f"compliance_reported:{site.id}", slot.isoformat(), flush=False)
         log.warning("site %s: cannot comply: %s", site.id, message)
         service.counters["compliance_errors"] += 1
         if service.influx is not None:

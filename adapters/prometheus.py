@@ -207,6 +207,7 @@ OSCP_HELP = {
     "forecasts": "OSCP capacity forecasts accepted",
     "heartbeats": "OSCP heartbeats received from the grid operator",
     "rejected": "OSCP messages rejected after the token check (bad body, too large, unknown group)",
+    "repeats": "OSCP messages answered without being applied: a repeat (same X-Request-ID) of one applied",
 }
 OCPI_HELP = {
     "ocpi_requests": "OCPI requests received",

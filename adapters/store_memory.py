@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LOG_EVERY_S", "MemoryFirstStore", "OutboxItem"]
+__all__ = ["LOG_EVERY_S", "SEEN_KEEP_S", "MemoryFirstStore", "OutboxItem"]
 
 LOG_EVERY_S = 60.0
 """While writes keep failing, one log line per this many seconds (with the count since)."""
+SEEN_KEEP_S = 3600.0
+"""The X-Request-IDs of applied requests are remembered this long (a sender repeats within minutes)."""
+_SEEN = "seen_request:"
 
 
 class OutboxItem:
     """One message waiting to be delivered: ``POST {base_url}/{path}`` with ``body``."""
 
-    __slots__ = ("attempts", "body", "created", "headers", "id", "next_try", "path", "site_id")
+    __slots__ = ("attempts", "body", "channel", "created", "headers", "id", "next_try", "path", "post_by", "site_id")
 
     def __init__(self, id: int, path: str, body: dict[str, Any], headers: dict[str, str], attempts: int,
-                 next_try: float = 0.0, created: float = 0.0, site_id: str | None = None) -> None:
+                 next_try: float = 0.0, created: float = 0.0, site_id: str | None = None,
+                 post_by: float = math.inf, channel: str = "oscp") -> None:
         self.id = id
         self.path = path
         self.body = body
@@ -32,6 +37,11 @@ class OutboxItem:
         self.created = created
         self.site_id = site_id
         """The site the message is about (cluster mode: its owner delivers it); None: the whole deployment."""
+        self.post_by = post_by
+        self.channel = channel
+        """Cluster mode: ``oscp`` (``path`` is the OSCP message) or ``ocpi`` (a callback, ``path`` its URL)."""
+        """Monotonic time after which it must not be POSTed before ``due`` hands it out again
+        (cluster mode: a claim is fresh that long, ``adapters.cluster.shared_outbox``)."""
 
 
 class MemoryFirstStore(ABC):
@@ -54,6 +64,7 @@ class MemoryFirstStore(ABC):
         self._outbox: dict[int, OutboxItem] = {}  # in id order: ids only grow
         self._outbox_pending: set[int] = set()
         self._next_id = 1
+        self._seen_pruned = 0.0
 
     @abstractmethod
     def flush(self) -> bool:
@@ -87,6 +98,25 @@ class MemoryFirstStore(ABC):
     def keys(self, prefix: str) -> list[str]:
         """Every key starting with ``prefix``, sorted."""
         return sorted(k for k in self._kv if k.startswith(prefix))
+
+    # ----------------------------------------------------------------- requests received
+    def seen_request(self, request_id: str) -> bool:
+        """Whether a request with this ``X-Request-ID`` was applied within ``SEEN_KEEP_S``: its
+        sender repeats it (its answer got lost), so it is answered as before and not applied again."""
+        at = self.get_json(_SEEN + request_id)
+        return isinstance(at, (int, float)) and self.clock() - at < SEEN_KEEP_S
+
+    def remember_request(self, request_id: str) -> None:
+        """Note a request as applied (written now: a restart still knows it); forgets old ones."""
+        now = self.clock()
+        self._kv[_SEEN + request_id] = json.dumps(now)
+        self._kv_pending.add(_SEEN + request_id)
+        if now - self._seen_pruned >= 60.0:
+            self._seen_pruned = now
+            for key in self.keys(_SEEN):
+                if now - float(self._kv[key]) >= SEEN_KEEP_S:
+                    self.delete_json(key, flush=False)
+        self.flush()
 
     # ----------------------------------------------------------------- outbox
     def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str], site_id: str | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Pytest fixtures for cluster mode: one PostgreSQL server per test session, a fresh database per test."""
+"""Pytest fixtures for cluster mode: one PostgreSQL and one NATS server per test session, a fresh database per test."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ def pg_url(pg_server: PostgresServer) -> str:
     return pg_server.database()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
+    """One for the session, like PostgreSQL: core NATS keeps no state, and every test ends the
+    subscriptions of its instances and buses (each stops them)."""
     server = NatsServer().start()
     yield server
     server.stop()

@@ -78,9 +78,9 @@ SLACK_S = 1.0
 GONE = "gone"
 """``Bus.command``'s answer when no instance listens on the gateway's subject: it is not running."""
 VIEW_TIMEOUT_S = 1.0
-ASK_RETRY_S = 0.05
-"""How soon an ask that found no responder is sent again, within its timeout."""
 """How long an admin read waits for the owner's live view before it serves the stored snapshot."""
+ASK_RETRY_S = 0.05
+"""How soon a request to a site's owner that found no responder is sent again, within its timeout."""
 METER_TIMEOUT_S = 2.0
 """How long a forwarded meter reading waits for the owner's answer (then 503 to the meter)."""
 OCPI_TIMEOUT_S = 3.0
@@ -279,16 +279,10 @@ class Bus:
 
     async def view(self, site_id: str, kind: str) -> dict[str, Any] | None:
         """The owner's live site or plan JSON; None when no owner answers in ``VIEW_TIMEOUT_S``."""
-        if self.nc is None:
-            return None
-        try:
-            reply = await self.nc.request(f"balancer.site.{token(site_id)}.view", dumps({"kind": kind}),
-                                          timeout=VIEW_TIMEOUT_S)
-            view = loads(reply.data).get("view")
-        except (NatsError, TimeoutError, ValueError) as exc:
-            log.debug("site %s: no live %s view from its owner: %r", site_id, kind, exc)
-            view = None
+        reply = await self._request(site_id, "view", {"kind": kind}, VIEW_TIMEOUT_S)
+        view = reply.get("view") if isinstance(reply, dict) else None
         if not isinstance(view, dict):
+            log.debug("site %s: no live %s view from its owner: %s", site_id, kind, reply)
             self.counters["views_unanswered"] += 1
             return None
         self.counters["views_forwarded"] += 1
@@ -307,9 +301,18 @@ class Bus:
 
     async def ask(self, site_id: str, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | str:
         """The owner's reply to a request on ``balancer.site.<site>.<kind>``, or why there is none."""
+        answer = await self._request(site_id, kind, body, timeout)
+        self.counters["asks_forwarded" if isinstance(answer, dict) else "asks_unanswered"] += 1
+        return answer
+
+    async def _request(self, site_id: str, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | str:
+        """The owner's reply (a JSON object) on ``balancer.site.<site>.<kind>``, or why there is none.
+
+        A request that finds no responder is sent again every ``ASK_RETRY_S`` within ``timeout``:
+        an owner's new subscription reaches the server the asker is on a moment later (and a
+        take-over takes seconds)."""
         if self.nc is None:
             return "this instance is not connected to NATS"
-        answer: dict[str, Any] | str
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -317,20 +320,15 @@ class Bus:
                 reply = await self.nc.request(f"balancer.site.{token(site_id)}.{kind}", dumps(body),
                                               timeout=max(deadline - loop.time(), 0.01))
                 answer = loads(reply.data)
+                return answer if isinstance(answer, dict) else "the site's owner answered nonsense"
             except NoRespondersError:
-                answer = "no instance answers for the site (a take-over is under way)"
-                if loop.time() + ASK_RETRY_S < deadline:
-                    # An owner's new subscription reaches the server the asker is on a moment
-                    # later (and a take-over takes seconds): ask again within the time given.
-                    await asyncio.sleep(ASK_RETRY_S)
-                    continue
+                if loop.time() + ASK_RETRY_S >= deadline:
+                    return "no instance answers for the site (a take-over is under way)"
+                await asyncio.sleep(ASK_RETRY_S)
             except TimeoutError:
-                answer = f"the site's owner did not answer within {timeout:g} s"
+                return f"the site's owner did not answer within {timeout:g} s"
             except (NatsError, ValueError) as exc:
-                answer = f"the site's owner could not be asked: {exc!r}"
-            break
-        self.counters["asks_forwarded" if isinstance(answer, dict) else "asks_unanswered"] += 1
-        return answer
+                return f"the site's owner could not be asked: {exc!r}"
 
     async def command(self, gateway: str, site_id: str, epoch: int, fid: str, phase: int,
                       schedules: list[ChargerSchedule]) -> bool | str:

@@ -47,6 +47,17 @@ MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN sent_at TIMESTAMPTZ, ADD COLUMN sent_by TEXT;
     CREATE INDEX outbox_unsent ON outbox (created, id) WHERE sent_at IS NULL;
     """,
+    # 3: the X-Request-IDs of the requests applied, whichever instance took them (a sender's
+    # repeat is answered without being applied twice), kept ``SEEN_KEEP_S``.
+    """
+    CREATE TABLE seen_requests (request_id TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now());
+    CREATE INDEX seen_requests_at ON seen_requests (at);
+    """,
+    # 4: the OCPI callbacks in the same outbox (``channel`` 'ocpi', ``path`` the URL), delivered by
+    # the owner of the session's site like the OSCP messages.
+    """
+    ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'oscp';
+    """,
 )
 
 

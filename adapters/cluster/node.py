@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 def site_keys(site_id: str) -> list[str]:
     """The store keys that belong to one site (read again by whoever takes the site over)."""
-    return [f"controller:{site_id}", f"forecast:{site_id}", f"meter_import_wh:{site_id}", f"meter_history:{site_id}"]
+    return [f"controller:{site_id}", f"forecast:{site_id}", f"meter_import_wh:{site_id}", f"meter_history:{site_id}",
+            f"compliance_reported:{site_id}"]
 
 
 class ClusterNode:
@@ -75,6 +76,7 @@ class ClusterNode:
             service.ocpi.controls = self.controls
             service.ocpi.refresh = lambda prefix: self.store.refresh(prefix=prefix)
             service.ocpi.forward = self.remote_ocpi  # caps and preferences: applied by the site's owner
+            service.ocpi.shared = self.store  # callbacks: the cluster's outbox, sent by the site's owner
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
                        on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s,
                        on_view=self._view, answers={"meter": self._meter, "ocpi": self._ocpi})
@@ -157,7 +159,7 @@ class ClusterNode:
         """The owner's live view for an admin read here (None: this instance controls the site, or
         no owner answered: the caller serves ``refresh_view``'s snapshot). Asked even while this
         instance's copy of the ownership table names no owner (it lags the locks by up to a tick):
-        with no owner subscribed, NATS answers "no responders" at once."""
+        with no owner subscribed, the ask is repeated until one answers or ``VIEW_TIMEOUT_S`` passes."""
         if self.controls(site_id) or self.bus is None:
             return None
         return await self.bus.view(site_id, kind)
@@ -337,6 +339,8 @@ class ClusterNode:
             self._spawn(self.bus.own(site_id))
         if service.oscp_client is not None:
             service.oscp_client.kick()  # what the former owner left in the outbox goes out now
+        if service.ocpi is not None:
+            service.ocpi.kick()
         service.site_gained(site_id)
 
     def _lost(self, site_id: str) -> None:

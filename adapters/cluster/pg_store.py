@@ -16,8 +16,10 @@ timeouts of its own (``connect_timeout``, ``tcp_user_timeout``, ``statement_time
 The outbox is the cluster's, not the instance's (``adapters.cluster.shared_outbox``): a queued
 message is written at once (kept in memory only until that write succeeds); ``due`` claims the
 rows of the sites this instance controls (``owned``, set by the cluster node), ``delivered`` and
-``retry_later`` mark them. Ids: each start draws a block from the ``outbox_block`` sequence and
-numbers its messages ``block << 32 | n``, so ids are unique across instances.
+``retry_later`` mark them. Two channels, each with its own delivery loop: ``oscp`` (the OSCP
+client's messages) and ``ocpi`` (the OCPI callbacks). Ids: each start draws a block from the
+``outbox_block`` sequence and numbers its messages ``block << 32 | n``, so ids are unique across
+instances.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from typing import Any
 import psycopg
 
 from adapters.cluster.migrations import migrate
-from adapters.cluster.shared_outbox import claim, mark
-from adapters.store_memory import MemoryFirstStore, OutboxItem
+from adapters.cluster.shared_outbox import CHANNELS, POST_WINDOW_S, claim, mark
+from adapters.store_memory import SEEN_KEEP_S, MemoryFirstStore, OutboxItem
 
 __all__ = ["PgStore", "connect"]
 
@@ -75,17 +77,17 @@ class PgStore(MemoryFirstStore):
         """The sites this instance controls now, with the epoch it took each at (the cluster node's)."""
         self.lead_site = ""
         """The site whose owner delivers the messages of no site (heartbeats, handshake answers)."""
-        self._claimed: set[int] = set()  # claimed by the last ``due`` and not marked yet
+        self._claimed: dict[str, set[int]] = {c: set() for c in CHANNELS}  # by the last ``due``, not marked yet
         self._sent: list[int] = []  # delivered, the mark not written yet
         self._retries: dict[int, float] = {}  # failed, the mark not written yet
-        self._waiting = 0
+        self._waiting = dict.fromkeys(CHANNELS, 0)
         self.duplicates = 0
         block = self._db.execute("SELECT nextval('outbox_block')").fetchone()
         self._next_id = (int(block[0]) << 32) + 1 if block else 1
 
     def close(self) -> None:
-        if self.flush() and self._claimed:  # what this instance claimed and did not send: free for others
-            release = sorted(self._claimed)
+        release = sorted(set().union(*self._claimed.values()))
+        if self.flush() and release:  # what this instance claimed and did not send: free for others
             with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                 self._call(lambda: claim(self._connection(), self.instance_id, {}, self.lead_site, 0.0, 0, release))
         busy = self._busy
@@ -142,35 +144,88 @@ class PgStore(MemoryFirstStore):
                 self._kv.pop(key, None)
         return True
 
+    # ----------------------------------------------------------------- requests received
+    def seen_request(self, request_id: str) -> bool:
+        """As with SQLite, but in the cluster's table: a repeat reaching another instance is known
+        there too. Unknown (False: applied, at least once) when the database does not answer."""
+        def read() -> bool:
+            return self._connection().execute(
+                "SELECT 1 FROM seen_requests WHERE request_id = %s AND at > now() - make_interval(secs => %s)",
+                (request_id, SEEN_KEEP_S)).fetchone() is not None
+
+        try:
+            return bool(self._call(read))
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, self.clock())
+            return False
+
+    def remember_request(self, request_id: str) -> None:
+        def write() -> None:
+            db = self._connection()
+            with db.transaction():
+                db.execute("INSERT INTO seen_requests (request_id) VALUES (%s) "
+                           "ON CONFLICT (request_id) DO UPDATE SET at = now()", (request_id,))
+                db.execute("DELETE FROM seen_requests WHERE at < now() - make_interval(secs => %s)", (SEEN_KEEP_S,))
+
+        try:
+            self._call(write)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._failed(exc, self.clock())
+
     # ----------------------------------------------------------------- outbox
-    def due(self, now: float, limit: int = 50) -> list[OutboxItem]:
-        """Claim what is due of the controlled sites' messages (none when the database is away)."""
+    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str], site_id: str | None = None, *,
+                channel: str = "oscp", next_try: float = 0.0) -> int:
+        """Queue a message on ``channel`` (``CHANNELS``: the OSCP client's ``path``, an OCPI
+        callback's URL), due from ``next_try``; written at once."""
+        item_id = self._next_id
+        self._next_id += 1
+        self._outbox[item_id] = OutboxItem(item_id, path, body, headers, 0, next_try, self.clock(), site_id,
+                                           channel=channel)
+        self._outbox_pending.add(item_id)
+        self.flush()
+        return item_id
+
+    def due(self, now: float, limit: int = 50, channel: str = "oscp") -> list[OutboxItem]:
+        """Claim what is due of the controlled sites' messages on ``channel`` (none when the
+        database is away). One delivery loop per channel: the rows it claimed before are released
+        (or claimed again) here, so it must have nothing in flight when it calls."""
         if not self._write_marks():
             return []
-        release = sorted(self._claimed)
+        release = sorted(self._claimed[channel])
+        post_by = time.monotonic() + POST_WINDOW_S  # taken before the claim: on the safe side
         try:
             claimed: tuple[list[OutboxItem], int] = self._call(lambda: claim(
-                self._connection(), self.instance_id, self.owned(), self.lead_site, now, limit, release))
+                self._connection(), self.instance_id, self.owned(), self.lead_site, now, limit, release, channel))
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._failed(exc, self.clock())
             return []
-        items, self._waiting = claimed
-        self._claimed = {item.id for item in items}
+        items, self._waiting[channel] = claimed
+        self._claimed[channel] = {item.id for item in items}
+        for item in items:
+            item.post_by = post_by
         return items
 
-    def delivered(self, item_id: int) -> None:
-        self._claimed.discard(item_id)
+    def delivered(self, item_id: int, channel: str = "oscp") -> None:
+        self._claimed[channel].discard(item_id)
         self._sent.append(item_id)
         self._write_marks()
 
-    def retry_later(self, item_id: int, next_try: float) -> None:
-        self._claimed.discard(item_id)
+    def retry_later(self, item_id: int, next_try: float, channel: str = "oscp") -> None:
+        self._claimed[channel].discard(item_id)
         self._retries[item_id] = next_try
         self._write_marks()
 
-    def outbox_size(self) -> int:
+    def hurry(self, item_ids: list[int]) -> None:
+        """Make messages due now (an OCPI result held until the charger holds its cap, which it does)."""
+        try:
+            self._call(lambda: self._connection().execute(
+                "UPDATE outbox SET next_try = 0 WHERE id = ANY(%s) AND sent_at IS NULL", (item_ids,)))
+        except (psycopg.Error, OSError, TimeoutError) as exc:  # it goes out when its hold ends
+            self._failed(exc, self.clock())
+
+    def outbox_size(self, channel: str = "oscp") -> int:
         """Messages not written yet, and those of the controlled sites waiting in the database."""
-        return len(self._outbox) + self._waiting
+        return sum(1 for item in self._outbox.values() if item.channel == channel) + self._waiting[channel]
 
     def _write_marks(self) -> bool:
         if not self._sent and not self._retries:
@@ -183,8 +238,8 @@ class PgStore(MemoryFirstStore):
             return False
         if again:
             self.duplicates += again
-            log.error("outbox: %d message(s) had been delivered already (sent again with the same X-Request-ID)",
-                      again)
+            log.warning("outbox: %d message(s) had been delivered by another instance already (sent again "
+                        "with the same X-Request-ID)", again)
         del self._sent[:len(sent)]
         for item_id in retries:
             self._retries.pop(item_id, None)
@@ -210,7 +265,7 @@ class PgStore(MemoryFirstStore):
                 upserts = [(key, self._kv[key], now) for key in sorted(self._kv_pending) if key in self._kv]
                 deletes = [key for key in self._kv_pending if key not in self._kv]
                 kept = [(item.id, self.instance_id, item.path, json.dumps(item.body), json.dumps(item.headers),
-                         item.attempts, item.next_try, item.created, item.site_id)
+                         item.attempts, item.next_try, item.created, item.site_id, item.channel)
                         for item in (self._outbox.get(i) for i in sorted(self._outbox_pending)) if item is not None]
                 self._call(lambda: self._write(self._connection(), upserts, deletes, kept))
         except (psycopg.Error, OSError, TimeoutError) as exc:
@@ -245,5 +300,5 @@ class PgStore(MemoryFirstStore):
                 cur.execute("DELETE FROM kv WHERE key = ANY(%s)", (deletes,))
             if kept:
                 cur.executemany(
-                    "INSERT INTO outbox (id, instance_id, path, body, headers, attempts, next_try, created, site_id) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING", kept)
+                    "INSERT INTO outbox (id, instance_id, path, body, headers, attempts, next_try, created, site_id, "
+                    "channel) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING", kept)

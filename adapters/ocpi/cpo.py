@@ -88,6 +88,11 @@ class OcpiCpo(CpoProfiles):
         self._tasks.append(asyncio.create_task(self._update_loop(), name="ocpi-updates"))
 
     async def stop(self) -> None:
+        self._stopping = True  # cluster mode: the callbacks under way are let finish and marked
+        self._wake.set()
+        if self.shared is not None and self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), 11.0)
         for task in [*self._tasks, *self._send_tasks]:
             task.cancel()
         for task in [*self._tasks, *self._send_tasks]:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -24,17 +24,35 @@ from adapters.http_body import loads, read_body, token_matches
 from adapters.ocpi.messages import (
     encode_token,
 )
+from adapters.store_memory import OutboxItem
 from adapters.store_port import Store
 from balancer.control import Controller
 from balancer.events import Event, ProfileResult
 from balancer.model import Config, OcpiSettings
 
 __all__ = ["CAP_TOLERANCE_A", "EVSE_STATUS", "HOLD_RESULT_S", "IN_FLIGHT", "MAX_BACKOFF_S", "RECENT_SESSIONS",
-           "UPDATE_CHECK_S", "CpoBase", "Handler", "cap_at", "token_hash"]
+           "UPDATE_CHECK_S", "CpoBase", "Handler", "SharedOutbox", "cap_at", "token_hash"]
 
 log = logging.getLogger("balancer.ocpi")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class SharedOutbox(Protocol):
+    """Cluster mode: the cluster's outbox (``adapters.cluster.pg_store.PgStore``), channel ``ocpi``."""
+
+    def enqueue(self, path: str, body: dict[str, Any], headers: dict[str, str], site_id: str | None = None, *,
+                channel: str = ..., next_try: float = ...) -> int: ...
+
+    def due(self, now: float, limit: int = ..., channel: str = ...) -> list[OutboxItem]: ...
+
+    def delivered(self, item_id: int, channel: str = ...) -> None: ...
+
+    def retry_later(self, item_id: int, next_try: float, channel: str = ...) -> None: ...
+
+    def hurry(self, item_ids: list[int]) -> None: ...
+
+    def outbox_size(self, channel: str = ...) -> int: ...
 
 MAX_BACKOFF_S = 30.0
 IN_FLIGHT = 64
@@ -92,9 +110,13 @@ class CpoBase:
         """Hashes of our tokens B offered to a party we register with: it reads our versions with them."""
         self._buckets: dict[str, list[float]] = {}
         self._outbox: dict[int, dict[str, Any]] = {}
-        # Cluster mode: each instance numbers its own callbacks (instances never share a key).
-        self._outbox_prefix = "ocpi:outbox:" if config.cluster is None else \
-            f"ocpi:outbox:{config.cluster.instance_id}:"
+        self._outbox_prefix = "ocpi:outbox:"
+        self.shared: SharedOutbox | None = None
+        """Cluster mode: the callbacks go through the cluster's outbox (set by the cluster node),
+        delivered by the owner of the session's site (``_deliver_shared``), not kept here."""
+        self._held: dict[int, tuple[str, float]] = {}
+        """Cluster mode: the shared outbox's results held until a charger holds a cap: id -> (charger, cap)."""
+        self._stopping = False
         self.controls: Callable[[str], bool] = lambda site_id: True
         """Cluster mode: whether this instance controls a site (only its owner sends the site's updates)."""
         self.refresh: Callable[[str], bool] = lambda prefix: False
@@ -118,7 +140,7 @@ class CpoBase:
                                            "ocpi_callbacks_sent": 0, "ocpi_callbacks_retried": 0,
                                            "ocpi_callbacks_dropped": 0, "ocpi_updates_sent": 0}
         self._load_parties()
-        for key in store.keys(self._outbox_prefix):
+        for key in store.keys(self._outbox_prefix) if config.cluster is None else ():
             item = store.get_json(key)
             self._outbox[int(item["id"])] = item
             if "wait_charger" in item:
@@ -165,17 +187,28 @@ class CpoBase:
 
 
     # ----------------------------------------------------------------- outbox
-    def _enqueue(self, method: str, url: str, body: Any, party: str | None, now: datetime, *,
+    def _enqueue(self, method: str, url: str, body: Any, party: str | None, now: datetime, *, site_id: str,
                  wait_for: tuple[str, float] | None = None) -> None:
         """Persist a callback (with everything pending in the store) and wake the sender.
 
         ``wait_for`` (charger id, cap [A]): hold it until that charger accepts a profile at or below
-        the cap (``_release``), at most ``HOLD_RESULT_S`` (or half the timeout).
+        the cap (``_release``), at most ``HOLD_RESULT_S`` (or half the timeout). In a cluster it is
+        a row of the shared outbox for ``site_id``'s owner.
         """
-        item_id = self._next_id
-        self._next_id += 1
         created = time.time()
         timeout = self.settings.profile_timeout_s
+        if self.shared is not None:
+            hold = created + min(HOLD_RESULT_S, timeout / 2) if wait_for is not None else 0.0
+            item_id = self.shared.enqueue(url, {"method": method, "body": body, "party": party,
+                                                "deadline": created + timeout},
+                                          {"X-Request-ID": str(uuid.uuid4()), "X-Correlation-ID": str(uuid.uuid4())},
+                                          site_id, channel="ocpi", next_try=hold)
+            if wait_for is not None:
+                self._held[item_id] = wait_for
+            self._wake.set()
+            return
+        item_id = self._next_id
+        self._next_id += 1
         item: dict[str, Any] = {"id": item_id, "method": method, "url": url, "body": body, "party": party,
                                 "created": created, "deadline": created + timeout, "attempts": 0, "next_try": 0.0}
         if wait_for is not None:
@@ -188,7 +221,17 @@ class CpoBase:
 
     def _release(self, event: ProfileResult) -> None:
         """A charger accepted a profile: the results waiting for it to hold a cap go out now."""
-        if event.result != "Accepted" or event.idle or event.detail.startswith("failsafe") or not self._waiting:
+        if event.result != "Accepted" or event.idle or event.detail.startswith("failsafe"):
+            return
+        if self.shared is not None and self._held:
+            ready = [i for i, (cid, cap) in self._held.items()
+                     if cid == event.charger_id and event.limit_a <= cap + CAP_TOLERANCE_A]
+            for item_id in ready:
+                del self._held[item_id]
+            if ready:
+                self.shared.hurry(ready)
+                self._wake.set()
+        if not self._waiting:
             return
         for item_id in list(self._waiting):
             item = self._outbox.get(item_id)
@@ -206,13 +249,20 @@ class CpoBase:
         return f"{self._outbox_prefix}{item_id:012d}"
 
     def outbox_size(self) -> int:
-        return len(self._outbox)
+        return len(self._outbox) if self.shared is None else self.shared.outbox_size(channel="ocpi")
+
+    def kick(self) -> None:
+        """Deliver now (cluster mode: this instance just took sites over)."""
+        self._wake.set()
 
     async def _deliver_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
             self._wake.clear()
+            if self.shared is not None:
+                await self._deliver_shared(self.shared)
+                continue
             now = time.time()
             for item_id, item in list(self._outbox.items()):
                 if len(self._in_flight) >= IN_FLIGHT:
@@ -223,6 +273,41 @@ class CpoBase:
                 task = asyncio.create_task(self._send(item))
                 self._send_tasks.add(task)
                 task.add_done_callback(self._send_tasks.discard)
+
+    async def _deliver_shared(self, shared: SharedOutbox) -> None:
+        """Claim the due callbacks of the sites this instance controls and send them side by side
+        (all begun at once, within the claim's ``post_by``); the next claim waits for every answer."""
+        items = shared.due(time.time(), IN_FLIGHT, channel="ocpi")
+        if items and time.monotonic() <= min(item.post_by for item in items):
+            await asyncio.gather(*(self._send_shared(shared, item) for item in items))
+            self._wake.set()  # more may be due
+
+    async def _send_shared(self, shared: SharedOutbox, item: OutboxItem) -> None:
+        meta = item.body
+        party = self.parties.get(meta.get("party") or "")
+        ok = False
+        if party is not None and self._http is not None:
+            headers = {**self._headers(party["token_out"]), **item.headers}  # the same ids at every try
+            try:
+                async with self._http.request(meta["method"], item.path, json=meta["body"],
+                                              headers=headers) as response:
+                    await response.read()
+                    ok = 200 <= response.status < 300
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.debug("OCPI callback to %s failed: %r", item.path, exc)
+        self._held.pop(item.id, None)
+        if ok:
+            self.counters["ocpi_callbacks_sent"] += 1
+            shared.delivered(item.id, channel="ocpi")
+            return
+        next_try = time.time() + min(MAX_BACKOFF_S, 0.5 * 2 ** item.attempts)
+        if party is None or next_try > meta["deadline"]:
+            self.counters["ocpi_callbacks_dropped"] += 1
+            log.warning("OCPI callback %s %s dropped after %d attempts", meta["method"], item.path, item.attempts + 1)
+            shared.delivered(item.id, channel="ocpi")  # done with: never sent again
+            return
+        self.counters["ocpi_callbacks_retried"] += 1
+        shared.retry_later(item.id, next_try, channel="ocpi")
 
     async def _send(self, item: dict[str, Any]) -> None:
         item_id = int(item["id"])

@@ -68,7 +68,7 @@ class CpoProfiles(CpoSessions):
         # at most HOLD_RESULT_S; nothing to wait for when what it holds is already within the cap.
         cap_now = cap_at(record, now.timestamp())
         wait = cap_now is not None and state.connected and state.held_a > cap_now + CAP_TOLERANCE_A
-        self._enqueue("POST", profile.response_url, {"result": "ACCEPTED"}, party, now,  # flushes both
+        self._enqueue("POST", profile.response_url, {"result": "ACCEPTED"}, party, now, site_id=site_id,  # flushes both
                       wait_for=(cid, cap_now) if wait and cap_now is not None else None)
         self._emit_cap(record)
         self.counters["ocpi_profiles_set"] += 1
@@ -139,7 +139,7 @@ class CpoProfiles(CpoSessions):
         site_id, cid, _ = found
         now = self.now()
         result = {"result": "ACCEPTED", "profile": self._active_profile(site_id, cid, int(raw), now)}
-        self._enqueue("POST", response_url, result, party, now)
+        self._enqueue("POST", response_url, result, party, now, site_id=site_id)
         return self._answer("ACCEPTED")
 
     async def profile_delete(self, party: str | None, session_id: str, body: Any, query: dict[str, str]) -> Any:
@@ -147,10 +147,10 @@ class CpoProfiles(CpoSessions):
         found = self._profile_session(party, session_id)
         if isinstance(found, dict):
             return found
-        _, cid, state = found
+        site_id, cid, state = found
         now = self.now()
         self.store.delete_json(f"ocpi:profile:{session_id}", flush=False)
-        self._enqueue("POST", response_url, {"result": "ACCEPTED"}, party, now)
+        self._enqueue("POST", response_url, {"result": "ACCEPTED"}, party, now, site_id=site_id)
         self.on_event(ExternalCapSet(charger_id=cid, at=now, periods=(), transaction_id=state.transaction_id))
         return self._answer("ACCEPTED")
 
@@ -190,7 +190,8 @@ class CpoProfiles(CpoSessions):
             if last is None:
                 continue  # the first limit under the cap: the ChargingProfileResult said so
             body = self._active_profile(record["site_id"], record["charger_id"], 3600, now)
-            self._enqueue("PUT", url.rstrip("/") + "/" + record["session_id"], body, record["party"], now)
+            self._enqueue("PUT", url.rstrip("/") + "/" + record["session_id"], body, record["party"], now,
+                          site_id=record["site_id"])
             self.counters["ocpi_updates_sent"] += 1
         self.store.flush()
 

@@ -37,6 +37,8 @@ __all__ = ["OscpClient", "iso"]
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
+POST_TIMEOUT_S = 10.0
+"""The longest one POST may take (``adapters.cluster.shared_outbox`` relies on it)."""
 
 
 def iso(t: datetime) -> str:
@@ -67,9 +69,10 @@ class OscpClient:
         self._heartbeat_at = -math.inf  # monotonic time of the last heartbeat queued
         self.sent: dict[str, int] = {}
         self.failures = 0
+        self._stopping = False
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT_S))
         self._tasks = [asyncio.create_task(self._deliver_loop()), asyncio.create_task(self._heartbeat_loop()),
                        asyncio.create_task(self._measurement_loop())]
         self._maybe_register()
@@ -79,6 +82,13 @@ class OscpClient:
             self.register()
 
     async def stop(self) -> None:
+        """Stop; a POST under way is let finish (``POST_TIMEOUT_S`` at most) and marked, so a
+        message the grid operator took is not sent again by the next speaker for its site."""
+        self._stopping = True
+        self._kick.set()
+        if self._tasks:  # the delivery loop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), POST_TIMEOUT_S + 1)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -176,11 +186,16 @@ class OscpClient:
             self.measurements()
 
     async def _deliver_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=1.0)
             self._kick.clear()
             for item in self.store.due(time.time()):
+                if self._stopping:
+                    return
+                if time.monotonic() > item.post_by:  # claimed too long ago (a cluster's claim): claim again
+                    self._kick.set()
+                    break
                 ok = await self._post(item.path, item.body, item.headers)
                 if ok:
                     self.store.delivered(item.id)

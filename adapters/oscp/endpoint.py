@@ -1,8 +1,10 @@
 """The OSCP 2.0 Flexibility Provider endpoint (DESIGN 3.4) on the service's aiohttp server.
 
 ``POST /oscp/fp/2.0/{message}``; ``Authorization: Token <oscp.token>`` (401 missing, 403 wrong).
-204 when accepted; 400 with ``{"message", "field"}`` for a bad body (numbers and times out of
-range, ``NaN``/``Infinity``, nesting deeper than 32 levels included); 404 for an unknown group;
+204 when accepted, and for a repeat of an accepted message (same ``X-Request-ID``, remembered in
+the state store an hour, in a cluster by every instance), which is counted (``repeats``) and not
+applied again; 400 with ``{"message", "field"}`` for a bad body (numbers and times out of range,
+``NaN``/``Infinity``, nesting deeper than 32 levels included); 404 for an unknown group;
 413 for a body over ``http.max_body_bytes``; 501 for a ``register`` offering no version 2.0 (as
 SolarNetwork answers, PROTOCOLS.md A.4). A rejected message stores nothing; its raw body is logged
 with token values redacted, and counted. Bodies are parsed and validated in a worker thread, so
@@ -123,13 +125,22 @@ def add_oscp_routes(app: web.Application, fp: FlexibilityProvider) -> None:
             scheme, _, given = header.partition(" ")
             if scheme.lower() != "token" or not token_matches(given.strip(), fp.config.oscp.token):
                 return _error(403, "wrong token", "Authorization")
+            request_id = request.headers.get("X-Request-ID", "")[:200]
+            if request_id and fp.store.seen_request(request_id):
+                fp.counters["repeats"] += 1
+                log.info("OSCP %s %s: applied already (the sender repeats it): answered, not applied again",
+                         name, request_id)
+                return web.Response(status=204)
             raw = b""
             try:
                 raw = await read_body(request, fp.config.http.max_body_bytes)
                 checked = await asyncio.get_running_loop().run_in_executor(checker, _check, name, raw)
             except BadBody as exc:
                 return _reject(name, raw, exc.status, exc.message, exc.field)
-            return await handler(request, checked)
+            response = await handler(request, checked)
+            if request_id and response.status < 300:
+                fp.store.remember_request(request_id)
+            return response
 
         return wrapped
 

@@ -53,7 +53,7 @@ class FlexibilityProvider:
         self.feeds: dict[str, TimelineFeed] = {}
         self.registration: dict[str, Any] = store.get_json("oscp:registration") or {}
         self.required_behaviour: dict[str, Any] = store.get_json("oscp:required_behaviour") or {}
-        self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0}
+        self.counters = {"forecasts": 0, "heartbeats": 0, "rejected": 0, "repeats": 0}
         self.before_change: Callable[[str], None] = lambda site_id: None
         """Cluster mode: read the site's book from the store first (another instance may have changed it)."""
         self.on_stored: Callable[[str], None] = lambda site_id: None

@@ -43,6 +43,9 @@ class GridOperatorSimulator:
     fp_token: str
     our_token: str = "cp-secret"
     received: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    repeats: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    """Messages whose X-Request-ID was accepted before: answered 204 and dropped, as a receiver does."""
+    _ids: set[str] = field(default_factory=set)
     silent: bool = False
     fail_with: int | None = None
     _runner: web.AppRunner | None = None
@@ -74,7 +77,14 @@ class GridOperatorSimulator:
             return web.json_response({"message": "wrong token"}, status=403)
         if self.fail_with is not None:
             return web.json_response({"message": "simulated failure"}, status=self.fail_with)
-        self.received.append((request.match_info["message"], await request.json(), dict(request.headers)))
+        message = (request.match_info["message"], await request.json(), dict(request.headers))
+        request_id = request.headers.get("X-Request-ID")
+        if request_id is not None and request_id in self._ids:
+            self.repeats.append(message)
+        else:
+            self.received.append(message)
+            if request_id is not None:
+                self._ids.add(request_id)
         return web.Response(status=204)
 
     def messages(self, name: str) -> list[dict[str, Any]]:

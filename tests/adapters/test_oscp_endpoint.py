@@ -149,3 +149,39 @@ async def test_simulated_grid_operator_drives_fallback_and_state_survives_restar
     assert again.fp.is_online("depot-1") and src2[0] == "forecast"
     assert cap2[0, 0] == pytest.approx(60000 / 690)
     again.store.close()
+
+
+async def test_a_repeated_request_id_is_answered_but_not_applied_again_even_after_a_restart(tmp_path: Path) -> None:
+    """A sender repeats a message whose answer it lost with the same X-Request-ID (OSCP's key for
+    that): the repeat of an old forecast must not overwrite the newer one that came in between."""
+    clock = Clock()
+    config = config_for(tmp_path)
+
+    async def send(ep: Endpoint, body: object, request_id: str) -> int:
+        async with aiohttp.ClientSession() as s, s.post(f"{ep.url}/update_group_capacity_forecast", json=body, headers={
+                "Authorization": "Token fp-token", "X-Request-ID": request_id}) as r:
+            return r.status
+
+    def capacity(ep: Endpoint) -> float:
+        return float(ep.fp.capacity_slots("depot-1", T0, 1)[0][0, 0])
+
+    newer = copy.deepcopy(GOOD)
+    newer["forecasted_blocks"][0]["capacity"] = 30
+    bad = copy.deepcopy(GOOD)
+    bad["forecasted_blocks"][0]["unit"] = "PARSEC"
+    ep = Endpoint(config, clock)
+    await ep.start()
+    try:
+        assert [await send(ep, GOOD, "r1"), await send(ep, newer, "r2"), await send(ep, GOOD, "r1")] == [204] * 3
+        assert capacity(ep) == pytest.approx(30000 / 690)
+        assert await send(ep, bad, "r3") == 400 and await send(ep, newer, "r3") == 204  # a refusal is not remembered
+        assert ep.fp.counters["forecasts"] == 3 and ep.fp.counters["repeats"] == 1
+    finally:
+        await ep.stop()
+    again = Endpoint(config, clock)  # a restart on the same state dir still knows r1
+    await again.start()
+    try:
+        assert await send(again, GOOD, "r1") == 204 and again.fp.counters["repeats"] == 1
+        assert capacity(again) == pytest.approx(30000 / 690)
+    finally:
+        await again.stop()

@@ -11,6 +11,8 @@ import pytest
 
 from adapters.cluster.migrations import MIGRATIONS, migrate
 from adapters.cluster.pg_store import WAIT_S, PgStore
+from adapters.cluster.shared_outbox import POST_WINDOW_S, STALE_CLAIM_S, claim, mark
+from adapters.oscp.client import POST_TIMEOUT_S
 from tests.cluster_fixtures import hold_sites
 from tests.tcp_proxy import TcpProxy
 
@@ -104,6 +106,38 @@ def test_a_new_owner_sends_what_the_old_one_claimed_once_its_post_has_timed_out(
     assert rows == [(sent, "old", 1), (claimed, "new", 2)]
     for store in (old, new):
         store.close()
+    holder.close()
+
+
+def test_rows_of_a_claim_whose_answer_came_too_late_are_claimed_again_and_posted_only_while_fresh(
+        pg_url: str) -> None:
+    store = PgStore(pg_url, "a")
+    holder, epochs = hold_sites(pg_url, "a", ["north"])
+    store.owned, store.lead_site = (lambda: epochs), "north"
+    ids = [store.enqueue("heartbeat", {"n": n}, {"X-Request-ID": f"r{n}"}, site_id="north") for n in range(2)]
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a claim that ran, its answer lost (WAIT_S)
+        claim(conn, "a", epochs, "north", 1.0, 50, [])
+    started = time.monotonic()
+    items = store.due(1.0)
+    assert [i.id for i in items] == ids  # not stuck as claimed by a for good
+    assert all(started < i.post_by <= time.monotonic() + POST_WINDOW_S for i in items)
+    # a POST begun within the window is over before another owner may claim the row again
+    assert POST_WINDOW_S + POST_TIMEOUT_S < STALE_CLAIM_S
+    store.close()
+    holder.close()
+
+
+def test_a_late_answer_to_our_own_mark_is_not_counted_as_a_message_sent_twice(pg_url: str) -> None:
+    store = PgStore(pg_url, "a")
+    holder, epochs = hold_sites(pg_url, "a", ["north"])
+    store.owned, store.lead_site = (lambda: epochs), "north"
+    sent = store.enqueue("heartbeat", {}, {"X-Request-ID": "r1"}, site_id="north")
+    assert [i.id for i in store.due(1.0)] == [sent]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert mark(conn, "a", [sent], {}) == 0
+        assert mark(conn, "a", [sent], {}) == 0  # the same mark again (its first answer came too late)
+        assert mark(conn, "b", [sent], {}) == 1  # b sent it too: a double
+    store.close()
     holder.close()
 
 

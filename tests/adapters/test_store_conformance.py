@@ -169,3 +169,14 @@ def test_writes_while_the_engine_is_away_are_kept_and_written_when_it_returns(ba
     assert again.get_json("forecast:depot") == {"kw": 12}
     assert [i.id for i in again.due(1.0)] == [second]
     again.close()
+
+
+def test_request_ids_applied_are_remembered_across_a_restart(backend: Backend) -> None:
+    store = backend.open()
+    assert not store.seen_request("r1")
+    store.remember_request("r1")
+    assert store.seen_request("r1") and not store.seen_request("r2")
+    store.close()
+    again = backend.open()
+    assert again.seen_request("r1") and not again.seen_request("r2")
+    again.close()

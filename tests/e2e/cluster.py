@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import urllib.error
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,3 +45,10 @@ class Instance(ServiceProcess):
                 entry = json.loads(line)
                 out.append((datetime.fromisoformat(entry["t"]), entry["msg"]))
         return out
+
+
+def start_all(instances: Sequence[ServiceProcess]) -> None:
+    """Start the processes side by side: each takes seconds to import and come up (about 4 s here),
+    which one after the other added 4-8 s to every cluster test."""
+    with ThreadPoolExecutor(len(instances)) as pool:
+        list(pool.map(lambda instance: instance.start(), instances))

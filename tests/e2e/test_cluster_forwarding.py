@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from adapters.ocpi.simulator import OcpiParty
 from adapters.ocpp.simulator import SimCar, SimulatedCharger
 from tests.cluster_servers import NatsServer
@@ -178,6 +180,45 @@ async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_b
         await asyncio.sleep(0.3)
         status, body, _ = await party.put_profile(session, 8.0)
         assert status == 503 and body["status_code"] == 3000 and "try again" in body["status_message"], body
+    finally:
+        if sim is not None:
+            await sim.stop()
+        await party.stop()
+        await stop_all([a, b])
+
+
+async def test_an_ocpi_result_queued_by_an_owner_that_is_killed_is_sent_once_by_the_next(
+        tmp_path: Path, pg_url: str, nats_server: NatsServer) -> None:
+    """OCPI callbacks are rows of the cluster's outbox, like OSCP messages: they outlive their owner."""
+    config = full_config()
+    config["ocpi"] = {"country_code": "NL", "party_id": "EVB", "token_a": [TOKEN_A]}
+    a, b = (Instance(tmp_path, name, config, pg_url, nats_server.url) for name in ("a", "b"))
+    party = await OcpiParty().start()
+    sim: SimulatedCharger | None = None
+    try:
+        owners = await start_balanced([a, b], 2)
+        owner, other = (a, b) if owners["s0"] == "a" else (b, a)
+        sim = charger(owner, "CP0-0")
+        sim.start()
+        status, _ = await party.register(f"{other.url}/ocpi/versions", TOKEN_A)
+        assert status == 200 and party.token_c
+        tx = await asyncio.to_thread(wait_for, lambda: site_json(owner, "s0")["chargers"][0]["transaction_id"], 30,
+                                     "the session to start")
+        party.callbacks_down = True  # the party cannot take the result: it waits in the outbox
+        status, body, request_id = await party.put_profile(f"CP0-0-{tx}", 10.0)
+        assert status == 200 and body["data"]["result"] == "ACCEPTED", (status, body)
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT instance_id FROM outbox WHERE channel = 'ocpi' AND sent_at IS NULL").fetchall()
+        assert rows == [(owner.instance_id,)], rows
+        assert owner.proc is not None
+        owner.proc.kill()
+        party.callbacks_down = False
+        assert await party.wait_result(request_id, TAKEOVER_S + 20) == {"result": "ACCEPTED"}
+        await asyncio.sleep(2.0)  # a second delivery would have come by now
+        assert party.result_posts == {request_id: 1}, party.result_posts
+        with psycopg.connect(pg_url) as conn:
+            sent_by = conn.execute("SELECT sent_by FROM outbox WHERE channel = 'ocpi'").fetchall()
+        assert sent_by == [(other.instance_id,)], sent_by
     finally:
         if sim is not None:
             await sim.stop()

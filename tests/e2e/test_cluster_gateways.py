@@ -15,7 +15,7 @@ from pathlib import Path
 from adapters.ocpp.simulator import SimCar, SimulatedCharger
 from adapters.oscp.simulator import GridOperatorSimulator
 from tests.cluster_servers import NatsServer
-from tests.e2e.cluster import Instance, cluster_config
+from tests.e2e.cluster import Instance, cluster_config, start_all
 from tests.e2e.test_cluster_ownership import wait_for
 from tests.e2e.test_service import blocks
 
@@ -35,8 +35,7 @@ async def test_the_owner_controls_chargers_connected_to_another_instance(
     chargers: list[SimulatedCharger] = []
     grid: GridOperatorSimulator | None = None
     try:
-        a.start()
-        b.start()
+        await asyncio.to_thread(start_all, [a, b])
         await asyncio.to_thread(wait_for, lambda: (a.controlled() == {"s0"} and b.controlled() == {"s1"})
                                 or (a.controlled() == {"s1"} and b.controlled() == {"s0"}), 40, "one site each")
         owner, other = (a, b) if "s0" in (a.controlled() or ()) else (b, a)

@@ -18,7 +18,7 @@ from adapters.cluster.ownership import GRACE_S, LEASE_S
 from adapters.ocpp.simulator import SimCar, SimulatedCharger
 from adapters.oscp.simulator import GridOperatorSimulator
 from tests.cluster_servers import NatsServer
-from tests.e2e.cluster import Instance, cluster_config
+from tests.e2e.cluster import Instance, cluster_config, start_all
 from tests.e2e.test_service import blocks
 from tests.tcp_proxy import TcpProxy
 
@@ -51,8 +51,7 @@ def test_sites_are_spread_evenly_and_a_killed_owners_sites_move_within_15_s(
     sites = {f"s{i}" for i in range(6)}
     instances = [Instance(tmp_path, name, config, pg_url, nats_server.url) for name in ("a", "b", "c")]
     try:
-        for instance in instances:
-            instance.start()
+        start_all(instances)
 
         def balanced() -> bool:
             views = [i.controlled() for i in instances]

@@ -19,7 +19,7 @@ from adapters.meter.simulator import MeterSimulator
 from adapters.ocpp.simulator import SimCar, SimulatedCharger
 from adapters.oscp.simulator import GridOperatorSimulator
 from tests.cluster_servers import NatsServer
-from tests.e2e.cluster import Instance, cluster_config
+from tests.e2e.cluster import Instance, cluster_config, start_all
 from tests.e2e.test_cluster_ownership import TAKEOVER_S, disjoint, wait_for
 from tests.servers import InfluxServer
 
@@ -36,8 +36,7 @@ def speaking_config(n_sites: int, grid: GridOperatorSimulator) -> dict[str, Any]
 
 async def start_balanced(instances: list[Instance], n_sites: int) -> dict[str, str]:
     """Start the instances and wait until each controls its share; returns site -> owner."""
-    for instance in instances:
-        await asyncio.to_thread(instance.start)
+    await asyncio.to_thread(start_all, instances)
     share = n_sites // len(instances)
 
     def balanced() -> bool:
@@ -100,6 +99,23 @@ def unsent_rows(pg_url: str) -> list[tuple[int, str, str]]:
     return [(int(i), str(author), json.loads(headers)["X-Request-ID"]) for i, author, headers in rows]
 
 
+def outbox_rows(pg_url: str) -> dict[str, tuple[str, str | None, int]]:
+    """X-Request-ID -> (author instance, the instance that marked it sent, how often it was claimed)."""
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT instance_id, to_jsonb(o) ->> 'sent_by', coalesce((to_jsonb(o) ->> 'claims')::int, 0), "
+                            "headers FROM outbox o").fetchall()
+    return {json.loads(h)["X-Request-ID"]: (str(author), sent_by, int(claims)) for author, sent_by, claims, h in rows}
+
+
+def sent_once_each(grid: GridOperatorSimulator) -> None:
+    """No message reached ``grid`` under two request ids (a double no receiver could catch). Checked
+    on heartbeats and measurements, whose body tells one message from another (the time it was
+    made, the group); a compliance error names no group, so two sites' look alike."""
+    bodies = Counter(json.dumps([path, body], sort_keys=True) for path, body, _ in grid.received
+                     if path in ("heartbeat", "update_group_measurements"))
+    assert max(bodies.values(), default=1) == 1, [body for body, n in bodies.items() if n > 1]
+
+
 async def test_no_outbox_message_is_lost_or_sent_twice_when_its_author_is_killed(
         tmp_path: Path, pg_url: str, nats_server: NatsServer) -> None:
     n_sites = 4
@@ -124,8 +140,16 @@ async def test_no_outbox_message_is_lost_or_sent_twice_when_its_author_is_killed
                                 "every message a queued, delivered by b")
         assert b.controlled() == {f"s{i}" for i in range(n_sites)}
         await asyncio.sleep(2.0)  # anything sent twice would arrive by now
-        twice = {rid: n for rid, n in received_ids().items() if n > 1}
-        assert not twice, twice
+        # The grid operator, like any OSCP receiver, drops a repeated X-Request-ID (``repeats``).
+        # It may see again only what a had POSTed and not marked when it was killed: a sends one
+        # message at a time and marks each as soon as it is accepted, so one message at most,
+        # claimed by a (killed mid-POST) and then sent by b.
+        rows = outbox_rows(pg_url)
+        repeats = {headers["X-Request-ID"]: rows.get(headers["X-Request-ID"]) for _, _, headers in grid.repeats}
+        print(f"outbox repeats: {len(grid.repeats)} {repeats}")
+        assert len(grid.repeats) <= 1 and all(row is not None and row[1] == "b" and row[2] >= 2
+                                              for row in repeats.values()), repeats
+        sent_once_each(grid)
         with psycopg.connect(pg_url) as conn:
             authors = dict(conn.execute("SELECT sent_by, count(*) FROM outbox WHERE instance_id = 'a' "
                                         "AND sent_at IS NOT NULL AND sent_at > now() - interval '1 minute' "
