@@ -150,3 +150,16 @@ def test_a_steady_site_does_not_pause_cars_as_others_arrive() -> None:
             if drawing:
                 need[c] = max(need[c] - first[c] * phases[c] * 230.0 * 5 / 60, 0.0)
     assert pauses == dict.fromkeys(need, 0)
+
+
+def test_two_charging_cars_keep_the_currents_they_hold_where_plans_are_equal() -> None:
+    # 26 A for two cars alike that can both finish whatever the split: the current above their
+    # minimums went to one or the other afresh at every replan (32 -> 6 -> 32 A every 5 minutes
+    # on the depot days), a profile push each time; each now keeps what it holds.
+    site = three_phase_site(26.0)
+    for held in ((16.0, 10.0), (10.0, 16.0)):
+        cars = [PlanSession(f"CP{i}", T0, T0 + timedelta(hours=8), 10000.0, charging=True, limit_now_a=held[i])
+                for i in range(2)]
+        out = plan(site, np.full((32, 3), 26.0), cars, T0)
+        assert out.plan is not None
+        assert tuple(out.plan.limit_a[:, 0]) == held
