@@ -88,18 +88,21 @@ EDGE_SHARE = True
 EDGE_FIRST_SLOT_ONLY = True
 """Count partly covered pairs by their share in the first slot only (``load_share``)."""
 STICKY_BONUS = 1e-5
-"""Per Wh in the first slot of a car that charges now (``PlanSession.charging``): the LP has many
+"""Per Wh in the first slot of a car that charges now (``PlanSession.charging``), above its minimum
+(``KEEP_BONUS``) and up to the limit it holds (``limit_now_a``): the LP has many
 plans of equal energy and fairness and chose among them afresh at every replan, pausing one car
 and starting another. About one slot's worth of the earlier-delivery bonus, far below a fairness
 step. On ``bench/quality_round2.py``'s days 1e-5 cut the depot's pauses per car from 7.0 to 1.3
 for 0.4 points of energy and gained the car park 0.3; 3e-5 and 1e-4 paused less on the depot and
 lost more elsewhere (bench/README.md)."""
-KEEP_BONUS = 5e-3
+KEEP_BONUS = 1e-3
 """Per Wh of its minimum current in the first slot of a car that charges now
 (``PlanSession.charging``): a pause costs (a car may fall asleep, every change is a push), and
 the earlier-delivery tie-break alone moved a charging car's slot whenever another car arrived
 (per Wh an ampere of a short phase is worth three times as much to a three-phase car), pausing it
-mid-session. Above that tie-break, below a fairness step (``FAIR_STEP``)."""
+mid-session. Above that tie-break's usual trades, below a fairness step (``FAIR_STEP``). On
+``bench/quality_round2.py``'s days (seeds 1-10) 5e-3 cost the tight depot 0.70 points of energy
+against main, 1e-3 0.37, for the same pauses (x0.25-0.28 of main; bench/README.md)."""
 HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
