@@ -99,6 +99,8 @@ class DemoResult:
     limit_violations: int = 0
     requested_wh: dict[str, float] = field(default_factory=dict)
     delivered_wh: dict[str, float] = field(default_factory=dict)
+    pauses: dict[str, int] = field(default_factory=dict)
+    """Per car, how often its limit paused it while it still wanted current (issue 17 item 5)."""
     pushes: int = 0
     push_failures: int = 0
     fallback_samples: int = 0
@@ -280,6 +282,7 @@ async def run_demo_async(*, n_chargers: int = 20, seconds: float = 60.0, plot: s
         if sim.car is not None and sim is not v2g:
             result.requested_wh[sim.charger_id] = sim.car.energy_wh
             result.delivered_wh[sim.charger_id] = sim.energy_wh
+            result.pauses[sim.charger_id] = sim.pauses
     _summary(result, out)
     if plot:
         _plot(result, fleet, plot)
@@ -308,6 +311,10 @@ def _summary(result: DemoResult, out: Any) -> None:
               f" (worst {result.worst_overshoot_a:.1f} A)\n")
     out.write(f"  samples on fallback capacity:    {result.fallback_samples} of {len(result.samples)}\n")
     out.write(f"  profile pushes:                  {result.pushes} ({result.push_failures} failed)\n")
+    if result.pauses:
+        most = max(result.pauses, key=lambda k: result.pauses[k])
+        out.write(f"  pauses per car:                  {sum(result.pauses.values()) / len(result.pauses):.2f}"
+                  f" (most: {most}, {result.pauses[most]})\n")
     if result.v2g:
         v = result.v2g
         out.write(f"  V2G car on OCPP 2.1 ({V2G_ID}):     building over capacity by up to "

@@ -100,7 +100,7 @@ def improve_with_mip(model: LpModel, x: FloatArray, budget_s: float) -> FloatArr
         cols = np.arange(first[s], first[s + 1])
         if len(cols) and not np.any(mip_x[cols] > 0) and model.need_wh[s] > 0 and \
                 model.need_wh[s] <= float(np.max(model.min_a[cols] * model.wh_per_a[cols])) + 1e-6:
-            _seat_small_need(model, mip_x, headroom, cols)
+            _seat_small_need(model, mip_x, headroom, cols, int(cols[0]) if x[cols[0]] > 0.0 else None)
     # (a few Wh are rounding: the MIP stops within a gap, where the earlier-delivery tie-break is lost)
     return mip_x if _weighted_wh(model, mip_x) > _weighted_wh(model, x) + MIP_GAIN_WH else x
 
@@ -114,14 +114,15 @@ def _mip_start(model: LpModel, x: FloatArray) -> FloatArray | None:
     energy_kwh = np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s) / 1000.0
     g0 = model.n_x + len(model.cap_a)
     seg_hi = model.col_hi[g0: g0 + n_s * k].reshape(n_s, k)
-    protected_hi = model.col_hi[g0 + n_s * k:]
+    protected_hi = model.col_hi[g0 + n_s * k: g0 + n_s * (k + 1)]
     if np.any(energy_kwh > seg_hi.sum(axis=1) + protected_hi + 1e-9):
         return None
     protected = np.minimum(energy_kwh, protected_hi)
     left = energy_kwh - protected
     before = np.cumsum(seg_hi, axis=1) - seg_hi
     segs = np.clip(left[:, None] - before, 0.0, seg_hi)
-    return np.concatenate([x, model.load @ x, segs.ravel(), protected])
+    start = np.concatenate([x, model.load @ x, segs.ravel(), protected])
+    return np.pad(start, (0, model.a.shape[1] - len(start)))  # columns added later (bids, keep-going): 0
 
 
 def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
@@ -137,16 +138,22 @@ def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
     """
     n_s = len(model.need_wh)
     lp_wh = np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s)
-    x = np.where(x >= model.min_a - 1e-6, x, 0.0)
-    lost_wh = lp_wh - np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s)
-    short = np.flatnonzero(lost_wh > 1e-6)
-    if not len(short):
-        return x
-    headroom = model.cap_a - model.load @ x
-    hi = model.col_hi[: model.n_x]
+    lp_x, x = x, np.where(x >= model.min_a - 1e-6, x, 0.0)
     # Columns are grouped by session and sorted by slot; one session's columns are in different
     # slots, so they share no node row and can be raised together.
     first = np.searchsorted(model.col_session, np.arange(n_s + 1))
+    headroom = model.cap_a - model.load @ x
+    slot_wh = np.zeros(n_s)
+    np.maximum.at(slot_wh, model.col_session, model.min_a * model.wh_per_a)
+    for s in np.flatnonzero((lp_wh > 1e-6) & (model.need_wh <= slot_wh + 1e-6)):
+        cols = np.arange(first[s], first[s + 1])
+        if not np.any(x[cols] > 0.0):
+            # A small need (or a car's last part) in one slot at its minimum; in its first slot if
+            # the LP gave it current there (the cars that give way get their energy back below).
+            _seat_small_need(model, x, headroom, cols, int(cols[0]) if lp_x[cols[0]] > 1e-6 else None)
+    lost_wh = lp_wh - np.bincount(model.col_session, weights=x * model.wh_per_a, minlength=n_s)
+    short = np.flatnonzero(lost_wh > 1e-6)
+    hi = model.col_hi[: model.n_x]
     indptr, indices, share = model.load.indptr, model.load.indices, model.load.data
     for s in short[np.argsort(-model.weight[short], kind="stable")]:
         cols = np.arange(first[s], first[s + 1])
@@ -178,18 +185,19 @@ def meet_minimums(model: LpModel, x: FloatArray) -> FloatArray:
             charging[j] = True
         x[cols] += delta
         np.subtract.at(headroom, rows, np.repeat(delta, np.diff(seg)) * row_share)
-        if left_wh > 1e-6 and not np.any(x[cols] > 0.0) and model.need_wh[s] <= float(np.max(mins * wh)) + 1e-6:
-            _seat_small_need(model, x, headroom, cols)
     return x
 
 
-def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: IntArray) -> None:
+def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: IntArray,
+                     prefer: int | None = None) -> None:
     """A need smaller than one slot at the minimum (a 0.5 kWh car: 1.035 kWh is one slot at 6 A on
     three phases) can only be met by a current the car takes for part of a slot: the LP plans it
     below the minimum and zeroing loses all of it, for the car's whole stay. Give it one slot at
     its minimum (it stops drawing when full, and the allocator hands out what it leaves): the
     earliest slot with room for it; else the earliest slot where the other cars on its nodes can
     give way without going below their own minimum (their spare current above it, largest first).
+    ``prefer`` (the car's first slot, where the LP gave it current) is tried first: the LP chose to
+    serve it now, and for a car charging now any other slot is a pause.
     Lowering never breaks a limit; the raise uses only what is then free. In place."""
     hi = model.col_hi[: model.n_x]
     ptr, idx, share = model.load.indptr, model.load.indices, model.load.data
@@ -198,6 +206,8 @@ def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: 
     fits = [c for c, m in zip(cols, need_a, strict=True) if hi[c] >= m and
             np.all(headroom[idx[ptr[c]: ptr[c + 1]]] >= m * share[ptr[c]: ptr[c + 1]] - 1e-9)]
     candidates = fits[:1] if fits else [c for c in cols if hi[c] >= model.min_a[c]]
+    if prefer is not None and hi[prefer] >= model.min_a[prefer]:
+        candidates = [prefer, *(c for c in candidates if c != prefer)]
     for c in candidates:
         rows = idx[ptr[c]: ptr[c + 1]]
         trial_x, trial_room = x.copy(), headroom.copy()

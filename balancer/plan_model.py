@@ -26,8 +26,11 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      laxity charges first (per Wh alone it was a tie the solver broke). Counting it per
      phase-ampere instead (so that a single-phase car would come first on a short phase) was
      measured and lost energy and completed sessions (bench/README.md): ``EARLY_PER_PHASE``.
-  4. fewer pauses: a car charging now (``PlanSession.charging``) gets ``STICKY_BONUS`` per Wh in
-     the first slot, so among otherwise equal plans it goes on rather than pausing.
+  4. fewer pauses: a car charging now (``PlanSession.charging``) gets ``KEEP_BONUS`` per Wh of its
+     minimum current in the first slot (above the earlier-delivery tie-break, below a fairness
+     step: it goes on rather than pausing unless energy or fairness need its minimum elsewhere),
+     and ``STICKY_BONUS`` per Wh of the rest up to the limit it holds (``limit_now_a``), so among
+     equal plans it keeps what it has.
 A need below one slot at the minimum current is given one slot at its minimum (``meet_minimums``).
 (A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
 max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)
@@ -85,12 +88,21 @@ EDGE_SHARE = True
 EDGE_FIRST_SLOT_ONLY = True
 """Count partly covered pairs by their share in the first slot only (``load_share``)."""
 STICKY_BONUS = 1e-5
-"""Per Wh in the first slot of a car that charges now (``PlanSession.charging``): the LP has many
+"""Per Wh in the first slot of a car that charges now (``PlanSession.charging``), above its minimum
+(``KEEP_BONUS``) and up to the limit it holds (``limit_now_a``): the LP has many
 plans of equal energy and fairness and chose among them afresh at every replan, pausing one car
 and starting another. About one slot's worth of the earlier-delivery bonus, far below a fairness
 step. On ``bench/quality_round2.py``'s days 1e-5 cut the depot's pauses per car from 7.0 to 1.3
 for 0.4 points of energy and gained the car park 0.3; 3e-5 and 1e-4 paused less on the depot and
 lost more elsewhere (bench/README.md)."""
+KEEP_BONUS = 1e-3
+"""Per Wh of its minimum current in the first slot of a car that charges now
+(``PlanSession.charging``): a pause costs (a car may fall asleep, every change is a push), and
+the earlier-delivery tie-break alone moved a charging car's slot whenever another car arrived
+(per Wh an ampere of a short phase is worth three times as much to a three-phase car), pausing it
+mid-session. Above that tie-break's usual trades, below a fairness step (``FAIR_STEP``). On
+``bench/quality_round2.py``'s days (seeds 1-10) 5e-3 cost the tight depot 0.70 points of energy
+against main, 1e-3 0.37, for the same pauses (x0.25-0.28 of main; bench/README.md)."""
 HOURLY_ABOVE_PAIRS = 10_000
 """Models with more (session, slot) pairs than this decide per hour after ``fine_slots``."""
 FINE_SLOTS = 8
@@ -294,12 +306,17 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
     protect = np.where(seg_rank < 0,
                        np.maximum(PROTECT_WEIGHT / np.maximum(arr["phases"][seg_session], 1), 1.0), 1.0)
     charging = np.array([s.charging for s in sessions], dtype=bool)
-    sticky = STICKY_BONUS * (charging[s_idx] & (t_idx == 0)) * wh_per_a / 1000.0 if n_x else 0.0
+    discharging = np.array([bool(s.discharge_max_a) for s in sessions], dtype=bool)
     cost = np.concatenate([
-        EARLY_BONUS * earliness * urgency * per_phase / 1000.0 + sticky,
+        EARLY_BONUS * earliness * urgency * per_phase / 1000.0,
         np.zeros(n_cap),
         arr["weight"][seg_session] * protect * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
     ])
+    a, row_lo, row_hi, col_lo, col_hi, cost = _add_keep(
+        a, row_lo, row_hi, col_lo, col_hi, cost,
+        np.flatnonzero(charging[s_idx] & (t_idx == 0) & ~discharging[s_idx]) if n_x else np.zeros(0, np.int64),
+        np.asarray(arr["min_a"][s_idx], dtype=np.float64), wh_per_a,
+        np.array([np.inf if s.limit_now_a is None else s.limit_now_a for s in sessions])[s_idx])
     key_col = np.concatenate(key_cols)
     load = sp.csc_matrix((col_share[key_col], (key_row.ravel(), key_col)), shape=(n_cap, n_x))
     return LpModel(a=a, load=load, cap_a=cap_hi, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, cost=cost,
@@ -311,3 +328,28 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
                    fine_share=np.asarray(share[fine_s, fine_t], dtype=np.float64), session_mask=mask,
                    hourly_from_slot=hourly_from, cap_node=cap_node.astype(np.int64),
                    cap_phase=cap_phase.astype(np.int64), cap_slot=cap_slot.astype(np.int64))
+
+
+def _add_keep(a: sp.csc_matrix, row_lo: FloatArray, row_hi: FloatArray, col_lo: FloatArray, col_hi: FloatArray,
+              cost: FloatArray, first: IntArray, min_a: FloatArray, wh_per_a: FloatArray, held_a: FloatArray
+              ) -> tuple[sp.csc_matrix, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """The keep-going bonus (objective 4): for each first-block column ``x`` in ``first`` (a car
+    that charges now), a column ``k`` in [0, its minimum] worth ``KEEP_BONUS`` per Wh and a column
+    ``r`` for the rest up to the limit it holds now (``held_a``, per column; inf: up to its
+    maximum) worth ``STICKY_BONUS``, with ``k + r - x <= 0``: the car goes on rather than pausing,
+    and of equal plans the one that changes no car's current now is taken (with the bonus on all
+    of ``x``, two charging cars tied, and the current above their minimums went back and forth
+    between them at every replan)."""
+    n = len(first)
+    if not n:
+        return a, row_lo, row_hi, col_lo, col_hi, cost
+    n_row, n_col = a.shape
+    rows = np.tile(np.arange(n), 3)
+    cols = np.concatenate([first, n_col + np.arange(2 * n)])
+    vals = np.concatenate([-np.ones(n), np.ones(2 * n)])
+    keep = sp.csc_matrix((vals, (rows, cols)), shape=(n, n_col + 2 * n))
+    a = sp.vstack([sp.hstack([a, sp.csc_matrix((n_row, 2 * n))]), keep]).tocsc()
+    rest_a = np.clip(held_a[first] - min_a[first], 0.0, np.maximum(col_hi[first] - min_a[first], 0.0))
+    return (a, np.concatenate([row_lo, np.full(n, -np.inf)]), np.concatenate([row_hi, np.zeros(n)]),
+            np.concatenate([col_lo, np.zeros(2 * n)]), np.concatenate([col_hi, min_a[first], rest_a]),
+            np.concatenate([cost, KEEP_BONUS * wh_per_a[first] / 1000.0, STICKY_BONUS * wh_per_a[first] / 1000.0]))

@@ -37,8 +37,11 @@ class PlanSession:
     discharge_spare_wh: float | None = None
     """V2X: what the car can give above its minimum state of charge [Wh]; None: not limited."""
     charging: bool = False
-    """The car charges now: its current in the first slot weighs ``STICKY_BONUS`` more per Wh
-    (``balancer.plan_model``), so where plans are equal it goes on rather than pausing."""
+    """The car charges now: its minimum current in the first slot weighs ``KEEP_BONUS`` more per Wh
+    and the rest ``STICKY_BONUS`` (``balancer.plan_model``), so it goes on rather than pausing."""
+    limit_now_a: float | None = None
+    """The limit a charging car holds now [A]: ``STICKY_BONUS`` counts its first slot's current up to
+    this (None: up to its maximum), so the plan keeps each car's current where plans are equal."""
 
 
 @dataclass(frozen=True)

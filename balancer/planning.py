@@ -74,7 +74,7 @@ def plan_request(ctl: Controller, now: datetime) -> PlanRequest:
             max_current_a=max_a, min_current_a=max(charger.min_current_a, state.car_min_a or 0.0),
             phases=phases, weight=float(topo.priority[i]) or 1.0, **plan_discharge_fields(ctl, i, state),
             requested_wh=remaining + state.session_delivered_wh(),  # (its protected share counts what it got)
-            charging=state.limit_a > 0,  # (goes on rather than pausing where plans are equal)
+            charging=state.limit_a > 0, limit_now_a=state.limit_a,  # (goes on, keeps its current)
         ))
     capacity = ctl.capacity_ahead(start, horizon)
     non_ev = None

@@ -114,7 +114,7 @@ without it reserves) or ``reserve`` (the capacity less ``RESERVE_SHARE`` of it, 
 
 
 def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, history_days: float = 1.0,
-                      watch: Any = None) -> np.ndarray:
+                      watch: Any = None, last_a: np.ndarray | None = None) -> np.ndarray:
     """Online: plan the cars present now over the rest of the day, allocate with the plan's target
     (through the controller's ``min_pause_s`` / ``min_charge_s`` guard when one is given; with the
     arrivals expected from ``history``, ``forecast.arrivals``, when given; with the controller's
@@ -131,6 +131,8 @@ def lp_plus_allocator(p: Present, guard: Any = None, history: Any = None, histor
             extra = {"requested_wh": float(p.requested_wh[i])}  # (a baseline checkout may not know it)
         if guard is not None and "charging" in PlanSession.__dataclass_fields__:
             extra["charging"] = bool(guard.on[i])  # its limit was above 0 in the step before
+            if "limit_now_a" in PlanSession.__dataclass_fields__ and guard.on[i] and last_a is not None:
+                extra["limit_now_a"] = float(last_a[i])  # (the limit it holds, as the controller's)
         sessions.append(PlanSession(topo.charger_ids[i], p.now, p.departure[i] or p.now + timedelta(hours=24),
                                     float(p.remaining_wh[i]), max_current_a=float(p.max_a[i]),
                                     phases=int(p.phases[i]), **extra))
@@ -203,6 +205,7 @@ def make_lp_plus_allocator(min_pause_s: float | None = None, min_charge_s: float
     charge = defaults.min_charge_s if min_charge_s is None else min_charge_s
     guards: dict[int, ChurnGuard] = {}
     watched: dict[int, Watched] = {}
+    held: dict[int, np.ndarray] = {}
     stats = {"detected": 0}
 
     def run(p: Present) -> np.ndarray:
@@ -214,7 +217,8 @@ def make_lp_plus_allocator(min_pause_s: float | None = None, min_charge_s: float
 
             watch = watched.setdefault(0, Watched(SleepWatch(n, sleep_after_s, defaults.car_wake_retry_s),
                                                   np.zeros(n)))
-        limit = lp_plus_allocator(p, guard, history, history_days, watch)
+        limit = lp_plus_allocator(p, guard, history, history_days, watch, held.setdefault(0, np.zeros(n)))
+        held[0] = limit
         stats["detected"] = watch.sleep.total if watch is not None else 0
         return limit
 

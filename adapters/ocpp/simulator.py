@@ -285,6 +285,9 @@ class SimulatedCharger:
         self.asleep = False
         """The car fell asleep (``SimCar.sleeps_after_pause_s``); reported once as SuspendedEV."""
         self._paused_since: datetime | None = None
+        self.pauses = 0
+        """Times the car stopped drawing because its limit fell below its minimum (not full, still
+        plugged in): what a car that may fall asleep after a pause goes through."""
         self._asleep_told = False
         self._last_tick: datetime | None = None
         self._last_heartbeat = 0.0
@@ -515,6 +518,7 @@ class SimulatedCharger:
             self.session_wh += wh
         self._last_tick = now
         new = self._target_draw(now)
+        self.pauses += self.draw_a > 0 and new == 0 and self._paused_since is not None
         if new != self.draw_a:
             self.draw_log.append((now, new))
         self.draw_a = new
