@@ -202,6 +202,7 @@ def test_a_flagged_charger_is_reserved_at_the_limit_it_holds_when_it_draws_less(
     limits = {s.charger_id: s.limit_a for s in ctrl.decide(later)}
     assert limits["CP2"] == 20.0  # kept: what it was told, and holds
     assert sum(limits.values()) <= 60.0 + 1e-9, limits
+    assert ctrl.status(later).allocated_a[0] == 60.0  # what they may draw: CP2 at the 20 A it holds
     # It draws more than it holds: that draw is reserved.
     ctrl.handle(MeterSample("CP2", later, (26.0, 26.0, 26.0)))
     reserve, _ = ctrl._reserved_a(later)
