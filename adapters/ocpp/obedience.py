@@ -71,11 +71,12 @@ class Obedience(LimitPlan):
             self._allowed_log.append((self.clock(), periods))
 
     def _note_pending(self, periods: Periods) -> None:
-        """A limit on its way: a charger applies a profile as it gets it, and its next reading can
-        come before its answer (a charger answering in 0.3 s was flagged for drawing the 21.5 A it
-        had just been raised to, over its 6 A before). Until the answer a reading is judged against
-        this limit too: the controller has given it that much. Not judged before: still not. A
-        push that does not land is taken back by ``_note_allowed`` after it."""
+        """A limit on its way (``on_its_way``): a charger applies a profile as it gets it, and its
+        next reading can come before its answer (a charger answering in 0.3 s was flagged for
+        drawing the 21.5 A it had just been raised to, over its 6 A before). Until the answer a
+        reading is judged against this limit too: the controller has given it that much. Not
+        judged before: still not. One that does not land is taken back (``Pusher._send_limit``)."""
+        self.on_its_way = periods
         held = self._allowed_periods()
         if held is not None:
             self._allowed_log.append((self.clock(), pointwise_max(held, periods)))

@@ -269,8 +269,7 @@ class Pusher(Refusals):
                                        integer_amps=charger.integer_amps, version=self.link.dialect,
                                        transaction_id=tx_arg)
             # A fallback replaces the idle default (``IDLE_PROFILE_ID``): reported as such.
-            self._note_pending(schedule.periods)
-            ok = await self._send(profile, evse, schedule.limit_a, purpose, idle=profile_id == IDLE_PROFILE_ID)
+            ok = await self._send_limit(profile, evse, schedule, purpose, idle=profile_id == IDLE_PROFILE_ID)
             if ok or purpose != "TxProfile" or (self.last_push or {}).get("result") != "Rejected":
                 break
             # Some chargers refuse TxProfile: carry this transaction's schedule as a
@@ -285,8 +284,6 @@ class Pusher(Refusals):
                 # the profile for the transaction it has now.
                 self._tx_moved = True
                 break
-        if not ok:
-            self._note_allowed()  # what ``_note_pending`` allowed did not land
         if ok and profile_id == IDLE_PROFILE_ID:
             # The fallback replaced the idle default: it holds this limit until the next push.
             self.idle_a = schedule.limit_a
@@ -315,8 +312,7 @@ class Pusher(Refusals):
                                    profile_id=IDLE_PROFILE_ID, voltage_v=volts,
                                    integer_amps=charger.integer_amps, version=self.link.dialect)
         tx = self._link_tx()
-        self._note_pending(idle.periods)
-        ok = await self._send(profile, charger.evse_id, idle.limit_a, "idle TxDefaultProfile", idle=True)
+        ok = await self._send_limit(profile, charger.evse_id, idle, "idle TxDefaultProfile", idle=True)
         if ok:
             self.idle_a = idle.limit_a
             self.idle_periods = idle.periods
@@ -325,11 +321,22 @@ class Pusher(Refusals):
             self._floor = None
             self.link.emit(LimitConfirmed(self.link.charger_id, self.clock(), idle.limit_a, tuple(idle.periods),
                                           "idle TxDefaultProfile"))
-        else:
-            self._note_allowed()  # what ``_note_pending`` allowed did not land
-            if tx is not None:
-                self._idle_refused = (tx, tuple(periods[1:]))
+        elif tx is not None:
+            self._idle_refused = (tx, tuple(periods[1:]))
         return ok
+
+    async def _send_limit(self, profile: dict[str, Any], evse: int, schedule: ChargerSchedule, purpose: str, *,
+                          idle: bool = False) -> bool:
+        """``_send`` of a stack-1 schedule, ``on_its_way`` until its answer (``_note_pending``)."""
+        self._note_pending(tuple(schedule.periods))
+        ok = False
+        try:
+            ok = await self._send(profile, evse, schedule.limit_a, purpose, idle=idle)
+            return ok
+        finally:
+            self.on_its_way = None
+            if not ok:
+                self._note_allowed()  # it did not land: judged by what it holds again
 
     async def _send(self, profile: dict[str, Any], evse: int, limit_a: float, purpose: str, *,
                     idle: bool = False) -> bool:
