@@ -5,7 +5,8 @@ Safety bookkeeping (DESIGN 4):
 - a charger that is offline keeps what it may still draw (its last held limit: in a transaction
   its TxProfile, else its idle limit; its failsafe once that schedule ends or when nothing is
   known) reserved at every node above it until it reconnects;
-- a charger flagged as not obeying is reserved at what it really draws;
+- a charger flagged as not obeying is reserved at what it really draws, and at least at what it
+  holds (as if it were offline);
 - a charger in a session that was never seen keeping a limit (``unverified``) is reserved at its
   maximum against the others, and itself held at most at its failsafe, until its first reading
   shows it keeps that (once per charger: the verified status is persisted);
@@ -130,7 +131,11 @@ def reserved_a(ctl: Controller, now: datetime, *,
             if not state.obeys:
                 reserve[i] = max(reserve[i], state.draw_a or 0.0)
         elif not state.obeys:
-            reserve[i] = max(state.draw_a or 0.0, max(state.measured_a))
+            # Not under control either: what it holds as well as what it draws. A charger flagged
+            # by a reading taken while it came up to a raise (or before its answer came) keeps
+            # that limit, and may draw it: reserved at the reading alone, the others were raised
+            # into it (CI: 160.5 A held against 150 A).
+            reserve[i] = max(offline_reserve_a(ctl, i, state, now), state.draw_a or 0.0, max(state.measured_a))
     return reserve, topo.charger_phase_mask.astype(np.float64)
 
 

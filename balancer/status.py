@@ -95,8 +95,10 @@ def site_status(ctl: Controller, now: datetime, limits: dict[str, Limit]) -> Sit
         # refuses its limits) its real draw. A session on one never seen keeping a limit is counted at
         # its limit too: its maximum is a precaution the others are held back for (control.decide),
         # not an allowance, and many such sessions starting at once may reserve more than the capacity.
-        counted = state.limit_a if state.obeys else max(state.draw_a or 0.0, max(state.measured_a))
-        allocated += mask * (counted if state.connected else offline_reserve_a(ctl, i, state, now))
+        # One that does not obey is counted as it is reserved: at what it holds, or draws if more.
+        held = offline_reserve_a(ctl, i, state, now)
+        counted = state.limit_a if state.obeys else max(held, state.draw_a or 0.0, max(state.measured_a))
+        allocated += mask * (counted if state.connected else held)
         measured += np.asarray(state.measured_a)
         if state.connected and state.limit_a < 0:
             discharge -= mask * state.limit_a

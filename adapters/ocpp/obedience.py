@@ -70,6 +70,17 @@ class Obedience(LimitPlan):
         if periods is not None:
             self._allowed_log.append((self.clock(), periods))
 
+    def _note_pending(self, periods: Periods) -> None:
+        """A limit on its way (``on_its_way``): a charger applies a profile as it gets it, and its
+        next reading can come before its answer (a charger answering in 0.3 s was flagged for
+        drawing the 21.5 A it had just been raised to, over its 6 A before). Until the answer a
+        reading is judged against this limit too: the controller has given it that much. Not
+        judged before: still not. One that does not land is taken back (``Pusher._send_limit``)."""
+        self.on_its_way = periods
+        held = self._allowed_periods()
+        if held is not None:
+            self._allowed_log.append((self.clock(), pointwise_max(held, periods)))
+
     def seed_allowed(self) -> None:
         """After a restart: until a limit of this process lands, and for ``OBEY_GRACE_S`` after,
         a reading is judged against the charger's maximum. The persisted state lags what the

@@ -269,7 +269,7 @@ class Pusher(Refusals):
                                        integer_amps=charger.integer_amps, version=self.link.dialect,
                                        transaction_id=tx_arg)
             # A fallback replaces the idle default (``IDLE_PROFILE_ID``): reported as such.
-            ok = await self._send(profile, evse, schedule.limit_a, purpose, idle=profile_id == IDLE_PROFILE_ID)
+            ok = await self._send_limit(profile, evse, schedule, purpose, idle=profile_id == IDLE_PROFILE_ID)
             if ok or purpose != "TxProfile" or (self.last_push or {}).get("result") != "Rejected":
                 break
             # Some chargers refuse TxProfile: carry this transaction's schedule as a
@@ -312,7 +312,7 @@ class Pusher(Refusals):
                                    profile_id=IDLE_PROFILE_ID, voltage_v=volts,
                                    integer_amps=charger.integer_amps, version=self.link.dialect)
         tx = self._link_tx()
-        ok = await self._send(profile, charger.evse_id, idle.limit_a, "idle TxDefaultProfile", idle=True)
+        ok = await self._send_limit(profile, charger.evse_id, idle, "idle TxDefaultProfile", idle=True)
         if ok:
             self.idle_a = idle.limit_a
             self.idle_periods = idle.periods
@@ -324,6 +324,19 @@ class Pusher(Refusals):
         elif tx is not None:
             self._idle_refused = (tx, tuple(periods[1:]))
         return ok
+
+    async def _send_limit(self, profile: dict[str, Any], evse: int, schedule: ChargerSchedule, purpose: str, *,
+                          idle: bool = False) -> bool:
+        """``_send`` of a stack-1 schedule, ``on_its_way`` until its answer (``_note_pending``)."""
+        self._note_pending(tuple(schedule.periods))
+        ok = False
+        try:
+            ok = await self._send(profile, evse, schedule.limit_a, purpose, idle=idle)
+            return ok
+        finally:
+            self.on_its_way = None
+            if not ok:
+                self._note_allowed()  # it did not land: judged by what it holds again
 
     async def _send(self, profile: dict[str, Any], evse: int, limit_a: float, purpose: str, *,
                     idle: bool = False) -> bool:

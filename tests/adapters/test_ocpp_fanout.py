@@ -13,9 +13,9 @@ import pytest
 
 from adapters.ocpp.held_ledger import held_sums, worst_excess
 from adapters.ocpp.simulator import Misbehaviour, SimCar, SimulatedCharger
-from balancer.events import ObedienceChanged
+from balancer.events import ObedienceChanged, SessionStarted
 from tests.adapters.fanout_site import ControlledSite, site_config
-from tests.adapters.ocpp_env import wait_for
+from tests.adapters.ocpp_env import ocpp_config, running_env, schedule, wait_for
 
 CHANGE_WINDOW = timedelta(seconds=5)
 """While a capacity change goes out, the chargers may hold up to the higher of the two."""
@@ -133,3 +133,30 @@ async def test_a_reconnecting_charger_is_raised_only_after_the_others_decreases(
         assert worst is None, worst
     finally:
         await site.stop()
+
+
+async def test_an_increase_still_on_its_way_is_lowered_before_the_next_decisions_increases() -> None:
+    """Issue 11, CI (the refusing-charger test above, 4 runs in 25 under load): a decision came
+    while the last one's increase of a charger was still on its way; compared with what that
+    charger held before it, the new one lowered nothing, so it was left out of that decision's
+    fan-out, and the others' increases went out while the increase landed (163.6 A held against
+    150 A). Here A (answering in 1 s) is raised 10 -> 20 A while B goes 20 -> 10 A, then, A's
+    raise still out, both go back: A must be lowered before B is raised. 30 A in all."""
+    async with running_env(ocpp_config([{"id": "A", "max_current_a": 32}, {"id": "B", "max_current_a": 32}],
+                                       response_timeout_s=5.0)) as env:
+        slow = env.charger("A", "ocpp1.6", misbehaviour=Misbehaviour(answer_delay_s=1.0))
+        fast = env.charger("B", "ocpp2.0.1")
+        await wait_for(lambda: len(env.of(SessionStarted)) == 2)
+        await env.online("A", "B")
+        pusher = env.server.links["A"].pusher
+        await wait_for(lambda: not pusher.lock.locked(), timeout=15)
+        await env.server.apply([schedule("A", 10.0), schedule("B", 20.0)])
+        since = datetime.now(UTC)
+        swing = asyncio.ensure_future(env.server.apply([schedule("A", 20.0), schedule("B", 10.0)]))
+        await wait_for(lambda: fast.limit_now(datetime.now(UTC)) == 10.0 and pusher.lock.locked(), timeout=5)
+        back = asyncio.ensure_future(env.server.apply([schedule("A", 10.0), schedule("B", 20.0)]))
+        await asyncio.wait_for(asyncio.gather(swing, back), 10.0)
+        now = datetime.now(UTC)
+        assert (slow.limit_now(now), fast.limit_now(now)) == (10.0, 20.0)
+        worst = worst_excess(held_sums([slow, fast], since=since, until=now + timedelta(hours=1)), lambda at, t: 30.0)
+        assert worst is None, worst

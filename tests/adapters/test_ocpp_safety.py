@@ -255,3 +255,30 @@ async def test_a_transaction_told_late_after_a_restart_keeps_what_was_pushed_for
     await wait_for(lambda: link.transaction_id == tx)  # its next TransactionEvent tells it
     assert pusher.held_a == 12.0 and pusher.held_tx == tx
     assert all(e.obeys for e in env.of(ObedienceChanged))
+
+
+async def test_a_reading_of_a_raise_applied_before_its_answer_is_no_disobedience() -> None:
+    """Issue 11, CI (test_a_refusing_charger_is_reserved_and_stalls_no_one, 2 runs in 14 under
+    load): a charger applies a profile as it gets it, and its next reading can be handled before
+    the pusher takes its answer (both in one read of the socket); a healthy charger was flagged for
+    drawing the 21.5 A it had just been raised to, "over its 6.0 A limit", and kept as flagged at
+    what it then held. Until the answer, a reading is judged against the limit on its way too;
+    above that as well, it is flagged."""
+    async with running_env(ocpp_config(CHARGERS, response_timeout_s=5.0)) as env:
+        sim = env.charger("A16", "ocpp1.6", misbehaviour=Misbehaviour(answer_delay_s=1.0))
+        await wait_for(lambda: env.of(SessionStarted))
+        await env.online("A16")
+        pusher = env.server.links["A16"].pusher
+        await wait_for(lambda: not pusher.lock.locked(), timeout=15)
+        await env.server.apply([schedule("A16", 8.0)])
+        await wait_for(lambda: sim.draw_a == 8.0)
+        increase = asyncio.ensure_future(env.server.apply([schedule("A16", 24.0)]))
+        await wait_for(lambda: pusher.lock.locked(), timeout=2)
+        await asyncio.sleep(0.3)  # its TxProfile of 24 A is out, unanswered
+        assert pusher.held_a == 8.0
+        pusher.observe(MeterSample("A16", pusher.clock(), (24.0, 24.0, 24.0)))
+        assert pusher.obeys, env.of(ObedienceChanged)
+        pusher.observe(MeterSample("A16", pusher.clock(), (31.0, 31.0, 31.0)))
+        assert not pusher.obeys and "over its 24.0 A limit" in env.of(ObedienceChanged)[-1].detail
+        await asyncio.wait_for(increase, 4.0)
+        assert sim.draw_a == 24.0

@@ -177,3 +177,33 @@ def test_a_paused_never_verified_session_gets_its_turn_and_the_plan_does_not_hol
     ctrl.handle(ObedienceChanged("CP1", T0 + timedelta(seconds=3), obeys=True, draw_a=7.0, verified=True))
     limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0 + timedelta(seconds=4))}
     assert 0 < limits["CP0"] + limits["CP1"] <= 10.0 + 1e-9
+
+
+def test_a_flagged_charger_is_reserved_at_the_limit_it_holds_when_it_draws_less() -> None:
+    """Issue 11, CI (test_a_refusing_charger_is_reserved_and_stalls_no_one, 2 runs in 11 under
+    load): a well-behaved charger raised to 21.5 A applied it and its next reading (21.5 A) came in
+    before its answer, so it was flagged for drawing over its old 6 A limit; the raise to 32 A
+    decided just before the flag went out, and it kept that 32 A while it was reserved at the
+    21.5 A of its flagging reading: the others shared 150 - 32 - 21.5 A and the limits held summed
+    to 160.5 A against 150 A. A charger that is not under control may draw what it holds as well
+    as what it was seen drawing."""
+    chargers = tuple(Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0) for i in range(3))
+    ctrl = Controller(Site(id="s", voltage_v=230.0, grid_limit_a=200.0, fallback_kw=11.0, chargers=chargers))
+    full_capacity(ctrl, 60.0)
+    connect_all(ctrl, list(ctrl.topology.charger_ids))
+    first = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    assert first == {"CP0": 20.0, "CP1": 20.0, "CP2": 20.0}
+    ctrl.handle(ProfileResult("CP2", T0, 20.0, "Accepted"))
+    ctrl.handle(MeterSample("CP2", T0, (12.0, 12.0, 12.0)))  # still ramping up to its 20 A
+    ctrl.handle(ObedienceChanged("CP2", T0, obeys=False, draw_a=12.0))
+    later = T0 + timedelta(seconds=1)
+    reserve, _ = ctrl._reserved_a(later)
+    assert reserve[2] == 20.0
+    limits = {s.charger_id: s.limit_a for s in ctrl.decide(later)}
+    assert limits["CP2"] == 20.0  # kept: what it was told, and holds
+    assert sum(limits.values()) <= 60.0 + 1e-9, limits
+    assert ctrl.status(later).allocated_a[0] == 60.0  # what they may draw: CP2 at the 20 A it holds
+    # It draws more than it holds: that draw is reserved.
+    ctrl.handle(MeterSample("CP2", later, (26.0, 26.0, 26.0)))
+    reserve, _ = ctrl._reserved_a(later)
+    assert reserve[2] == 26.0
