@@ -34,8 +34,8 @@ from balancer.v2x import discharge_draw_limits
 if TYPE_CHECKING:
     from balancer.control import Controller
 
-__all__ = ["MEASUREMENT_FRESH_S", "Allowance", "allowance", "failsafe_limits", "idle_limits", "meter_now",
-           "node_capacity", "offline_reserve_a", "reserved_a", "reserved_load_a", "unverified_mask"]
+__all__ = ["MEASUREMENT_FRESH_S", "Allowance", "allowance", "failsafe_limits", "idle_limits", "judged_limit_a",
+           "meter_now", "node_capacity", "offline_reserve_a", "reserved_a", "reserved_load_a", "unverified_mask"]
 
 FloatArray = npt.NDArray[np.float64]
 Allowance = tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.int8]]
@@ -228,10 +228,9 @@ def allowance(ctl: Controller, now: datetime) -> Allowance:
         drawn = max(state.measured_a)
         fresh = state.measured_at is not None and (now - state.measured_at).total_seconds() <= \
             MEASUREMENT_FRESH_S
-        settled = state.limit_changed_at is None or state.measured_at is None or \
-            state.measured_at > state.limit_changed_at
+        judged = None if state.measured_at is None else judged_limit_a(state, state.measured_at)
         taken = max(drawn + headroom, min_a[i])
-        if fresh and settled and state.limit_a > 0 and drawn < state.limit_a - headroom and taken < cap:
+        if fresh and judged is not None and judged > 0 and drawn < judged - headroom and taken < cap:
             # The car takes less than it may: free the rest, keep a headroom to ramp back.
             cap, max_code[i] = taken, _NOT_DRAWING
         remaining = state.remaining_wh()
@@ -246,6 +245,23 @@ def allowance(ctl: Controller, now: datetime) -> Allowance:
             urgency[i] = -1e9
     mask = phase_mask(topo, car_phases)
     return min_a, max_a, urgency, mask, max_code
+
+
+def judged_limit_a(state: ChargerState, at: datetime) -> float | None:
+    """The limit [A] a reading taken ``at`` is judged against: what the charger surely held then.
+    A reading taken after a raise was decided but before the charger accepted it shows the car
+    under its old limit: judged against the new one it capped cars at their old draw + headroom,
+    8, 10, 12 A in turn, and the decisions flapped (a push each). None: not known (no cap)."""
+    if not state.held_known:  # no answers from this charger: the decision's time is all there is
+        changed = state.limit_changed_at
+        return state.limit_a if changed is None or at > changed else None
+    since = state.held_at or state.session_start  # from its start a session draws by the idle default
+    if since is not None and at > since:
+        return min(state.limit_a, state.held_a)
+    before = state.held_before_at if state.held_at is not None else None
+    if before is not None and at > before:  # taken before the last one landed: the lower of the two
+        return min(state.limit_a, state.held_a, state.held_before_a)
+    return None
 
 
 def idle_limits(ctl: Controller, capacity: FloatArray, active_a: FloatArray,

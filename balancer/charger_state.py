@@ -63,6 +63,13 @@ class ChargerState:
     soc_pct: float | None = None
     held_a: float = 0.0
     """The limit of the last accepted stack-1 profile (TxProfile, or TxDefault / Max) [A]."""
+    held_at: datetime | None = None
+    """When ``held_a`` was accepted (None: not in this session): a reading taken before a raise
+    landed shows the car under the old limit (``allocation_inputs.judged_limit_a``)."""
+    held_before_a: float = 0.0
+    held_before_at: datetime | None = None
+    """The accepted limit before ``held_a`` and when it was accepted: what a reading taken between
+    the two acceptances was drawn under (at least the lower of the two)."""
     held_idle_a: float | None = None
     """The last accepted idle default of its own (TxProfile strategy) [A]; None: none known."""
     held_known: bool = False
@@ -124,7 +131,8 @@ class ChargerState:
         for key, value in data.items():
             if not hasattr(state, key):
                 continue
-            if key in ("session_start", "departure", "measured_at", "held_until", "limit_changed_at"):
+            if key in ("session_start", "departure", "measured_at", "held_until", "limit_changed_at",
+                       "held_at", "held_before_at"):
                 value = datetime.fromisoformat(value) if value else None
             setattr(state, key, value)
         # After a restart nobody is connected until it says so.
@@ -178,7 +186,7 @@ def start_session(state: ChargerState, event: SessionStarted) -> bool:
     state.external_cap = state.external_cap_until = None
     state.car_v2x, state.car_discharge_max_a, state.car_spare_wh = False, None, None
     # Until its TxProfile is held the car draws by the idle default: that is what it holds.
-    state.held_a = state.idle_limit_a
+    state.held_a, state.held_at, state.held_before_at = state.idle_limit_a, None, None
     if state.status in ("unknown", "Available", "Preparing"):
         state.status = "Charging"
     return True
@@ -254,7 +262,8 @@ def take_profile_result(state: ChargerState, event: ProfileResult) -> None:
     if event.idle:
         state.held_idle_a = event.limit_a
     else:
-        state.held_a = event.limit_a
+        state.held_before_a, state.held_before_at = state.held_a, state.held_at
+        state.held_a, state.held_at = event.limit_a, event.at
     state.held_known = True
 
 

@@ -128,6 +128,32 @@ def test_car_drawing_less_frees_capacity_with_headroom() -> None:
     assert after["CP0"] + after["CP1"] <= 25.0 + 1e-9
 
 
+def test_reading_before_a_raise_is_accepted_does_not_cap_the_car() -> None:
+    """A reading taken after a raise was decided but before the charger accepted it shows the car
+    under its old limit: it must not cap the car at that draw + headroom (the limits flapped,
+    8, 10, 12 A in turn, a push each); a reading once the raise is held still frees the rest."""
+    ctrl = Controller(make_site(n=2, grid_limit_a=30.0))  # two chargers on the 25 A row
+    full_capacity(ctrl, 30.0)
+    connect_all(ctrl, ["CP0", "CP1"])
+    first = {s.charger_id: s.limit_a for s in ctrl.decide(T0)}
+    for cid, limit in first.items():
+        ctrl.handle(ProfileResult(cid, T0 + timedelta(seconds=1), limit, "Accepted"))
+    t = T0 + timedelta(seconds=30)
+    ctrl.handle(MeterSample("CP0", t, current_a=(12.4, 12.4, 12.4)))
+    ctrl.handle(MeterSample("CP1", t, current_a=(3.0, 3.0, 3.0)))
+    raised = {s.charger_id: s.limit_a for s in ctrl.decide(t + timedelta(seconds=5))}
+    assert raised["CP0"] > first["CP0"] + 5.0  # CP1's car takes 3 A: CP0 gets the rest
+    ctrl.handle(ProfileResult("CP1", t + timedelta(seconds=6), raised["CP1"], "Accepted"))
+    # CP0 still holds its old limit when its next reading comes, and draws it.
+    ctrl.handle(MeterSample("CP0", t + timedelta(seconds=7), current_a=(12.4, 12.4, 12.4)))
+    kept = {s.charger_id: s.limit_a for s in ctrl.decide(t + timedelta(seconds=8))}
+    assert kept["CP0"] == pytest.approx(raised["CP0"])
+    ctrl.handle(ProfileResult("CP0", t + timedelta(seconds=9), kept["CP0"], "Accepted"))
+    ctrl.handle(MeterSample("CP0", t + timedelta(seconds=10), current_a=(12.4, 12.4, 12.4)))
+    later = {s.charger_id: s.limit_a for s in ctrl.decide(t + timedelta(seconds=11))}
+    assert later["CP0"] == pytest.approx(12.4 + ctrl.site.headroom_a, abs=0.11)  # it takes 12.4 of it
+
+
 def test_session_survives_reconnect_and_ends_only_on_stop() -> None:
     ctrl = Controller(make_site())
     connect_all(ctrl, ["CP0"])
