@@ -59,6 +59,7 @@ class ChargerState:
     prev_measured_a: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """The measurement before ``measured_a``: with a site meter, what a charger drew before a meter
     reading that is older than its last measurement is at most the lower of the two."""
+    prev_measured_at: datetime | None = None
     power_w: float | None = None
     soc_pct: float | None = None
     held_a: float = 0.0
@@ -132,7 +133,7 @@ class ChargerState:
             if not hasattr(state, key):
                 continue
             if key in ("session_start", "departure", "measured_at", "held_until", "limit_changed_at",
-                       "held_at", "held_before_at"):
+                       "held_at", "held_before_at", "prev_measured_at"):
                 value = datetime.fromisoformat(value) if value else None
             setattr(state, key, value)
         # After a restart nobody is connected until it says so.
@@ -238,7 +239,7 @@ def take_meter_sample(state: ChargerState, charger: Charger, event: MeterSample)
                 if current is not None:
                     grid["RST".index(charger.phase_rotation[k])] = max(0.0, current)
         state.prev_measured_a, state.measured_a = state.measured_a, grid
-        state.measured_at = event.at
+        state.prev_measured_at, state.measured_at = state.measured_at, event.at
         if charger.phases == 3 and state.car_phases is None:
             drawing = [c for c in event.current_a if c is not None and c > 1.0]
             if len(drawing) == 1 and (event.current_a[0] or 0.0) > 1.0:
