@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from balancer.allocate import AllocationRequest, allocate, code_number, node_load_a
-from balancer.charger_state import ChargerState, held_limit_at, is_idle, unverified, wants_current
+from balancer.charger_state import ChargerState, is_idle, unverified, wants_current
 from balancer.model import LimitCode, Site
 from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draw_a
 from balancer.topology import Topology, phase_mask
@@ -155,16 +155,12 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
     measured = np.array([s.measured_a for s in states], dtype=np.float64).reshape(-1, 3)
     meter_at = ctl.meter.last_at
     newer = np.array([meter_at is not None and s.measured_at is not None and s.measured_at > meter_at
-                      and not _describes(s, meter_at) for s in states], dtype=bool)
+                      for s in states], dtype=bool)
     if newer.any():
         # A car may have ramped up after the meter reading: subtract no more than it drew before.
         previous = np.array([s.prev_measured_a for s in states], dtype=np.float64).reshape(-1, 3)
         measured = np.where(newer[:, None], np.minimum(measured, previous), measured)
-    # What each charger held when the meter read: a car paused then and raised since drew nothing
-    # then (its old reading under today's limit hid 43.8 A of building load in the demo).
-    held = [None if meter_at is None else held_limit_at(s, meter_at) for s in states]
-    limits = np.array([s.limit_a if h is None or s.limit_a < 0 else min(s.limit_a, max(h, 0.0))
-                       for s, h in zip(states, held, strict=True)], dtype=np.float64)
+    limits = np.array([s.limit_a for s in states], dtype=np.float64)
     usable = np.array([s.connected and s.measured_at is not None
                        and abs((now - s.measured_at).total_seconds()) <= CHARGER_MEASUREMENT_MAX_AGE_S
                        for s in states], dtype=bool)
@@ -172,22 +168,6 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
     loaded = phase_mask(topo, np.array([s.car_phases or 3 for s in states], dtype=np.int64))
     limits = discharge_draw_limits(limits, states, meter_at)
     return ctl.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
-
-
-RAMP_S = 10.0
-"""How long a car may take to come up to a limit it was raised to [s]."""
-
-
-def _describes(state: ChargerState, meter_at: datetime) -> bool:
-    """True when a charger's reading newer than the meter's tells what it drew at the meter's
-    reading, not the one before: the charger accepted its limit at least ``RAMP_S`` before the
-    meter read and nothing since, and the reading before was taken under another limit (while
-    paused, it read 0 A: cars back at 45 A counted as building load, the fleet was paused, and
-    the fleet went on and off together). Within one held limit a car is taken to keep its draw,
-    as for a reading older than the meter's (``CHARGER_MEASUREMENT_MAX_AGE_S``)."""
-    held_at, before = state.held_at, state.prev_measured_at
-    return held_at is not None and before is not None and before < held_at and \
-        (meter_at - held_at).total_seconds() >= RAMP_S
 
 
 def node_capacity(ctl: Controller, now: datetime, *,

@@ -26,8 +26,8 @@ from balancer.events import (
 from balancer.external_cap import cap_at
 from balancer.model import Charger
 
-__all__ = ["IDLE_DRAW_A", "ChargerEvent", "ChargerState", "apply_event", "held_limit_at", "is_idle", "state_name",
-           "unverified", "wants_current"]
+__all__ = ["IDLE_DRAW_A", "ChargerEvent", "ChargerState", "apply_event", "is_idle", "state_name", "unverified",
+           "wants_current"]
 
 IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
@@ -59,7 +59,6 @@ class ChargerState:
     prev_measured_a: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """The measurement before ``measured_a``: with a site meter, what a charger drew before a meter
     reading that is older than its last measurement is at most the lower of the two."""
-    prev_measured_at: datetime | None = None
     power_w: float | None = None
     soc_pct: float | None = None
     held_a: float = 0.0
@@ -133,7 +132,7 @@ class ChargerState:
             if not hasattr(state, key):
                 continue
             if key in ("session_start", "departure", "measured_at", "held_until", "limit_changed_at",
-                       "held_at", "held_before_at", "prev_measured_at"):
+                       "held_at", "held_before_at"):
                 value = datetime.fromisoformat(value) if value else None
             setattr(state, key, value)
         # After a restart nobody is connected until it says so.
@@ -239,7 +238,7 @@ def take_meter_sample(state: ChargerState, charger: Charger, event: MeterSample)
                 if current is not None:
                     grid["RST".index(charger.phase_rotation[k])] = max(0.0, current)
         state.prev_measured_a, state.measured_a = state.measured_a, grid
-        state.prev_measured_at, state.measured_at = state.measured_at, event.at
+        state.measured_at = event.at
         if charger.phases == 3 and state.car_phases is None:
             drawing = [c for c in event.current_a if c is not None and c > 1.0]
             if len(drawing) == 1 and (event.current_a[0] or 0.0) > 1.0:
@@ -266,18 +265,6 @@ def take_profile_result(state: ChargerState, event: ProfileResult) -> None:
         state.held_before_a, state.held_before_at = state.held_a, state.held_at
         state.held_a, state.held_at = event.limit_a, event.at
     state.held_known = True
-
-
-def held_limit_at(state: ChargerState, at: datetime) -> float | None:
-    """The stack-1 limit [A] the charger held at ``at`` by the last two it accepted in this
-    session; None when not known (none accepted yet, or ``at`` is before both)."""
-    if state.held_at is None:
-        return None
-    if at >= state.held_at:
-        return state.held_a
-    if state.held_before_at is not None and at >= state.held_before_at:
-        return state.held_before_a
-    return None
 
 
 def wants_current(state: ChargerState) -> bool:
