@@ -64,10 +64,22 @@ async def test_non_ev_step_at_modbus_meter_lowers_chargers_and_stale_falls_back(
         # 100 A connection - 10 A building - 1 A margin: the cars share 89 A (not 4 x 32 A).
         await wait_for(lambda: 85.0 <= held_per_phase(sims) <= 89.0 + 1e-6, timeout=20)
         await wait_for(lambda: sum(s.draw_a for s in sims) >= 85.0, timeout=10)
-        await asyncio.sleep(1.0)  # a meter poll and the cars' meter values since
-        async with http.get(base) as resp:
-            site = await resp.json()
-        assert site["meter_fresh"] is True
+        # The meter sees a car ramp before the car's own reading does, so just after a change the
+        # building is overestimated (safe) and the cars give way for a moment (the swing in the
+        # note of issue 17). Never underestimated; with the cars drawing, it is the building's.
+        seen: list[float] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while True:
+            await asyncio.sleep(0.2)
+            async with http.get(base) as resp:
+                site = await resp.json()
+            assert site["meter_fresh"] is True
+            seen.append(min(site["non_ev_load_a"]))
+            settled = np.allclose(site["non_ev_load_a"], [10.0] * 3, atol=1.5) and site["meter_a"][0] > 80.0
+            if settled or loop.time() > deadline:
+                break
+        assert min(seen) >= 10.0 - 1.5, seen
         np.testing.assert_allclose(site["non_ev_load_a"], [10.0] * 3, atol=1.5)
         assert site["meter_a"][0] > 80.0  # the meter sees the cars too
         # A building step of 40 A: followed within 5 s, every charger holding its lower limit.
