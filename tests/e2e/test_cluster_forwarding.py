@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,8 +128,11 @@ def ocpi_callbacks_sent(instance: Instance) -> float:
     return float(line.split()[-1])
 
 
-async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_by_the_owner(
-        tmp_path: Path, pg_url: str, nats_server: NatsServer) -> None:
+@asynccontextmanager
+async def ocpi_pair(tmp_path: Path, pg_url: str,
+                    nats_server: NatsServer) -> AsyncIterator[tuple[Instance, Instance, OcpiParty, SimulatedCharger]]:
+    """Two instances with OCPI, CP0-0 connected to the owner of s0, and a party registered with the
+    other instance only (it calls that one): (owner, other, party, charger)."""
     config = full_config()
     config["ocpi"] = {"country_code": "NL", "party_id": "EVB", "token_a": [TOKEN_A]}
     a, b = (Instance(tmp_path, name, config, pg_url, nats_server.url) for name in ("a", "b"))
@@ -138,8 +143,19 @@ async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_b
         owner, other = (a, b) if owners["s0"] == "a" else (b, a)
         sim = charger(owner, "CP0-0")
         sim.start()
-        status, _ = await party.register(f"{other.url}/ocpi/versions", TOKEN_A)  # the party calls `other` only
+        status, _ = await party.register(f"{other.url}/ocpi/versions", TOKEN_A)
         assert status == 200 and party.token_c
+        yield owner, other, party, sim
+    finally:
+        if sim is not None:
+            await sim.stop()
+        await party.stop()
+        await stop_all([a, b])
+
+
+async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_by_the_owner(
+        tmp_path: Path, pg_url: str, nats_server: NatsServer) -> None:
+    async with ocpi_pair(tmp_path, pg_url, nats_server) as (owner, other, party, sim):
         await asyncio.to_thread(wait_for, lambda: held(sim) >= 25, 30, "the car to get most of the 32 A")
         tx = await asyncio.to_thread(wait_for, lambda: site_json(owner, "s0")["chargers"][0]["transaction_id"], 10,
                                      "the session to start")
@@ -180,28 +196,12 @@ async def test_an_ocpi_cap_and_preferences_set_on_another_instance_are_applied_b
         await asyncio.sleep(0.3)
         status, body, _ = await party.put_profile(session, 8.0)
         assert status == 503 and body["status_code"] == 3000 and "try again" in body["status_message"], body
-    finally:
-        if sim is not None:
-            await sim.stop()
-        await party.stop()
-        await stop_all([a, b])
 
 
 async def test_an_ocpi_result_queued_by_an_owner_that_is_killed_is_sent_once_by_the_next(
         tmp_path: Path, pg_url: str, nats_server: NatsServer) -> None:
     """OCPI callbacks are rows of the cluster's outbox, like OSCP messages: they outlive their owner."""
-    config = full_config()
-    config["ocpi"] = {"country_code": "NL", "party_id": "EVB", "token_a": [TOKEN_A]}
-    a, b = (Instance(tmp_path, name, config, pg_url, nats_server.url) for name in ("a", "b"))
-    party = await OcpiParty().start()
-    sim: SimulatedCharger | None = None
-    try:
-        owners = await start_balanced([a, b], 2)
-        owner, other = (a, b) if owners["s0"] == "a" else (b, a)
-        sim = charger(owner, "CP0-0")
-        sim.start()
-        status, _ = await party.register(f"{other.url}/ocpi/versions", TOKEN_A)
-        assert status == 200 and party.token_c
+    async with ocpi_pair(tmp_path, pg_url, nats_server) as (owner, other, party, _sim):
         tx = await asyncio.to_thread(wait_for, lambda: site_json(owner, "s0")["chargers"][0]["transaction_id"], 30,
                                      "the session to start")
         party.callbacks_down = True  # the party cannot take the result: it waits in the outbox
@@ -219,8 +219,3 @@ async def test_an_ocpi_result_queued_by_an_owner_that_is_killed_is_sent_once_by_
         with psycopg.connect(pg_url) as conn:
             sent_by = conn.execute("SELECT sent_by FROM outbox WHERE channel = 'ocpi'").fetchall()
         assert sent_by == [(other.instance_id,)], sent_by
-    finally:
-        if sim is not None:
-            await sim.stop()
-        await party.stop()
-        await stop_all([a, b])
