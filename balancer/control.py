@@ -279,12 +279,11 @@ class Controller:
         first = None
         if open_capacity is not None:
             # A session on a charger never seen keeping a limit: its maximum is reserved against
-            # the others (``capacity``); itself it gets its share of what all would share, at most
-            # its failsafe, so a first reading above that limit shows whether it keeps it, and
-            # many such sessions starting at once still fit in the capacity together.
-            # They come first: until one is seen drawing under its limit its maximum is held
-            # back from the others, so a turn for it costs less than its wait (paused by the plan
-            # or by its turn, it was never verified and starved the site; issue 11).
+            # the others (``capacity``); itself it gets, before anyone else, its share of what all
+            # would share, at most its failsafe, so a first reading shows whether it keeps its
+            # limit, and many such sessions starting at once still fit in the capacity together.
+            # A turn for it costs less than its wait: paused by the plan or by its turn, it was
+            # never verified, and its held-back maximum starved the site (issue 11).
             cap_u = np.minimum(max_a, np.maximum(self.failsafe_a, min_a))
             urgency_u = np.where(unverified, VERIFY_FIRST, np.asarray(urgency, dtype=np.float64))
             target_u = np.where(unverified, cap_u, targets)
