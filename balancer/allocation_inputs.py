@@ -230,8 +230,11 @@ def allowance(ctl: Controller, now: datetime) -> Allowance:
             MEASUREMENT_FRESH_S
         judged = None if state.measured_at is None else judged_limit_a(state, state.measured_at)
         taken = max(drawn + headroom, min_a[i])
-        if fresh and judged is not None and judged > 0 and drawn < judged - headroom and taken < cap:
-            # The car takes less than it may: free the rest, keep a headroom to ramp back.
+        if fresh and judged is not None and judged > 0 and drawn < judged - headroom / 2 and taken < cap:
+            # The car takes less than it may: free the rest, keep a headroom to ramp back. Half the
+            # headroom is the hysteresis: a car capped at draw + headroom that draws the same stays
+            # capped (at "less by the whole headroom" the cap was lifted and set again, a push each
+            # reading); a car that takes more than half its headroom is ramping and is freed.
             cap, max_code[i] = taken, _NOT_DRAWING
         remaining = state.remaining_wh()
         if remaining is not None and remaining <= 0 and min_a[i] < cap:

@@ -253,3 +253,24 @@ def test_cars_of_unknown_need_are_not_starved_by_the_plan() -> None:
     held_back = int(np.flatnonzero(ctrl.plan.limit_a[ctrl.topology.index("CP3")] == 0.0)[0])
     limits = {s.charger_id: s.limit_a for s in ctrl.decide(T0 + timedelta(minutes=15 * held_back))}
     assert limits["CP3"] >= 6.0 and limits["CP2"] + limits["CP3"] <= 32.0 + 1e-9
+
+
+def test_a_car_capped_at_its_draw_stays_capped_while_it_draws_the_same() -> None:
+    """A car that takes less than its limit is capped at its draw + headroom; judged against that
+    cap, the same draw was no longer "less than the limit by the headroom", so the cap was lifted,
+    the car raised to its full share and capped again at the next reading: a push every reading for
+    a car that never changed what it drew."""
+    ctrl = Controller(make_site(n=2, grid_limit_a=30.0))  # 12.5 A each on the 25 A row
+    full_capacity(ctrl, 30.0)
+    connect_all(ctrl, ["CP0", "CP1"])
+    t = T0
+    limits: list[float] = []
+    for _ in range(10):
+        decided = {s.charger_id: s.limit_a for s in ctrl.decide(t)}
+        for cid, limit in decided.items():
+            ctrl.handle(ProfileResult(cid, t + timedelta(seconds=1), limit, "Accepted"))
+        for cid in ("CP0", "CP1"):
+            ctrl.handle(MeterSample(cid, t + timedelta(seconds=20), current_a=(8.0, 8.0, 8.0)))
+        limits.append(ctrl.states["CP0"].limit_a)
+        t += timedelta(seconds=30)
+    assert limits[3:] == pytest.approx([8.0 + ctrl.site.headroom_a] * 7, abs=0.11), limits
