@@ -205,12 +205,14 @@ def _keep_charging(model: LpModel, lp_x: FloatArray, x: FloatArray, headroom: Fl
     against but could not see below the minimum (on the car park days of ``bench/quality_round2.py``
     two in five charging cars planned a pause were planned some current, zeroed here).
     The cars that gave way get their energy back in ``meet_minimums``'s top-up. In place."""
+    by_row = None
     for c in model.keep_col:
         if x[c] > 0.0 or not 1e-6 < lp_x[c] < model.min_a[c] - 1e-6:
             continue
         s = int(model.col_session[c])
         cols = np.arange(first[s], first[s + 1])
-        _seat_small_need(model, x, headroom, np.array([c]), c)
+        by_row = model.load.tocsr() if by_row is None else by_row
+        _seat_small_need(model, x, headroom, np.array([c]), c, by_row)
         excess_wh = float(x[cols] @ model.wh_per_a[cols]) - lp_wh[s]
         ptr, idx, share = model.load.indptr, model.load.indices, model.load.data
         for whole in (False, True):  # its latest slots first: above their minimum, then whole
@@ -226,7 +228,7 @@ def _keep_charging(model: LpModel, lp_x: FloatArray, x: FloatArray, headroom: Fl
 
 
 def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: IntArray,
-                     prefer: int | None = None) -> None:
+                     prefer: int | None = None, by_row: sp.csr_matrix | None = None) -> None:
     """A need smaller than one slot at the minimum (a 0.5 kWh car: 1.035 kWh is one slot at 6 A on
     three phases) can only be met by a current the car takes for part of a slot: the LP plans it
     below the minimum and zeroing loses all of it, for the car's whole stay. Give it one slot at
@@ -238,7 +240,7 @@ def _seat_small_need(model: LpModel, x: FloatArray, headroom: FloatArray, cols: 
     Lowering never breaks a limit; the raise uses only what is then free. In place."""
     hi = model.col_hi[: model.n_x]
     ptr, idx, share = model.load.indptr, model.load.indices, model.load.data
-    by_row = model.load.tocsr()
+    by_row = model.load.tocsr() if by_row is None else by_row  # (the caller's, when it seats many)
     need_a = model.min_a[cols]
     fits = [c for c, m in zip(cols, need_a, strict=True) if hi[c] >= m and
             np.all(headroom[idx[ptr[c]: ptr[c + 1]]] >= m * share[ptr[c]: ptr[c + 1]] - 1e-9)]
