@@ -35,8 +35,8 @@ MIP_MAX_S = 1.0
 KEEP_CHARGING = True
 """Keep a charging car at its minimum in the first slot where the LP gave it some current
 (``_keep_charging``); False: zeroed like any current below the minimum, as before. On the days of
-``bench/quality_round2.py`` (seeds 1-10) it cut pauses per car x0.4-0.8 and moved energy by
--0.05..+0.25 points of the bound (bench/README.md, round 6)."""
+``bench/quality_round2.py`` (seeds 1-10) it cut pauses per car x0.38-0.83 and moved energy by
+-0.04..+0.25 points of the bound (bench/README.md, round 6)."""
 MIP_GAIN_WH = 10.0
 """The MIP's plan replaces the post-processed one only when it delivers this much more [Wh]."""
 
