@@ -31,6 +31,8 @@ The objective is lexicographic by weights, in one LP (one solve keeps 1,000 sess
      step: it goes on rather than pausing unless energy or fairness need its minimum elsewhere),
      and ``STICKY_BONUS`` per Wh of the rest up to the limit it holds (``limit_now_a``), so among
      equal plans it keeps what it has.
+     The bonus cannot see below the minimum: where the LP gives such a car less than its
+     minimum now, ``meet_minimums`` keeps it at the minimum (``plan_minimums.KEEP_CHARGING``).
 A need below one slot at the minimum current is given one slot at its minimum (``meet_minimums``).
 (A first version solved stage 1 and a fairness stage with a max-min variable as two LPs: the
 max-min variable is a dense column that made interior point 5x slower, see bench/README.md.)
@@ -312,9 +314,10 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
         np.zeros(n_cap),
         arr["weight"][seg_session] * protect * (1.0 + FAIR_STEP * (k - 1 - seg_rank)),
     ])
+    keep_col = np.flatnonzero(charging[s_idx] & (t_idx == 0) & ~discharging[s_idx]).astype(np.int64) if n_x \
+        else np.zeros(0, np.int64)
     a, row_lo, row_hi, col_lo, col_hi, cost = _add_keep(
-        a, row_lo, row_hi, col_lo, col_hi, cost,
-        np.flatnonzero(charging[s_idx] & (t_idx == 0) & ~discharging[s_idx]) if n_x else np.zeros(0, np.int64),
+        a, row_lo, row_hi, col_lo, col_hi, cost, keep_col,
         np.asarray(arr["min_a"][s_idx], dtype=np.float64), wh_per_a,
         np.array([np.inf if s.limit_now_a is None else s.limit_now_a for s in sessions])[s_idx])
     key_col = np.concatenate(key_cols)
@@ -327,7 +330,7 @@ def build_model(topology: Topology, capacity_a: FloatArray, sessions: Sequence[P
                    fine_wh_per_a=np.asarray(arr["wh_per_a"][fine_s, fine_t], dtype=np.float64),
                    fine_share=np.asarray(share[fine_s, fine_t], dtype=np.float64), session_mask=mask,
                    hourly_from_slot=hourly_from, cap_node=cap_node.astype(np.int64),
-                   cap_phase=cap_phase.astype(np.int64), cap_slot=cap_slot.astype(np.int64))
+                   cap_phase=cap_phase.astype(np.int64), cap_slot=cap_slot.astype(np.int64), keep_col=keep_col)
 
 
 def _add_keep(a: sp.csc_matrix, row_lo: FloatArray, row_hi: FloatArray, col_lo: FloatArray, col_hi: FloatArray,

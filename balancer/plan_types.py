@@ -115,6 +115,9 @@ class LpModel:
     cap_slot: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     session_mask: npt.NDArray[np.bool_] | None = None
     """(n_sessions, 3) the grid phases each session's car loads."""
+    keep_col: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """First-slot columns of the cars charging now (``PlanSession.charging``): a pause for them
+    costs, so ``meet_minimums`` keeps them at their minimum where the LP gave them current."""
 
     @property
     def n_x(self) -> int:

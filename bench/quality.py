@@ -163,18 +163,34 @@ def foresight_sessions(s: Scenario, step_s: int = STEP_S) -> list[PlanSession]:
 
 def upper_bound_wh(s: Scenario, step_s: int = STEP_S) -> float:
     """Most energy any limit-keeping strategy can deliver: the foresight LP, energy only, no minimums."""
+    return _foresight_lp_wh(s, step_s, energy_only=True)
+
+
+def objective_bound_wh(s: Scenario, step_s: int = STEP_S) -> float:
+    """The energy of the foresight LP with the planner's own objective (priority, protected share,
+    fair split, partly covered first slot, earlier delivery) and no minimums: what the controller's
+    objective reaches knowing every arrival. Below ``upper_bound_wh`` by what the fairness promises
+    cost in energy (a single-phase car's protected share on a short phase is bought with up to 2.5
+    Wh of three-phase energy); not an upper bound for a strategy, which may trade otherwise."""
+    return _foresight_lp_wh(s, step_s, energy_only=False)
+
+
+def _foresight_lp_wh(s: Scenario, step_s: int, energy_only: bool) -> float:
     topo = Topology.from_site(s.site)
     model = build_model(topo, s.capacity_a, foresight_sessions(s, step_s), s.start)
-    # Maximise the energy of the current columns (kWh), nothing else; the model caps it at the need.
-    cost = np.zeros(model.a.shape[1])
-    cost[: model.n_x] = -model.wh_per_a / 1000.0
+    if energy_only:
+        # Maximise the energy of the current columns (kWh), nothing else; the model caps it at the need.
+        cost = np.zeros(model.a.shape[1])
+        cost[: model.n_x] = -model.wh_per_a / 1000.0
+    else:
+        cost = -model.cost
     a = model.a.tocsr()
     upper, lower = np.isfinite(model.row_hi), np.isfinite(model.row_lo)
     result = linprog(cost, A_ub=sp.vstack([a[upper], -a[lower]]),
                      b_ub=np.concatenate([model.row_hi[upper], -model.row_lo[lower]]),
                      bounds=np.c_[model.col_lo, model.col_hi], method="highs")
     assert result.status == 0, result.message
-    return float(-result.fun * 1000.0)
+    return float(result.x[: model.n_x] @ model.wh_per_a)
 
 
 def perfect_foresight(s: Scenario) -> dict[str, float]:

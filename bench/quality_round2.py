@@ -11,8 +11,11 @@ limit between), our LP + allocator as of ``--baseline-rev`` ("today": the ``bala
 of that git revision, run in a subprocess of its own), and this checkout's, with and without the
 churn guard (``min_pause_s`` / ``min_charge_s`` 0). Per strategy and site, over the seeds:
 delivered as a share of the upper bound (``bench/quality.py``: the foresight LP, energy only, no
-minimums), sessions completed (< 0.1 kWh short), the worst car's share, pauses, resumes and limit
-changes (profile pushes) per car, violations. Each configuration runs in its own process, one
+minimums), and of a second bound, the same foresight LP with the planner's own objective
+(protected share, fair split, partly covered first slot; ``objective_bound_wh``: how far the
+online controller is from what its own objective reaches with foresight), sessions completed
+(< 0.1 kWh short), the worst car's share, pauses, resumes and limit changes (profile pushes) per
+car, violations. Each configuration runs in its own process, one
 after the other (the machine is shared).
 """
 
@@ -47,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
     import balancer.topology  # noqa: F401  (imported now, before bench.quality puts REPO first)
     from adapters.highs_quiet import silence_highs_banner
     from bench import strategies
-    from bench.quality import simulate, upper_bound_wh
+    from bench.quality import objective_bound_wh, simulate, upper_bound_wh
     from bench.scenarios import generate
 
     silence_highs_banner()
@@ -78,6 +81,7 @@ def worker(args: argparse.Namespace) -> None:
                 day = dataclasses.replace(base, capacity_a=base.capacity_a * scale)
                 requested = sum(c.energy_wh for c in day.cars)
                 bound = upper_bound_wh(day, args.step_s) / requested
+                own_bound = objective_bound_wh(day, args.step_s) / requested
                 if kind in forecast_sites:
                     history = past_sessions(kind, seed, args.forecast_days, args.forecast_scale)
                     strategies.FACTORIES["our LP + allocator"] = lambda h=history: strategies.make_lp_plus_allocator(
@@ -85,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
                 for name in names:
                     r = simulate(day, name, step_s=args.step_s, sleepy_share=sleepy)
                     print(json.dumps({"variant": variant, "site": kind, "seed": seed, "strategy": name,
-                                      "bound": bound, "balancer": plan_module.__file__, **r}), flush=True)
+                                      "bound": bound, "bound_objective": own_bound, "balancer": plan_module.__file__, **r}), flush=True)
 
 
 def past_sessions(kind: str, seed: int, days: int, scale: float = 1.0) -> list[Any]:
@@ -139,9 +143,11 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
     out = {}
     for key, rs in groups.items():
         ratio = np.array([r["delivered"] / r["bound"] for r in rs])
+        own = np.array([r["delivered"] / r.get("bound_objective", np.nan) for r in rs])
         cars = sum(r["cars"] for r in rs)
         out[key] = {
             "vs_bound_mean": float(ratio.mean()), "vs_bound_min": float(ratio.min()),
+            "vs_objective_bound_mean": float(own.mean()), "vs_objective_bound_min": float(own.min()),
             "completed": float(sum(r["completed"] for r in rs)), "cars": float(cars),
             "worst_car_min": float(min(r["worst_car"] for r in rs)),
             "worst_car_mean": float(np.mean([r["worst_car"] for r in rs])),
@@ -158,9 +164,10 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
 
 
 def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -> str:
-    lines = ["| variant | site | strategy | vs bound (mean / min) | completed | worst car (min / mean) "
-             "| pauses / car | resumes / car | pushes / car | cars asleep (detected) | violations | 0<limit<min |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | site | strategy | vs bound (mean / min) | vs own-objective bound (mean / min) | completed "
+             "| worst car (min / mean) | pauses / car | resumes / car | pushes / car | cars asleep (detected) "
+             "| violations | 0<limit<min |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant in ("normal", "tight", "sleepy"):
         for site in SITES:
             for name in order:
@@ -169,6 +176,7 @@ def table(agg: dict[tuple[str, str, str], dict[str, float]], order: list[str]) -
                     continue
                 lines.append(
                     f"| {variant} | {site} | {name} | {100 * a['vs_bound_mean']:.2f} / {100 * a['vs_bound_min']:.2f} % "
+                    f"| {100 * a['vs_objective_bound_mean']:.2f} / {100 * a['vs_objective_bound_min']:.2f} % "
                     f"| {a['completed']:.0f} / {a['cars']:.0f} | {100 * a['worst_car_min']:.1f} / "
                     f"{100 * a['worst_car_mean']:.1f} % | {a['pauses_per_car']:.2f} | {a['resumes_per_car']:.2f} "
                     f"| {a['pushes_per_car']:.2f} | {a['asleep']:.0f} ({a['detected']:.0f}) | {a['violations']:.0f} "

@@ -68,3 +68,28 @@ def test_churn_summary_counts_completed_sessions_and_per_car_rates() -> None:
     out = churn_summary([1000.0, 2000.0], [950.0, 1000.0], [3, 1], [2, 1], [10, 4])
     assert out["completed"] == 1.0  # 50 Wh short counts, 1 kWh short does not
     assert out["pauses_per_car"] == 2.0 and out["resumes_per_car"] == 1.5 and out["pushes_per_car"] == 7.0
+
+
+def test_the_objective_bound_pays_for_the_protected_share_of_a_single_phase_car() -> None:
+    """The second bound (``objective_bound_wh``): the foresight LP with the planner's own objective.
+    A single-phase and a three-phase car share 16 A of L1 for 2 h, both wanting more than it holds:
+    energy alone gives L1 to the three-phase car (three times the Wh per ampere), the planner's
+    objective keeps the single-phase car's protected share (0.5 kWh) and pays 2 Wh for each Wh of it."""
+    from datetime import UTC, datetime, timedelta
+
+    from balancer.model import Charger, Site
+    from bench.quality import objective_bound_wh, upper_bound_wh
+    from bench.scenarios.generator import Car, Scenario
+
+    start = datetime(2026, 3, 2, 17, 0, tzinfo=UTC)
+    site = Site(id="s", voltage_v=230.0, grid_limit_a=16.0, fallback_kw=0.0, circuits=(),
+                chargers=tuple(Charger(id=f"CP{i}", max_current_a=32.0, min_current_a=6.0) for i in range(2)))
+    end = start + timedelta(hours=2)
+    cars = (Car("one", "CP0", start, end, 8000.0, 32.0, 1), Car("three", "CP1", start, end, 30000.0, 32.0, 3))
+    capacity = np.zeros((96, 3))
+    capacity[:8] = 16.0
+    day = Scenario("tiny", 0, site, cars, capacity, start)
+    energy_only = upper_bound_wh(day)
+    own = objective_bound_wh(day)
+    assert energy_only == pytest.approx(16.0 * 3 * 230.0 * 2)  # all of it to the three-phase car
+    assert own == pytest.approx(energy_only - 2 * 500.0)  # 500 Wh protected, bought with 1.5 kWh
