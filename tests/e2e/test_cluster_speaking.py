@@ -126,9 +126,9 @@ async def test_no_outbox_message_is_lost_or_sent_twice_when_its_author_is_killed
     try:
         await start_balanced([a, b], n_sites)
         grid.fail_with = 503  # the grid operator is down: every owner's messages wait in the outbox
-        await asyncio.sleep(4.0)
-        queued_by_a = {rid for _, author, rid in unsent_rows(pg_url) if author == "a"}
-        assert queued_by_a, "a queued nothing while the grid operator was down"
+        queued_by_a = await asyncio.to_thread(
+            wait_for, lambda: {rid for _, author, rid in unsent_rows(pg_url) if author == "a"}, 10,
+            "a to queue messages while the grid operator is down")
         assert a.proc is not None
         a.proc.kill()  # kill -9, and a never comes back
         grid.fail_with = None
