@@ -58,7 +58,7 @@ MAX_BACKOFF_S = 30.0
 IN_FLIGHT = 64
 """Callbacks sent at the same time at most."""
 RECENT_SESSIONS = 500
-"""Ended sessions kept for the Sessions list."""
+"""Ended sessions kept for the Sessions list, per site."""
 UPDATE_CHECK_S = 1.0
 HOLD_RESULT_S = 5.0
 """A ChargingProfileResult waits at most this long for the charger to hold the cap (then goes out:
@@ -124,6 +124,11 @@ class CpoBase:
         self.forward: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         """Cluster mode: a session command (``OcpiCpo.command``'s message) run by the owner of the
         session's site, and its reply; set by the cluster node."""
+        self.gather: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
+        """Cluster mode: a site's part of the Locations and Sessions lists from its owner
+        (``CpoSessions.site_part``), None when no owner answers; set by the cluster node."""
+        self.stale: Callable[[str], None] = lambda site_id: None
+        """Cluster mode: read a site's last snapshot (and ended sessions) from PostgreSQL again."""
         self._charger_site = {c.id: s.id for s in config.sites for c in s.chargers}
         self._waiting: set[int] = set()
         self._id_tags: dict[str, str] = {}
