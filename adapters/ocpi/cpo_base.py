@@ -50,6 +50,8 @@ class SharedOutbox(Protocol):
 
     def retry_later(self, item_id: int, next_try: float, channel: str = ...) -> None: ...
 
+    def drop(self, item_id: int, channel: str = ...) -> None: ...
+
     def hurry(self, item_ids: list[int]) -> None: ...
 
     def outbox_size(self, channel: str = ...) -> int: ...
@@ -309,7 +311,7 @@ class CpoBase:
         if party is None or next_try > meta["deadline"]:
             self.counters["ocpi_callbacks_dropped"] += 1
             log.warning("OCPI callback %s %s dropped after %d attempts", meta["method"], item.path, item.attempts + 1)
-            shared.delivered(item.id, channel="ocpi")  # done with: never sent again
+            shared.drop(item.id, channel="ocpi")  # never sent again; marked dropped, not delivered
             return
         self.counters["ocpi_callbacks_retried"] += 1
         shared.retry_later(item.id, next_try, channel="ocpi")
