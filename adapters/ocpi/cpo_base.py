@@ -117,7 +117,9 @@ class CpoBase:
         """Cluster mode: the callbacks go through the cluster's outbox (set by the cluster node),
         delivered by the owner of the session's site (``_deliver_shared``), not kept here."""
         self._held: dict[int, tuple[str, float]] = {}
-        """Cluster mode: the shared outbox's results held until a charger holds a cap: id -> (charger, cap)."""
+        """Cluster mode: the shared outbox's results held until a charger holds a cap: id -> (charger, cap).
+        Only ends a hold early: the hold itself is the row's ``next_try``, so the next owner of a site
+        lost meanwhile sends the result when the hold ends."""
         self._stopping = False
         self.controls: Callable[[str], bool] = lambda site_id: True
         """Cluster mode: whether this instance controls a site (only its owner sends the site's updates)."""
