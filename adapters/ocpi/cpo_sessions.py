@@ -149,9 +149,13 @@ class CpoSessions(CpoCredentials):
 
     def _done(self, site_id: str) -> list[dict[str, Any]]:
         """The site's ended sessions, oldest first: one key per site, written by its owner only (one
-        key for all let owners overwrite each other's); the single key of before read too."""
-        legacy = [d for d in self.store.get_json(LEGACY_DONE_KEY) or [] if d.get("site_id") == site_id]
-        return legacy + list(self.store.get_json(f"{DONE_PREFIX}{site_id}") or [])
+        key for all let owners overwrite each other's); the single key of before read too, less what
+        moved already (in a cluster two owners emptying it may each write back the other's part)."""
+        own = list(self.store.get_json(f"{DONE_PREFIX}{site_id}") or [])
+        moved = {d.get("id") for d in own}
+        legacy = [d for d in self.store.get_json(LEGACY_DONE_KEY) or []
+                  if d.get("site_id") == site_id and d.get("id") not in moved]
+        return legacy + own
 
     def observe(self, event: Event) -> None:
         """Called for every event before the controllers see it: keeps ended sessions and drops
