@@ -25,7 +25,9 @@ instance controlling its site its *owner* (DESIGN 3.12). Core NATS (no JetStream
 ``balancer.site.<site>.ocpi`` (request/reply, any instance -> owner)
     ``{"op", "party", "session_id", "body", "query"}`` -> ``{"status", "status_code", "message",
     "data", "field"}``: an OCPI command on a session of the site (a cap, its reading or clearing,
-    charging preferences) run by the owner, which also sends its callback (timeout ``OCPI_TIMEOUT_S``).
+    charging preferences) run by the owner, which also sends its callback (timeout ``OCPI_TIMEOUT_S``);
+    ``{"op": "site"}`` -> ``{..., "data": {"location", "sessions"}}``: the site's part of the OCPI
+    Locations and Sessions lists, from the owner's live view (timeout ``VIEW_TIMEOUT_S``).
 ``balancer.gw.<instance>.push`` (request/reply, owner -> gateway)
     ``{"site", "epoch", "fid", "phase": 1, "schedules": [...]}`` -> ``{"ok": bool}``: phase 1 of a
     fan-out (``adapters.ocpp.fanout.decreases``) on that gateway's chargers, answered once the

@@ -58,6 +58,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'oscp';
     """,
+    # 5: a message given up on (an OCPI callback past its timeout, or to a party gone) is marked
+    # ``dropped_at`` / ``dropped_by``, never sent: not a delivered one (``sent_at``); kept
+    # ``KEEP_DROPPED_S`` for the operator to see.
+    """
+    ALTER TABLE outbox ADD COLUMN dropped_at TIMESTAMPTZ, ADD COLUMN dropped_by TEXT;
+    DROP INDEX outbox_unsent;
+    CREATE INDEX outbox_unsent ON outbox (created, id) WHERE sent_at IS NULL AND dropped_at IS NULL;
+    """,
 )
 
 

@@ -23,11 +23,12 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from adapters.cluster.bus import GONE, METER_TIMEOUT_S, OCPI_TIMEOUT_S, Bus
+from adapters.cluster.bus import GONE, METER_TIMEOUT_S, OCPI_TIMEOUT_S, VIEW_TIMEOUT_S, Bus
 from adapters.cluster.ownership import SiteOwnership
 from adapters.cluster.pg_store import PgStore
 from adapters.http_body import error_body
 from adapters.meter.push import Currents, MeterPushRefused
+from adapters.ocpi.cpo_sessions import DONE_PREFIX
 from balancer.events import ChargerOffline, ChargerSchedule, Event
 from balancer.model import ClusterSettings, Config
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 def site_keys(site_id: str) -> list[str]:
     """The store keys that belong to one site (read again by whoever takes the site over)."""
     return [f"controller:{site_id}", f"forecast:{site_id}", f"meter_import_wh:{site_id}", f"meter_history:{site_id}",
-            f"compliance_reported:{site_id}"]
+            f"compliance_reported:{site_id}", f"{DONE_PREFIX}{site_id}"]
 
 
 class ClusterNode:
@@ -76,6 +77,8 @@ class ClusterNode:
             service.ocpi.controls = self.controls
             service.ocpi.refresh = lambda prefix: self.store.refresh(prefix=prefix)
             service.ocpi.forward = self.remote_ocpi  # caps and preferences: applied by the site's owner
+            service.ocpi.gather = self.remote_ocpi_site  # the lists: each site's part from its owner
+            service.ocpi.stale = self.refresh_ocpi_site
             service.ocpi.shared = self.store  # callbacks: the cluster's outbox, sent by the site's owner
         self.bus = Bus(self.settings.nats_url, self.instance_id, service.ocpp, on_event=self._remote_event,
                        on_changed=self._changed, response_timeout_s=service.config.ocpp.response_timeout_s,
@@ -216,11 +219,31 @@ class ClusterNode:
         return {"status": 503, "status_code": 3000, "message": f"site {site_id}: {why}; try again",
                 "field": None, "data": None}
 
+    async def remote_ocpi_site(self, site_id: str) -> dict[str, Any] | None:
+        """A site's part of the OCPI lists from its owner's live view; None when none answers
+        within ``VIEW_TIMEOUT_S`` (the caller builds it from ``refresh_ocpi_site``'s snapshot)."""
+        if self.bus is None:
+            return None
+        reply = await self.bus.ask(site_id, "ocpi", {"op": "site"}, VIEW_TIMEOUT_S)
+        data = reply.get("data") if isinstance(reply, dict) and reply.get("status") == 200 else None
+        if not isinstance(data, dict) or not isinstance(data.get("location"), dict) \
+                or not isinstance(data.get("sessions"), list):
+            log.info("site %s: OCPI lists from its last snapshot: its owner did not answer (%s)", site_id, reply)
+            return None
+        return data
+
+    def refresh_ocpi_site(self, site_id: str) -> None:
+        self.refresh_view(site_id)
+        self.store.refresh([f"{DONE_PREFIX}{site_id}"])
+
     async def _ocpi(self, site_id: str, message: dict[str, Any]) -> dict[str, Any]:
         ocpi = self.service.ocpi
         if ocpi is None or not self.controls(site_id):
             return {"status": 503, "status_code": 3000, "field": None, "data": None,
                     "message": f"site {site_id}: instance {self.instance_id} no longer controls it; try again"}
+        if message.get("op") == "site":  # the lists' part of this site, for the instance asked
+            return {"status": 200, "status_code": 1000, "message": "Success", "field": None,
+                    "data": ocpi.site_part(site_id)}
         try:
             reply: dict[str, Any] = await ocpi.command(message)
         except (KeyError, TypeError, ValueError) as exc:

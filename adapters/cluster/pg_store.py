@@ -80,6 +80,9 @@ class PgStore(MemoryFirstStore):
         self._claimed: dict[str, set[int]] = {c: set() for c in CHANNELS}  # by the last ``due``, not marked yet
         self._sent: list[int] = []  # delivered, the mark not written yet
         self._retries: dict[int, float] = {}  # failed, the mark not written yet
+        self._dropped: list[int] = []  # given up on, the mark not written yet
+        self.dropped = 0
+        """Messages marked dropped by this instance (given up on: never sent)."""
         self._waiting = dict.fromkeys(CHANNELS, 0)
         self.duplicates = 0
         block = self._db.execute("SELECT nextval('outbox_block')").fetchone()
@@ -215,11 +218,20 @@ class PgStore(MemoryFirstStore):
         self._retries[item_id] = next_try
         self._write_marks()
 
+    def drop(self, item_id: int, channel: str = "oscp") -> None:
+        """Give up on a message (its sender's deadline passed, its receiver is gone): marked
+        ``dropped_at``, never sent again, and told apart from a delivered one."""
+        self._claimed[channel].discard(item_id)
+        self._dropped.append(item_id)
+        self.dropped += 1
+        self._write_marks()
+
     def hurry(self, item_ids: list[int]) -> None:
         """Make messages due now (an OCPI result held until the charger holds its cap, which it does)."""
         try:
             self._call(lambda: self._connection().execute(
-                "UPDATE outbox SET next_try = 0 WHERE id = ANY(%s) AND sent_at IS NULL", (item_ids,)))
+                "UPDATE outbox SET next_try = 0 WHERE id = ANY(%s) AND sent_at IS NULL AND dropped_at IS NULL",
+                (item_ids,)))
         except (psycopg.Error, OSError, TimeoutError) as exc:  # it goes out when its hold ends
             self._failed(exc, self.clock())
 
@@ -228,11 +240,11 @@ class PgStore(MemoryFirstStore):
         return sum(1 for item in self._outbox.values() if item.channel == channel) + self._waiting[channel]
 
     def _write_marks(self) -> bool:
-        if not self._sent and not self._retries:
+        if not self._sent and not self._retries and not self._dropped:
             return True
-        sent, retries = list(self._sent), dict(self._retries)
+        sent, retries, dropped = list(self._sent), dict(self._retries), list(self._dropped)
         try:
-            again = self._call(lambda: mark(self._connection(), self.instance_id, sent, retries))
+            again = self._call(lambda: mark(self._connection(), self.instance_id, sent, retries, dropped))
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._failed(exc, self.clock())
             return False
@@ -241,6 +253,7 @@ class PgStore(MemoryFirstStore):
             log.warning("outbox: %d message(s) had been delivered by another instance already (sent again "
                         "with the same X-Request-ID)", again)
         del self._sent[:len(sent)]
+        del self._dropped[:len(dropped)]
         for item_id in retries:
             self._retries.pop(item_id, None)
         return True
@@ -286,7 +299,8 @@ class PgStore(MemoryFirstStore):
     @property
     def pending(self) -> int:
         """Keys, new messages and delivery marks not written yet."""
-        return len(self._kv_pending) + len(self._outbox_pending) + len(self._sent) + len(self._retries)
+        return len(self._kv_pending) + len(self._outbox_pending) + len(self._sent) + len(self._retries) \
+            + len(self._dropped)
 
     @staticmethod
     def _write(db: psycopg.Connection[Any], upserts: list[tuple[str, str, float]], deletes: list[str],

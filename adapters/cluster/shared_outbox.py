@@ -16,7 +16,9 @@ A delivery runs in three short transactions, never one held across the HTTP call
 * **post** (outside the database), each row only within ``POST_WINDOW_S`` of its claim: a POST
   started then has ended (``POST_TIMEOUT_S``) before anyone may claim the row again, even if this
   instance lost the site meanwhile; the rest of the batch is claimed again first,
-* **mark**: ``sent_at`` right after each 2xx (a retry for a failure, the claim released).
+* **mark**: ``sent_at`` right after each 2xx (a retry for a failure, the claim released), or
+  ``dropped_at`` for a message its sender gave up on (an OCPI callback past its timeout): a row
+  is pending while it has neither.
 
 Rows this instance claimed and still holds when it claims again (a claim whose answer came too
 late, after ``WAIT_S``) are its own to claim again: its one drainer has nothing in flight then.
@@ -38,7 +40,7 @@ from adapters.cluster.ownership import LOCK_NAMESPACE
 from adapters.oscp.client import POST_TIMEOUT_S
 from adapters.store_memory import OutboxItem
 
-__all__ = ["CHANNELS", "KEEP_SENT_S", "POST_WINDOW_S", "STALE_CLAIM_S", "claim", "mark"]
+__all__ = ["CHANNELS", "KEEP_DROPPED_S", "KEEP_SENT_S", "POST_WINDOW_S", "STALE_CLAIM_S", "claim", "mark"]
 
 CHANNELS = ("oscp", "ocpi")
 """What a row is: an OSCP message to the grid operator, or an OCPI callback to a party."""
@@ -50,6 +52,8 @@ STALE_CLAIM_S = POST_WINDOW_S + POST_TIMEOUT_S + 1.0
 ``POST_WINDOW_S`` and has ended (``POST_TIMEOUT_S``) by then, with a second to spare."""
 KEEP_SENT_S = 3600.0
 """Sent rows are kept this long (who sent what when), then deleted."""
+KEEP_DROPPED_S = 7 * 86400.0
+"""Dropped rows are kept this long: what a party never got, for the operator to look into."""
 
 _CLAIM = """
 WITH mine AS (
@@ -61,7 +65,7 @@ WITH mine AS (
           AND l.objid = s.lock_key::oid AND l.objsubid = 2 AND a.application_name = %(app)s)
 ), picked AS (
     SELECT o.id, mine.epoch FROM outbox o JOIN mine ON mine.site_id = coalesce(o.site_id, %(lead)s)
-    WHERE o.sent_at IS NULL AND o.next_try <= %(now)s AND o.channel = %(channel)s
+    WHERE o.sent_at IS NULL AND o.dropped_at IS NULL AND o.next_try <= %(now)s AND o.channel = %(channel)s
       AND (o.claimed_by IS NULL OR o.claimed_by = %(me)s
            OR (o.claim_epoch < mine.epoch AND o.claimed_at < now() - make_interval(secs => %(stale)s)))
     ORDER BY o.created, o.id LIMIT %(limit)s
@@ -72,8 +76,8 @@ FROM picked WHERE o.id = picked.id
 RETURNING o.id, o.path, o.body, o.headers, o.attempts, o.next_try, o.created, o.site_id, o.channel
 """
 _WAITING = """
-SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND coalesce(o.site_id, %(lead)s) = ANY(%(sites)s)
-    AND o.channel = %(channel)s
+SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND o.dropped_at IS NULL
+    AND coalesce(o.site_id, %(lead)s) = ANY(%(sites)s) AND o.channel = %(channel)s
 """
 
 
@@ -97,10 +101,12 @@ def claim(db: psycopg.Connection[Any], me: str, owned: dict[str, int], lead: str
     return items, int(found[0]) if found else 0
 
 
-def mark(db: psycopg.Connection[Any], me: str, sent: list[int], retries: dict[int, float]) -> int:
-    """Record deliveries and failures (one transaction); returns how many ``sent`` rows another
-    instance had marked sent already (delivered twice: a mark of ours whose answer came too late
-    is not one), and deletes rows sent more than ``KEEP_SENT_S`` ago."""
+def mark(db: psycopg.Connection[Any], me: str, sent: list[int], retries: dict[int, float],
+         dropped: list[int] | None = None) -> int:
+    """Record deliveries, failures and messages given up on (one transaction); returns how many
+    ``sent`` rows another instance had marked sent already (delivered twice: a mark of ours whose
+    answer came too late is not one), and deletes rows sent more than ``KEEP_SENT_S`` ago (dropped,
+    ``KEEP_DROPPED_S``)."""
     with db.transaction():
         again = 0
         if sent:
@@ -111,7 +117,11 @@ def mark(db: psycopg.Connection[Any], me: str, sent: list[int], retries: dict[in
             again = int(found[0]) if found else 0
         for item_id, next_try in retries.items():  # not when another instance has claimed it since
             db.execute("UPDATE outbox SET claimed_by = NULL, attempts = attempts + 1, next_try = %s "
-                       "WHERE id = %s AND coalesce(claimed_by, %s) = %s AND sent_at IS NULL",
+                       "WHERE id = %s AND coalesce(claimed_by, %s) = %s AND sent_at IS NULL AND dropped_at IS NULL",
                        (next_try, item_id, me, me))
-        db.execute("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => %s)", (KEEP_SENT_S,))
+        if dropped:
+            db.execute("UPDATE outbox SET dropped_at = now(), dropped_by = %s, claimed_by = NULL "
+                       "WHERE id = ANY(%s) AND sent_at IS NULL AND dropped_at IS NULL", (me, dropped))
+        db.execute("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => %s) "
+                   "OR dropped_at < now() - make_interval(secs => %s)", (KEEP_SENT_S, KEEP_DROPPED_S))
     return again

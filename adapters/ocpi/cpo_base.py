@@ -50,6 +50,8 @@ class SharedOutbox(Protocol):
 
     def retry_later(self, item_id: int, next_try: float, channel: str = ...) -> None: ...
 
+    def drop(self, item_id: int, channel: str = ...) -> None: ...
+
     def hurry(self, item_ids: list[int]) -> None: ...
 
     def outbox_size(self, channel: str = ...) -> int: ...
@@ -58,7 +60,7 @@ MAX_BACKOFF_S = 30.0
 IN_FLIGHT = 64
 """Callbacks sent at the same time at most."""
 RECENT_SESSIONS = 500
-"""Ended sessions kept for the Sessions list."""
+"""Ended sessions kept for the Sessions list, per site."""
 UPDATE_CHECK_S = 1.0
 HOLD_RESULT_S = 5.0
 """A ChargingProfileResult waits at most this long for the charger to hold the cap (then goes out:
@@ -115,7 +117,9 @@ class CpoBase:
         """Cluster mode: the callbacks go through the cluster's outbox (set by the cluster node),
         delivered by the owner of the session's site (``_deliver_shared``), not kept here."""
         self._held: dict[int, tuple[str, float]] = {}
-        """Cluster mode: the shared outbox's results held until a charger holds a cap: id -> (charger, cap)."""
+        """Cluster mode: the shared outbox's results held until a charger holds a cap: id -> (charger, cap).
+        Only ends a hold early: the hold itself is the row's ``next_try``, so the next owner of a site
+        lost meanwhile sends the result when the hold ends."""
         self._stopping = False
         self.controls: Callable[[str], bool] = lambda site_id: True
         """Cluster mode: whether this instance controls a site (only its owner sends the site's updates)."""
@@ -124,6 +128,11 @@ class CpoBase:
         self.forward: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         """Cluster mode: a session command (``OcpiCpo.command``'s message) run by the owner of the
         session's site, and its reply; set by the cluster node."""
+        self.gather: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
+        """Cluster mode: a site's part of the Locations and Sessions lists from its owner
+        (``CpoSessions.site_part``), None when no owner answers; set by the cluster node."""
+        self.stale: Callable[[str], None] = lambda site_id: None
+        """Cluster mode: read a site's last snapshot (and ended sessions) from PostgreSQL again."""
         self._charger_site = {c.id: s.id for s in config.sites for c in s.chargers}
         self._waiting: set[int] = set()
         self._id_tags: dict[str, str] = {}
@@ -304,7 +313,7 @@ class CpoBase:
         if party is None or next_try > meta["deadline"]:
             self.counters["ocpi_callbacks_dropped"] += 1
             log.warning("OCPI callback %s %s dropped after %d attempts", meta["method"], item.path, item.attempts + 1)
-            shared.delivered(item.id, channel="ocpi")  # done with: never sent again
+            shared.drop(item.id, channel="ocpi")  # never sent again; marked dropped, not delivered
             return
         self.counters["ocpi_callbacks_retried"] += 1
         shared.retry_later(item.id, next_try, channel="ocpi")

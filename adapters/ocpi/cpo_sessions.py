@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,9 +25,15 @@ from adapters.ocpi.messages import (
 from balancer.control import ChargerState
 from balancer.events import Event, NeedsUpdated, ProfileResult, SessionStarted, SessionStopped
 
-__all__ = ["CpoSessions"]
+__all__ = ["DONE_PREFIX", "LEGACY_DONE_KEY", "CpoSessions"]
 
 log = logging.getLogger("balancer.ocpi")
+
+DONE_PREFIX = "ocpi:sessions_done:"
+"""+ site id: the site's last ``RECENT_SESSIONS`` ended sessions, for the Sessions list."""
+LEGACY_DONE_KEY = "ocpi:sessions_done"
+"""The ended sessions of every site in one key (before ``DONE_PREFIX``): read, and emptied site by site."""
+
 class CpoSessions(CpoCredentials):
     """Locations and Sessions (Sender), the sessions index, charging preferences."""
 
@@ -57,8 +64,37 @@ class CpoSessions(CpoCredentials):
             body["postal_code"] = where.postal_code
         return body
 
+    def site_part(self, site_id: str) -> dict[str, Any]:
+        """A site's share of the lists, from this instance's view: its location and its sessions
+        (in progress, then ended). In a cluster its owner's is the live one (``_parts``)."""
+        items = []
+        for cid, state in self.controllers[site_id].states.items():
+            if state.transaction_id is not None:
+                start = iso(state.session_start) if state.session_start else None
+                items.append(self._session_json(site_id, cid, f"{cid}-{state.transaction_id}", start,
+                                                state.session_delivered_wh() / 1000.0, None))
+        for done in self._done(site_id):
+            items.append(self._session_json(site_id, done["charger_id"], done["id"], done["start"], done["kwh"],
+                                            done["end"], done.get("uid")))
+        return {"location": self._location(site_id), "sessions": items}
+
+    async def _parts(self, site_ids: list[str]) -> list[dict[str, Any]]:
+        """``site_part`` of each site, in order. In a cluster a site another instance controls is
+        asked of its owner (``gather``), so every instance answers the same lists; when no owner
+        answers, its last snapshot in PostgreSQL stands in (``stale``; chargers UNKNOWN then)."""
+
+        async def part(site_id: str) -> dict[str, Any]:
+            if self.gather is not None and not self.controls(site_id):
+                found = await self.gather(site_id)
+                if found is not None:
+                    return found
+                self.stale(site_id)
+            return self.site_part(site_id)
+
+        return list(await asyncio.gather(*(part(site_id) for site_id in site_ids)))
+
     async def locations(self, request: web.Request, party: str | None) -> web.Response:
-        items = [self._location(site.id) for site in self.config.sites]
+        items = [p["location"] for p in await self._parts([site.id for site in self.config.sites])]
         page, headers = paginate(request, items, f"{self._base(request)}/ocpi/{VERSION}/locations")
         return ocpi_response(request, page, headers=headers)
 
@@ -66,7 +102,8 @@ class CpoSessions(CpoCredentials):
         site_id = request.match_info["location_id"]
         if site_id not in self.controllers:
             raise OcpiError(f"unknown location {site_id!r}", "location_id", status_code=2003, http=404)
-        return ocpi_response(request, self._location(site_id))
+        (found,) = await self._parts([site_id])
+        return ocpi_response(request, found["location"])
 
     # ----------------------------------------------------------------- sessions
     def _session(self, session_id: str) -> tuple[str, str, ChargerState] | None:
@@ -106,18 +143,19 @@ class CpoSessions(CpoCredentials):
         return body
 
     async def sessions(self, request: web.Request, party: str | None) -> web.Response:
-        items = []
-        for site_id, controller in self.controllers.items():
-            for cid, state in controller.states.items():
-                if state.transaction_id is not None:
-                    start = iso(state.session_start) if state.session_start else None
-                    items.append(self._session_json(site_id, cid, f"{cid}-{state.transaction_id}", start,
-                                                    state.session_delivered_wh() / 1000.0, None))
-        for done in self.store.get_json("ocpi:sessions_done") or []:
-            items.append(self._session_json(done["site_id"], done["charger_id"], done["id"], done["start"],
-                                            done["kwh"], done["end"], done.get("uid")))
+        items = [item for p in await self._parts([site.id for site in self.config.sites]) for item in p["sessions"]]
         page, headers = paginate(request, items, f"{self._base(request)}/ocpi/{VERSION}/sessions")
         return ocpi_response(request, page, headers=headers)
+
+    def _done(self, site_id: str) -> list[dict[str, Any]]:
+        """The site's ended sessions, oldest first: one key per site, written by its owner only (one
+        key for all let owners overwrite each other's); the single key of before read too, less what
+        moved already (in a cluster two owners emptying it may each write back the other's part)."""
+        own = list(self.store.get_json(f"{DONE_PREFIX}{site_id}") or [])
+        moved = {d.get("id") for d in own}
+        legacy = [d for d in self.store.get_json(LEGACY_DONE_KEY) or []
+                  if d.get("site_id") == site_id and d.get("id") not in moved]
+        return legacy + own
 
     def observe(self, event: Event) -> None:
         """Called for every event before the controllers see it: keeps ended sessions and drops
@@ -139,12 +177,19 @@ class CpoSessions(CpoCredentials):
             delivered = state.session_delivered_wh()
             if event.meter_stop_wh is not None and state.session_energy_start_wh is not None:
                 delivered = max(0.0, event.meter_stop_wh - state.session_energy_start_wh)
-            done = self.store.get_json("ocpi:sessions_done") or []
+            done = self._done(site_id)
             done.append({"id": session_id, "site_id": site_id, "charger_id": event.charger_id,
                          "start": iso(state.session_start) if state.session_start else None,
                          "end": iso(event.at), "kwh": delivered / 1000.0,
                          "uid": self._id_tags.pop(session_id, None)})
-            self.store.put_json("ocpi:sessions_done", done[-RECENT_SESSIONS:], flush=False)
+            self.store.put_json(f"{DONE_PREFIX}{site_id}", done[-RECENT_SESSIONS:], flush=False)
+            legacy = self.store.get_json(LEGACY_DONE_KEY)
+            if legacy is not None:  # this site's entries moved to its own key
+                rest = [d for d in legacy if d.get("site_id") != site_id]
+                if rest:
+                    self.store.put_json(LEGACY_DONE_KEY, rest, flush=False)
+                else:
+                    self.store.delete_json(LEGACY_DONE_KEY, flush=False)
             self.store.delete_json(f"ocpi:profile:{session_id}", flush=False)
             self.store.delete_json(f"ocpi:prefs:{session_id}", flush=False)
             self.store.flush()
