@@ -11,7 +11,11 @@ Calls are synchronous, from the event loop's thread, like SQLite's, but the data
 on one writer thread and the caller waits at most ``WAIT_S`` for it: a database that went away
 (or a route that silently drops packets) costs one call that long, later calls fail at once while
 that write is still stuck, and control goes on from memory. The connection also has short
-timeouts of its own (``connect_timeout``, ``tcp_user_timeout``, ``statement_timeout``).
+timeouts of its own (``connect_timeout``, ``tcp_user_timeout``, ``statement_timeout``). None of
+them ends a query sent into a middlebox that acknowledges every packet and forwards none (a
+proxy or NAT on the far side of a partition): nothing stays unacknowledged, keep-alives are
+answered. Such a call is cut short by shutting its connection's socket down (``_abort``) once it
+has run ``STUCK_S``, and at once by ``close()``: the process waits for the writer thread at exit.
 
 The outbox is the cluster's, not the instance's (``adapters.cluster.shared_outbox``): a queued
 message is written at once (kept in memory only until that write succeeds); ``due`` claims the
@@ -27,6 +31,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +55,12 @@ TCP_USER_TIMEOUT_MS = 3000
 STATEMENT_TIMEOUT_MS = 5000
 WAIT_S = 1.0
 """How long a call waits for the database before it reports a fault and goes on from memory."""
+STUCK_S = STATEMENT_TIMEOUT_MS / 1000 + 2
+"""A call without an answer for this long will get none (the server ends a statement sooner): its
+connection is shut down, so later calls get the writer thread back (on a new connection)."""
+CLOSE_WAIT_S = CONNECT_TIMEOUT_S + 2
+"""How long ``close()`` waits for the writer thread: a stuck call cut short ends at once, a
+connection attempt within its ``connect_timeout``."""
 
 
 def connect(url: str, *, application_name: str = "balancer", autocommit: bool = True) -> psycopg.Connection[Any]:
@@ -70,6 +83,8 @@ class PgStore(MemoryFirstStore):
         super().__init__(clock)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-store")
         self._busy: Future[Any] | None = None  # the database call under way (maybe stuck)
+        self._busy_since = 0.0  # monotonic start of that call
+        self._swap = threading.Lock()  # held while the connection is closed or replaced, and by _abort
         self._db: psycopg.Connection[Any] | None = connect(url, application_name=f"balancer-store:{instance_id}")
         migrate(self._db)
         self._kv = {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM kv").fetchall()}
@@ -93,20 +108,40 @@ class PgStore(MemoryFirstStore):
         if self.flush() and release:  # what this instance claimed and did not send: free for others
             with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                 self._call(lambda: claim(self._connection(), self.instance_id, {}, self.lead_site, 0.0, 0, release))
-        busy = self._busy
-        if busy is None or busy.done():
-            self._worker.submit(self._close_connection).result(timeout=WAIT_S * 5)
+        if self._busy is not None and not self._busy.done():
+            self._abort()  # the server rolls it back; what it carried was not stored, as if we were killed
+        with contextlib.suppress(FutureTimeout):
+            self._worker.submit(self._close_connection).result(timeout=CLOSE_WAIT_S)
         self._worker.shutdown(wait=False)
 
     def _close_connection(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._swap:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _abort(self) -> None:
+        """End the call under way: shut its connection's socket down (from this thread).
+
+        The writer thread, waiting on that socket, then gets an error at once and the connection
+        counts as broken. Neither ``conn.cancel()`` (a new connection, into the same partition)
+        nor ``close()`` (frees what the writer thread is using) can do that. Shutting down a
+        duplicate of the descriptor acts on the connection, and leaves the descriptor to psycopg.
+        """
+        with self._swap, contextlib.suppress(psycopg.Error, OSError):
+            if self._db is not None and not self._db.closed:
+                log.warning("PostgreSQL call without an answer for %.0f s: its connection is shut down",
+                            time.monotonic() - self._busy_since)
+                with socket.socket(fileno=os.dup(self._db.pgconn.socket)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _call(self, work: Callable[[], Any]) -> Any:
         """Run ``work`` on the writer thread; waits ``WAIT_S`` at most (raises TimeoutError then)."""
         if self._busy is not None and not self._busy.done():
+            if time.monotonic() - self._busy_since > STUCK_S:
+                self._abort()
             raise TimeoutError("the previous database call is still under way")
+        self._busy_since = time.monotonic()
         self._busy = self._worker.submit(work)
         try:
             return self._busy.result(timeout=WAIT_S)
@@ -264,9 +299,7 @@ class PgStore(MemoryFirstStore):
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:
-            if self._db is not None:
-                self._db.close()
-            self._db = None
+            self._close_connection()
             self._db = connect(self.url, application_name=f"balancer-store:{self.instance_id}")
         return self._db
 
