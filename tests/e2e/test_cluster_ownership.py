@@ -155,9 +155,8 @@ async def test_an_owner_cut_off_from_the_database_stops_before_another_starts(
     finally:
         if charger is not None:
             await charger.stop()
-        # The partition ends first (every connection through the proxy reset): a's state writer sits
-        # in a write the proxy took and never passed on, which no timeout of a's ends (the proxy
-        # acknowledges every packet), and a stopping process waits for that thread: 15 s, then kill -9.
+        # The partition ends first (every connection through the proxy reset): stopped while still cut
+        # off, a waits for its lease thread's last check (about 3 s; tests/e2e/test_cluster_stop.py).
         proxy.close()
         for instance in (a, b):
             if instance.proc is not None and instance.proc.poll() is None:
