@@ -56,8 +56,9 @@ STATEMENT_TIMEOUT_MS = 5000
 WAIT_S = 1.0
 """How long a call waits for the database before it reports a fault and goes on from memory."""
 STUCK_S = STATEMENT_TIMEOUT_MS / 1000 + 2
-"""A call without an answer for this long will get none (the server ends a statement sooner): its
-connection is shut down, so later calls get the writer thread back (on a new connection)."""
+"""A call without an answer for this long will get none (the server ends each statement within
+``statement_timeout``; a call is a few short ones): its connection is shut down, so later calls
+get the writer thread back (on a new connection)."""
 CLOSE_WAIT_S = CONNECT_TIMEOUT_S + 2
 """How long ``close()`` waits for the writer thread: a stuck call cut short ends at once, a
 connection attempt within its ``connect_timeout``."""
