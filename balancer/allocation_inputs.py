@@ -27,7 +27,7 @@ import numpy.typing as npt
 from balancer.allocate import AllocationRequest, allocate, code_number, node_load_a
 from balancer.charger_state import ChargerState, is_idle, unverified, wants_current
 from balancer.model import LimitCode, Site
-from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draw_a
+from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draws_a
 from balancer.topology import Topology, phase_mask
 from balancer.v2x import discharge_draw_limits
 
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from balancer.control import Controller
 
 __all__ = ["MEASUREMENT_FRESH_S", "Allowance", "allowance", "failsafe_limits", "idle_limits", "judged_limit_a",
-           "meter_now", "node_capacity", "offline_reserve_a", "reserved_a", "reserved_load_a", "unverified_mask"]
+           "meter_now", "node_capacity", "offline_reserve_a", "ramp_pending", "reserved_a", "reserved_load_a",
+           "unverified_mask"]
 
 FloatArray = npt.NDArray[np.float64]
 Allowance = tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.int8]]
@@ -167,7 +168,29 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
     capped = np.array([s.obeys for s in states], dtype=bool)
     loaded = phase_mask(topo, np.array([s.car_phases or 3 for s in states], dtype=np.int64))
     limits = discharge_draw_limits(limits, states, meter_at)
-    return ctl.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
+    draws = charger_draws_a(measured, limits, usable, capped, loaded)
+    pending = np.zeros(3)
+    if meter_at is not None:
+        wait_s = ctl.meter.settings.stale_after_s
+        for i, s in enumerate(states):
+            if s.connected and s.obeys and ramp_pending(s, meter_at, now, wait_s):
+                increase = max(s.held_a - max(s.held_before_a, 0.0), 0.0)  # a discharge ramps no load
+                unseen = np.clip(min(s.held_a, s.limit_a) - draws[i], 0.0, increase)
+                pending += np.where(loaded[i], unseen, 0.0)
+    return ctl.meter.view(now, cap_now, draws.sum(axis=0), pending)
+
+
+def ramp_pending(state: ChargerState, meter_at: datetime, now: datetime, wait_s: float) -> bool:
+    """True while the meter may show an increase the charger accepted and its readings do not
+    (``site_meter``, module docstring): it asked for fresh readings after it (``ReadingDue``), the
+    meter read after it landed, no meter reading since came after a reading from then on, and no
+    more than ``wait_s`` (the meter's ``stale_after_s``) has passed since that reading was due."""
+    due, held_at, read_at = state.reading_due_at, state.held_at, state.measured_at
+    if due is None or held_at is None or due < held_at or state.held_a <= state.held_before_a:
+        return False
+    if meter_at < held_at or (now - due).total_seconds() > wait_s:
+        return False
+    return not (read_at is not None and due <= read_at <= meter_at)
 
 
 def node_capacity(ctl: Controller, now: datetime, *,
