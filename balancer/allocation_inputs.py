@@ -173,10 +173,19 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
     if meter_at is not None:
         wait_s = ctl.meter.settings.stale_after_s
         for i, s in enumerate(states):
-            if s.connected and s.obeys and ramp_pending(s, meter_at, now, wait_s):
-                increase = max(s.held_a - max(s.held_before_a, 0.0), 0.0)  # a discharge ramps no load
-                unseen = np.clip(min(s.held_a, s.limit_a) - draws[i], 0.0, increase)
-                pending += np.where(loaded[i], unseen, 0.0)
+            if not (s.connected and s.obeys):
+                continue
+            increase, to_a = 0.0, s.limit_a
+            changed = s.limit_changed_at
+            if s.limit_a > s.held_a and changed is not None and meter_at >= changed and \
+                    (now - changed).total_seconds() <= wait_s:
+                # A raise on its way: a charger applies a profile as it gets it, and its car may
+                # ramp before the answer is handled (the simulator does at once).
+                increase = s.limit_a - max(s.held_a, 0.0)
+            elif ramp_pending(s, meter_at, now, wait_s):
+                increase, to_a = s.held_a - max(s.held_before_a, 0.0), min(s.held_a, s.limit_a)
+            if increase > 0:  # a discharge ramps no load
+                pending += np.where(loaded[i], np.clip(to_a - draws[i], 0.0, increase), 0.0)
     return ctl.meter.view(now, cap_now, draws.sum(axis=0), pending)
 
 

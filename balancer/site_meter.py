@@ -25,7 +25,9 @@ what those pending ramps explain (``hold_back_a``):
 
 ``pending`` (3,) [A] is, per charger whose accepted increase the meter may have seen and whose fresh
 reading is not in yet, the part of that increase its counted draw does not show (at most the
-increase). Why this never lets the site draw more than the conservative rule already may:
+increase); likewise for a raise decided and not yet answered (a charger applies a profile as it
+gets it), for at most ``stale_after_s`` after the decision. Why this never lets the site draw more
+than the conservative rule already may:
 
 - It is never above the conservative estimate, and never below it by more than ``pending``; a
   fall of the non-EV load is taken at once. With nothing pending it *is* the conservative estimate.

@@ -64,6 +64,26 @@ def test_a_ramp_the_meter_sees_first_is_not_taken_for_building_load() -> None:
     np.testing.assert_allclose(ctrl.meter_view.non_ev_load_a, [BUILDING_A] * 3)
 
 
+def test_a_raise_on_its_way_is_not_taken_for_building_load() -> None:
+    """A charger applies a profile as it gets it: the meter may see the car ramp before the
+    answer is handled. Main took that for 20 A of building load as well."""
+    ctrl = started(meter_site(4))
+    cids = ctrl.topology.charger_ids
+    ctrl.decide(T0)
+    first = {cid: ctrl.states[cid].limit_a for cid in cids}
+    for cid in cids:
+        ctrl.handle(ProfileResult(cid, s(1), first[cid], "Accepted"))
+        ctrl.handle(MeterSample(cid, s(2), current_a=(first[cid],) * 3))
+    ctrl.handle(SiteMeterReading("s", s(3), (BUILDING_A + sum(first.values()),) * 3))
+    ctrl.decide(s(3))
+    raised_to = {cid: ctrl.states[cid].limit_a for cid in cids}
+    assert sum(raised_to.values()) > sum(first.values()) + 10.0
+    ctrl.handle(SiteMeterReading("s", s(3.2), (BUILDING_A + sum(raised_to.values()),) * 3))
+    view = ctrl.meter_now(s(3.2), np.full(3, 100.0))
+    assert view is not None
+    np.testing.assert_allclose(view.non_ev_load_a, [BUILDING_A] * 3)
+
+
 def test_a_building_step_during_a_ramp_is_caught_after_the_fresh_readings() -> None:
     """The building steps up by 15 A as four cars are raised from 17 to 22 A, and the cars do not
     ramp: the step hides behind the raises (at most the 20 A they were raised by) until the fresh
@@ -130,6 +150,9 @@ def test_property_never_below_the_truth_but_by_a_real_step_the_cars_have_not_ram
     unramped = sum(max(limits[c] - d, 0.0) for c, d in zip(cids, drawn, strict=True))
     assert hidden <= max(step, 0.0) + 1e-6
     assert hidden <= unramped + 1e-6
+    for cid in cids:  # what that decision changed lands (no fresh reading asked for)
+        if ctrl.states[cid].limit_a != ctrl.states[cid].held_a:
+            ctrl.handle(ProfileResult(cid, s(5.5), ctrl.states[cid].limit_a, "Accepted"))
     for cid, d in zip(cids, drawn, strict=True):
         ctrl.handle(MeterSample(cid, s(9.1), current_a=(d,) * 3))
     ctrl.handle(SiteMeterReading("s", s(9.5), (truth + sum(drawn),) * 3))
