@@ -182,22 +182,24 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
                 # A raise on its way: a charger applies a profile as it gets it, and its car may
                 # ramp before the answer is handled (the simulator does at once).
                 increase = s.limit_a - max(s.held_a, 0.0)
-            elif ramp_pending(s, meter_at, now, wait_s):
-                increase, to_a = s.held_a - max(s.held_before_a, 0.0), min(s.held_a, s.limit_a)
+            if ramp_pending(s, meter_at, now, wait_s):
+                to_a = min(s.held_a, s.limit_a)
+                increase = max(increase, to_a)
             if increase > 0:  # a discharge ramps no load
                 pending += np.where(loaded[i], np.clip(to_a - draws[i], 0.0, increase), 0.0)
     return ctl.meter.view(now, cap_now, draws.sum(axis=0), pending)
 
 
 def ramp_pending(state: ChargerState, meter_at: datetime, now: datetime, wait_s: float) -> bool:
-    """True while the meter may show an increase the charger accepted and its readings do not
-    (``site_meter``, module docstring): it asked for fresh readings after it (``ReadingDue``), the
-    meter read after it landed, no meter reading since came after a reading from then on, and no
-    more than ``wait_s`` (the meter's ``stale_after_s``) has passed since that reading was due."""
-    due, held_at, read_at = state.reading_due_at, state.held_at, state.measured_at
-    if due is None or held_at is None or due < held_at or state.held_a <= state.held_before_a:
-        return False
-    if meter_at < held_at or (now - due).total_seconds() > wait_s:
+    """True while the meter may show a ramp of the charger's that its readings do not (``site_meter``,
+    module docstring): fresh readings were asked for after a change it accepted (``ReadingDue``),
+    the meter read after that change landed, no meter reading since came after a reading taken
+    once they were due, and no more than ``wait_s`` (the meter's ``stale_after_s``) has passed
+    since then. A lower limit landing meanwhile does not end it: the readings may still be from
+    before the raise (a charger lowered by 0.3 A lost its wait, its ramp counted as 16 A of
+    building load, and the fleet was lowered after all)."""
+    due, asked, read_at = state.reading_due_at, state.reading_asked_at, state.measured_at
+    if due is None or asked is None or meter_at < asked or (now - due).total_seconds() > wait_s:
         return False
     return not (read_at is not None and due <= read_at <= meter_at)
 

@@ -23,25 +23,29 @@ what those pending ramps explain (``hold_back_a``):
 
     non-EV = max(min(conservative, settled), conservative - pending)
 
-``pending`` (3,) [A] is, per charger whose accepted increase the meter may have seen and whose fresh
-reading is not in yet, the part of that increase its counted draw does not show (at most the
-increase); likewise for a raise decided and not yet answered (a charger applies a profile as it
-gets it), for at most ``stale_after_s`` after the decision. Why this never lets the site draw more
-than the conservative rule already may:
+``pending`` (3,) [A] is, per charger whose changed limit the meter may have seen and whose fresh
+reading is not in yet, the part of its limit its counted draw does not show; likewise, for a raise
+decided and not yet answered (a charger applies a profile as it gets it), the part of that raise,
+for at most ``stale_after_s`` after the decision. Why this never lets the site draw more than the
+conservative rule already may:
 
 - It is never above the conservative estimate, and never below it by more than ``pending``; a
   fall of the non-EV load is taken at once. With nothing pending it *is* the conservative estimate.
-- Each charger's part is at most the increase it accepted, and lapses when the meter reads after
-  its fresh reading, or ``stale_after_s`` after that reading was due (a meter that has not read
-  by then is stale, and the fallback applies). The conservative rule itself counts a charger at
+- Below the truth it goes by at most the pending chargers' limits less what they really drew at
+  the meter's reading (``truth - estimate <= sum(limit - actual)``, as the conservative estimate
+  is the truth plus ``sum(actual - counted)``): capacity they were given and left unused. It lapses
+  when the meter reads after the fresh readings, or ``stale_after_s`` after they were due (after
+  the decision, for a raise not answered; a meter that has not read by then is stale, and the
+  fallback applies). The conservative rule itself counts a charger at
   its last reading up to its limit for ``CHARGER_MEASUREMENT_MAX_AGE_S`` (900 s): a car that
   stopped meanwhile hides up to its limit of non-EV load for that long. The error here is of the
-  same kind (a charger counted at no more than the limit it accepted), for seconds.
+  same kind (a charger counted at no more than the limit it was given), for seconds.
 - While a car has not ramped, the capacity its increase was given is unused, and covers a non-EV
   rise hidden in its place: the site draws more than it may only if non-EV load rose *and* the car
-  then ramps before its fresh reading is in, by at most the smaller of the two. When the readings
-  agree (the meter's next reading after the fresh ones), the rise is the conservative estimate's
-  again, and a decrease it causes goes out at once (``adapters.meter.hub``).
+  then ramps before its fresh reading is in (or the decision that follows lowers that car and
+  gives its room to others: its part shrinks at the next estimate), by at most the smaller of the
+  two. When the readings agree (the meter's next reading after the fresh ones), the rise is the
+  conservative estimate's again, and a decrease it causes goes out at once (``adapters.meter.hub``).
 """
 
 from __future__ import annotations
