@@ -35,8 +35,11 @@ print(json.dumps({{"delivered_pct": 100 * got / max(req, 1),
 
 def run(root: Path, n: int, seconds: float) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", CHILD.format(n=n, seconds=seconds)], env=env, cwd=root,
-                         capture_output=True, text=True, check=True).stdout
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD.format(n=n, seconds=seconds)], env=env, cwd=root,
+                             capture_output=True, text=True, check=True, timeout=3 * seconds + 120).stdout
+    except subprocess.TimeoutExpired:
+        return {"timed_out": True}
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
@@ -56,8 +59,9 @@ def main() -> None:
             results[name].append(result)
             print(json.dumps({"tree": name, "run": k + 1, **result}), flush=True)
     for name, rows in results.items():
-        print(json.dumps({"tree": name, "runs": len(rows),
-                          **{key: round(mean(r[key] for r in rows), 3) for key in rows[0]}}))
+        done = [r for r in rows if "timed_out" not in r]
+        print(json.dumps({"tree": name, "runs": len(done), "timed_out": len(rows) - len(done),
+                          **{key: round(mean(r[key] for r in done), 3) for key in (done[0] if done else {})}}))
 
 
 if __name__ == "__main__":
