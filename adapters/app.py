@@ -48,6 +48,7 @@ from balancer.events import (
     NeedsUpdated,
     ObedienceChanged,
     ProfileResult,
+    ReadingDue,
     SessionStarted,
     SessionStopped,
 )
@@ -245,10 +246,11 @@ class Service:
         if isinstance(event, (SessionStarted, SessionStopped, ObedienceChanged)):
             # A session, or a charger's flag, must survive a crash right after it changes.
             self.persister.soon()
-        if isinstance(event, (MeterSample, LimitConfirmed)):
+        if isinstance(event, (MeterSample, LimitConfirmed, ReadingDue)):
             # Meter values arrive all the time (1,000 chargers every 10 s is 100 a second): the
             # next interval step uses them; waking on each would re-decide the site back to back.
-            # A confirmed limit is what the decision that sent it counted on already.
+            # A confirmed limit is what the decision that sent it counted on already; so is a
+            # reading asked for after it.
             return
         self._wake.set()
 

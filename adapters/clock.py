@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["AcceleratedClock", "Clock", "utc_now"]
+__all__ = ["AcceleratedClock", "Clock", "utc_now", "wall_seconds"]
 
 Clock = Callable[[], datetime]
 """What reads the time (aware UTC): ``utc_now``, an ``AcceleratedClock``, a test's fake clock."""
@@ -35,3 +35,8 @@ class AcceleratedClock:
     def wall_seconds(self, sim_seconds: float) -> float:
         """Wall-clock seconds that ``sim_seconds`` of simulated time take."""
         return sim_seconds / self.speed
+
+
+def wall_seconds(clock: Clock, seconds: float) -> float:
+    """Wall-clock seconds that ``seconds`` of ``clock``'s time take (fewer on an ``AcceleratedClock``)."""
+    return clock.wall_seconds(seconds) if isinstance(clock, AcceleratedClock) else seconds

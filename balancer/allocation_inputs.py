@@ -27,7 +27,7 @@ import numpy.typing as npt
 from balancer.allocate import AllocationRequest, allocate, code_number, node_load_a
 from balancer.charger_state import ChargerState, is_idle, unverified, wants_current
 from balancer.model import LimitCode, Site
-from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draw_a
+from balancer.site_meter import CHARGER_MEASUREMENT_MAX_AGE_S, MeterView, charger_draws_a
 from balancer.topology import Topology, phase_mask
 from balancer.v2x import discharge_draw_limits
 
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from balancer.control import Controller
 
 __all__ = ["MEASUREMENT_FRESH_S", "Allowance", "allowance", "failsafe_limits", "idle_limits", "judged_limit_a",
-           "meter_now", "node_capacity", "offline_reserve_a", "reserved_a", "reserved_load_a", "unverified_mask"]
+           "meter_now", "node_capacity", "offline_reserve_a", "ramp_pending", "reserved_a", "reserved_load_a",
+           "unverified_mask"]
 
 FloatArray = npt.NDArray[np.float64]
 Allowance = tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.int8]]
@@ -167,7 +168,40 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
     capped = np.array([s.obeys for s in states], dtype=bool)
     loaded = phase_mask(topo, np.array([s.car_phases or 3 for s in states], dtype=np.int64))
     limits = discharge_draw_limits(limits, states, meter_at)
-    return ctl.meter.view(now, cap_now, charger_draw_a(measured, limits, usable, capped, loaded))
+    draws = charger_draws_a(measured, limits, usable, capped, loaded)
+    pending = np.zeros(3)
+    if meter_at is not None:
+        wait_s = ctl.meter.settings.stale_after_s
+        for i, s in enumerate(states):
+            if not (s.connected and s.obeys):
+                continue
+            increase, to_a = 0.0, s.limit_a
+            changed = s.limit_changed_at
+            if s.limit_a > s.held_a and changed is not None and meter_at >= changed and \
+                    (now - changed).total_seconds() <= wait_s:
+                # A raise on its way: a charger applies a profile as it gets it, and its car may
+                # ramp before the answer is handled (the simulator does at once).
+                increase = s.limit_a - max(s.held_a, 0.0)
+            if ramp_pending(s, meter_at, now, wait_s):
+                to_a = min(s.held_a, s.limit_a)
+                increase = max(increase, to_a)
+            if increase > 0:  # a discharge ramps no load
+                pending += np.where(loaded[i], np.clip(to_a - draws[i], 0.0, increase), 0.0)
+    return ctl.meter.view(now, cap_now, draws.sum(axis=0), pending)
+
+
+def ramp_pending(state: ChargerState, meter_at: datetime, now: datetime, wait_s: float) -> bool:
+    """True while the meter may show a ramp of the charger's that its readings do not (``site_meter``,
+    module docstring): fresh readings were asked for after a change it accepted (``ReadingDue``),
+    the meter read after that change landed, no meter reading since came after a reading taken
+    once they were due, and no more than ``wait_s`` (the meter's ``stale_after_s``) has passed
+    since then. A lower limit landing meanwhile does not end it: the readings may still be from
+    before the raise (a charger lowered by 0.3 A lost its wait, its ramp counted as 16 A of
+    building load, and the fleet was lowered after all)."""
+    due, asked, read_at = state.reading_due_at, state.reading_asked_at, state.measured_at
+    if due is None or asked is None or meter_at < asked or (now - due).total_seconds() > wait_s:
+        return False
+    return not (read_at is not None and due <= read_at <= meter_at)
 
 
 def node_capacity(ctl: Controller, now: datetime, *,

@@ -20,6 +20,7 @@ from balancer.events import (
     NeedsUpdated,
     ObedienceChanged,
     ProfileResult,
+    ReadingDue,
     SessionStarted,
     SessionStopped,
 )
@@ -33,7 +34,7 @@ IDLE_DRAW_A = 0.5
 """Below this a car counts as not drawing (full, or waiting)."""
 
 ChargerEvent = (ChargerOnline | ChargerOffline | ChargerStatus | SessionStarted | SessionStopped | NeedsUpdated
-                | MeterSample | ProfileResult | LimitConfirmed | ObedienceChanged | ExternalCapSet)
+                | MeterSample | ProfileResult | LimitConfirmed | ObedienceChanged | ExternalCapSet | ReadingDue)
 """The events about one charger (``LimitConfirmed`` changes nothing here)."""
 
 
@@ -70,6 +71,11 @@ class ChargerState:
     held_before_at: datetime | None = None
     """The accepted limit before ``held_a`` and when it was accepted: what a reading taken between
     the two acceptances was drawn under (at least the lower of the two)."""
+    reading_due_at: datetime | None = None
+    """When fresh readings were asked for after a limit it accepted (``ReadingDue``; None: none)."""
+    reading_asked_at: datetime | None = None
+    """When the change that opened the wait for ``reading_due_at`` landed: changes landing before
+    the reading they wait for was due keep the first one's (its ramp is still unseen)."""
     held_idle_a: float | None = None
     """The last accepted idle default of its own (TxProfile strategy) [A]; None: none known."""
     held_known: bool = False
@@ -132,7 +138,7 @@ class ChargerState:
             if not hasattr(state, key):
                 continue
             if key in ("session_start", "departure", "measured_at", "held_until", "limit_changed_at",
-                       "held_at", "held_before_at"):
+                       "held_at", "held_before_at", "reading_due_at", "reading_asked_at"):
                 value = datetime.fromisoformat(value) if value else None
             setattr(state, key, value)
         # After a restart nobody is connected until it says so.
@@ -165,6 +171,10 @@ def apply_event(state: ChargerState, charger: Charger, event: ChargerEvent) -> b
         state.verified = state.verified or verified
         state.draw_a = event.draw_a
         return verified  # its reserve at its maximum ends: the plan had that capacity taken off
+    elif isinstance(event, ReadingDue):
+        if state.reading_due_at is None or state.reading_asked_at is None or event.at > state.reading_due_at:
+            state.reading_asked_at = event.at
+        state.reading_due_at = event.due_at
     elif isinstance(event, ExternalCapSet):
         if event.transaction_id is not None and event.transaction_id != state.transaction_id:
             return False  # a cap for a session that has ended

@@ -26,6 +26,7 @@ __all__ = [
     "NeedsUpdated",
     "ObedienceChanged",
     "ProfileResult",
+    "ReadingDue",
     "SessionStarted",
     "SessionStopped",
     "SiteMeterReading",
@@ -147,6 +148,18 @@ class LimitConfirmed:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadingDue:
+    """The adapter asked a charger whose limit changed for fresh MeterValues (OCPP TriggerMessage),
+    to be sent at ``due_at``, once its car has followed the change: until a meter reading after
+    that one, a step at the site meter that the charger's unseen ramp explains is not taken for
+    non-EV load (``balancer.site_meter``)."""
+
+    charger_id: str
+    at: datetime
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ObedienceChanged:
     """The adapter found that a charger does (not) follow its profile; ``draw_a`` is what it really draws.
     ``verified``: a reading showed it keeps a limit it was sent (``ChargerState.verified``)."""
@@ -215,6 +228,7 @@ Event = (
     | ProfileResult
     | LimitConfirmed
     | ObedienceChanged
+    | ReadingDue
     | SiteMeterReading
     | ExternalCapSet
     | CapacityUpdated

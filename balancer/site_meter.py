@@ -10,6 +10,42 @@ Readings are combined with the chargers' measurements only when both are fresh. 
 charger measurement never offsets a stale meter reading. Implausible readings (NaN or infinite,
 negative beyond the connection limit, the same value frozen for ``frozen_after_s``) are refused by
 ``MeterTracker.update`` with a reason that the adapter logs and counts; they never reach control.
+
+**A ramp the meter sees first** (the meter and the chargers' MeterValues are rarely from the same
+moment). A car raised to a higher limit draws more at the meter at once, while its charger's last
+reading still shows the old draw: the reading stands for its draw (the conservative rule, above),
+so the ramp counts as non-EV load, the chargers' share shrinks, they are lowered, the next readings
+agree, they rise again: the whole fleet went on and off together in the demo. So after a change
+lands, the adapter asks the charger for fresh readings once its car has followed (``ReadingDue``),
+and until the meter has read after such a reading, a *rise* of the non-EV load above the last
+estimate taken with no such ramp pending (``MeterTracker.settled_a``) is held back by at most
+what those pending ramps explain (``hold_back_a``):
+
+    non-EV = max(min(conservative, settled), conservative - pending)
+
+``pending`` (3,) [A] is, per charger whose changed limit the meter may have seen and whose fresh
+reading is not in yet, the part of its limit its counted draw does not show; likewise, for a raise
+decided and not yet answered (a charger applies a profile as it gets it), the part of that raise,
+for at most ``stale_after_s`` after the decision. Why this never lets the site draw more than the
+conservative rule already may:
+
+- It is never above the conservative estimate, and never below it by more than ``pending``; a
+  fall of the non-EV load is taken at once. With nothing pending it *is* the conservative estimate.
+- Below the truth it goes by at most the pending chargers' limits less what they really drew at
+  the meter's reading (``truth - estimate <= sum(limit - actual)``, as the conservative estimate
+  is the truth plus ``sum(actual - counted)``): capacity they were given and left unused. It lapses
+  when the meter reads after the fresh readings, or ``stale_after_s`` after they were due (after
+  the decision, for a raise not answered; a meter that has not read by then is stale, and the
+  fallback applies). The conservative rule itself counts a charger at
+  its last reading up to its limit for ``CHARGER_MEASUREMENT_MAX_AGE_S`` (900 s): a car that
+  stopped meanwhile hides up to its limit of non-EV load for that long. The error here is of the
+  same kind (a charger counted at no more than the limit it was given), for seconds.
+- While a car has not ramped, the capacity its increase was given is unused, and covers a non-EV
+  rise hidden in its place: the site draws more than it may only if non-EV load rose *and* the car
+  then ramps before its fresh reading is in (or the decision that follows lowers that car and
+  gives its room to others: its part shrinks at the next estimate), by at most the smaller of the
+  two. When the readings agree (the meter's next reading after the fresh ones), the rise is the
+  conservative estimate's again, and a decrease it causes goes out at once (``adapters.meter.hub``).
 """
 
 from __future__ import annotations
@@ -31,6 +67,8 @@ __all__ = [
     "MeterView",
     "charger_capacity_a",
     "charger_draw_a",
+    "charger_draws_a",
+    "hold_back_a",
     "non_ev_load_a",
 ]
 
@@ -79,6 +117,9 @@ class MeterTracker:
     accepted: int = 0
     last_rejection: str | None = None
     """Why the most recent reading was refused, None when it was taken."""
+    settled_a: FloatArray | None = None
+    """(3,) [A] the non-EV load estimated while no charger's ramp was pending (``hold_back_a``);
+    None while the meter is stale or before its first such estimate."""
     _same_value: tuple[float | None, ...] | None = None
     _same_since: datetime | None = None
     _seen_at: datetime | None = None
@@ -125,15 +166,24 @@ class MeterTracker:
             return np.full(3, np.nan)
         return np.array([np.nan if c is None else c for c in self.last_a], dtype=np.float64)
 
-    def view(self, now: datetime, capacity_a: FloatArray, charger_a: FloatArray) -> MeterView:
+    def view(self, now: datetime, capacity_a: FloatArray, charger_a: FloatArray,
+             pending_a: FloatArray | None = None) -> MeterView:
         """The non-EV load and the chargers' share of ``capacity_a`` (3,) at ``now``.
 
         charger_a : (3,) [A] what the chargers draw per grid phase by their own fresh measurements
+        pending_a : (3,) [A] the part of accepted increases that the meter may show and the chargers'
+            readings do not yet (module docstring); None or zeros: none
         """
         meter = self.meter_a()
         fallback = np.asarray(self.settings.fallback_base_load_a, dtype=np.float64)
         fresh = self.fresh(now)
         non_ev = non_ev_load_a(meter, charger_a, fallback, fresh=fresh)
+        if not fresh:
+            self.settled_a = None
+        elif pending_a is None or not np.any(pending_a > 0):
+            self.settled_a = non_ev
+        elif self.settled_a is not None:
+            non_ev = hold_back_a(non_ev, self.settled_a, pending_a)
         share = charger_capacity_a(capacity_a, non_ev, self.settings.margin_a, self.grid_limit_a)
         return MeterView(meter_a=meter, non_ev_load_a=non_ev, fresh=fresh,
                          cut_a=np.asarray(capacity_a - share, dtype=np.float64))
@@ -148,6 +198,13 @@ def non_ev_load_a(meter_a: FloatArray, charger_a: FloatArray, fallback_a: FloatA
     return np.where(usable, measured, np.asarray(fallback_a, dtype=np.float64))
 
 
+def hold_back_a(non_ev_a: FloatArray, settled_a: FloatArray, pending_a: FloatArray) -> FloatArray:
+    """(3,) [A] the non-EV load with a rise above ``settled_a`` held back by at most ``pending_a``
+    (module docstring): never above ``non_ev_a``, never below it by more than ``pending_a``."""
+    floor = np.ceil((non_ev_a - pending_a) / NON_EV_STEP_A - 1e-9) * NON_EV_STEP_A
+    return np.asarray(np.maximum(np.minimum(non_ev_a, settled_a), floor), dtype=np.float64)
+
+
 def charger_capacity_a(capacity_a: FloatArray, non_ev_a: FloatArray, margin_a: float,
                        grid_limit_a: float) -> FloatArray:
     """What the chargers may draw per grid phase (3,) [A]: ``capacity - non-EV - margin``, never
@@ -158,7 +215,14 @@ def charger_capacity_a(capacity_a: FloatArray, non_ev_a: FloatArray, margin_a: f
 
 def charger_draw_a(measured_a: FloatArray, limit_a: FloatArray, usable: npt.NDArray[np.bool_],
                    capped: npt.NDArray[np.bool_], loaded: npt.NDArray[np.bool_] | None = None) -> FloatArray:
-    """What the chargers draw per grid phase (3,) [A], to subtract from the meter reading.
+    """What the chargers draw per grid phase (3,) [A], to subtract from the meter reading: the
+    sum of ``charger_draws_a``."""
+    return np.asarray(charger_draws_a(measured_a, limit_a, usable, capped, loaded).sum(axis=0), dtype=np.float64)
+
+
+def charger_draws_a(measured_a: FloatArray, limit_a: FloatArray, usable: npt.NDArray[np.bool_],
+                    capped: npt.NDArray[np.bool_], loaded: npt.NDArray[np.bool_] | None = None) -> FloatArray:
+    """What each charger draws per grid phase (n, 3) [A], as counted against the meter reading.
 
     measured_a : (n, 3) [A] each charger's measured current per grid phase
     limit_a : (n,) [A] each charger's latest limit
@@ -175,8 +239,8 @@ def charger_draw_a(measured_a: FloatArray, limit_a: FloatArray, usable: npt.NDAr
     (default all), where a discharge flows.
     """
     if len(measured_a) == 0:
-        return np.zeros(3)
+        return np.zeros((0, 3))
     draw = np.where(capped[:, None], np.minimum(measured_a, limit_a[:, None]), measured_a)
     discharging = (capped & (limit_a < 0))[:, None] & (True if loaded is None else loaded)
-    draw = np.where(usable[:, None], np.where(discharging, draw, np.maximum(draw, 0.0)), 0.0)
-    return np.asarray(draw.sum(axis=0), dtype=np.float64)
+    return np.asarray(np.where(usable[:, None], np.where(discharging, draw, np.maximum(draw, 0.0)), 0.0),
+                      dtype=np.float64)

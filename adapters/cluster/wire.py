@@ -21,7 +21,8 @@ _CLASSES: dict[str, type[Any]] = {
     cls.__name__: cls for cls in (
         events.ChargerOnline, events.ChargerOffline, events.ChargerStatus, events.SessionStarted,
         events.SessionStopped, events.NeedsUpdated, events.MeterSample, events.ProfileResult,
-        events.LimitConfirmed, events.ObedienceChanged, events.ExternalCapSet, events.ChargerSchedule)
+        events.LimitConfirmed, events.ObedienceChanged, events.ExternalCapSet, events.ReadingDue,
+        events.ChargerSchedule)
 }
 _PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 

@@ -17,11 +17,14 @@ class Capabilities:
     max_stack_level: int = 8
     meter_interval_s: int = 60
     source: str = "default"
+    trigger_meter_values: bool = True
+    """False once it answered a TriggerMessage for MeterValues Rejected or NotImplemented (or a
+    CALLERROR): not asked again on this connection (``meter_trigger``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"max_periods": self.max_periods, "rate_units": list(self.rate_units),
                 "max_stack_level": self.max_stack_level, "meter_interval_s": self.meter_interval_s,
-                "source": self.source}
+                "source": self.source, "trigger_meter_values": self.trigger_meter_values}
 
 
 def config_int(value: Any, default: int) -> int:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.clock import Clock
+from adapters.ocpp.meter_trigger import MeterTrigger
 from adapters.ocpp.profiles import DYNAMIC_PROFILE_ID, IDLE_PROFILE_ID, Capabilities
 from adapters.ocpp.steps import (
     EPS_A,
@@ -61,6 +62,7 @@ class PushState:
         """What the charger's composite schedule allowed at the last read-back [A]: what it
         really may draw, all its profiles combined (None: not read since it connected)."""
         self.caps = Capabilities()
+        self.meter_trigger = MeterTrigger(self)
         self.lock = asyncio.Lock()
         self.obeys = True
         self.on_its_way: Periods | None = None

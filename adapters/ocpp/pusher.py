@@ -289,6 +289,8 @@ class Pusher(Refusals):
             self.idle_a = schedule.limit_a
             self.idle_periods = tuple(schedule.periods)
         if ok:
+            if abs((self.held_a if self.held_a is not None else -1.0) - schedule.limit_a) > EPS_A:
+                self.meter_trigger.after_change()
             self.held_a = schedule.limit_a
             self.held_periods = tuple(schedule.periods)
             self.held_tx = tx

@@ -16,7 +16,7 @@ read-only values refused). A 2.0.1 session: StatusNotification Occupied, then Tr
 Started with seqNo 0, Updated 1, 2, ..., Ended, then StatusNotification Available. Switchable
 misbehaviours show how a CSMS copes: rejecting 0 A, ignoring profiles, rejecting TxProfile,
 rejecting every profile, never answering the CSMS's calls, dropping the connection, answering
-late. Every accepted profile is logged with its arrival time (``hold_log``), so a test can replay
+late, no TriggerMessage. Every accepted profile is logged with its arrival time (``hold_log``), so a test can replay
 what a fleet held at every instant (``adapters.ocpp.held_ledger``). Used by the tests, the
 benchmarks, ``balancer demo`` and ``balancer simulate``.
 """
@@ -108,6 +108,8 @@ class Misbehaviour:
     """The first this many TxProfiles are answered with a CALLERROR (InternalError): transient trouble."""
     watts_only: bool = False
     """Takes only W-unit schedules (reported as such by GetConfiguration/GetVariables); A is Rejected."""
+    no_trigger: bool = False
+    """Every TriggerMessage is answered NotImplemented (a charger without the feature)."""
 
 
 @dataclass(frozen=True)
@@ -425,6 +427,8 @@ class SimulatedCharger:
 
     def trigger_status(self, requested: str) -> str:
         """The answer to a TriggerMessage for ``requested``; when Accepted, the message follows the answer."""
+        if self.misbehaviour.no_trigger:
+            return "NotImplemented"
         if requested == "TransactionEvent" and self.protocol != "ocpp1.6":
             return "Accepted" if self.transaction_id is not None else "Rejected"
         common = {"BootNotification", "Heartbeat", "StatusNotification", "MeterValues", "FirmwareStatusNotification"}
@@ -443,6 +447,7 @@ class SimulatedCharger:
         elif requested == "StatusNotification":
             await self._send_status()
         elif requested == "MeterValues":
+            self._advance(now)  # what it draws this instant, not at its last tick
             if v16:
                 await self._cp.call(call16.MeterValues(
                     connector_id=1, transaction_id=int(self.transaction_id) if self.transaction_id else None,

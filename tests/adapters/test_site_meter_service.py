@@ -197,3 +197,58 @@ async def test_meter_fields_reach_influxdb(tmp_path: Path) -> None:
             await service.stop()
     finally:
         server.stop()
+
+
+async def test_cars_ramping_are_not_taken_for_building_load(tmp_path: Path) -> None:
+    """Chargers that report every 10 s (real ones: 10 s to 15 min) under a meter read every 0.2 s.
+    The meter sees each car ramp before its charger's reading does; taken for building load, the
+    ramp lowered the cars, the readings then agreed and the cars rose again, over and over (the
+    demo's fleet-wide on/off). With fresh readings asked for after each change (TriggerMessage)
+    and the ramp held back until they come, the building's 10 A is seen within 1.5 A throughout a
+    steady state, and no car is lowered."""
+    sims: list[SimulatedCharger] = []
+    meter = MeterSimulator("sunspec", chargers_a=lambda: [sum(s.draw_a for s in sims)] * 3)
+    meter.non_ev_a = [10.0, 10.0, 10.0]
+    await meter.start()
+    config = meter_config(tmp_path, {"source": "modbus", "host": "127.0.0.1", "port": meter.port, "map": "sunspec",
+                                     "poll_s": 0.2, "stale_after_s": 10, "fallback_base_load_a": [30, 30, 30],
+                                     "margin_a": 1})
+    service = Service(config)
+    await service.start()
+    now = datetime.now(UTC)
+    sims.extend(SimulatedCharger(f"CP{i}", f"ws://127.0.0.1:{service.ocpp.port}/ocpp",
+                                 protocol="ocpp1.6" if i % 2 else "ocpp2.0.1",
+                                 car=SimCar(arrival=now, departure=now + timedelta(hours=5), energy_wh=60000),
+                                 meter_interval_s=10.0, tick_s=0.05) for i in range(4))
+    for sim in sims:
+        sim.start()
+    controller = service.controllers["office"]
+    try:
+        await wait_for(lambda: sum(s.draw_a for s in sims) >= 85.0, timeout=30)
+        await asyncio.sleep(2.0)  # the cars' last ramp: the triggered readings come 5 s after a change
+        non_ev: list[float] = []
+        lowered: list[tuple[str, float, float]] = []
+        held = {s.charger_id: s.limit_now(datetime.now(UTC)) or 0.0 for s in sims}
+        pushes = service.counters["pushes"]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 12.0
+        while loop.time() < end:
+            await asyncio.sleep(0.1)
+            view = controller.meter_view
+            assert view is not None and view.fresh
+            non_ev.append(float(max(view.non_ev_load_a)))
+            for sim in sims:
+                limit = sim.limit_now(datetime.now(UTC)) or 0.0
+                if limit < held[sim.charger_id] - 0.5:
+                    lowered.append((sim.charger_id, held[sim.charger_id], limit))
+                held[sim.charger_id] = limit
+        pushes = service.counters["pushes"] - pushes
+        assert max(abs(x - 10.0) for x in non_ev) <= 1.5, (pushes, non_ev)  # main: 10 and 42 A in turn
+        assert not lowered, (pushes, lowered)  # main: 236 pushes in these 12 s
+        assert sum(s.draw_a for s in sims) >= 85.0
+        assert sum(len(s.triggered) for s in sims) > 0  # the readings came because they were asked for
+    finally:
+        for sim in sims:
+            await sim.stop()
+        await service.stop()
+        await meter.stop()

@@ -67,6 +67,10 @@ class Dialect:
         """The GetCompositeSchedule payload on the wire."""
         return {self.evse_key: evse, "duration": duration_s, "chargingRateUnit": unit}
 
+    def trigger_meter_values(self, evse: int) -> dict[str, Any]:
+        """The TriggerMessage payload on the wire asking for MeterValues of ``evse``."""
+        return {"requestedMessage": "MeterValues", "evse": {"id": evse}}
+
     def profile_of(self, payload: dict[str, Any]) -> dict[str, Any] | None:
         """The profile a SetChargingProfile payload carries (None when it carries none)."""
         profile = payload.get(self.profile_key)

@@ -59,6 +59,9 @@ class Dialect16(Dialect):
         schedule = profile.get("chargingSchedule")
         return [schedule] if isinstance(schedule, dict) else []
 
+    def trigger_meter_values(self, evse: int) -> dict[str, Any]:
+        return {"requestedMessage": "MeterValues", "connectorId": evse}
+
     def clear_purpose(self, payload: dict[str, Any]) -> Any:
         return payload.get("chargingProfilePurpose")
 
