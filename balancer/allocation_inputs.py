@@ -161,7 +161,12 @@ def meter_now(ctl: Controller, now: datetime, cap_now: FloatArray) -> MeterView 
         # A car may have ramped up after the meter reading: subtract no more than it drew before.
         previous = np.array([s.prev_measured_a for s in states], dtype=np.float64).reshape(-1, 3)
         measured = np.where(newer[:, None], np.minimum(measured, previous), measured)
-    limits = np.array([s.limit_a for s in states], dtype=np.float64)
+    # No charger counts at more than it held when the meter read: a car lowered before that reading
+    # and raised again since drew the lower limit then, whatever its readings either side show
+    # (counted at them, the limit it did not draw hid as much building load: the unsafe side).
+    held = [None if meter_at is None else judged_limit_a(s, meter_at) for s in states]
+    limits = np.array([s.limit_a if h is None or s.limit_a < 0 else min(s.limit_a, max(h, 0.0))
+                       for s, h in zip(states, held, strict=True)], dtype=np.float64)
     usable = np.array([s.connected and s.measured_at is not None
                        and abs((now - s.measured_at).total_seconds()) <= CHARGER_MEASUREMENT_MAX_AGE_S
                        for s in states], dtype=bool)

@@ -168,3 +168,25 @@ def test_property_hold_back_within_the_pending_ramps(non_ev: int, settled: int, 
     assert np.all(out <= non_ev) and np.all(out >= non_ev - pending - 1e-9)
     same = hold_back_a(np.full(3, float(non_ev)), np.full(3, float(settled)), np.zeros(3))
     np.testing.assert_array_equal(same, np.full(3, float(non_ev)))
+
+
+def test_a_charger_lowered_and_raised_again_around_the_meter_reading_counts_at_what_it_held_then() -> None:
+    """The charger's readings before and after the meter's both show the car at its full limit,
+    but between them it was lowered to 6 A, the meter read it there, and it was raised again.
+    Counted at either reading (main: the lower of the two, both 32 A), the 26 A the car did not
+    draw then hid that much building load: the estimate went below the truth (the unsafe side;
+    the service test saw -10 A against a true 10 A). It counts at most what it held then."""
+    ctrl = started(meter_site(1))
+    cid = ctrl.topology.charger_ids[0]
+    ctrl.decide(T0)
+    full = ctrl.states[cid].limit_a
+    assert full > 20.0
+    ctrl.handle(ProfileResult(cid, s(1), full, "Accepted"))
+    ctrl.handle(MeterSample(cid, s(2), current_a=(full,) * 3))
+    ctrl.handle(ProfileResult(cid, s(3), 6.0, "Accepted"))
+    ctrl.handle(SiteMeterReading("s", s(10), (BUILDING_A + 6.0,) * 3))
+    ctrl.handle(ProfileResult(cid, s(11), full, "Accepted"))
+    ctrl.handle(MeterSample(cid, s(20), current_a=(full,) * 3))
+    ctrl.decide(s(20))
+    assert ctrl.meter_view is not None
+    assert min(ctrl.meter_view.non_ev_load_a) >= BUILDING_A - 1e-9, ctrl.meter_view.non_ev_load_a
