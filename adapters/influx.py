@@ -58,6 +58,9 @@ class InfluxSink:
         self._client: Any = None
         self._write_api: Any = None
         self._spill_seq = 0
+        self._flushing = asyncio.Lock()
+        """One flush at a time: a second one during the first's send sent the same batch again and
+        then took it off the queue twice, dropping the points behind it unsent."""
 
     # ----------------------------------------------------------------- producer side
     def write(self, points: list[Point] | list[str]) -> None:
@@ -130,6 +133,10 @@ class InfluxSink:
 
     async def flush(self) -> bool:
         """Replay spilled files first (in order), then the queue. False when the server refused."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> bool:
         for path in self._spill_files():
             # One point per "\n"-separated line; splitlines() would also cut at a CR in a tag value.
             with open(path, encoding="utf-8", newline="") as f:
@@ -141,11 +148,17 @@ class InfluxSink:
                     return False
             path.unlink()
         while self.queue:
-            batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
-            if not await self._send(batch):
+            # Off the queue while it is sent: a write() meanwhile may spill the oldest queued points,
+            # which must not be this batch (sent twice, and as many unsent ones popped after it).
+            batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
+            sent = False
+            try:
+                sent = await self._send(batch)
+            finally:
+                if not sent:  # refused, or cancelled by stop(): back to the front, for the next try
+                    self.queue.extendleft(reversed(batch))
+            if not sent:
                 return False
-            for _ in batch:
-                self.queue.popleft()
         return True
 
     async def _send(self, lines: list[str]) -> bool:

@@ -99,3 +99,49 @@ async def test_limit_reason_is_a_tag_panels_can_group_by(tmp_path: Path) -> None
         assert sums == {"capacity": 10.0, "car_max": 13.0, "": 0.0}
     finally:
         server.stop()
+
+
+async def test_two_flushes_at_once_write_every_point_once(tmp_path: Path) -> None:
+    """A flush called while the background one waits for the server (the service's own ``flush()``
+    at a reload or a stop) sent the same batch again and then took it off the queue twice: the
+    points queued behind it were dropped unsent, or the second ``popleft`` raised on an empty
+    queue (the clean-clone CI's dashboard service test)."""
+    server = InfluxServer(tmp_path / "influx").start()
+    try:
+        server.create_db("balancer")
+        settings = InfluxSettings(url=server.url, api="v1", database="balancer", flush_interval_s=3600)
+        sink = InfluxSink(settings, tmp_path / "spill")
+        await sink.start()
+        sink.write(points(30))
+        results = await asyncio.gather(sink.flush(), sink.flush(), sink.flush())
+        assert all(results)
+        assert sink.stats()["buffered"] == 0 and sink.stats()["written_points"] == 30
+        await wait_for(lambda: count(server) == 30)
+        await sink.stop()
+    finally:
+        server.stop()
+
+
+async def test_points_spilled_while_a_batch_is_on_its_way_are_neither_lost_nor_doubled(tmp_path: Path) -> None:
+    """A write() that overflows the buffer while a batch is being sent spills the oldest queued
+    points; when those were the batch itself, the flush then took as many *other* points off the
+    queue: the batch written twice (again from the spill file), the points behind it never."""
+    server = InfluxServer(tmp_path / "influx").start()
+    try:
+        server.create_db("balancer")
+        settings = InfluxSettings(url=server.url, api="v1", database="balancer", flush_interval_s=3600,
+                                  buffer_points=40)
+        sink = InfluxSink(settings, tmp_path / "spill")
+        await sink.start()
+        sink.write(points(30))
+        flushing = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0)  # the flush has taken its batch and waits for the server
+        sink.write(points(30, offset=100))  # 60 > 40 queued before the fix: the oldest 40 spilled
+        assert await flushing
+        assert await sink.flush()
+        await wait_for(lambda: count(server) == 60)
+        result = server.query('SELECT "energy_delivered_wh" FROM "site"', "balancer")
+        assert len(result["results"][0]["series"][0]["values"]) == 60  # each point once
+        await sink.stop()
+    finally:
+        server.stop()
