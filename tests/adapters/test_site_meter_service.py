@@ -98,8 +98,14 @@ async def test_non_ev_step_at_modbus_meter_lowers_chargers_and_stale_falls_back(
             site = await resp.json()
         assert site["meter_fresh"] is False
         assert site["non_ev_load_a"] == [30.0, 30.0, 30.0]
-        async with http.get(f"http://127.0.0.1:{service.http_port}/metrics") as resp:
-            text = await resp.text()
+        # The read that found the meter gone may count as a timeout; the reconnect after its back-off
+        # (poll_s, doubling) counts as "connect": wait for it (the clean-clone CI read too early once).
+        text = ""
+        deadline = loop.time() + 10.0
+        while 'balancer_meter_errors_total{site="office",kind="connect"}' not in text and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            async with http.get(f"http://127.0.0.1:{service.http_port}/metrics") as resp:
+                text = await resp.text()
         assert 'balancer_meter_errors_total{site="office",kind="connect"}' in text
         assert 'balancer_meter_fresh{site="office"} 0.0' in text
     finally:
