@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from adapters.influx import InfluxSink
 from adapters.metrics import charger_point, site_point
@@ -32,6 +35,20 @@ def count(server: InfluxServer) -> int:
     result = server.query('SELECT count("energy_delivered_wh") FROM "site"', "balancer")
     series = result["results"][0].get("series")
     return int(series[0]["values"][0][1]) if series else 0
+
+
+@contextlib.asynccontextmanager
+async def v1_sink(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[InfluxServer, InfluxSink]]:
+    """A started sink writing to a fresh influxd 1.x (database "balancer"), stopped with it."""
+    server = InfluxServer(tmp_path / "influx").start()
+    try:
+        server.create_db("balancer")
+        sink = InfluxSink(InfluxSettings(url=server.url, api="v1", database="balancer", **settings),
+                          tmp_path / "spill")
+        await sink.start()
+        yield server, sink
+    finally:
+        server.stop()
 
 
 async def test_v1_write_and_outage_loses_nothing(tmp_path: Path) -> None:
@@ -79,12 +96,7 @@ async def test_v2_write_to_a_v2_protocol_server(tmp_path: Path) -> None:
 
 
 async def test_limit_reason_is_a_tag_panels_can_group_by(tmp_path: Path) -> None:
-    server = InfluxServer(tmp_path / "influx").start()
-    try:
-        server.create_db("balancer")
-        settings = InfluxSettings(url=server.url, api="v1", database="balancer", flush_interval_s=0.1)
-        sink = InfluxSink(settings, tmp_path / "spill")
-        await sink.start()
+    async with v1_sink(tmp_path, flush_interval_s=0.1) as (server, sink):
         for k, (cid, reason, limit) in enumerate([("CP1", "capacity", 10.0), ("CP2", "car_max", 13.0),
                                                   ("CP3", "", 0.0)]):
             sink.write([charger_point("depot", cid, T0 + timedelta(seconds=k), protocol="ocpp1.6", limit_a=limit,
@@ -97,8 +109,6 @@ async def test_limit_reason_is_a_tag_panels_can_group_by(tmp_path: Path) -> None
         result = server.query('SELECT sum("limit_a") FROM "charger" GROUP BY "limit_reason"', "balancer")
         sums = {s["tags"]["limit_reason"]: s["values"][0][1] for s in result["results"][0]["series"]}
         assert sums == {"capacity": 10.0, "car_max": 13.0, "": 0.0}
-    finally:
-        server.stop()
 
 
 async def test_two_flushes_at_once_write_every_point_once(tmp_path: Path) -> None:
@@ -106,33 +116,20 @@ async def test_two_flushes_at_once_write_every_point_once(tmp_path: Path) -> Non
     at a reload or a stop) sent the same batch again and then took it off the queue twice: the
     points queued behind it were dropped unsent, or the second ``popleft`` raised on an empty
     queue (the clean-clone CI's dashboard service test)."""
-    server = InfluxServer(tmp_path / "influx").start()
-    try:
-        server.create_db("balancer")
-        settings = InfluxSettings(url=server.url, api="v1", database="balancer", flush_interval_s=3600)
-        sink = InfluxSink(settings, tmp_path / "spill")
-        await sink.start()
+    async with v1_sink(tmp_path, flush_interval_s=3600) as (server, sink):
         sink.write(points(30))
         results = await asyncio.gather(sink.flush(), sink.flush(), sink.flush())
         assert all(results)
         assert sink.stats()["buffered"] == 0 and sink.stats()["written_points"] == 30
         await wait_for(lambda: count(server) == 30)
         await sink.stop()
-    finally:
-        server.stop()
 
 
 async def test_points_spilled_while_a_batch_is_on_its_way_are_neither_lost_nor_doubled(tmp_path: Path) -> None:
     """A write() that overflows the buffer while a batch is being sent spills the oldest queued
     points; when those were the batch itself, the flush then took as many *other* points off the
     queue: the batch written twice (again from the spill file), the points behind it never."""
-    server = InfluxServer(tmp_path / "influx").start()
-    try:
-        server.create_db("balancer")
-        settings = InfluxSettings(url=server.url, api="v1", database="balancer", flush_interval_s=3600,
-                                  buffer_points=40)
-        sink = InfluxSink(settings, tmp_path / "spill")
-        await sink.start()
+    async with v1_sink(tmp_path, flush_interval_s=3600, buffer_points=40) as (server, sink):
         sink.write(points(30))
         flushing = asyncio.create_task(sink.flush())
         await asyncio.sleep(0)  # the flush has taken its batch and waits for the server
@@ -143,5 +140,3 @@ async def test_points_spilled_while_a_batch_is_on_its_way_are_neither_lost_nor_d
         result = server.query('SELECT "energy_delivered_wh" FROM "site"', "balancer")
         assert len(result["results"][0]["series"][0]["values"]) == 60  # each point once
         await sink.stop()
-    finally:
-        server.stop()

@@ -45,16 +45,23 @@ def held_per_phase(sims: list[SimulatedCharger]) -> float:
     return sum(s.limit_now(now) or 0.0 for s in sims)
 
 
-async def test_non_ev_step_at_modbus_meter_lowers_chargers_and_stale_falls_back(tmp_path: Path) -> None:
-    sims: list[SimulatedCharger] = []
+async def modbus_site(tmp: Path, sims: list[SimulatedCharger], stale_after_s: float) -> tuple[MeterSimulator, Service]:
+    """A SunSpec meter simulator (10 A of building plus what ``sims`` draw) polled every 0.2 s by a
+    started service; the caller starts the chargers and stops all three."""
     meter = MeterSimulator("sunspec", chargers_a=lambda: [sum(s.draw_a for s in sims)] * 3)
     meter.non_ev_a = [10.0, 10.0, 10.0]
     await meter.start()
-    config = meter_config(tmp_path, {"source": "modbus", "host": "127.0.0.1", "port": meter.port, "map": "sunspec",
-                                     "poll_s": 0.2, "stale_after_s": 2, "fallback_base_load_a": [30, 30, 30],
-                                     "margin_a": 1})
+    config = meter_config(tmp, {"source": "modbus", "host": "127.0.0.1", "port": meter.port, "map": "sunspec",
+                                "poll_s": 0.2, "stale_after_s": stale_after_s, "fallback_base_load_a": [30, 30, 30],
+                                "margin_a": 1})
     service = Service(config)
     await service.start()
+    return meter, service
+
+
+async def test_non_ev_step_at_modbus_meter_lowers_chargers_and_stale_falls_back(tmp_path: Path) -> None:
+    sims: list[SimulatedCharger] = []
+    meter, service = await modbus_site(tmp_path, sims, stale_after_s=2)
     sims.extend(fleet(f"ws://127.0.0.1:{service.ocpp.port}/ocpp", 4))
     for sim in sims:
         sim.start()
@@ -213,14 +220,7 @@ async def test_cars_ramping_are_not_taken_for_building_load(tmp_path: Path) -> N
     and the ramp held back until they come, the building's 10 A is seen within 1.5 A throughout a
     steady state, and no car is lowered."""
     sims: list[SimulatedCharger] = []
-    meter = MeterSimulator("sunspec", chargers_a=lambda: [sum(s.draw_a for s in sims)] * 3)
-    meter.non_ev_a = [10.0, 10.0, 10.0]
-    await meter.start()
-    config = meter_config(tmp_path, {"source": "modbus", "host": "127.0.0.1", "port": meter.port, "map": "sunspec",
-                                     "poll_s": 0.2, "stale_after_s": 10, "fallback_base_load_a": [30, 30, 30],
-                                     "margin_a": 1})
-    service = Service(config)
-    await service.start()
+    meter, service = await modbus_site(tmp_path, sims, stale_after_s=10)
     now = datetime.now(UTC)
     sims.extend(SimulatedCharger(f"CP{i}", f"ws://127.0.0.1:{service.ocpp.port}/ocpp",
                                  protocol="ocpp1.6" if i % 2 else "ocpp2.0.1",
