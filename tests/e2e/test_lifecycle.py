@@ -35,8 +35,10 @@ def charger(cid: str, url: str, protocol: str, *, meter_interval_s: float = 10.0
 
 
 def held_sum(chargers: list[SimulatedCharger]) -> float:
-    """What the chargers in a transaction may draw by the profiles they hold [A per phase]."""
-    return sum((c.limit_now(datetime.now(UTC)) or 32.0) for c in chargers if c.transaction_id)
+    """What the chargers in a transaction may draw by the profiles they hold [A per phase]: their
+    maximum without a profile, 0 A under a 0 A one (``or`` counted a paused charger at 32 A)."""
+    limits = [c.limit_now(datetime.now(UTC)) for c in chargers if c.transaction_id]
+    return sum(32.0 if limit is None else limit for limit in limits)
 
 
 @pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
